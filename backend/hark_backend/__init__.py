@@ -1,0 +1,1 @@
+"""hark_backend: mints short-lived Realtime keys for registered hark devices."""

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; none of them pass or fail on time."""
