@@ -36,7 +36,7 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A function tool offered to the model: `{"type": "function", name, description, parameters}`."""
+    """A function tool offered to the model: type "function", name, description, parameters."""
 
     name: str
     description: str

@@ -1,0 +1,103 @@
+"""The import boundaries of docs/architecture.md, read from the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = ROOT / "device" / "hark"
+
+# module -> top-level names (or hark submodules as "hark.x") it must not import
+FORBIDDEN: dict[str, set[str]] = {
+    "events": {"hark.*"},
+    "config": {"hark.*"},
+    "pcm": {"asyncio", "pyaudio"},
+    "realtime": {"asyncio", "websockets"},
+    "conversation": {
+        "asyncio",
+        "time",
+        "websockets",
+        "pyaudio",
+        "gpiozero",
+        "systemd",
+        "hark.link",
+        "hark.soundcard",
+        "hark.gpio",
+        "hark.app",
+        "hark.cli",
+    },
+    "history": {"asyncio", "hark.link", "hark.soundcard", "hark.gpio", "hark.app"},
+    "link": {"hark.conversation", "hark.soundcard", "hark.gpio"},
+    "soundcard": {"hark.conversation", "hark.link", "hark.gpio"},
+    "gpio": {"hark.conversation", "hark.link", "hark.soundcard"},
+    "app": {"websockets", "pyaudio", "gpiozero", "systemd", "soxr", "webrtcvad", "numpy"},
+}
+# Only the link and the codec speak WebSocket; nothing but the CLI (the
+# composition root, for `hark demo`) may use the fakes.
+ONLY_IN: dict[str, set[str]] = {
+    "websockets": {"link", "realtime", "keys"},
+    "hark.testing": {"cli", "testing", "demo"},
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module name imported anywhere in the file (absolute form)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside a package
+                base = ".".join(path.relative_to(path.parents[node.level]).parts[:-1])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            names.add(mod)
+            names.update(f"{mod}.{alias.name}" for alias in node.names)
+    return names
+
+
+def matches(name: str, pattern: str) -> bool:
+    if pattern.endswith(".*"):
+        return name.startswith(pattern[:-1])
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def device_modules() -> list[Path]:
+    return sorted(p for p in DEVICE.glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_module_respects_its_forbidden_imports(module: str) -> None:
+    """Each device module imports none of what the architecture table forbids it."""
+    path = DEVICE / f"{module}.py"
+    if not path.exists():
+        pytest.skip(f"{module}.py does not exist")
+    bad = {n for n in imports_of(path) for p in FORBIDDEN[module] if matches(n, p)}
+    assert not bad, f"hark.{module} must not import {sorted(bad)}"
+
+
+@pytest.mark.parametrize("target", sorted(ONLY_IN))
+def test_restricted_imports_stay_in_their_modules(target: str) -> None:
+    """websockets stays in the link and codec; the fakes stay out of production code."""
+    offenders = [
+        p.stem
+        for p in device_modules()
+        if p.stem not in ONLY_IN[target] and any(matches(n, target) for n in imports_of(p))
+    ]
+    assert not offenders, f"{target} imported by {offenders}"
+
+
+@pytest.mark.parametrize("package", ["sim/hark_sim", "backend/hark_backend"])
+def test_other_side_of_the_wire_never_imports_hark(package: str) -> None:
+    """hark_sim and hark_backend are separate deployables: their bugs must not agree with hark's."""
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / package).rglob("*.py")
+        if any(matches(n, "hark") for n in imports_of(p))
+    ]
+    assert not offenders, offenders
