@@ -1,0 +1,625 @@
+"""The device's configuration: pydantic models of one TOML file, its loader, and the token file.
+
+This module only reads and validates; it must not import anything else from the
+package, open devices or sockets, or log the device token (the token lives in its
+own file, never in the TOML, and is only ever returned to the caller).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_PATH = Path("/etc/hark/hark.toml")
+DEFAULT_TOKEN_FILE = Path("/etc/hark/device-token")
+BuiltinTool = Literal["time", "volume", "end_conversation"]
+BUILTIN_TOOLS: tuple[BuiltinTool, ...] = ("time", "volume", "end_conversation")
+
+_OBJECT_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: it goes into an HTTP header
+
+
+class ConfigError(Exception):
+    """The configuration (or the token file) cannot be used; ``problems`` has one line each.
+
+    Each line starts with the dotted path of the field at fault (``trigger.mode: …``)
+    so an owner can find it in the file; the CLI prints them and exits 78 (EX_CONFIG).
+    """
+
+    def __init__(self, problems: list[str], source: str = "<string>") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's folder, not the daemon's cwd."""
+    base = (info.context or {}).get("base_dir")
+    if not value.is_absolute() and base is not None:
+        return Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+Pin = Annotated[int, Field(ge=0, le=53)]
+"""A BCM GPIO number (the `GPIO17` in pinout diagrams, not the header pin)."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(value: str, secure: str, plain: str) -> str:
+    """Require ``secure`` (https/wss) except for ``plain`` on loopback (tests, the demo)."""
+    parts = urlsplit(value)
+    if parts.scheme not in (secure, plain) or not parts.hostname:
+        raise ValueError(f"must be a {secure}:// URL (got {value!r})")
+    if parts.scheme == plain and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"must use {secure}:// ({plain}:// is only allowed on loopback, got {value!r})"
+        )
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class BackendConfig(_Section):
+    """Where the device fetches a fresh ephemeral Realtime key before every connect."""
+
+    url: str = Field(
+        description="URL of the key endpoint (POST, answers like OpenAI's client_secrets), "
+        "e.g. https://keys.example.com/v1/realtime/client_secrets; http:// only on loopback.",
+    )
+    token_file: ConfigPath = Field(
+        default=DEFAULT_TOKEN_FILE,
+        description="File holding this device's bearer token (one line, mode 0600 or 0400).",
+    )
+    timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Key request timeout, seconds."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, "https", "http")
+
+
+class RealtimeConfig(_Section):
+    """The Realtime WebSocket endpoint and the session's model settings."""
+
+    url: str = Field(
+        default="wss://api.openai.com/v1/realtime",
+        description="Realtime WebSocket URL (?model= is added); ws:// only on loopback.",
+    )
+    model: str = Field(default="gpt-realtime", min_length=1, description="Realtime model name.")
+    transcription_model: str | None = Field(
+        default="gpt-4o-mini-transcribe",
+        description="Model transcribing the user's speech (for history and replay); "
+        '"" turns transcription off.',
+    )
+    language: str | None = Field(
+        default=None, description="ISO-639-1 language hint for transcription, e.g. 'en'."
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="WebSocket open timeout, seconds."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, "wss", "ws")
+
+    @field_validator("transcription_model", "language")
+    @classmethod
+    def _empty_is_off(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class OutputConfig(_Section):
+    """A GPIO output (relay, lamp) the agent may switch through a tool named after it."""
+
+    name: str = Field(min_length=1, description="Name the model uses, e.g. 'kitchen light'.")
+    pin: Pin = Field(description="BCM GPIO number driving the output.")
+    active_high: bool = Field(
+        default=True, description="True if the device is on when the pin is high."
+    )
+    initial: bool = Field(default=False, description="State at start-up (true = on).")
+    description: str | None = Field(
+        default=None, description="Extra words for the tool description shown to the model."
+    )
+
+
+class AgentConfig(_Section):
+    """The agent: declared here (name, instructions, voice, tools) or a Python object."""
+
+    name: str = Field(default="hark", min_length=1, description="Agent name.")
+    instructions: str = Field(
+        default="You are a helpful voice assistant on a small speaker. Answer briefly.",
+        description="System instructions for the model.",
+    )
+    voice: str = Field(
+        default="marin", min_length=1, description="Output voice, e.g. 'marin' or 'cedar'."
+    )
+    tools: tuple[BuiltinTool, ...] = Field(
+        default=BUILTIN_TOOLS,
+        description="Built-in device tools to offer: 'time', 'volume', 'end_conversation'.",
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA time zone for the 'time' tool, e.g. 'Europe/Berlin'; "
+        "default the system's.",
+    )
+    object: str | None = Field(
+        default=None,
+        description="Instead of declaring the agent here, load this Python object "
+        "('package.module:attribute', a RealtimeAgent).",
+    )
+    tool_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="A tool running longer is abandoned, seconds."
+    )
+    outputs: tuple[OutputConfig, ...] = Field(
+        default=(), description="GPIO outputs ([[agent.outputs]]), each becoming a tool."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(value)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (see /usr/share/zoneinfo)") from None
+        return value
+
+    @field_validator("object")
+    @classmethod
+    def _object(cls, value: str | None) -> str | None:
+        if value is not None and not _OBJECT_REF.match(value):
+            raise ValueError(f"must look like 'package.module:attribute' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _either_or(self) -> AgentConfig:
+        declared = self.model_fields_set & {"name", "instructions", "voice", "tools"}
+        if self.object is not None and declared:
+            raise ValueError(
+                "object: give either agent.object or "
+                f"{', '.join(sorted(f'agent.{d}' for d in declared))}, not both"
+            )
+        names = [o.name.casefold() for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError("outputs: output names must be unique")
+        return self
+
+
+class TriggerConfig(_Section):
+    """What opens and ends a turn."""
+
+    mode: Literal["button", "vad", "both"] = Field(
+        default="button",
+        description="'button' (push to talk), 'vad' (hands-free, voice opens a turn), or both.",
+    )
+    button: Literal["hold", "tap"] = Field(
+        default="hold",
+        description="'hold': talk while held, release sends; 'tap': a tap opens a turn "
+        "that ends on silence.",
+    )
+    long_press_s: float = Field(
+        default=2.0, ge=0.3, le=30, description="Holding this long cancels the turn, seconds."
+    )
+    end_of_turn: Literal["local", "server"] = Field(
+        default="local",
+        description="Who decides the user finished (vad and tap turns): local VAD silence "
+        "or the server's VAD.",
+    )
+
+
+class GpioConfig(_Section):
+    """Pins (BCM numbers) for the button and the LED(s)."""
+
+    button_pin: Pin | None = Field(
+        default=17, description="Talk button pin (BCM); none for a button-less device."
+    )
+    button_pull_up: bool = Field(
+        default=True, description="True: button connects the pin to ground (internal pull-up)."
+    )
+    bounce_s: float = Field(default=0.03, ge=0, le=1, description="Debounce time, seconds.")
+    led_pin: Pin | None = Field(default=None, description="Status LED pin (BCM); none for none.")
+    led_pwm: bool = Field(default=True, description="Drive the LED with PWM (breathing patterns).")
+    led_active_high: bool = Field(default=True, description="True if the LED lights on high.")
+    rgb_pins: tuple[Pin, Pin, Pin] | None = Field(
+        default=None, description="Optional RGB LED pins [red, green, blue] (BCM)."
+    )
+
+
+class AudioConfig(_Section):
+    """Sound devices, rates, volume and cues."""
+
+    input_device: str | int | None = Field(
+        default=None,
+        description="Microphone: a name substring or a PortAudio index (see `hark devices`); "
+        "default the system default.",
+    )
+    output_device: str | int | None = Field(
+        default=None, description="Speaker: a name substring or index; default the system's."
+    )
+    capture_rate_hz: int | None = Field(
+        default=None, ge=8000, le=192000, description="Capture rate, Hz; default the device's."
+    )
+    output_rate_hz: int | None = Field(
+        default=None, ge=8000, le=192000, description="Playback rate, Hz; default the device's."
+    )
+    buffer_ms: int = Field(
+        default=20, ge=5, le=200, description="PyAudio buffer length, milliseconds."
+    )
+    volume: float = Field(
+        default=1.0, ge=0.0, le=1.5, description="Software gain for replies and cues (0 to 1.5)."
+    )
+    cues_enabled: bool = Field(default=True, description="Play the listening/done/error cues.")
+    cue_listening: ConfigPath | None = Field(
+        default=None, description="WAV file for 'listening'; default a generated tone."
+    )
+    cue_done: ConfigPath | None = Field(
+        default=None, description="WAV file for 'done'; default a generated tone."
+    )
+    cue_error: ConfigPath | None = Field(
+        default=None, description="WAV file for 'error'; default a generated tone."
+    )
+
+
+class VadConfig(_Section):
+    """Local voice activity detection (webrtcvad), hysteresis and echo gate."""
+
+    aggressiveness: int = Field(
+        default=2, ge=0, le=3, description="webrtcvad mode, 0 (lenient) to 3 (strict)."
+    )
+    frame_ms: Literal[10, 20, 30] = Field(
+        default=30, description="webrtcvad frame length, milliseconds (10, 20 or 30)."
+    )
+    start_ms: int = Field(
+        default=200, ge=10, le=2000, description="Voiced audio needed to open a turn, ms."
+    )
+    stop_silence_ms: int = Field(
+        default=800, ge=100, le=10000, description="Silence that ends a turn (local), ms."
+    )
+    pre_roll_ms: int = Field(
+        default=300, ge=0, le=2000, description="Audio kept from before the turn opened, ms."
+    )
+    echo_gate: bool = Field(
+        default=True,
+        description="While the speaker plays, only count the mic as voiced when it is "
+        "clearly louder than our own (known) output.",
+    )
+    echo_margin_db: float = Field(
+        default=10.0, ge=0, le=40, description="How much louder than the echo the user must be, dB."
+    )
+    echo_delay_max_ms: int = Field(
+        default=120, ge=0, le=500, description="Longest speaker-to-mic delay considered, ms."
+    )
+
+
+class SessionConfig(_Section):
+    """When to be connected, and for how long."""
+
+    policy: Literal["always", "on_demand"] = Field(
+        default="always",
+        description="'always': stay connected (fastest reply); 'on_demand': connect when a "
+        "turn starts, disconnect after idle_disconnect_s.",
+    )
+    idle_disconnect_s: float = Field(
+        default=300.0, gt=0, le=86400, description="on_demand: idle time before hanging up, s."
+    )
+    rotate_after_s: float = Field(
+        default=3300.0,
+        ge=60,
+        le=3600,
+        description="Replace the session at a quiet moment after this age, seconds "
+        "(the server ends sessions at 60 minutes).",
+    )
+    replay_budget_chars: int = Field(
+        default=4000,
+        ge=0,
+        le=200000,
+        description="Transcript characters carried into a new session, characters.",
+    )
+    response_timeout_s: float = Field(
+        default=20.0, gt=0, le=300, description="Give up waiting for a reply after, seconds."
+    )
+    max_turn_s: float = Field(
+        default=30.0, gt=0, le=600, description="Longest user turn before it is sent, seconds."
+    )
+
+
+class HistoryConfig(_Section):
+    """The conversation history kept on the device."""
+
+    enabled: bool = Field(default=True, description="Keep history (false for privacy).")
+    path: ConfigPath = Field(
+        default=Path("/var/lib/hark/history.jsonl"), description="JSON-lines history file."
+    )
+    max_items: int = Field(default=200, ge=1, le=100000, description="Items kept, count.")
+
+
+class LogConfig(_Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level logged: debug, info, warning, error."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Config(_Section):
+    """The whole file. Only ``[backend] url`` is required."""
+
+    backend: BackendConfig = Field(description="The key backend.")
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig, description="Realtime API.")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="The agent.")
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig, description="Triggers.")
+    gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO pins.")
+    audio: AudioConfig = Field(default_factory=AudioConfig, description="Sound devices.")
+    vad: VadConfig = Field(default_factory=VadConfig, description="Voice activity detection.")
+    session: SessionConfig = Field(default_factory=SessionConfig, description="Session policy.")
+    history: HistoryConfig = Field(default_factory=HistoryConfig, description="History.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        problems: list[str] = []
+        if self.trigger.mode in ("button", "both") and self.gpio.button_pin is None:
+            problems.append(f"gpio.button_pin: required when trigger.mode is {self.trigger.mode!r}")
+        used: dict[int, str] = {}
+        pins: list[tuple[str, int | None]] = [
+            ("gpio.button_pin", self.gpio.button_pin),
+            ("gpio.led_pin", self.gpio.led_pin),
+        ]
+        pins += [(f"gpio.rgb_pins.{i}", p) for i, p in enumerate(self.gpio.rgb_pins or ())]
+        pins += [(f"agent.outputs.{i}.pin", o.pin) for i, o in enumerate(self.agent.outputs)]
+        for path, pin in pins:
+            if pin is None:
+                continue
+            if pin in used:
+                problems.append(f"{path}: pin {pin} is already used by {used[pin]}")
+            else:
+                used[pin] = path
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    """Validate TOML text; relative paths resolve against ``base_dir`` when given."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"TOML syntax error: {exc}"], source) from None
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), source) from None
+
+
+def load(path: Path | str = DEFAULT_PATH) -> Config:
+    """Read and validate the config file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file: {exc.strerror}"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc.reason}"], str(path)) from None
+    return parse(text, str(path), base_dir=path.resolve().parent)
+
+
+def read_token(path: Path | str) -> str:
+    """Return the device token from its own file, refusing one others could read.
+
+    The token is a bearer credential for the key backend: a mode that grants group
+    or other access (anything but 0600 or 0400) is refused with the ``chmod`` that
+    fixes it. The token itself never appears in an error message.
+    """
+    path = Path(path)
+    where = f"backend.token_file: {path}"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{where} does not exist (write the device token there, then chmod 600 {path})"],
+            str(path),
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"{where}: {exc.strerror}"], str(path)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError([f"{where} is not a regular file"], str(path))
+    mode = stat.S_IMODE(info.st_mode)
+    if mode not in (0o600, 0o400):
+        raise ConfigError(
+            [f"{where} has mode {mode:04o}, must be 0600 or 0400; run: chmod 600 {path}"],
+            str(path),
+        )
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{where}: cannot read ({type(exc).__name__})"], str(path)) from None
+    if not token:
+        raise ConfigError([f"{where} is empty (write the device token there)"], str(path))
+    if not _TOKEN_CHARS.match(token):
+        raise ConfigError(
+            [f"{where} must hold one token on one line (no spaces or control characters)"],
+            str(path),
+        )
+    return token
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = "***@" + parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, safe to print: URL credentials masked.
+
+    The token is never part of the config (only its path is), so nothing else is secret.
+    """
+    data = config.model_dump(mode="json")
+    data["backend"]["url"] = _strip_credentials(config.backend.url)
+    data["realtime"]["url"] = _strip_credentials(config.realtime.url)
+    return data
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _section_fields(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names allowed at ``loc`` (a path to a model), for 'did you mean'."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return []
+        annotation = info.annotation
+        inner = getattr(annotation, "__args__", None)
+        candidates = [annotation, *(inner or ())]
+        found = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if found is None:
+            return []
+        model = found
+    return list(model.model_fields)
+
+
+def _required_fields(loc: tuple[int | str, ...]) -> list[str]:
+    """A missing section is reported as its required fields (``backend.url``)."""
+    parent = _section_fields(loc[:-1])
+    if not parent or not isinstance(loc[-1], str):
+        return []
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, str):
+            annotation = model.model_fields[part].annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return []
+            model = annotation
+    return [name for name, info in model.model_fields.items() if info.is_required()]
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """One line per error: dotted path, what is wrong, what was given."""
+    out: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        given = err.get("input")
+        if kind == "extra_forbidden":
+            allowed = _section_fields(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            out.append(f"{path}: unknown key{more} (allowed: {', '.join(allowed)})")
+            continue
+        if kind in ("value_error", "assertion_error"):
+            message = str(err["msg"]).removeprefix("Value error, ")
+            for line in message.splitlines():
+                # Validators spanning fields name the field first: "object: …".
+                field, sep, rest = line.partition(": ")
+                if sep and re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)*", field) and "." in field:
+                    out.append(line)
+                elif sep and re.fullmatch(r"[a-z_]+", field):
+                    out.append(f"{path}.{field}: {rest}" if path else line)
+                else:
+                    out.append(f"{path}: {line}" if path else line)
+            continue
+        if kind == "missing" and (required := _required_fields(loc)):
+            out += [f"{path}.{name}: required" for name in required]
+            continue
+        out.append(f"{path}: {_describe(kind, str(err['msg']), ctx, given)}")
+    return out
+
+
+_TYPE_WORDS = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "path_type": "must be a path (a string)",
+    "tuple_type": "must be a list",
+    "model_type": "must be a table",
+    "dict_type": "must be a table",
+}
+
+
+def _describe(kind: str, msg: str, ctx: dict[str, Any], given: object) -> str:
+    got = f" (got {given!r})"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        head, _, last = expected.rpartition(" or ")
+        options = f"{head}, {last}" if head else expected
+        return f"must be one of {options}{got}"
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind] + got
+    bounds = {
+        "greater_than_equal": ("≥", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("≤", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        sign, key = bounds[kind]
+        return f"must be {sign} {ctx.get(key)}{got}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "too_short" or kind == "too_long":
+        return msg.lower() + got
+    return f"{msg}{got}"

@@ -1,0 +1,254 @@
+"""hark.config: the TOML schema, its error messages, the token file and redaction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hark import config as cfg
+from hark.config import Config, ConfigError, load, parse, read_token, redacted
+from pydantic import BaseModel
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = '[backend]\nurl = "https://keys.example.com/v1/realtime/client_secrets"\n'
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL + text)
+    return info.value.problems
+
+
+def test_minimal_file_gets_defaults() -> None:
+    """Two lines are a whole config; everything else has a documented default."""
+    config = parse(MINIMAL)
+    assert config.realtime.url == "wss://api.openai.com/v1/realtime"
+    assert config.realtime.model == "gpt-realtime"
+    assert config.backend.token_file == Path("/etc/hark/device-token")
+    assert config.trigger.mode == "button"
+    assert config.session.rotate_after_s <= 3600
+
+
+def test_missing_backend_names_url() -> None:
+    """An empty file says which field is required, by its dotted path."""
+    with pytest.raises(ConfigError) as info:
+        parse("")
+    assert info.value.problems == ["backend.url: required"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[trigger]\nmode = "vox"\n', "trigger.mode: must be one of 'button', 'vad', 'both'"),
+        ("[trigger]\nmodee = 1\n", "trigger.modee: unknown key; did you mean 'mode'?"),
+        ("[vad]\naggressiveness = 7\n", "vad.aggressiveness: must be ≤ 3 (got 7)"),
+        ('[gpio]\nbutton_pin = "x"\n', "gpio.button_pin: must be an integer"),
+        ("[audio]\nvolume = 2.0\n", "audio.volume: must be ≤ 1.5"),
+        ("[session]\nrotate_after_s = 4000\n", "session.rotate_after_s: must be ≤ 3600"),
+        ("[history]\nenabled = 3\n", "history.enabled: must be true or false"),
+        ("[sesion]\n", "sesion: unknown key; did you mean 'session'?"),
+        ('[agent]\ntools = ["dance"]\n', "agent.tools.0: must be one of 'time'"),
+        ('[agent]\ntimezone = "Mars/Base"\n', "agent.timezone: unknown time zone"),
+        ('[agent]\nobject = "not a ref"\n', "agent.object: must look like"),
+        ("[[agent.outputs]]\nname = 'l'\npin = 99\n", "agent.outputs.0.pin: must be ≤ 53"),
+        ('[log]\nlevel = "loud"\n', "log.level: must be one of"),
+    ],
+)
+def test_each_mistake_names_its_field(text: str, expected: str) -> None:
+    """Unknown keys, wrong types, ranges and enums each give one line naming the field."""
+    problems = problems_of(text)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems
+
+
+def test_all_problems_reported_at_once() -> None:
+    """Several mistakes give several lines, so an owner fixes them in one pass."""
+    problems = problems_of('[trigger]\nmode = "vox"\n[vad]\naggressiveness = -1\n')
+    assert [p.split(":")[0] for p in problems] == ["trigger.mode", "vad.aggressiveness"]
+
+
+def test_toml_syntax_error_has_line_number() -> None:
+    """A syntax error says where it is."""
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL + "[trigger\n")
+    assert "line 3" in info.value.problems[0]
+    assert "TOML syntax" in info.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://keys.example.com/v1", True),
+        ("http://127.0.0.1:8080/v1", True),
+        ("http://localhost:8080/v1", True),
+        ("http://[::1]:8080/v1", True),
+        ("http://keys.example.com/v1", False),
+        ("ftp://keys.example.com/v1", False),
+        ("keys.example.com", False),
+    ],
+)
+def test_backend_url_https_except_loopback(url: str, ok: bool) -> None:
+    """The token travels to the backend, so plain http is only for loopback."""
+    text = f'[backend]\nurl = "{url}"\n'
+    if ok:
+        assert parse(text).backend.url == url
+    else:
+        with pytest.raises(ConfigError, match=r"backend\.url"):
+            parse(text)
+
+
+def test_realtime_url_wss_except_loopback() -> None:
+    """The Realtime URL must be wss:// except on loopback."""
+    assert parse(MINIMAL + '[realtime]\nurl = "ws://127.0.0.1:9/v1/realtime"\n')
+    assert problems_of('[realtime]\nurl = "ws://example.com/v1/realtime"\n')[0].startswith(
+        "realtime.url:"
+    )
+
+
+def test_agent_object_excludes_declaration() -> None:
+    """Naming a Python agent and declaring one at the same time is refused."""
+    assert parse(MINIMAL + '[agent]\nobject = "kitchen.agents:agent"\n').agent.object
+    problems = problems_of('[agent]\nobject = "kitchen.agents:agent"\nname = "x"\n')
+    assert problems == ["agent.object: give either agent.object or agent.name, not both"], problems
+
+
+def test_outputs_and_pin_conflicts() -> None:
+    """GPIO outputs parse; two things on one pin are refused, naming both."""
+    config = parse(MINIMAL + '[[agent.outputs]]\nname = "kitchen light"\npin = 22\n')
+    assert config.agent.outputs[0].pin == 22
+    assert config.agent.outputs[0].active_high is True
+    problems = problems_of("[gpio]\nled_pin = 17\n")
+    assert problems == ["gpio.led_pin: pin 17 is already used by gpio.button_pin"]
+    problems = problems_of(
+        "[[agent.outputs]]\nname='a'\npin=5\n[[agent.outputs]]\nname='A'\npin=6\n"
+    )
+    assert problems == ["agent.outputs: output names must be unique"]
+
+
+def test_button_mode_needs_button_pin() -> None:
+    """Python-built configs (the demo, tests) with a button trigger need a button pin."""
+    base = parse(MINIMAL)
+    data = base.model_dump()
+    data["gpio"]["button_pin"] = None
+    with pytest.raises(ValueError, match=r"gpio\.button_pin: required when trigger\.mode"):
+        Config.model_validate(data)
+    data["trigger"]["mode"] = "vad"
+    assert Config.model_validate(data).gpio.button_pin is None
+
+
+def test_config_is_frozen() -> None:
+    """The config is immutable: a reload builds a new one."""
+    config = parse(MINIMAL)
+    with pytest.raises(ValueError):
+        config.log.level = "debug"  # type: ignore[misc]
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
+    """Relative paths in the file are relative to the file, not to the daemon's cwd."""
+    path = tmp_path / "hark.toml"
+    path.write_text(
+        '[backend]\nurl = "https://k.example.com/v1"\ntoken_file = "token"\n'
+        '[audio]\ncue_done = "cues/done.wav"\n'
+    )
+    config = load(path)
+    assert config.backend.token_file == tmp_path / "token"
+    assert config.audio.cue_done == tmp_path / "cues" / "done.wav"
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    """A missing file is a config error naming the file."""
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "nope.toml")
+    assert "nope.toml" in str(info.value)
+
+
+def test_read_token_ok(tmp_path: Path) -> None:
+    """A 0600 token file yields the token, stripped."""
+    path = tmp_path / "token"
+    path.write_text("tok_abc123\n")
+    path.chmod(0o600)
+    assert read_token(path) == "tok_abc123"
+    path.chmod(0o400)
+    assert read_token(path) == "tok_abc123"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700])
+def test_read_token_refuses_open_modes(tmp_path: Path, mode: int) -> None:
+    """A token file others could read is refused with the chmod that fixes it."""
+    path = tmp_path / "token"
+    path.write_text("tok_secret_value")
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        read_token(path)
+    assert f"chmod 600 {path}" in info.value.problems[0]
+    assert info.value.problems[0].startswith("backend.token_file:")
+    assert "tok_secret_value" not in str(info.value)
+
+
+def test_read_token_missing_and_empty(tmp_path: Path) -> None:
+    """Missing and empty token files are refused, naming the field."""
+    with pytest.raises(ConfigError, match=r"backend\.token_file: .* does not exist"):
+        read_token(tmp_path / "absent")
+    path = tmp_path / "token"
+    path.write_text("  \n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="is empty"):
+        read_token(path)
+    path.write_text("two words\n")
+    with pytest.raises(ConfigError, match="one token") as info:
+        read_token(path)
+    assert "two words" not in str(info.value)
+
+
+def test_redacted_masks_url_credentials() -> None:
+    """check-config output never shows credentials embedded in URLs."""
+    config = parse('[backend]\nurl = "https://user:hunter2@keys.example.com/v1"\n')
+    data = redacted(config)
+    assert "hunter2" not in repr(data)
+    assert data["backend"]["url"] == "https://***@keys.example.com/v1"
+    assert data["trigger"]["mode"] == "button"
+
+
+def _models(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    out = [(prefix, model)]
+    for name, info in model.model_fields.items():
+        for candidate in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                out += _models(candidate, f"{prefix}{name}.")
+    return out
+
+
+def test_every_field_documented() -> None:
+    """Every field has a description, and docs/config.md mentions every dotted name."""
+    doc = (ROOT / "docs" / "config.md").read_text()
+    for prefix, model in _models(Config):
+        assert model.model_config.get("extra") == "forbid"
+        assert model.model_config.get("frozen") is True
+        for name, info in model.model_fields.items():
+            assert info.description, f"{prefix}{name} has no description"
+            if not issubclass(
+                next(
+                    (
+                        c
+                        for c in (info.annotation, *getattr(info.annotation, "__args__", ()))
+                        if isinstance(c, type)
+                    ),
+                    object,
+                ),
+                BaseModel,
+            ):
+                assert f"`{name}`" in doc, f"docs/config.md does not document {prefix}{name}"
+
+
+def test_example_config_is_valid() -> None:
+    """examples/hark.toml (the file install-device puts in /etc/hark) stays valid."""
+    config = load(ROOT / "examples" / "hark.toml")
+    assert config.backend.url.startswith("https://")
+
+
+def test_constants_match_defaults() -> None:
+    """The module's default paths are what the unit file and install script use."""
+    assert Path("/etc/hark/hark.toml") == cfg.DEFAULT_PATH
+    assert Config.model_fields["history"].default_factory is not None
+    assert os.fspath(cfg.DEFAULT_TOKEN_FILE) == "/etc/hark/device-token"

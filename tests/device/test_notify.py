@@ -1,0 +1,130 @@
+"""hark.notify: sd_notify datagrams on a real NOTIFY_SOCKET, watchdog interval, log routing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hark.notify import (
+    SystemdNotifier,
+    priority_of,
+    setup_logging,
+    under_systemd,
+    watchdog_interval_s,
+)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A datagram socket bound in the test's temp dir, named by NOTIFY_SOCKET."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+@pytest.mark.parametrize("use_library", [True, False])
+def test_messages_reach_the_socket(notify_socket: socket.socket, use_library: bool) -> None:
+    """READY, STATUS, WATCHDOG, RELOADING and STOPPING arrive as sd_notify datagrams."""
+    notifier = SystemdNotifier(use_library=use_library)
+    assert notifier.enabled
+    notifier.ready()
+    notifier.status("listening;\n last error: none")
+    notifier.watchdog()
+    notifier.reloading()
+    notifier.stopping()
+    got = [notify_socket.recv(4096).decode() for _ in range(5)]
+    assert got == [
+        "READY=1",
+        "STATUS=listening; last error: none",
+        "WATCHDOG=1",
+        "RELOADING=1",
+        "STOPPING=1",
+    ]
+
+
+def test_abstract_socket_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An '@name' NOTIFY_SOCKET is the abstract namespace, as sd_notify reads it."""
+    name = f"hark-test-{os.getpid()}-{id(monkeypatch)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        SystemdNotifier(use_library=False).ready()
+        assert sock.recv(64) == b"READY=1"
+
+
+def test_long_status_is_one_short_line(notify_socket: socket.socket) -> None:
+    """STATUS= is one line of bounded length, whatever the error text."""
+    SystemdNotifier().status("x" * 1000 + "\n" + "y")
+    message = notify_socket.recv(4096).decode()
+    assert message.startswith("STATUS=")
+    assert "\n" not in message
+    assert len(message) <= 220
+
+
+def test_no_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside systemd every call is silent and harmless."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    for use_library in (True, False):
+        notifier = SystemdNotifier(use_library=use_library)
+        assert not notifier.enabled
+        notifier.ready()
+        notifier.watchdog()
+        notifier.stopping()
+
+
+def test_vanished_socket_does_not_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NOTIFY_SOCKET path nobody listens on is logged at debug, not raised."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    SystemdNotifier(use_library=False).watchdog()
+
+
+def test_watchdog_interval() -> None:
+    """WATCHDOG_USEC gives the interval; WATCHDOG_PID must be ours; absent means None."""
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "20000000"}) == 20.0
+    own = {"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": str(os.getpid())}
+    assert watchdog_interval_s(own) == 5.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "5000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "junk"}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_priorities() -> None:
+    """Logging levels map onto syslog priorities as journald expects."""
+    assert priority_of(logging.DEBUG) == 7
+    assert priority_of(logging.INFO) == 6
+    assert priority_of(logging.WARNING) == 4
+    assert priority_of(logging.ERROR) == 3
+    assert priority_of(logging.CRITICAL) == 2
+    assert priority_of(logging.INFO + 5) == 6
+
+
+def test_logging_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd the journal handler is used; elsewhere stderr; calling again replaces."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        monkeypatch.delenv("INVOCATION_ID", raising=False)
+        assert not under_systemd()
+        handler = setup_logging("debug")
+        assert type(handler) is logging.StreamHandler
+        assert root.level == logging.DEBUG
+        monkeypatch.setenv("INVOCATION_ID", "0123")
+        handler = setup_logging("warning")
+        assert type(handler).__name__ == "JournalHandler"
+        assert sum(1 for h in root.handlers if getattr(h, "_hark", False)) == 1
+        logging.getLogger("hark.test").warning("journal without journald is dropped")
+    finally:
+        for h in list(root.handlers):
+            if h not in before:
+                root.removeHandler(h)
