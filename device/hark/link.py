@@ -1,0 +1,626 @@
+"""The Realtime link: a fresh key per connect attempt, the WebSocket, retries, rotation and replay.
+
+The pure parts (``Backoff``, ``RetryPolicy``, ``classify_close``, ``TranscriptLog`` and
+``select_replay``, ``TurnTracker``, ``rotation_due``) are plain objects tested without
+I/O; ``WebSocketLink`` wires them to websockets. Only this module and ``hark.keys``
+do network I/O; foreign exceptions stop here and become ``LinkFailed``/``LinkDown``
+events. It must not import the conversation, soundcard or gpio modules, and must
+never log a key or the device token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from hark import events as ev
+from hark import realtime
+from hark.keys import (
+    Backoff,
+    Failure,
+    KeyFetchError,
+    KeySource,
+    RetryPolicy,
+    classify_close,
+    classify_status,
+    is_loopback_host,
+    session_url,
+)
+from hark.ports import Post
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+REPLAY_PREFIX = "hark_rp"
+"""Ids of replayed items and their events, so their echoes are not posted again."""
+
+# --------------------------------------------------------------------------- history and replay
+
+
+@dataclass(slots=True)
+class Entry:
+    """One remembered turn: who said what (``text`` None until its transcript arrives)."""
+
+    item_id: str
+    role: Literal["user", "assistant"]
+    text: str | None = None
+    truncated: bool = False
+
+
+def select_replay(entries: Iterable[Entry], budget_chars: int) -> list[Entry]:
+    """The newest entries with text whose total fits the budget, oldest first."""
+    chosen: list[Entry] = []
+    used = 0
+    for entry in reversed(list(entries)):
+        if not entry.text:
+            continue
+        if used + len(entry.text) > budget_chars:
+            break
+        used += len(entry.text)
+        chosen.append(entry)
+    chosen.reverse()
+    return chosen
+
+
+class TranscriptLog:
+    """A bounded log of user and assistant transcripts in conversation order."""
+
+    def __init__(self, max_items: int = 200) -> None:
+        self.max_items = max_items
+        self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
+
+    @property
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def _put(self, item_id: str, role: Literal["user", "assistant"], text: str | None) -> None:
+        entry = self._entries.get(item_id)
+        if entry is None:
+            self._entries[item_id] = Entry(item_id, role, text or None)
+            while len(self._entries) > self.max_items:
+                self._entries.popitem(last=False)
+        elif text and not entry.truncated:
+            entry.text = text
+
+    def seed(self, items: Iterable[ev.Item]) -> None:
+        """Preload persisted history (before anything this run has seen)."""
+        seeded: list[tuple[str, Entry]] = []
+        for n, item in enumerate(items):
+            if item.type == "message" and item.role in ("user", "assistant") and item.text:
+                item_id = item.id or f"seed{n}"
+                seeded.append((item_id, Entry(item_id, item.role, item.text)))
+        rest = [(k, v) for k, v in self._entries.items() if k not in dict(seeded)]
+        self._entries = collections.OrderedDict(seeded + rest)
+        while len(self._entries) > self.max_items:
+            self._entries.popitem(last=False)
+
+    def observe(self, event: ev.Event) -> None:
+        match event:
+            case ev.ItemAdded(item=item) | ev.ItemDone(item=item):
+                if item.type == "message" and item.role in ("user", "assistant"):
+                    self._put(item.id, item.role, item.text)  # type: ignore[arg-type]
+            case ev.UserTranscript(item_id=item_id, transcript=text):
+                self._put(item_id, "user", text)
+            case ev.TranscriptDone(item_id=item_id, transcript=text):
+                self._put(item_id, "assistant", text)
+            case ev.ItemTruncated(item_id=item_id):
+                # The server drops the transcript of a truncated item (protocol §5.1):
+                # the unheard rest must not come back through replay either.
+                entry = self._entries.get(item_id)
+                if entry is not None:
+                    entry.text, entry.truncated = None, True
+            case ev.ItemDeleted(item_id=item_id):
+                self._entries.pop(item_id, None)
+            case _:
+                pass
+
+    def replay(self, budget_chars: int) -> list[ev.Item]:
+        """Text items to recreate the conversation in a fresh session, oldest first."""
+        return [
+            ev.Item(id="", type="message", role=e.role, text=e.text)
+            for e in select_replay(self._entries.values(), budget_chars)
+        ]
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+class TurnTracker:
+    """Whether a turn is under way, from the commands sent and the events received."""
+
+    def __init__(self) -> None:
+        self.manual_turns = False
+        self.reset(0.0)
+
+    def reset(self, now_s: float) -> None:
+        self.responses: set[str] = set()
+        self.response_requested = False
+        self.speaking = False
+        self.audio_pending = False
+        self.pending_calls: set[str] = set()
+        self.last_activity_s = now_s
+
+    def on_sent(self, command: ev.WireCommand, now_s: float) -> None:
+        match command:
+            case ev.SendAudio():
+                # With server VAD the mic may stream all the time; only speech counts then.
+                if self.manual_turns:
+                    self.audio_pending = True
+                    self.last_activity_s = now_s
+                return
+            case ev.CommitAudio() | ev.ClearAudio():
+                self.audio_pending = False
+            case ev.CreateResponse():
+                self.response_requested = True
+            case ev.CreateItem(item=item) if item.type == "function_call_output":
+                self.pending_calls.discard(item.call_id or "")
+            case ev.UpdateSession(config=config):
+                self.manual_turns = config.turn_detection is None
+        self.last_activity_s = now_s
+
+    def on_event(self, event: ev.Event, now_s: float) -> None:
+        match event:
+            case ev.ResponseCreated(response_id=rid):
+                self.responses.add(rid)
+                self.response_requested = False
+            case ev.ResponseDone(response_id=rid):
+                self.responses.discard(rid)
+                self.response_requested = False
+            case ev.SpeechStarted():
+                self.speaking = True
+            case ev.SpeechStopped() | ev.AudioCommitted() | ev.AudioCleared():
+                self.speaking = False
+            case ev.FunctionCallRequested(call_id=call_id):
+                self.pending_calls.add(call_id)
+            case ev.ServerError() | ev.ProtocolError() | ev.SessionUpdated():
+                return
+            case _:
+                pass
+        self.last_activity_s = now_s
+
+    def quiet(self, now_s: float, quiet_s: float) -> bool:
+        """No response, speech, unsent turn or tool call, and nothing happened for ``quiet_s``."""
+        return (
+            not self.responses
+            and not self.response_requested
+            and not self.speaking
+            and not self.audio_pending
+            and not self.pending_calls
+            and now_s - self.last_activity_s >= quiet_s
+        )
+
+
+def rotation_due(
+    now_s: float,
+    opened_s: float,
+    deadline_s: float | None,
+    rotate_before_expiry_s: float,
+    max_age_s: float,
+) -> bool:
+    """Rotate at ``max_age_s`` of age or ``rotate_before_expiry_s`` before the session cap."""
+    if now_s - opened_s >= max_age_s:
+        return True
+    return deadline_s is not None and deadline_s - now_s <= rotate_before_expiry_s
+
+
+# --------------------------------------------------------------------------- the link
+
+
+class _AttemptFailedError(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+@dataclass(eq=False)
+class _Session:
+    ws: ClientConnection
+    session_id: str
+    expires_at: float | None
+    opened_s: float
+    deadline_s: float | None
+    reader: asyncio.Task[None] | None = None
+    expired: bool = False
+    last_error: ev.ServerError | None = None
+    replay_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LinkStats:
+    """Counters for the status line and tests."""
+
+    attempts: int = 0
+    key_fetches: int = 0
+    sessions: int = 0
+    rotations: int = 0
+    dropped_audio: int = 0
+    dropped_commands: int = 0
+
+
+class WebSocketLink:
+    """The real ``ports.Link``: see the module docstring. Construct with plain values."""
+
+    def __init__(
+        self,
+        *,
+        backend_url: str,
+        device_token: str,
+        model: str = "gpt-realtime",
+        realtime_url: str = DEFAULT_REALTIME_URL,
+        backoff: Backoff | None = None,
+        ping_interval_s: float = 5.0,
+        ping_timeout_s: float = 5.0,
+        open_timeout_s: float = 10.0,
+        http_timeout_s: float = 10.0,
+        rotate_before_expiry_s: float = 300.0,
+        max_session_age_s: float = 3300.0,
+        quiet_s: float = 5.0,
+        stable_s: float = 30.0,
+        replay_budget_chars: int = 4000,
+        history_max_items: int = 200,
+        key_request_body: Mapping[str, Any] | None = None,
+        send_queue_max: int = 256,
+        tick_s: float = 0.5,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._url = session_url(realtime_url, model)
+        self._keys = KeySource(backend_url, device_token, key_request_body, http_timeout_s)
+        self._loopback = is_loopback_host(urllib.parse.urlsplit(self._url).hostname)
+        self._policy = RetryPolicy(backoff or Backoff(), rand)
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._open_timeout_s = open_timeout_s
+        self._rotate_before_expiry_s = rotate_before_expiry_s
+        self._max_session_age_s = max_session_age_s
+        self._quiet_s = quiet_s
+        self._stable_s = stable_s
+        self._replay_budget_chars = replay_budget_chars
+        self._send_queue_max = send_queue_max
+        self._tick_s = tick_s
+        self.history = TranscriptLog(history_max_items)
+        self.turns = TurnTracker()
+        self.decoder = realtime.Decoder()
+        self.stats = LinkStats()
+        self._config: ev.SessionConfig | None = None
+        self._post: Post | None = None
+        self._want = False
+        self._disconnect_reason = ""
+        self._rotate_requested = False
+        self._next_rotation_try_s = 0.0
+        self._current: _Session | None = None
+        self._queue: collections.deque[tuple[ev.WireCommand, str]] = collections.deque()
+        self._queue_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._replay_counter = 0
+
+    # -- the Link protocol (called on the loop) ------------------------------------------------
+
+    def connect(self) -> None:
+        if not self._want:
+            self._want = True
+            self._wake.set()
+
+    def disconnect(self, reason: str) -> None:
+        if not self._want:
+            return
+        self._want = False
+        self._disconnect_reason = reason
+        if self._current is None and self._post is not None:
+            self._post(ev.LinkDown(reason, retrying=False))
+        self._wake.set()
+
+    def rotate(self) -> None:
+        if self._current is not None:
+            self._rotate_requested = True
+            self._wake.set()
+
+    def seed_history(self, items: list[ev.Item]) -> None:
+        self.history.seed(items)
+
+    def send(self, command: ev.WireCommand) -> None:
+        if isinstance(command, ev.UpdateSession):
+            self._config = command.config
+            self.turns.manual_turns = command.config.turn_detection is None
+        if self._current is None:
+            self._count_drop(command)
+            return
+        if len(self._queue) >= self._send_queue_max:
+            log.warning(
+                "send queue full (%d); dropping %s", len(self._queue), type(command).__name__
+            )
+            self._count_drop(command)
+            return
+        self._queue.append((command, realtime.encode(command)))
+        self._queue_ready.set()
+        self.turns.on_sent(command, time.monotonic())
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        sender = asyncio.create_task(self._send_loop(), name="link-sender")
+        try:
+            while True:
+                if not self._want:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._attempt()
+        finally:
+            sender.cancel()
+            session, self._current = self._current, None
+            if session is not None:
+                await self._close(session, "shutdown")
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def _count_drop(self, command: ev.WireCommand) -> None:
+        if isinstance(command, ev.SendAudio):
+            self.stats.dropped_audio += 1
+        else:
+            self.stats.dropped_commands += 1
+
+    def _emit(self, event: ev.Event) -> None:
+        if self._post is not None:
+            self._post(event)
+
+    async def _attempt(self) -> None:
+        try:
+            session = await self._open()
+        except _AttemptFailedError as exc:
+            decision = self._policy.failed(exc.failure)
+            log.warning(
+                "connect failed (%s): %s; retry in %.1f s",
+                exc.failure.kind,
+                exc.failure.message,
+                decision.delay_s,
+            )
+            if decision.report is not None:
+                self._emit(decision.report)
+            await self._pause(decision.delay_s)
+            return
+        if not self._want:  # disconnect() arrived while we were connecting
+            await self._close(session, "disconnect")
+            return
+        self._policy.authorised()
+        await self._serve(session)
+
+    async def _open(self) -> _Session:
+        """Fetch a fresh key, connect, and wait for ``session.created``."""
+        self.stats.attempts += 1
+        try:
+            self.stats.key_fetches += 1
+            grant = await self._keys.fetch()
+        except KeyFetchError as exc:
+            raise _AttemptFailedError(Failure(exc.kind, str(exc))) from None
+        try:
+            ws = await connect(
+                self._url,
+                additional_headers={"Authorization": f"Bearer {grant.value}"},
+                user_agent_header="hark",
+                compression=None,  # base64 audio barely compresses; spare the Pi's CPU
+                proxy=None if self._loopback else True,
+                open_timeout=self._open_timeout_s,
+                ping_interval=self._ping_interval_s,
+                ping_timeout=self._ping_timeout_s,
+                close_timeout=2.0,
+                max_size=16 * 1024 * 1024,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise _AttemptFailedError(
+                classify_status(status, f"upgrade refused: HTTP {status}")
+            ) from None
+        except InvalidURI as exc:
+            raise _AttemptFailedError(Failure("config", f"bad realtime URL: {exc}")) from None
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            raise _AttemptFailedError(Failure("network", f"cannot connect: {exc!r}")) from None
+        error: ev.ServerError | None = None
+        created: ev.SessionCreated | None = None
+        try:
+            async with asyncio.timeout(self._open_timeout_s):
+                while created is None:
+                    event = self.decoder.decode(await ws.recv())
+                    if isinstance(event, ev.SessionCreated):
+                        created = event
+                    elif isinstance(event, ev.ServerError):
+                        error = event
+        except ConnectionClosed:
+            raise _AttemptFailedError(
+                classify_close(ws.close_code, ws.close_reason or "", error)
+            ) from None
+        except TimeoutError:
+            await ws.close()
+            raise _AttemptFailedError(Failure("network", "no session.created in time")) from None
+        except BaseException:
+            await ws.close()
+            raise
+        now_s, wall_s = time.monotonic(), time.time()
+        deadline_s = None
+        if created.expires_at is not None and created.expires_at > wall_s:
+            deadline_s = now_s + (created.expires_at - wall_s)
+        self.stats.sessions += 1
+        log.info("session %s open", created.session_id)
+        return _Session(ws, created.session_id, created.expires_at, now_s, deadline_s)
+
+    async def _pause(self, delay_s: float) -> None:
+        """Sleep before the next attempt; cut short by ``disconnect()``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay_s
+        while self._want and (remaining := deadline - loop.time()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+
+    # -- an open session --------------------------------------------------------------------
+
+    async def _serve(self, session: _Session) -> None:
+        await self._activate(session)
+        while True:
+            assert session.reader is not None
+            waiter = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait(
+                {session.reader, waiter}, timeout=self._tick_s, return_when="FIRST_COMPLETED"
+            )
+            waiter.cancel()
+            self._wake.clear()
+            if not self._want:
+                self._current = None
+                self._queue.clear()
+                await self._close(session, "disconnect")
+                self._emit(ev.LinkDown(self._disconnect_reason, retrying=False))
+                return
+            if session.reader.done():
+                await self._lost(session)
+                return
+            if self._rotation_wanted(session):
+                session = await self._rotate_from(session)
+
+    async def _activate(self, session: _Session) -> None:
+        """Make ``session`` current: resend the config, replay history, then post ``LinkUp``."""
+        now_s = time.monotonic()
+        self.turns.reset(now_s)
+        preamble: list[str] = []
+        if self._config is not None:
+            preamble.append(realtime.encode(ev.UpdateSession(self._config), "hark_resync"))
+            self.turns.manual_turns = self._config.turn_detection is None
+        for item in self.history.replay(self._replay_budget_chars):
+            self._replay_counter += 1
+            ident = f"{REPLAY_PREFIX}{self._replay_counter}"
+            session.replay_ids.add(ident)
+            preamble.append(realtime.encode(ev.CreateItem(_with_id(item, ident)), ident))
+        async with self._send_lock:
+            self._current = session
+            with contextlib.suppress(ConnectionClosed):
+                for text in preamble:
+                    await session.ws.send(text)
+        log.info("session %s active (replayed %d items)", session.session_id, len(preamble))
+        session.reader = asyncio.create_task(self._read(session), name="link-reader")
+        self._emit(ev.LinkUp(session.session_id, session.expires_at))
+
+    async def _lost(self, session: _Session) -> None:
+        self._current = None
+        self._queue.clear()
+        if time.monotonic() - session.opened_s >= self._stable_s:
+            self._policy.reset()
+        if session.expired:
+            log.info("session %s expired; reconnecting", session.session_id)
+            self._emit(ev.LinkDown("session expired", retrying=True))
+            return
+        failure = classify_close(session.ws.close_code, session.ws.close_reason or "", None)
+        if session.last_error is not None and failure.kind in ("auth", "config"):
+            failure = Failure(failure.kind, session.last_error.message)
+        decision = self._policy.failed(failure)
+        log.warning("session lost (%s): %s", failure.kind, failure.message)
+        self._emit(ev.LinkDown(failure.message, retrying=True))
+        if decision.report is not None and failure.kind not in ("network", "server"):
+            self._emit(decision.report)
+        await self._pause(decision.delay_s)
+
+    def _rotation_wanted(self, session: _Session) -> bool:
+        if self._rotate_requested:
+            return True
+        now_s = time.monotonic()
+        if now_s < self._next_rotation_try_s:
+            return False
+        return rotation_due(
+            now_s,
+            session.opened_s,
+            session.deadline_s,
+            self._rotate_before_expiry_s,
+            self._max_session_age_s,
+        ) and self.turns.quiet(now_s, self._quiet_s)
+
+    async def _rotate_from(self, old: _Session) -> _Session:
+        """Open the next session while the old one still serves, then switch when quiet."""
+        forced, self._rotate_requested = self._rotate_requested, False
+        log.info("rotating session %s (%s)", old.session_id, "asked" if forced else "due")
+        try:
+            new = await self._open()
+        except _AttemptFailedError as exc:
+            delay_s = self._policy.backoff.delay_s(1, random.random())
+            log.warning("rotation failed (%s); trying again in %.1f s", exc, delay_s)
+            self._next_rotation_try_s = time.monotonic() + delay_s
+            return old
+        assert old.reader is not None
+        while not forced and not old.reader.done() and self._want:
+            if self.turns.quiet(time.monotonic(), self._quiet_s):
+                break
+            await asyncio.sleep(self._tick_s)  # a turn began meanwhile: let it finish
+        if not self._want:
+            await self._close(new, "disconnect")
+            return old
+        self.stats.rotations += 1
+        await self._activate(new)
+        await self._close(old, "rotated")
+        return new
+
+    async def _read(self, session: _Session) -> None:
+        """Decode and post every frame; bad frames become events, never exceptions."""
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in session.ws:
+                event = self.decoder.decode(raw)
+                if event is None or session is not self._current:
+                    continue
+                try:
+                    self._dispatch(session, event)
+                except Exception:  # a bug in a post target must not end the session
+                    log.exception("dispatching %s failed", type(event).__name__)
+
+    def _dispatch(self, session: _Session, event: ev.ServerEvent) -> None:
+        match event:
+            case ev.SessionCreated():
+                return
+            case ev.ServerError(code="session_expired"):
+                session.expired = True
+                return
+            case ev.ServerError(event_id=eid) if eid and eid.startswith(REPLAY_PREFIX):
+                log.warning("replayed item refused: %s", event.message)
+                return
+            case ev.ServerError():
+                session.last_error = event
+            case ev.ItemAdded(item=item) | ev.ItemDone(item=item) if item.id in session.replay_ids:
+                return
+        now_s = time.monotonic()
+        self.turns.on_event(event, now_s)
+        self.history.observe(event)
+        self._emit(event)
+
+    async def _send_loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._queue_ready.clear()
+                await self._queue_ready.wait()
+                continue
+            command, text = self._queue.popleft()
+            async with self._send_lock:
+                session = self._current
+                if session is None:
+                    self._count_drop(command)
+                    continue
+                try:
+                    await session.ws.send(text)
+                except ConnectionClosed:
+                    self._count_drop(command)
+
+    async def _close(self, session: _Session, reason: str) -> None:
+        try:
+            await session.ws.close(1000, reason)
+        except Exception as exc:  # closing a broken socket must not stop the loop
+            log.debug("close failed: %r", exc)
+        if session.reader is not None and session.reader is not asyncio.current_task():
+            session.reader.cancel()
+
+
+def _with_id(item: ev.Item, item_id: str) -> ev.Item:
+    return ev.Item(id=item_id, type=item.type, role=item.role, text=item.text)
