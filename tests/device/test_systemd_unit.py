@@ -1,0 +1,79 @@
+"""systemd/hark.service: `systemd-analyze verify` is clean and the exposure score is ≤ 2.0."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "hark.service"
+
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
+)
+
+
+def directives() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_unit_declares_the_contract() -> None:
+    """Notify type, watchdog, restart policy, EX_CONFIG not restarted, the service user."""
+    d = directives()
+    assert d["Type"] == ["notify"]
+    assert d["NotifyAccess"] == ["main"]
+    assert d["ExecStart"] == ["/opt/hark/venv/bin/hark run --config /etc/hark/hark.toml"]
+    assert "-HUP $MAINPID" in d["ExecReload"][0]
+    assert d["Restart"] == ["on-failure"]
+    assert d["RestartPreventExitStatus"] == ["78"]
+    assert int(d["WatchdogSec"][0]) > 0
+    assert int(d["TimeoutStopSec"][0]) > 5  # the daemon stops within 5 s
+    assert d["User"] == ["hark"]
+    assert set(d["SupplementaryGroups"][0].split()) == {"audio", "gpio"}
+    assert d["StateDirectory"] == ["hark"]
+    assert "network-online.target" in d["Wants"][0]
+    assert {"network-online.target", "sound.target"} <= set(d["After"][0].split())
+
+
+@needs_analyze
+def test_verify_clean(tmp_path: Path) -> None:
+    """`systemd-analyze verify` reports nothing (ExecStart pointed at a binary that exists)."""
+    copy = tmp_path / "hark.service"
+    text = UNIT.read_text().replace("/opt/hark/venv/bin/hark", shutil.which("true") or "/bin/true")
+    copy.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0, output
+    assert "hark.service" not in output, output
+
+
+@needs_analyze
+def test_security_exposure_at_most_2() -> None:
+    """`systemd-analyze security --offline=true` scores the unit ≤ 2.0 (0 best, 10 worst)."""
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for hark\.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    score = float(match.group(1))
+    print(f"systemd-analyze security: {score}")
+    assert score <= 2.0
