@@ -1,0 +1,463 @@
+"""The HTTP service: ``POST /v1/realtime/client_secrets`` for devices, ``GET /healthz``, errors.
+
+It must not log or echo a device token, the owner's key or a minted key; it must not answer
+anything but OpenAI's error envelope ``{"error": {"message", "type", "code", "param"}}`` on
+failure (never a traceback); and it keeps no per-device state in the process, so several
+replicas can share one database behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hark_backend.policy import OPENAI_MAX_TTL_S, OPENAI_MIN_TTL_S, Policy
+from hark_backend.registry import (
+    TOKEN_PREFIX,
+    Admission,
+    RateLimit,
+    Registry,
+    RegistryUnavailableError,
+)
+from hark_backend.upstream import KeyMinter, UpstreamError
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_TOKEN_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service needs; built by the CLI (or a test)."""
+
+    db_url: str
+    openai_base_url: str
+    openai_api_key: str = field(repr=False)
+    policy: Policy = field(default_factory=Policy)
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+    max_body_bytes: int = 16 * 1024
+    upstream_timeout_s: float = 10.0
+
+
+# -- wire models (for validation and the OpenAPI schema) ----------------------------------
+
+
+class ExpiresAfter(BaseModel):
+    """OpenAI's ``expires_after``; the policy may only shorten what the device asks for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"] = "created_at"
+    seconds: int = Field(ge=OPENAI_MIN_TTL_S, le=OPENAI_MAX_TTL_S)
+
+
+class ClientSecretRequest(BaseModel):
+    """The body OpenAI's endpoint takes; both fields optional, the session merged under policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expires_after: ExpiresAfter | None = None
+    session: dict[str, Any] | None = None
+
+
+class ClientSecretResponse(BaseModel):
+    """OpenAI's ``ClientSecretCreateResponse``: the ``ek_`` key, its expiry, the session."""
+
+    value: str
+    expires_at: int = Field(description="Expiry of the key, seconds since the epoch.")
+    session: dict[str, Any]
+
+
+class ErrorBody(BaseModel):
+    """The inside of OpenAI's error envelope."""
+
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """``{"error": {...}}``: every failure, so a device parses one shape."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    """The health answer."""
+
+    status: Literal["ok"]
+
+
+class ApiError(Exception):
+    """A failure to answer with the envelope; ``code`` is what the device classifies on."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.headers = headers or {}
+
+
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """One error response in OpenAI's envelope."""
+    body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
+    return JSONResponse(
+        body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
+
+
+def _set_outcome(request: Request, outcome: str, device: str | None = None) -> None:
+    request.state.outcome = outcome
+    if device is not None:
+        request.state.device = device
+
+
+# -- ASGI middleware -----------------------------------------------------------------------
+
+
+class RequestLog:
+    """One structured line per request: method, path, status, device, outcome, duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        started = time.perf_counter()
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            status = status or 500
+            state.setdefault("outcome", "internal_error")
+            raise
+        finally:
+            log.info(
+                "request method=%s path=%s status=%d device=%s outcome=%s duration_ms=%.1f",
+                scope.get("method", "-"),
+                scope.get("path", "-"),
+                status,
+                state.get("device", "-"),
+                state.get("outcome", "ok" if 200 <= status < 400 else "error"),
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_bytes`` with 413 before the app reads them (also chunked ones)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
+        scope.setdefault("state", {})["outcome"] = code
+        response = envelope(status, code, msg)
+        await send(
+            {"type": "http.response.start", "status": status, "headers": response.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"Request body larger than {self.max_bytes} bytes."
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._refuse(scope, send, 400, "invalid_request", "Bad Content-Length.")
+                    return
+                if declared > self.max_bytes:
+                    await self._refuse(scope, send, 413, "request_too_large", too_large)
+                    return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunk = bytes(message.get("body", b""))
+            total += len(chunk)
+            if total > self.max_bytes:
+                await self._refuse(scope, send, 413, "request_too_large", too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+# -- the application -----------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="DeviceToken",
+    description="The device token printed by `hark-backend device add` (hark_dt_...).",
+)
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorEnvelope,
+        "description": "Malformed request, or OpenAI refused the session.",
+    },
+    401: {"model": ErrorEnvelope, "description": "Missing, unknown or revoked device token."},
+    413: {"model": ErrorEnvelope, "description": "Request body too large."},
+    429: {"model": ErrorEnvelope, "description": "Device rate limit; see Retry-After."},
+    500: {"model": ErrorEnvelope, "description": "Backend bug."},
+    502: {"model": ErrorEnvelope, "description": "OpenAI refused or failed (upstream_*)."},
+    503: {"model": ErrorEnvelope, "description": "OpenAI or the registry unavailable; retry."},
+}
+
+
+def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
+    """Build the service; the registry and the OpenAI client open in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reg = registry or Registry(settings.db_url)
+        await reg.call(reg.init_schema)
+        minter = KeyMinter(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            timeout_s=settings.upstream_timeout_s,
+        )
+        app.state.registry = reg
+        app.state.minter = minter
+        log.info(
+            "backend ready: db=%s upstream=%s model=%s key_ttl_s=%d rate_limit=%d/%gs",
+            "postgresql" if reg.postgres else "sqlite",
+            settings.openai_base_url,
+            settings.policy.model,
+            settings.policy.key_ttl_s,
+            settings.rate_limit.count,
+            settings.rate_limit.window_s,
+        )
+        try:
+            yield
+        finally:
+            await minter.aclose()
+            if registry is None:
+                reg.close()
+
+    app = FastAPI(
+        title="hark-backend",
+        version="0.1.0",
+        summary="Mints short-lived OpenAI Realtime keys for registered hark devices.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    async def authenticate(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Admission:
+        if credentials is None:
+            raise ApiError(
+                401,
+                "missing_device_token",
+                "Send the device token as 'Authorization: Bearer hark_dt_...'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        token = credentials.credentials
+        reg: Registry = request.app.state.registry
+        if token.startswith(TOKEN_PREFIX) and len(token) <= MAX_TOKEN_CHARS:
+            admission = await reg.call(
+                reg.admit, token, now_s=time.time(), limit=settings.rate_limit
+            )
+        else:
+            admission = Admission("unknown_token")
+        if admission.device is not None:
+            request.state.device = admission.device
+        if admission.outcome == "revoked":
+            raise ApiError(
+                401,
+                "device_revoked",
+                "This device has been revoked by the backend's owner.",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if admission.outcome == "unknown_token":
+            raise ApiError(
+                401,
+                "invalid_device_token",
+                "Unknown device token (never issued, or replaced by 'device rotate').",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if admission.outcome == "rate_limited":
+            retry_after_s = max(1, int(admission.retry_after_s + 0.999))
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"Too many key requests from this device; retry in {retry_after_s} s.",
+                type_="rate_limit_error",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+        return admission
+
+    @app.post(
+        "/v1/realtime/client_secrets",
+        response_model=ClientSecretResponse,
+        responses=_ERROR_RESPONSES,
+        summary="Mint an ephemeral Realtime key (same shape as OpenAI's endpoint).",
+        operation_id="createClientSecret",
+    )
+    async def create_client_secret(
+        request: Request,
+        admission: Annotated[Admission, Depends(authenticate)],
+        body: Annotated[ClientSecretRequest | None, Body()] = None,
+    ) -> Response:
+        policy = settings.policy
+        requested_ttl_s = body.expires_after.seconds if body and body.expires_after else None
+        session = policy.session_for(
+            admission.device, admission.group, body.session if body else None
+        )
+        minter: KeyMinter = request.app.state.minter
+        answer = await minter.mint(ttl_s=policy.ttl_s(requested_ttl_s), session=session)
+        _set_outcome(request, "minted")
+        return Response(
+            answer, media_type="application/json", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.get("/healthz", response_model=Health, responses={503: _ERROR_RESPONSES[503]})
+    async def healthz(request: Request) -> dict[str, str]:
+        """Liveness and database reachability (does not call OpenAI)."""
+        reg: Registry = request.app.state.registry
+        await reg.call(reg.ping)
+        return {"status": "ok"}
+
+    # -- errors: always the envelope --------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+        _set_outcome(request, exc.code)
+        return envelope(
+            exc.status, exc.code, exc.message, type_=exc.type, param=exc.param, headers=exc.headers
+        )
+
+    @app.exception_handler(UpstreamError)
+    async def on_upstream(request: Request, exc: UpstreamError) -> JSONResponse:
+        _set_outcome(request, exc.code)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return envelope(exc.status, exc.code, exc.message, type_=exc.type, headers=headers)
+
+    @app.exception_handler(RegistryUnavailableError)
+    async def on_registry(request: Request, exc: RegistryUnavailableError) -> JSONResponse:
+        log.error("device registry unavailable: %s", exc)
+        _set_outcome(request, "registry_unavailable")
+        return envelope(
+            503,
+            "registry_unavailable",
+            "The device registry is unavailable; retry later.",
+            type_="server_error",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(loc) or None
+        message = f"Invalid request: {first.get('msg', 'malformed body')}"
+        if param:
+            message += f" (at {param})"
+        _set_outcome(request, "invalid_request")
+        return envelope(400, "invalid_request", message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, f"http_{exc.status_code}")
+        _set_outcome(request, code)
+        return envelope(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled %s while serving %s", type(exc).__name__, request.url.path)
+        _set_outcome(request, "internal_error")
+        return envelope(
+            500, "internal_error", "Internal error in the backend.", type_="server_error"
+        )
+
+    def openapi() -> dict[str, Any]:
+        # Validation failures answer 400 in OpenAI's envelope, not FastAPI's 422.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog)
+    return app

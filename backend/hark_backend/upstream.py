@@ -1,0 +1,141 @@
+"""Minting ephemeral keys at OpenAI (or any stand-in) and classifying what goes wrong there.
+
+It must not log or forward the owner's key, the minted ``ek_`` key, or an upstream 401/403
+message (OpenAI echoes a masked key in those); it must not retry on its own beyond one
+connection retry, since the device owns attempt-level retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+log = logging.getLogger(__name__)
+
+_MAX_FORWARDED_MESSAGE = 300
+
+
+@dataclass
+class UpstreamError(Exception):
+    """An upstream failure already mapped to what the device is told (status, code).
+
+    Not frozen: the interpreter and contextlib assign ``__traceback__`` on exceptions.
+    """
+
+    status: int
+    code: str
+    message: str
+    type: str = "upstream_error"
+    retry_after_s: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+def _retry_after(exc: openai.APIStatusError) -> int | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return max(1, int(float(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
+def classify(exc: Exception) -> UpstreamError:
+    """Map an ``openai`` exception to the device-facing failure (see docs/backend.md)."""
+    if isinstance(exc, openai.AuthenticationError):
+        # Loud on purpose: every key request fails until the operator fixes the key.
+        log.error(
+            "UPSTREAM REFUSED THE OWNER'S OPENAI KEY (HTTP 401): every key request will fail "
+            "until OPENAI_API_KEY / --openai-key-file holds a valid key"
+        )
+        return UpstreamError(
+            502, "upstream_unauthorized", "The backend's OpenAI key was refused by OpenAI."
+        )
+    if isinstance(exc, openai.PermissionDeniedError):
+        log.error("upstream refused the owner's OpenAI key for this model or endpoint (HTTP 403)")
+        return UpstreamError(
+            502, "upstream_forbidden", "The backend's OpenAI key may not mint Realtime keys."
+        )
+    if isinstance(exc, openai.RateLimitError):
+        log.warning("upstream rate-limited the owner's account (HTTP 429)")
+        return UpstreamError(
+            503,
+            "upstream_rate_limited",
+            "OpenAI is rate-limiting the backend's account; retry later.",
+            retry_after_s=_retry_after(exc) or 5,
+        )
+    if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
+        upstream_message = str(getattr(exc, "message", ""))[:_MAX_FORWARDED_MESSAGE]
+        log.warning(
+            "upstream rejected the session config (HTTP %d): %s", exc.status_code, upstream_message
+        )
+        return UpstreamError(
+            400,
+            "upstream_rejected_session",
+            f"OpenAI rejected the session configuration: {upstream_message}",
+            type="invalid_request_error",
+        )
+    if isinstance(exc, openai.APIStatusError):
+        log.warning("upstream failed (HTTP %d)", exc.status_code)
+        return UpstreamError(
+            502, "upstream_error", f"OpenAI answered HTTP {exc.status_code}; retry later."
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        log.warning("upstream timed out")
+        return UpstreamError(
+            503, "upstream_timeout", "OpenAI did not answer in time; retry later.", retry_after_s=1
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        log.warning("upstream unreachable: %s", type(exc.__cause__).__name__)
+        return UpstreamError(
+            503,
+            "upstream_unavailable",
+            "OpenAI could not be reached; retry later.",
+            retry_after_s=1,
+        )
+    raise exc
+
+
+class KeyMinter:
+    """One pooled ``AsyncOpenAI`` client that mints client secrets with a given session."""
+
+    def __init__(
+        self, *, api_key: str, base_url: str, timeout_s: float = 10.0, max_retries: int = 1
+    ) -> None:
+        self._client = AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+        )
+
+    async def mint(self, *, ttl_s: int, session: dict[str, Any]) -> bytes:
+        """Return the upstream's JSON answer verbatim, after checking its shape."""
+        try:
+            raw = await self._client.realtime.client_secrets.with_raw_response.create(
+                expires_after={"anchor": "created_at", "seconds": ttl_s},
+                session=session,  # type: ignore[arg-type]  # a JSON dict, checked by policy
+            )
+        except openai.APIError as exc:
+            raise classify(exc) from None
+        body = raw.content
+        try:
+            doc = json.loads(body)
+            ok = (
+                isinstance(doc, dict)
+                and isinstance(doc.get("value"), str)
+                and isinstance(doc.get("expires_at"), int)
+                and isinstance(doc.get("session"), dict)
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            log.warning("upstream answered 2xx without value/expires_at/session")
+            raise UpstreamError(502, "upstream_bad_response", "OpenAI's answer was malformed.")
+        return body
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP connections."""
+        await self._client.close()
