@@ -1,0 +1,81 @@
+"""The ``hark-sim`` command: run the offline Realtime simulator in the foreground.
+
+It must not hold protocol logic; it parses flags into a ``SimConfig`` and runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from hark_sim.app import SimState
+from hark_sim.brains import load_scenario
+from hark_sim.config import DEFAULT_API_KEY, SimConfig
+from hark_sim.server import uvicorn_config
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SimConfig()
+    p = argparse.ArgumentParser(
+        prog="hark-sim",
+        description="Offline stand-in for OpenAI's Realtime API (WebSocket + client_secrets).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (0 = any free port)")
+    p.add_argument("--api-key", default=DEFAULT_API_KEY, help="the standard key clients must use")
+    p.add_argument("--brain", choices=["parrot", "script"], default="parrot", help="who answers")
+    p.add_argument("--script", type=Path, default=None, help="TOML scenario for --brain script")
+    p.add_argument(
+        "--max-session-s", type=float, default=defaults.max_session_s, help="session length cap"
+    )
+    p.add_argument(
+        "--realtime-factor",
+        type=float,
+        default=defaults.realtime_factor,
+        help="audio pacing: 1 = real time, 0.5 = twice as fast, 0 = no pacing",
+    )
+    p.add_argument(
+        "--ping-interval-s", type=float, default=defaults.ping_interval_s, help="WebSocket pings"
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.brain == "script":
+        if args.script is None:
+            print("hark-sim: --brain script needs --script FILE", file=sys.stderr)
+            return 2
+        try:
+            load_scenario(args.script)
+        except ValueError as exc:
+            print(f"hark-sim: {exc}", file=sys.stderr)
+            return 2
+    cfg = SimConfig(
+        api_key=args.api_key,
+        brain=args.brain,
+        script=args.script,
+        max_session_s=args.max_session_s,
+        realtime_factor=args.realtime_factor,
+        ping_interval_s=args.ping_interval_s,
+        host=args.host,
+        port=args.port,
+    )
+    log.info("hark-sim on http://%s:%d/v1 brain=%s", cfg.host, cfg.port, cfg.brain)
+    uvicorn.Server(uvicorn_config(cfg, SimState(cfg), log_level="warning")).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

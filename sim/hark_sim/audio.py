@@ -1,0 +1,119 @@
+"""PCM16 helpers for the simulator: durations, tones, speech synthesis and resampling.
+
+It must not know about events or sessions; it turns text and numbers into 24 kHz mono
+little-endian PCM16 bytes and back into milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+RATE_HZ = 24000
+BYTES_PER_MS = RATE_HZ * 2 // 1000  # 48 bytes of PCM16 mono per millisecond
+G711_BYTES_PER_MS = 8
+
+
+def bytes_per_ms(format_type: str) -> int:
+    """Bytes per millisecond of audio in the session's format."""
+    return BYTES_PER_MS if format_type == "audio/pcm" else G711_BYTES_PER_MS
+
+
+def ms_of(nbytes: int, format_type: str = "audio/pcm") -> float:
+    return nbytes / bytes_per_ms(format_type)
+
+
+def tone(duration_ms: int, freq_hz: float = 440.0, amplitude: float = 0.25) -> bytes:
+    """A sine tone with 10 ms fades, as PCM16 at 24 kHz."""
+    n = max(0, duration_ms * RATE_HZ // 1000)
+    t = np.arange(n) / RATE_HZ
+    wave_ = np.sin(2 * np.pi * freq_hz * t) * amplitude
+    fade = min(n // 2, RATE_HZ // 100)
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        wave_[:fade] *= ramp
+        wave_[n - fade :] *= ramp[::-1]
+    return to_pcm16(wave_)
+
+
+def silence(duration_ms: int) -> bytes:
+    return b"\x00\x00" * (duration_ms * RATE_HZ // 1000)
+
+
+def to_pcm16(samples: npt.NDArray[np.float64]) -> bytes:
+    """Float samples in [-1, 1] to little-endian PCM16 bytes."""
+    clipped = np.clip(samples, -1.0, 1.0) * 32767.0
+    return bytes(np.round(clipped).astype("<i2").tobytes())
+
+
+def resample(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
+    """Linear-interpolation resampling of PCM16 mono (good enough for synthetic speech)."""
+    if from_hz == to_hz or not pcm:
+        return pcm
+    src = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    n_out = round(len(src) * to_hz / from_hz)
+    x_out = np.arange(n_out) * (from_hz / to_hz)
+    out = np.interp(x_out, np.arange(len(src)), src)
+    return bytes(np.round(out).clip(-32768, 32767).astype("<i2").tobytes())
+
+
+def have_espeak() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+@functools.lru_cache(maxsize=128)
+def speak(text: str, voice: str = "en", words_per_minute: int = 175) -> bytes:
+    """``text`` spoken by espeak-ng as 24 kHz PCM16; a tone when espeak-ng is missing."""
+    if not text.strip():
+        return b""
+    if not have_espeak():
+        return text_tone(text)
+    with tempfile.TemporaryDirectory(prefix="hark-sim-") as tmp:
+        wav_path = Path(tmp) / "say.wav"
+        try:
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(wav_path), text],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            with wave.open(str(wav_path), "rb") as wav:
+                rate_hz = wav.getframerate()
+                channels = wav.getnchannels()
+                frames = wav.readframes(wav.getnframes())
+        except (OSError, subprocess.SubprocessError, wave.Error) as exc:
+            log.warning("espeak-ng failed (%s); using a tone", exc)
+            return text_tone(text)
+    if channels != 1:
+        frames = np.frombuffer(frames, dtype="<i2")[::channels].tobytes()
+    return resample(frames, rate_hz, RATE_HZ)
+
+
+def text_tone(text: str) -> bytes:
+    """A tone whose length follows the text (60 ms a character, 0.3 to 6 s)."""
+    duration_ms = min(6000, max(300, 60 * len(text)))
+    return tone(duration_ms, 330.0 + 10 * (len(text) % 20))
+
+
+def lowpass_decimate(pcm: bytes, factor: int) -> bytes:
+    """PCM16 decimated by an integer ``factor`` after a windowed-sinc low-pass (31 taps)."""
+    if factor == 1 or not pcm:
+        return pcm
+    src = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    taps = 31
+    cutoff = 0.5 / factor
+    n = np.arange(taps) - (taps - 1) / 2
+    kernel = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(taps)
+    kernel /= kernel.sum()
+    filtered = np.convolve(src, kernel, mode="same")[::factor]
+    return bytes(np.round(filtered).clip(-32768, 32767).astype("<i2").tobytes())

@@ -1,0 +1,74 @@
+"""Configuration and runtime fault switches of one simulator instance.
+
+It must not hold any state of a connection; sessions read these values live, so a
+test can flip a fault or the pacing between turns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+BrainName = Literal["parrot", "script"]
+
+DEFAULT_API_KEY = "sk-sim-standard-key"
+DEFAULT_MODEL = "gpt-realtime"
+# Models the simulator accepts in ?model=; anything else gets invalid_model + close 4000.
+KNOWN_MODELS = frozenset(
+    {
+        "gpt-realtime",
+        "gpt-realtime-mini",
+        "gpt-realtime-1.5",
+        "gpt-realtime-2",
+        "gpt-realtime-2.1",
+        "gpt-realtime-2025-08-28",
+        "gpt-4o-realtime-preview",
+        "gpt-4o-mini-realtime-preview",
+    }
+)
+
+
+@dataclass
+class Faults:
+    """Fault switches; each applies to events and sessions from the moment it is set.
+
+    - ``refuse_keys``: client_secrets answers 401 and every WebSocket gets
+      ``invalid_api_key`` then close 3000, even with a valid key.
+    - ``event_delay_s``: every server event leaves this many seconds after it was
+      produced (a constant added latency; order is kept).
+    - ``drop_after_audio_deltas``: abort the TCP connection (no close frame; the
+      client sees 1006) once this many ``response.output_audio.delta`` events of one
+      response have been written.
+    - ``malformed_json``: write one non-JSON text frame right after ``session.created``
+      and right before every ``response.created``.
+    - ``unknown_events``: write one event of an unknown type (``sim.unknown_event``) at
+      the same two points.
+    """
+
+    refuse_keys: bool = False
+    event_delay_s: float = 0.0
+    drop_after_audio_deltas: int | None = None
+    malformed_json: bool = False
+    unknown_events: bool = False
+
+
+@dataclass
+class SimConfig:
+    """What a simulator instance is; the field names are a public, stable API.
+
+    ``realtime_factor`` scales the pacing of audio deltas: a 100 ms chunk is followed by
+    a pause of ``0.1 * realtime_factor`` seconds (1.0 = real time, 0.5 = twice as fast,
+    0 = as fast as possible).
+    """
+
+    api_key: str = DEFAULT_API_KEY
+    brain: BrainName = "parrot"
+    script: Path | str | None = None
+    max_session_s: float = 3600.0
+    realtime_factor: float = 0.5
+    ping_interval_s: float = 20.0
+    host: str = "127.0.0.1"
+    port: int = 0
+    audio_chunk_ms: int = 100
+    faults: Faults = field(default_factory=Faults)
