@@ -1,0 +1,258 @@
+#!/bin/bash
+# hark first boot: installs hark on this Raspberry Pi from the files that
+# `hark provision` (scripts/provision-sd) put into the boot partition's hark/ folder.
+#
+# It runs as root from hark-firstboot.service (after network-online.target) on every
+# boot until it has succeeded once (stamp: /var/lib/hark/firstboot.done), and every
+# step is safe to repeat, so a power cut in the middle only means it runs again.
+# A short result log is written to the boot partition (hark-firstboot.log) so the
+# owner can read why it failed by putting the card back into their computer.
+#
+#   firstboot.sh                        install (what hark-firstboot.service runs)
+#   firstboot.sh --install-unit [--start]
+#                                       write and enable hark-firstboot.service
+#                                       (firstrun.sh / cloud-init runcmd call this)
+#
+# HARK_ROOT prefixes every absolute path (tests run this in a throwaway root).
+set -u
+umask 022
+
+# ---- written by hark provision -------------------------------------------------
+SERVICE_USER=@@SERVICE_USER@@
+CONFIG_PATH=@@CONFIG_PATH@@
+TOKEN_PATH=@@TOKEN_PATH@@
+INSTALL_FROM=@@INSTALL_FROM@@
+WHEEL_NAME=@@WHEEL_NAME@@
+PACKAGE_SPEC=@@PACKAGE_SPEC@@
+INDEX_URL=@@INDEX_URL@@
+APT_PACKAGES=@@APT_PACKAGES@@
+SSH_USER=@@SSH_USER@@
+PROVISIONED_AT=@@PROVISIONED_AT@@
+# ---------------------------------------------------------------------------------
+
+ROOT="${HARK_ROOT:-}"
+CARD="$(cd "$(dirname "$0")" && pwd)"
+BOOT="$(dirname "$CARD")"
+STATE="$ROOT/var/lib/hark"
+STAMP="$STATE/firstboot.done"
+LOG="$BOOT/hark-firstboot.log"
+OUT="$STATE/firstboot.out"
+UNIT_DIR="$ROOT/etc/systemd/system"
+export DEBIAN_FRONTEND=noninteractive
+
+note() {
+    local line
+    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) $*"
+    printf '%s\n' "$line"
+    printf '%s\n' "$line" >>"$LOG" 2>/dev/null || true
+}
+
+fail() {
+    note "FAILED: $*"
+    note "hark is NOT ready. Fix the cause, put the card back and power on: this step runs again."
+    note "On the Pi: journalctl -u hark-firstboot; full output in /var/lib/hark/firstboot.out"
+    sync
+    exit 1
+}
+
+# step NAME COMMAND...: run it with its output kept in $OUT; stop with a log on failure.
+step() {
+    local name=$1 rc
+    shift
+    printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$name" >>"$OUT"
+    "$@" >>"$OUT" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        note "ok      $name"
+        return 0
+    fi
+    note "error   $name (exit $rc); the last lines of its output:"
+    tail -n 20 "$OUT" | sed 's/^/        /' >>"$LOG" 2>/dev/null
+    fail "$name"
+}
+
+install_unit() {
+    local script="${CARD#"$ROOT"}/firstboot.sh"
+    mkdir -p "$UNIT_DIR/multi-user.target.wants" || return 1
+    cat >"$UNIT_DIR/hark-firstboot.service" <<EOF
+[Unit]
+Description=hark first boot: install hark from the boot partition
+Wants=network-online.target
+After=network-online.target time-sync.target
+ConditionPathExists=!/var/lib/hark/firstboot.done
+
+[Service]
+Type=oneshot
+ExecStart=/bin/bash $script
+TimeoutStartSec=60min
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+EOF
+    ln -sf ../hark-firstboot.service "$UNIT_DIR/multi-user.target.wants/hark-firstboot.service"
+}
+
+# The token moves to the root filesystem (0600, root) and leaves the card at once, so
+# even a later failure does not leave it on a card that goes back into a computer.
+stage_secrets() {
+    install -d -m 700 "$STATE/staged" || return 1
+    if [ -f "$CARD/device-token" ]; then
+        install -m 600 "$CARD/device-token" "$STATE/staged/device-token" || return 1
+        sync
+        rm -f "$CARD/device-token" || return 1
+    fi
+    rm -f "$CARD/wifi.nmconnection"
+    if [ -f "$BOOT/network-config" ] && grep -q '^ *password:' "$BOOT/network-config"; then
+        # cloud-init applied it before runcmd and keeps its own copy (/etc/netplan).
+        sed -i 's/^\( *\)password:.*$/\1# password: removed by hark first boot/' \
+            "$BOOT/network-config" || return 1
+    fi
+    if [ ! -f "$STATE/staged/device-token" ] && [ ! -f "$ROOT$TOKEN_PATH" ]; then
+        echo "no device token: neither $CARD/device-token nor $TOKEN_PATH exists;"
+        echo "provision the card again with --token-file or --backend-admin"
+        return 1
+    fi
+    sync
+}
+
+apt_install() {
+    local attempt
+    [ -n "$APT_PACKAGES" ] || return 0
+    # shellcheck disable=SC2086 # a list of package names, split on purpose
+    apt-get install -y --no-install-recommends $APT_PACKAGES && return 0
+    for attempt in 1 2 3 4 5; do
+        # shellcheck disable=SC2086
+        apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES && return 0
+        echo "apt attempt $attempt failed (is the network up?); retrying in 20 s"
+        sleep 20
+    done
+    return 1
+}
+
+# Index mode: fetch hark's own wheel, then install it like a card wheel.
+fetch_wheel() {
+    local pip_args=()
+    [ -n "$INDEX_URL" ] && pip_args=(--index-url "$INDEX_URL")
+    rm -rf "$STATE/download" && mkdir -p "$STATE/download" || return 1
+    python3 -m venv "$STATE/bootstrap" || return 1
+    "$STATE/bootstrap/bin/pip" download --no-deps "${pip_args[@]}" \
+        --dest "$STATE/download" "$PACKAGE_SPEC"
+}
+
+# No install-device on the card (provisioned from an installed wheel): the same
+# steps, minimal: service user, venv under /opt/hark, unit file, enabled.
+fallback_install() {
+    local mode=$1 from=$2 venv="$ROOT/opt/hark/venv"
+    id -u "$SERVICE_USER" >/dev/null 2>&1 ||
+        useradd --system --home-dir /var/lib/hark --shell /usr/sbin/nologin \
+            --groups audio,gpio "$SERVICE_USER" || return 1
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || return 1
+    if [ "$mode" = --wheel ]; then
+        "$venv/bin/pip" install --upgrade "$from[device]" || return 1
+    else
+        "$venv/bin/pip" install --upgrade --no-index --find-links "$from" \
+            "hark-voice[device]" || return 1
+    fi
+    install -d -m 755 "$ROOT/etc/hark" "$UNIT_DIR" || return 1
+    if [ -f "$CARD/systemd/hark.service" ]; then
+        install -m 644 "$CARD/systemd/hark.service" "$UNIT_DIR/hark.service" || return 1
+    else
+        cat >"$UNIT_DIR/hark.service" <<EOF
+[Unit]
+Description=hark voice appliance (minimal unit written by hark first boot)
+Wants=network-online.target sound.target
+After=network-online.target sound.target
+
+[Service]
+Type=notify
+User=$SERVICE_USER
+ExecStart=/opt/hark/venv/bin/hark run --config $CONFIG_PATH
+Restart=on-failure
+RestartPreventExitStatus=78
+WatchdogSec=30
+
+[Install]
+WantedBy=multi-user.target
+EOF
+    fi
+    systemctl daemon-reload
+}
+
+install_hark() {
+    local args=() wheels
+    case "$INSTALL_FROM" in
+    wheel) args=(--wheel "$CARD/wheels/$WHEEL_NAME") ;;
+    wheelhouse) args=(--wheelhouse "$CARD/wheels") ;;
+    index)
+        fetch_wheel || return 1
+        wheels=("$STATE"/download/*.whl)
+        [ -f "${wheels[0]}" ] || { echo "pip downloaded no wheel for $PACKAGE_SPEC"; return 1; }
+        args=(--wheel "${wheels[0]}")
+        [ -n "$INDEX_URL" ] && export PIP_INDEX_URL="$INDEX_URL"
+        ;;
+    *) echo "unknown install source: $INSTALL_FROM"; return 1 ;;
+    esac
+    if [ -f "$CARD/scripts/install-device" ]; then
+        bash "$CARD/scripts/install-device" "${args[@]}"
+    else
+        fallback_install "${args[@]}"
+    fi
+}
+
+place_files() {
+    install -d -m 755 "$ROOT$(dirname "$CONFIG_PATH")" "$ROOT$(dirname "$TOKEN_PATH")" || return 1
+    install -m 644 "$CARD/hark.toml" "$ROOT$CONFIG_PATH" || return 1
+    if [ -f "$STATE/staged/device-token" ]; then
+        install -m 600 "$STATE/staged/device-token" "$ROOT$TOKEN_PATH" || return 1
+        rm -f "$STATE/staged/device-token"
+    fi
+    chown "$SERVICE_USER:$SERVICE_USER" "$ROOT$TOKEN_PATH" || return 1
+    chmod 600 "$ROOT$TOKEN_PATH"
+}
+
+main() {
+    if [ -e "$STAMP" ]; then
+        echo "hark first boot already done ($(cat "$STAMP")); nothing to do"
+        exit 0
+    fi
+    if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
+        echo "run as root" >&2
+        exit 1
+    fi
+    mkdir -p "$STATE" && chmod 700 "$STATE" || fail "cannot create $STATE"
+    note "hark first boot started (card provisioned $PROVISIONED_AT, hark from $INSTALL_FROM)"
+    step "move the device token off the card" stage_secrets
+    step "install system packages" apt_install
+    step "install hark" install_hark
+    step "place $CONFIG_PATH and the device token" place_files
+    if [ -n "$SSH_USER" ]; then
+        step "enable ssh for $SSH_USER" systemctl enable ssh
+    fi
+    step "enable hark.service" systemctl enable hark.service
+    date -u +%Y-%m-%dT%H:%M:%SZ >"$STAMP"
+    if timeout 180 systemctl restart hark.service >>"$OUT" 2>&1; then
+        note "ok      start hark.service"
+    else
+        note "warning hark.service is installed but did not start; on the Pi run"
+        note "        'hark doctor' or 'journalctl -u hark' to see why"
+    fi
+    systemctl disable hark-firstboot.service >>"$OUT" 2>&1 || true
+    note "done: hark is installed; the card no longer holds the device token or Wi-Fi key"
+    sync
+}
+
+case "${1:-}" in
+--install-unit)
+    install_unit || exit 1
+    if [ "${2:-}" = --start ]; then
+        systemctl daemon-reload
+        systemctl start --no-block hark-firstboot.service
+    fi
+    ;;
+"") main ;;
+*)
+    echo "usage: $0 [--install-unit [--start]]" >&2
+    exit 2
+    ;;
+esac
