@@ -270,6 +270,53 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Admission:
+    """Identify the device by its token and count the request against its rate window."""
+    if credentials is None:
+        raise ApiError(
+            401,
+            "missing_device_token",
+            "Send the device token as 'Authorization: Bearer hark_dt_...'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = credentials.credentials
+    reg: Registry = request.app.state.registry
+    settings: Settings = request.app.state.settings
+    if token.startswith(TOKEN_PREFIX) and len(token) <= MAX_TOKEN_CHARS:
+        admission = await reg.call(reg.admit, token, now_s=time.time(), limit=settings.rate_limit)
+    else:
+        admission = Admission("unknown_token")
+    if admission.device is not None:
+        request.state.device = admission.device
+    if admission.outcome == "revoked":
+        raise ApiError(
+            401,
+            "device_revoked",
+            "This device has been revoked by the backend's owner.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if admission.outcome == "unknown_token":
+        raise ApiError(
+            401,
+            "invalid_device_token",
+            "Unknown device token (never issued, or replaced by 'device rotate').",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if admission.outcome == "rate_limited":
+        retry_after_s = max(1, int(admission.retry_after_s + 0.999))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many key requests from this device; retry in {retry_after_s} s.",
+            type_="rate_limit_error",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    return admission
+
+
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the service; the registry and the OpenAI client open in the lifespan."""
 
@@ -284,6 +331,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         )
         app.state.registry = reg
         app.state.minter = minter
+        app.state.settings = settings
         log.info(
             "backend ready: db=%s upstream=%s model=%s key_ttl_s=%d rate_limit=%d/%gs",
             "postgresql" if reg.postgres else "sqlite",
@@ -308,52 +356,6 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
     )
-
-    async def authenticate(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Admission:
-        if credentials is None:
-            raise ApiError(
-                401,
-                "missing_device_token",
-                "Send the device token as 'Authorization: Bearer hark_dt_...'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        token = credentials.credentials
-        reg: Registry = request.app.state.registry
-        if token.startswith(TOKEN_PREFIX) and len(token) <= MAX_TOKEN_CHARS:
-            admission = await reg.call(
-                reg.admit, token, now_s=time.time(), limit=settings.rate_limit
-            )
-        else:
-            admission = Admission("unknown_token")
-        if admission.device is not None:
-            request.state.device = admission.device
-        if admission.outcome == "revoked":
-            raise ApiError(
-                401,
-                "device_revoked",
-                "This device has been revoked by the backend's owner.",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        if admission.outcome == "unknown_token":
-            raise ApiError(
-                401,
-                "invalid_device_token",
-                "Unknown device token (never issued, or replaced by 'device rotate').",
-                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-            )
-        if admission.outcome == "rate_limited":
-            retry_after_s = max(1, int(admission.retry_after_s + 0.999))
-            raise ApiError(
-                429,
-                "rate_limited",
-                f"Too many key requests from this device; retry in {retry_after_s} s.",
-                type_="rate_limit_error",
-                headers={"Retry-After": str(retry_after_s)},
-            )
-        return admission
 
     @app.post(
         "/v1/realtime/client_secrets",

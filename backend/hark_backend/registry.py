@@ -193,6 +193,7 @@ class Registry:
             self._path = _sqlite_path(url)
             self._db_errors = (sqlite3.Error,)
             self._integrity_errors = (sqlite3.IntegrityError,)
+        self._unavailable_errors = (*self._db_errors, OSError)  # OSError: e.g. no directory
         self.executor = ThreadPoolExecutor(
             max_workers=pg_threads if self.postgres else 1, thread_name_prefix="hark-registry"
         )
@@ -246,7 +247,7 @@ class Registry:
             yield
         except self._integrity_errors:
             raise
-        except (*self._db_errors, OSError) as exc:
+        except self._unavailable_errors as exc:
             if self.postgres:
                 self._drop_conn()
             raise RegistryUnavailableError(f"{type(exc).__name__}: {exc}") from exc
