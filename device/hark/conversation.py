@@ -1,0 +1,910 @@
+"""The conversation core: phases, turns, barge-in, tool calls and feedback, as a sans-I/O machine.
+
+It must not import asyncio, ``time`` or any adapter: events and the current time come
+in through ``handle(event, now)``, commands go out as return values, and ``deadline()``
+says when the core next needs a ``Tick``.  Every transition is a row of ``_TABLE``.
+
+Phases and what the LED says (the LED doubles as a privacy indicator: audio leaves
+the device only while it shows "listening"):
+
+- IDLE: connected (or, on demand, asleep); the button and the wake VAD are armed.
+- CONNECTING: the link is coming up (or retrying); a turn may still open, its audio
+  is held in an outbox and flushed on ``LinkUp``.
+- LISTENING: a turn is open and the mic streams (``SendAudio``).
+- THINKING: the turn is committed; waiting for the reply (or a tool).
+- SPEAKING: reply audio is playing.
+- ERROR: a fault (link, device) until it clears, or a transient error for
+  ``error_hold_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hark.events import (
+    AudioCleared,
+    AudioCommitted,
+    AudioDelta,
+    AudioDone,
+    ButtonLongPressed,
+    ButtonPressed,
+    ButtonReleased,
+    CancelResponse,
+    ClearAudio,
+    Command,
+    CommitAudio,
+    Connect,
+    CreateItem,
+    CreateResponse,
+    DeviceLost,
+    DeviceRestored,
+    Disconnect,
+    Event,
+    FinishPlayback,
+    FunctionCallRequested,
+    InputTimedOut,
+    Item,
+    ItemAdded,
+    ItemDeleted,
+    ItemDone,
+    ItemTruncated,
+    LedPattern,
+    LinkDown,
+    LinkFailed,
+    LinkFailure,
+    LinkUp,
+    MicFrame,
+    Play,
+    PlaybackStopped,
+    PlayCue,
+    ProtocolError,
+    ReportStatus,
+    ResponseCreated,
+    ResponseDone,
+    Rotate,
+    RunTool,
+    SendAudio,
+    ServerError,
+    SessionConfig,
+    SessionCreated,
+    SessionUpdated,
+    SetLed,
+    ShutdownRequested,
+    SpeechStarted,
+    SpeechStopped,
+    Stop,
+    StopPlayback,
+    TextRequested,
+    Tick,
+    ToolFinished,
+    TranscriptDelta,
+    TranscriptDone,
+    Truncate,
+    TurnDetection,
+    UpdateSession,
+    UserTranscript,
+    WireCommand,
+)
+
+log = logging.getLogger(__name__)
+
+PCM_BYTES_PER_MS = 48  # 24 kHz x 2 bytes (PCM16 mono): the only format the Realtime API takes
+LINK_DEVICE = "link"  # DeviceLost/DeviceRestored name the app uses when the link adapter crashes
+BENIGN_ERROR_CODES = frozenset(
+    {
+        # Races the protocol doc (section 8) lists as harmless.
+        "response_cancel_not_active",
+        "conversation_already_has_active_response",
+        "input_audio_buffer_commit_empty",
+        # The link reconnects by itself; the core sees LinkDown/LinkUp.
+        "session_expired",
+    }
+)
+_LINK_FAILURE_TEXT: dict[LinkFailure, str] = {
+    "unauthorised": "device not authorised — check the token / backend",
+    "refused": "the backend refused to mint a key — check the backend",
+    "config": "link configuration is wrong — check the config",
+    "network": "network unreachable — retrying",
+    "server": "the Realtime server failed — retrying",
+}
+
+TriggerMode = Literal["button", "vad", "both"]
+ButtonMode = Literal["hold", "tap"]
+EndOfTurn = Literal["local", "server"]
+SessionPolicy = Literal["always", "on_demand"]
+TurnSource = Literal["hold", "tap", "vad"]
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    ERROR = "error"
+
+
+_LED: dict[Phase, LedPattern] = {
+    Phase.IDLE: "idle",
+    Phase.CONNECTING: "connecting",
+    Phase.LISTENING: "listening",
+    Phase.THINKING: "thinking",
+    Phase.SPEAKING: "speaking",
+    Phase.ERROR: "error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Conversation policy in plain values (the CLI maps the config file onto it)."""
+
+    trigger_mode: TriggerMode = "button"
+    button_mode: ButtonMode = "hold"
+    # Who ends a voice/tap turn: local VAD silence (server turn_detection null) or server_vad.
+    end_of_turn: EndOfTurn = "local"
+    session_policy: SessionPolicy = "always"
+    idle_disconnect_s: float = 120.0
+    # Sessions are capped at 60 min (protocol doc 2.4): rotate at a quiet moment before.
+    rotate_after_s: float = 50 * 60.0
+    session: SessionConfig = field(default_factory=SessionConfig)
+    preroll_ms: int = 300
+    vad_start_ms: int = 60  # voiced audio that opens a turn
+    barge_in_ms: int = 150  # voiced audio that interrupts a reply (stricter: echo)
+    vad_stop_ms: int = 700  # silence that ends a turn (local end of turn)
+    no_speech_timeout_s: float = 5.0  # a tap turn with no voice at all closes
+    max_turn_s: float = 30.0
+    response_timeout_s: float = 15.0
+    # input_audio_buffer_commit_empty below 100 ms (protocol doc 2.5).
+    min_commit_ms: int = 100
+    error_hold_s: float = 3.0
+    listening_cue: bool = True
+    done_cue: bool = True
+    transcript_lines: int = 50
+
+    def __post_init__(self) -> None:
+        if self.preroll_ms < max(self.vad_start_ms, self.barge_in_ms):
+            raise ValueError("preroll_ms must cover vad_start_ms and barge_in_ms")
+        if self.min_commit_ms < 100:
+            raise ValueError("min_commit_ms below 100 ms makes the server refuse commits")
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    """One user or assistant utterance, as heard (``interrupted`` when cut short)."""
+
+    role: Literal["user", "assistant"]
+    text: str
+    item_id: str | None = None
+    interrupted: bool = False
+
+
+@dataclass(slots=True)
+class _Turn:
+    source: TurnSource
+    opened_at: float
+    audio_ms: float = 0.0
+    voiced_seen: bool = False
+    silence_ms: float = 0.0
+    server_speech: bool = False
+
+
+def effective_session(settings: Settings) -> SessionConfig:
+    """The session to send: server_vad only for voice turns ended by the server.
+
+    The device does barge-in itself (echo gating, truncation to what was heard), so
+    the server must not cancel on its own: ``interrupt_response`` is false.
+    """
+    if settings.trigger_mode != "button" and settings.end_of_turn == "server":
+        base = settings.session.turn_detection or TurnDetection()
+        detection: TurnDetection | None = dataclasses.replace(
+            base, create_response=True, interrupt_response=False
+        )
+    else:
+        detection = None
+    return dataclasses.replace(settings.session, turn_detection=detection)
+
+
+class Conversation:
+    """Events in, commands out; ``deadline()`` for timeouts.  Not thread-safe: one loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.session_config = effective_session(settings)
+        self.phase = Phase.IDLE
+        self.last_error: str | None = None
+        self.ignored_counts: Counter[str] = Counter()
+        self.turns_completed = 0
+        self._transcript: deque[TranscriptLine] = deque(maxlen=settings.transcript_lines)
+        self._partials: dict[str, str] = {}
+        self._vad = settings.trigger_mode in ("vad", "both")
+        self._server_vad = self.session_config.turn_detection is not None
+        # link
+        self._linked = False
+        self._connecting = False
+        self._disconnecting = False
+        self._session_started_at: float | None = None
+        self._link_failure_reported = False
+        self._outbox: list[WireCommand] = []
+        # input
+        self._turn: _Turn | None = None
+        self._preroll: deque[bytes] = deque()
+        self._preroll_ms = 0.0
+        self._voiced_ms = 0.0
+        # output
+        self._response_id: str | None = None
+        self._response_expected = False
+        self._cancel_next_created = False
+        self._cancelled: dict[str, None] = {}  # ordered set, trimmed
+        self._pending_create: CreateResponse | None = None
+        self._tool_calls: dict[str, str] = {}  # call_id -> response_id
+        self._playing: set[str] = set()
+        self._received_ms: dict[str, float] = {}
+        self._truncate_pending = False
+        # time
+        self._response_deadline: float | None = None
+        self._error_until: float | None = None
+        self._faults: dict[str, str] = {}
+        self._last_activity = 0.0
+        self._stopped = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def transcript(self) -> list[TranscriptLine]:
+        """The latest utterances, oldest first."""
+        return list(self._transcript)
+
+    def status_text(self) -> str:
+        text = self.phase.value
+        if self.last_error:
+            text += f"; last error: {self.last_error}"
+        return text
+
+    def start(self, now: float) -> list[Command]:
+        """First commands: the LED, and ``Connect`` when the policy stays connected."""
+        self._last_activity = now
+        if self.settings.session_policy == "always":
+            self._connecting = True
+            return [Connect(), *self._go(Phase.CONNECTING)]
+        return [SetLed(_LED[self.phase]), ReportStatus(self.status_text())]
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        """Feed one event; return what the adapters must do, in order."""
+        handler = None if self._stopped else _TABLE.get((self.phase, type(event)))
+        if handler is None:
+            self.ignored_counts[type(event).__name__] += 1
+            return []
+        return handler(self, event, now)
+
+    def deadline(self) -> float | None:
+        """When the next ``Tick`` is due (same clock as ``now``), or None."""
+        if self._stopped:
+            return None
+        times: list[float] = []
+        s = self.settings
+        if (turn := self._turn) is not None:
+            times.append(turn.opened_at + s.max_turn_s)
+            if self._no_speech_applies(turn):
+                times.append(turn.opened_at + s.no_speech_timeout_s)
+        if self.phase is Phase.THINKING and self._response_deadline is not None:
+            times.append(self._response_deadline)
+        if self.phase is Phase.ERROR and self._error_until is not None:
+            times.append(self._error_until)
+        if self.phase is Phase.IDLE and self._linked:
+            if s.session_policy == "on_demand":
+                times.append(self._last_activity + s.idle_disconnect_s)
+            if self._session_started_at is not None:
+                times.append(self._session_started_at + s.rotate_after_s)
+        return min(times) if times else None
+
+    def interrupt(self, now: float, say: str | None = None) -> list[Command]:
+        """Cut the reply short as a barge-in would, then optionally say ``say`` instead.
+
+        The hook for output guardrails (issue 7): stop playback, cancel, truncate to
+        what was heard once the speaker reports, and queue a fallback response.
+        """
+        if self._stopped:
+            return []
+        cmds = self._interrupt()
+        if say:
+            instructions = f"Say exactly this and nothing else: {say}"
+            cmds += self._request_response(CreateResponse(instructions=instructions), now)
+        return cmds + self._settle(now)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _go(self, phase: Phase, force_status: bool = False) -> list[Command]:
+        if phase is self.phase and not force_status:
+            return []
+        changed = phase is not self.phase
+        self.phase = phase
+        if phase is not Phase.THINKING:
+            self._response_deadline = None
+        cmds: list[Command] = [SetLed(_LED[phase])] if changed else []
+        cmds.append(ReportStatus(self.status_text()))
+        return cmds
+
+    def _rest_phase(self) -> Phase:
+        if self._faults:
+            return Phase.ERROR
+        if self._linked or (self.settings.session_policy == "on_demand" and not self._connecting):
+            return Phase.IDLE
+        if self._connecting:
+            return Phase.CONNECTING
+        return Phase.ERROR  # stays-connected policy, link closed for good
+
+    def _settle(self, now: float) -> list[Command]:
+        """Pick the phase the state implies; count a turn when a reply has ended."""
+        if self._turn is not None:
+            return self._go(Phase.LISTENING)
+        if self._playing:
+            return self._go(Phase.SPEAKING)
+        if self._awaiting_reply():
+            if self.phase is not Phase.THINKING:
+                self._response_deadline = now + self.settings.response_timeout_s
+            return self._go(Phase.THINKING)
+        if self.phase in (Phase.THINKING, Phase.SPEAKING):
+            self.turns_completed += 1
+        self._received_ms.clear()
+        self._last_activity = now
+        if self.phase is Phase.ERROR and self._error_until is not None and now < self._error_until:
+            return []
+        return self._go(self._rest_phase())
+
+    def _busy(self) -> bool:
+        """A response exists (or is about to) on the server."""
+        return self._response_id is not None or self._response_expected or self._cancel_next_created
+
+    def _awaiting_reply(self) -> bool:
+        """A reply the user still wants is on its way (cancelled ones do not count)."""
+        rid = self._response_id
+        return (
+            (rid is not None and rid not in self._cancelled)
+            or self._response_expected
+            or self._pending_create is not None
+            or any(r not in self._cancelled for r in self._tool_calls.values())
+        )
+
+    def _wire(self, *cmds: WireCommand) -> list[Command]:
+        """Wire commands go out when linked, wait in the outbox while connecting."""
+        if self._linked:
+            return list(cmds)
+        if self._connecting:
+            self._outbox.extend(cmds)
+        else:
+            self.ignored_counts["dropped_wire_command"] += len(cmds)
+        return []
+
+    def _request_response(self, cmd: CreateResponse, now: float) -> list[Command]:
+        """Ask for a response, or queue it until the current one is done (protocol doc 4)."""
+        self._response_deadline = now + self.settings.response_timeout_s
+        if self._busy():
+            self._pending_create = cmd
+            return []
+        self._response_expected = True
+        return self._wire(cmd)
+
+    def _cancel_response(self, rid: str) -> None:
+        self._cancelled[rid] = None
+        while len(self._cancelled) > 32:
+            del self._cancelled[next(iter(self._cancelled))]
+
+    def _interrupt(self) -> list[Command]:
+        """Barge-in's first half: stop the speaker, cancel the response (reused by guardrails)."""
+        cmds: list[Command] = []
+        if self._playing:
+            cmds.append(StopPlayback())
+            self._playing.clear()
+            self._truncate_pending = True
+        rid = self._response_id
+        if rid is not None and rid not in self._cancelled:
+            self._cancel_response(rid)
+            cmds += self._wire(CancelResponse(rid))
+        elif rid is None and self._response_expected:
+            # response.create is on the wire but not yet acknowledged; the socket is
+            # ordered, so an id-less cancel reaches the server after it.
+            self._response_expected = False
+            self._cancel_next_created = True
+            cmds += self._wire(CancelResponse())
+        self._pending_create = None
+        return cmds
+
+    def _push_preroll(self, pcm: bytes, ms: float) -> None:
+        self._preroll.append(pcm)
+        self._preroll_ms += ms
+        while self._preroll and self._preroll_ms - len(self._preroll[0]) / PCM_BYTES_PER_MS >= (
+            self.settings.preroll_ms
+        ):
+            self._preroll_ms -= len(self._preroll.popleft()) / PCM_BYTES_PER_MS
+
+    def _open_turn(self, source: TurnSource, now: float, preroll: bool) -> list[Command]:
+        cmds: list[Command] = []
+        if not self._linked and not self._connecting:
+            self._connecting = True
+            self._disconnecting = False
+            cmds.append(Connect())
+        turn = self._turn = _Turn(source, now)
+        self._voiced_ms = 0.0
+        cmds += self._go(Phase.LISTENING)
+        if self.settings.listening_cue:
+            cmds.append(PlayCue("listening"))
+        if preroll and self._preroll:
+            turn.audio_ms = self._preroll_ms
+            turn.voiced_seen = True
+            cmds += self._wire(SendAudio(b"".join(self._preroll)))
+        self._preroll.clear()
+        self._preroll_ms = 0.0
+        return cmds
+
+    def _end_turn(self, now: float) -> list[Command]:
+        """Commit and ask for a reply, or clear a turn too short to commit."""
+        turn = self._turn
+        assert turn is not None
+        self._turn = None
+        if turn.audio_ms < self.settings.min_commit_ms:
+            return self._drop_turn(turn, now)
+        cmds = self._wire(CommitAudio())
+        cmds += self._request_response(CreateResponse(), now)
+        if self.settings.done_cue:
+            cmds.append(PlayCue("done"))
+        return cmds + self._settle(now)
+
+    def _drop_turn(self, turn: _Turn, now: float) -> list[Command]:
+        self._turn = None
+        cmds = self._wire(ClearAudio()) if turn.audio_ms > 0 else []
+        return cmds + self._settle(now)
+
+    def _barge_in(self, source: TurnSource, now: float, preroll: bool) -> list[Command]:
+        return self._interrupt() + self._open_turn(source, now, preroll)
+
+    def _fail(self, now: float, message: str) -> list[Command]:
+        """A transient error: abort what is going on, error LED and cue, back to rest later."""
+        log.warning("conversation error: %s", message)
+        self.last_error = message
+        cmds = self._interrupt()
+        if self._turn is not None:
+            cmds += self._wire(ClearAudio())
+            self._turn = None
+        # Forget the reply entirely: if it shows up later, _response_created cancels it.
+        if self._response_id is not None:
+            self._cancel_response(self._response_id)
+        self._response_id = None
+        self._response_expected = self._cancel_next_created = False
+        self._tool_calls.clear()
+        self._error_until = now + self.settings.error_hold_s
+        if self.phase is not Phase.ERROR:
+            cmds.append(PlayCue("error"))
+        return cmds + self._go(Phase.ERROR, force_status=True)
+
+    def _reset_session_state(self) -> list[Command]:
+        """The session is gone: nothing of it can be cancelled or truncated any more."""
+        cmds: list[Command] = []
+        if self._playing:
+            cmds.append(StopPlayback())
+        self._playing.clear()
+        self._truncate_pending = False
+        had_work = self._turn is not None or self._busy() or bool(self._tool_calls)
+        self._turn = None
+        self._response_id = None
+        self._response_expected = self._cancel_next_created = False
+        self._pending_create = None
+        self._tool_calls.clear()
+        self._outbox.clear()
+        self._partials.clear()
+        if had_work:
+            cmds.append(PlayCue("error"))
+        return cmds
+
+    def _no_speech_applies(self, turn: _Turn) -> bool:
+        return turn.source != "hold" and not turn.voiced_seen and not turn.server_speech
+
+    def _vad_trigger(self, ev: MicFrame, threshold_ms: int) -> bool:
+        """Feed the pre-roll and the start hysteresis; True when voice should open a turn."""
+        ms = len(ev.pcm) / PCM_BYTES_PER_MS
+        self._push_preroll(ev.pcm, ms)
+        self._voiced_ms = self._voiced_ms + ms if ev.voiced else 0.0
+        return self._voiced_ms >= threshold_ms
+
+    # ------------------------------------------------------------------ handlers: triggers
+
+    def _press_open(self, ev: ButtonPressed, now: float) -> list[Command]:
+        if any(device != LINK_DEVICE for device in self._faults):
+            return [PlayCue("error"), ReportStatus(self.status_text())]
+        # With only the link failing, a press is also a retry (on demand: nobody else connects).
+        return self._open_turn(self.settings.button_mode, now, preroll=False)
+
+    def _press_in_turn(self, ev: ButtonPressed, now: float) -> list[Command]:
+        turn = self._turn
+        assert turn is not None
+        if self.settings.button_mode == "tap":
+            return self._end_turn(now)  # a second tap ends the turn
+        turn.source = "hold"  # a voice turn taken over by the button: release ends it
+        return []
+
+    def _press_barge_in(self, ev: ButtonPressed, now: float) -> list[Command]:
+        return self._barge_in(self.settings.button_mode, now, preroll=False)
+
+    def _release(self, ev: ButtonReleased, now: float) -> list[Command]:
+        turn = self._turn
+        assert turn is not None
+        if turn.source != "hold":
+            self.ignored_counts[type(ev).__name__] += 1
+            return []
+        return self._end_turn(now)
+
+    def _long_press_in_turn(self, ev: ButtonLongPressed, now: float) -> list[Command]:
+        turn = self._turn
+        assert turn is not None
+        if turn.source == "hold" and turn.voiced_seen:
+            # Holding to talk is a long press too; only a silent hold cancels.
+            self.ignored_counts[type(ev).__name__] += 1
+            return []
+        return self._drop_turn(turn, now)
+
+    def _long_press_busy(self, ev: ButtonLongPressed, now: float) -> list[Command]:
+        return self._interrupt() + self._settle(now)
+
+    def _frame_idle(self, ev: MicFrame, now: float) -> list[Command]:
+        if not self._vad or self._faults:
+            return []
+        if self._vad_trigger(ev, self.settings.vad_start_ms):
+            return self._open_turn("vad", now, preroll=True)
+        return []
+
+    def _frame_busy(self, ev: MicFrame, now: float) -> list[Command]:
+        if self._vad and self._vad_trigger(ev, self.settings.barge_in_ms):
+            return self._barge_in("vad", now, preroll=True)
+        return []
+
+    def _frame_in_turn(self, ev: MicFrame, now: float) -> list[Command]:
+        turn = self._turn
+        assert turn is not None
+        ms = len(ev.pcm) / PCM_BYTES_PER_MS
+        turn.audio_ms += ms
+        cmds = self._wire(SendAudio(ev.pcm))
+        if ev.voiced:
+            turn.voiced_seen = True
+            turn.silence_ms = 0.0
+        else:
+            turn.silence_ms += ms
+        if (
+            turn.source != "hold"
+            and not self._server_vad
+            and turn.voiced_seen
+            and turn.silence_ms >= self.settings.vad_stop_ms
+        ):
+            cmds += self._end_turn(now)
+        return cmds
+
+    def _text(self, ev: TextRequested, now: float) -> list[Command]:
+        if self._faults:
+            return [PlayCue("error"), ReportStatus(self.status_text())]
+        cmds = self._interrupt()
+        if not self._linked and not self._connecting:
+            self._connecting = True
+            cmds.append(Connect())
+        self._transcript.append(TranscriptLine("user", ev.text))
+        item = Item(id="", type="message", role="user", text=ev.text)
+        cmds += self._wire(CreateItem(item))
+        cmds += self._request_response(CreateResponse(), now)
+        return cmds + self._settle(now)
+
+    # ------------------------------------------------------------------ handlers: server
+
+    def _speech_started(self, ev: SpeechStarted, now: float) -> list[Command]:
+        assert self._turn is not None
+        self._turn.server_speech = True
+        return []
+
+    def _server_committed(self, ev: AudioCommitted, now: float) -> list[Command]:
+        if not self._server_vad:
+            return []  # the ack of our own commit
+        self._turn = None  # server_vad ended the turn and creates the response itself
+        self._response_expected = True
+        self._response_deadline = now + self.settings.response_timeout_s
+        cmds: list[Command] = [PlayCue("done")] if self.settings.done_cue else []
+        return cmds + self._settle(now)
+
+    def _response_created(self, ev: ResponseCreated, now: float) -> list[Command]:
+        self._response_id = ev.response_id
+        if self._cancel_next_created:
+            self._cancel_next_created = False
+            self._cancel_response(ev.response_id)
+            return []
+        self._response_expected = False
+        if self.phase in (Phase.THINKING, Phase.SPEAKING):
+            self._response_deadline = now + self.settings.response_timeout_s
+            return []
+        # Nobody asked for it (e.g. server_vad answered a pause): the user comes first.
+        self._cancel_response(ev.response_id)
+        return self._wire(CancelResponse(ev.response_id))
+
+    def _audio_delta(self, ev: AudioDelta, now: float) -> list[Command]:
+        if ev.response_id in self._cancelled:
+            self.ignored_counts[type(ev).__name__] += 1
+            return []
+        item = ev.item_id
+        self._received_ms[item] = self._received_ms.get(item, 0.0) + len(ev.pcm) / PCM_BYTES_PER_MS
+        self._playing.add(item)
+        cmds: list[Command] = [Play(item, ev.pcm)]
+        if self.phase is not Phase.SPEAKING:
+            cmds += self._go(Phase.SPEAKING)
+        return cmds
+
+    def _audio_done(self, ev: AudioDone, now: float) -> list[Command]:
+        if ev.response_id in self._cancelled or ev.item_id not in self._playing:
+            self.ignored_counts[type(ev).__name__] += 1
+            return []
+        return [FinishPlayback(ev.item_id)]
+
+    def _transcript_delta(self, ev: TranscriptDelta, now: float) -> list[Command]:
+        self._partials[ev.item_id] = self._partials.get(ev.item_id, "") + ev.delta
+        return []
+
+    def _transcript_done(self, ev: TranscriptDone, now: float) -> list[Command]:
+        self._partials.pop(ev.item_id, None)
+        interrupted = ev.response_id in self._cancelled
+        self._transcript.append(TranscriptLine("assistant", ev.transcript, ev.item_id, interrupted))
+        return []
+
+    def _user_transcript(self, ev: UserTranscript, now: float) -> list[Command]:
+        self._transcript.append(TranscriptLine("user", ev.transcript, ev.item_id))
+        return []
+
+    def _function_call(self, ev: FunctionCallRequested, now: float) -> list[Command]:
+        if ev.response_id in self._cancelled:
+            self.ignored_counts[type(ev).__name__] += 1
+            return []
+        self._tool_calls[ev.call_id] = ev.response_id
+        self._response_deadline = now + self.settings.response_timeout_s
+        return [RunTool(ev.call_id, ev.name, ev.arguments)]
+
+    def _tool_finished(self, ev: ToolFinished, now: float) -> list[Command]:
+        rid = self._tool_calls.pop(ev.call_id, None)
+        if rid is None:
+            self.ignored_counts[type(ev).__name__] += 1
+            return []
+        # The output always goes back (the call item exists); a reply only if still wanted.
+        output = Item(id="", type="function_call_output", call_id=ev.call_id, output=ev.output)
+        cmds = self._wire(CreateItem(output))
+        wanted = rid not in self._cancelled and self.phase in (Phase.THINKING, Phase.SPEAKING)
+        if wanted and rid not in self._tool_calls.values():
+            cmds += self._request_response(CreateResponse(), now)
+        return cmds + (self._settle(now) if self.phase is Phase.THINKING else [])
+
+    def _response_done(self, ev: ResponseDone, now: float) -> list[Command]:
+        cancelled = ev.response_id in self._cancelled
+        if ev.response_id == self._response_id:
+            self._response_id = None
+        if cancelled:
+            for item_id, text in self._partials.items():
+                self._transcript.append(TranscriptLine("assistant", text, item_id, True))
+            self._partials.clear()
+        cmds: list[Command] = []
+        if self._pending_create is not None and not self._busy():
+            cmds += self._wire(self._pending_create)
+            self._pending_create = None
+            self._response_expected = True
+        if ev.status == "failed" and not cancelled:
+            return cmds + self._fail(now, f"the response failed: {ev.reason or 'no reason'}")
+        if self.phase in (Phase.THINKING, Phase.SPEAKING):
+            cmds += self._settle(now)
+        return cmds
+
+    def _playback_stopped(self, ev: PlaybackStopped, now: float) -> list[Command]:
+        cmds: list[Command] = []
+        item = ev.item_id
+        if ev.interrupted and self._truncate_pending:
+            self._truncate_pending = False
+            if item is not None and item in self._received_ms:
+                # Clamp to what arrived: a longer audio_end_ms is a server error (5.4).
+                heard_ms = max(0, min(ev.played_ms, int(self._received_ms[item])))
+                cmds += self._wire(Truncate(item, heard_ms))
+        if item is None or ev.interrupted:
+            self._playing.clear()
+        else:
+            self._playing.discard(item)
+        if self.phase is Phase.SPEAKING:
+            cmds += self._settle(now)
+        return cmds
+
+    def _server_error(self, ev: ServerError, now: float) -> list[Command]:
+        if ev.code in BENIGN_ERROR_CODES:
+            self.ignored_counts[f"error:{ev.code}"] += 1
+            if ev.code == "input_audio_buffer_commit_empty" and self.phase is Phase.THINKING:
+                # Nothing was committed, so no reply will come.
+                self._response_expected = False
+                self._pending_create = None
+                return self._settle(now)
+            return []
+        return self._fail(now, f"server error {ev.code}: {ev.message}")
+
+    def _protocol_error(self, ev: ProtocolError, now: float) -> list[Command]:
+        return self._fail(now, f"unreadable server message: {ev.message}")
+
+    def _observe(self, ev: Event, now: float) -> list[Command]:
+        """Routine events with nothing to do in the core (the app's listeners still see them)."""
+        return []
+
+    # ------------------------------------------------------------------ handlers: link, devices
+
+    def _link_up(self, ev: LinkUp, now: float) -> list[Command]:
+        self._linked = True
+        self._connecting = self._disconnecting = False
+        self._link_failure_reported = False
+        self._session_started_at = self._last_activity = now
+        self._faults.pop(LINK_DEVICE, None)
+        # The link resends the session after reconnects too; sending it again is harmless.
+        cmds: list[Command] = [UpdateSession(self.session_config)]
+        cmds += self._outbox
+        self._outbox = []
+        if self.phase is Phase.ERROR and self._error_until is not None and now < self._error_until:
+            return cmds
+        return cmds + self._settle(now)
+
+    def _link_down(self, ev: LinkDown, now: float) -> list[Command]:
+        self._linked = False
+        self._session_started_at = None
+        if self._disconnecting and not ev.retrying:
+            self._disconnecting = False
+            return [] if self._connecting else self._settle(now)
+        self._connecting = ev.retrying
+        cmds = self._reset_session_state()
+        if not ev.retrying and self.settings.session_policy == "always":
+            self.last_error = f"link closed: {ev.reason}"
+        return cmds + self._settle(now)
+
+    def _link_failed(self, ev: LinkFailed, now: float) -> list[Command]:
+        text = f"{_LINK_FAILURE_TEXT[ev.kind]} ({ev.message})"
+        cmds = self._reset_session_state()  # cues if a turn or reply was lost
+        self._linked = False
+        self._faults[LINK_DEVICE] = text
+        changed = text != self.last_error
+        self.last_error = text
+        if not self._link_failure_reported:  # once per outage, not per retry
+            self._link_failure_reported = True
+            if not any(isinstance(c, PlayCue) for c in cmds):
+                cmds.append(PlayCue("error"))
+        return cmds + self._go(Phase.ERROR, force_status=changed)
+
+    def _device_lost(self, ev: DeviceLost, now: float) -> list[Command]:
+        first = ev.device not in self._faults
+        self._faults[ev.device] = ev.message
+        self.last_error = f"{ev.device}: {ev.message}"
+        cmds: list[Command] = []
+        if ev.device == LINK_DEVICE:
+            self._linked = self._connecting = False
+            cmds += self._reset_session_state()
+            cmds = [c for c in cmds if not isinstance(c, PlayCue)]
+        else:
+            cmds += self._interrupt()
+            if self._turn is not None:
+                self._turn = None
+                cmds += self._wire(ClearAudio())
+        if first and self.phase is not Phase.ERROR:
+            cmds.append(PlayCue("error"))
+        return cmds + self._go(Phase.ERROR, force_status=True)
+
+    def _device_restored(self, ev: DeviceRestored, now: float) -> list[Command]:
+        if self._faults.pop(ev.device, None) is None:
+            return []
+        cmds: list[Command] = []
+        if ev.device == LINK_DEVICE and self.settings.session_policy == "always":
+            self._connecting = True
+            cmds.append(Connect())
+        if self._faults:
+            return cmds + self._go(Phase.ERROR, force_status=True)
+        self._error_until = None
+        return cmds + self._settle(now)
+
+    def _tick(self, ev: Tick, now: float) -> list[Command]:
+        s = self.settings
+        if (turn := self._turn) is not None:
+            if now >= turn.opened_at + s.max_turn_s:
+                return self._end_turn(now)
+            if self._no_speech_applies(turn) and now >= turn.opened_at + s.no_speech_timeout_s:
+                return self._drop_turn(turn, now)
+        thinking_until = self._response_deadline if self.phase is Phase.THINKING else None
+        if thinking_until is not None and now >= thinking_until:
+            return self._fail(now, f"no reply within {s.response_timeout_s:g} s")
+        error_until = self._error_until if self.phase is Phase.ERROR else None
+        if error_until is not None and now >= error_until:
+            self._error_until = None
+            return self._settle(now)
+        if self.phase is Phase.IDLE and self._linked:
+            if s.session_policy == "on_demand" and now >= self._last_activity + s.idle_disconnect_s:
+                self._linked = False
+                self._disconnecting = True
+                self._session_started_at = None
+                return [Disconnect("idle")]
+            started = self._session_started_at
+            if started is not None and now >= started + s.rotate_after_s:
+                self._session_started_at = now
+                return [Rotate()]
+        return []
+
+    def _shutdown(self, ev: ShutdownRequested, now: float) -> list[Command]:
+        self._stopped = True
+        return [
+            StopPlayback(),
+            Disconnect("shutdown"),
+            SetLed("off"),
+            ReportStatus("stopping"),
+            Stop(),
+        ]
+
+
+_Handler = Callable[[Conversation, Any, float], list[Command]]
+_P = Phase
+_ALL = tuple(Phase)
+_QUIET = (_P.IDLE, _P.CONNECTING, _P.ERROR)  # no turn, no reply: triggers open a turn
+_REPLY = (_P.THINKING, _P.SPEAKING)  # a reply is coming: triggers barge in
+
+
+def _rows(phases: tuple[Phase, ...], event: type[Any], handler: _Handler) -> dict[Any, _Handler]:
+    return {(phase, event): handler for phase in phases}
+
+
+C = Conversation
+# Every transition: (phase, event type) -> handler.  Absent pairs are ignored and counted.
+_TABLE: dict[tuple[Phase, type[Any]], _Handler] = {
+    # triggers
+    **_rows(_QUIET, ButtonPressed, C._press_open),
+    (_P.LISTENING, ButtonPressed): C._press_in_turn,
+    **_rows(_REPLY, ButtonPressed, C._press_barge_in),
+    (_P.LISTENING, ButtonReleased): C._release,
+    (_P.LISTENING, ButtonLongPressed): C._long_press_in_turn,
+    **_rows(_REPLY, ButtonLongPressed, C._long_press_busy),
+    **_rows(_QUIET, MicFrame, C._frame_idle),
+    (_P.LISTENING, MicFrame): C._frame_in_turn,
+    **_rows(_REPLY, MicFrame, C._frame_busy),
+    **_rows((*_QUIET, *_REPLY), TextRequested, C._text),
+    # the reply
+    (_P.LISTENING, SpeechStarted): C._speech_started,
+    (_P.LISTENING, AudioCommitted): C._server_committed,
+    **_rows(_ALL, ResponseCreated, C._response_created),
+    **_rows(_REPLY, AudioDelta, C._audio_delta),
+    **_rows(_REPLY, AudioDone, C._audio_done),
+    **_rows(_ALL, TranscriptDelta, C._transcript_delta),
+    **_rows(_ALL, TranscriptDone, C._transcript_done),
+    **_rows(_ALL, UserTranscript, C._user_transcript),
+    **_rows(_REPLY, FunctionCallRequested, C._function_call),
+    **_rows(_ALL, ToolFinished, C._tool_finished),
+    **_rows(_ALL, ResponseDone, C._response_done),
+    **_rows(_ALL, PlaybackStopped, C._playback_stopped),
+    **_rows(_ALL, ServerError, C._server_error),
+    **_rows(_ALL, ProtocolError, C._protocol_error),
+    # routine server events: seen, nothing to do
+    **{
+        (phase, event): C._observe
+        for phase in _ALL
+        for event in (
+            SessionCreated,
+            SessionUpdated,
+            SpeechStopped,
+            AudioCleared,
+            ItemAdded,
+            ItemDone,
+            ItemTruncated,
+            ItemDeleted,
+            InputTimedOut,
+        )
+    },
+    **{(phase, AudioCommitted): C._observe for phase in (*_QUIET, *_REPLY)},
+    **{(phase, SpeechStarted): C._observe for phase in (*_QUIET, *_REPLY)},
+    # link, devices, time, shutdown
+    **_rows(_ALL, LinkUp, C._link_up),
+    **_rows(_ALL, LinkDown, C._link_down),
+    **_rows(_ALL, LinkFailed, C._link_failed),
+    **_rows(_ALL, DeviceLost, C._device_lost),
+    **_rows(_ALL, DeviceRestored, C._device_restored),
+    **_rows(_ALL, Tick, C._tick),
+    **_rows(_ALL, ShutdownRequested, C._shutdown),
+}
+del C

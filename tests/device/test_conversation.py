@@ -1,0 +1,635 @@
+"""The conversation core as transcripts: events in, commands out, no event loop, no clock."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hark.conversation import Conversation, Phase, Settings, TranscriptLine
+from hark.events import (
+    AudioCommitted,
+    AudioDelta,
+    AudioDone,
+    ButtonLongPressed,
+    ButtonPressed,
+    ButtonReleased,
+    CancelResponse,
+    ClearAudio,
+    Command,
+    CommitAudio,
+    Connect,
+    CreateItem,
+    CreateResponse,
+    DeviceLost,
+    DeviceRestored,
+    Disconnect,
+    Event,
+    FinishPlayback,
+    FunctionCallRequested,
+    Item,
+    ItemAdded,
+    LinkDown,
+    LinkFailed,
+    LinkUp,
+    MicFrame,
+    Play,
+    PlaybackStopped,
+    PlayCue,
+    ReportStatus,
+    ResponseCreated,
+    ResponseDone,
+    Rotate,
+    RunTool,
+    SendAudio,
+    ServerError,
+    SessionConfig,
+    SetLed,
+    ShutdownRequested,
+    SpeechStarted,
+    Stop,
+    StopPlayback,
+    TextRequested,
+    Tick,
+    ToolFinished,
+    TranscriptDelta,
+    TranscriptDone,
+    Truncate,
+    TurnDetection,
+    UpdateSession,
+    UserTranscript,
+)
+
+FRAME_MS = 20
+
+
+def pcm(ms: int, fill: int = 0) -> bytes:
+    """24 kHz PCM16 mono of ``ms`` milliseconds (48 bytes per ms)."""
+    return bytes([fill]) * (48 * ms)
+
+
+def voiced(fill: int = 1) -> MicFrame:
+    return MicFrame(pcm(FRAME_MS, fill), voiced=True)
+
+
+def quiet(fill: int = 0) -> MicFrame:
+    return MicFrame(pcm(FRAME_MS, fill), voiced=False)
+
+
+Step = tuple[float, Event, Sequence[Command]]
+
+
+def play(conv: Conversation, steps: Sequence[Step]) -> None:
+    """Feed each event at its time and compare the commands (status lines aside)."""
+    for index, (now, event, expected) in enumerate(steps):
+        got = [c for c in conv.handle(event, now) if not isinstance(c, ReportStatus)]
+        assert got == list(expected), f"step {index}: {event!r} in {conv.phase}"
+
+
+def linked(**overrides: Any) -> Conversation:
+    """A conversation that has started and whose link is up at t=0."""
+    conv = Conversation(Settings(**overrides))
+    conv.start(0.0)
+    conv.handle(LinkUp("sess_1", None), 0.0)
+    assert conv.phase is Phase.IDLE
+    return conv
+
+
+def to_speaking(conv: Conversation, now: float = 1.0, delta_ms: int = 100) -> None:
+    """Hold-to-talk turn committed and the reply started (two deltas of ``delta_ms``)."""
+    conv.handle(ButtonPressed(), now)
+    for _ in range(10):
+        conv.handle(voiced(), now)
+    end = ButtonPressed() if conv.settings.button_mode == "tap" else ButtonReleased(0.2)
+    conv.handle(end, now)
+    conv.handle(ResponseCreated("resp_1"), now)
+    conv.handle(AudioDelta("resp_1", "item_a", 0, pcm(delta_ms, 7)), now)
+    conv.handle(AudioDelta("resp_1", "item_a", 0, pcm(delta_ms, 7)), now)
+    assert conv.phase is Phase.SPEAKING
+
+
+SPEECH = [MicFrame(pcm(FRAME_MS, 1), True)] * 10
+
+
+def test_start_connects_and_link_up_sends_the_session() -> None:
+    """Staying connected: start asks for the link; LinkUp sends the whole session config."""
+    conv = Conversation(Settings())
+    assert [c for c in conv.start(0.0) if not isinstance(c, ReportStatus)] == [
+        Connect(),
+        SetLed("connecting"),
+    ]
+    play(conv, [(0.5, LinkUp("sess_1", None), [UpdateSession(SessionConfig()), SetLed("idle")])])
+
+
+def test_hold_to_talk_turn() -> None:
+    """Press streams, release commits and asks for a reply, the reply plays, back to idle."""
+    conv = linked()
+    reply = pcm(100, 7)
+    play(
+        conv,
+        [
+            (1.0, ButtonPressed(), [SetLed("listening"), PlayCue("listening")]),
+            *[(1.0, f, [SendAudio(f.pcm)]) for f in SPEECH],
+            (
+                1.2,
+                ButtonReleased(0.2),
+                [CommitAudio(), CreateResponse(), PlayCue("done"), SetLed("thinking")],
+            ),
+            (1.3, ResponseCreated("resp_1"), []),
+            (1.3, UserTranscript("item_u", "what time is it"), []),
+            (
+                1.4,
+                AudioDelta("resp_1", "item_a", 0, reply),
+                [Play("item_a", reply), SetLed("speaking")],
+            ),
+            (1.4, TranscriptDelta("resp_1", "item_a", "It is "), []),
+            (1.5, AudioDelta("resp_1", "item_a", 0, reply), [Play("item_a", reply)]),
+            (1.5, TranscriptDone("resp_1", "item_a", "It is noon."), []),
+            (1.5, AudioDone("resp_1", "item_a"), [FinishPlayback("item_a")]),
+            (1.6, ResponseDone("resp_1", "completed"), []),
+            (1.8, PlaybackStopped("item_a", 200, interrupted=False), [SetLed("idle")]),
+        ],
+    )
+    assert conv.turns_completed == 1
+    assert conv.transcript == [
+        TranscriptLine("user", "what time is it", "item_u"),
+        TranscriptLine("assistant", "It is noon.", "item_a"),
+    ]
+
+
+def test_tap_to_talk_turn_ends_on_silence() -> None:
+    """A tap opens a turn; release does nothing; 700 ms of silence after speech commits it."""
+    conv = linked(button_mode="tap", vad_stop_ms=700)
+    silence = [quiet() for _ in range(700 // FRAME_MS)]
+    play(
+        conv,
+        [
+            (1.0, ButtonPressed(), [SetLed("listening"), PlayCue("listening")]),
+            (1.1, ButtonReleased(0.1), []),
+            *[(1.2, f, [SendAudio(f.pcm)]) for f in SPEECH],
+            *[(1.5, f, [SendAudio(f.pcm)]) for f in silence[:-1]],
+            (
+                2.0,
+                silence[-1],
+                [
+                    SendAudio(silence[-1].pcm),
+                    CommitAudio(),
+                    CreateResponse(),
+                    PlayCue("done"),
+                    SetLed("thinking"),
+                ],
+            ),
+        ],
+    )
+    assert conv.ignored_counts["ButtonReleased"] == 1
+
+
+def test_tap_turn_without_speech_closes_after_the_no_speech_timeout() -> None:
+    """A tap followed by silence only is cleared when no_speech_timeout_s passes."""
+    conv = linked(button_mode="tap", no_speech_timeout_s=5.0)
+    play(conv, [(1.0, ButtonPressed(), [SetLed("listening"), PlayCue("listening")])])
+    play(conv, [(1.5, quiet(), [SendAudio(quiet().pcm)])])
+    assert conv.deadline() == 6.0
+    play(conv, [(6.0, Tick(), [ClearAudio(), SetLed("idle")])])
+
+
+def test_vad_turn_sends_the_preroll_first() -> None:
+    """Voice opens a turn and the last preroll_ms of audio (first syllable included) goes first."""
+    conv = linked(trigger_mode="vad", preroll_ms=300, vad_start_ms=60, vad_stop_ms=200)
+    background = [quiet(fill=2) for _ in range(20)]
+    onset = [voiced(fill=3) for _ in range(3)]
+    play(conv, [(1.0, f, []) for f in background + onset[:2]])
+    preroll = b"".join(f.pcm for f in ([*background, *onset])[-15:])
+    play(
+        conv,
+        [
+            (
+                1.5,
+                onset[2],
+                [SetLed("listening"), PlayCue("listening"), SendAudio(preroll)],
+            ),
+        ],
+    )
+    assert len(preroll) == 300 * 48 and preroll.endswith(onset[0].pcm * 3)
+    play(conv, [(1.6, f, [SendAudio(f.pcm)]) for f in SPEECH])
+    tail = [quiet() for _ in range(10)]
+    play(conv, [(1.7, f, [SendAudio(f.pcm)]) for f in tail[:-1]])
+    got = conv.handle(tail[-1], 1.9)
+    assert got[:3] == [SendAudio(tail[-1].pcm), CommitAudio(), CreateResponse()]
+    assert conv.phase is Phase.THINKING
+
+
+def test_vad_ignores_voice_in_button_mode_and_below_the_start_threshold() -> None:
+    """Button mode: frames never open turns; vad mode: a blip under vad_start_ms doesn't."""
+    conv = linked()
+    play(conv, [(1.0, voiced(), []) for _ in range(20)])
+    conv = linked(trigger_mode="vad", vad_start_ms=60)
+    play(conv, [(1.0, f, []) for f in [voiced(), voiced(), quiet(), voiced(), quiet()]])
+    assert conv.phase is Phase.IDLE
+
+
+def test_barge_in_by_button_truncates_to_what_was_heard_clamped() -> None:
+    """A press while speaking stops, cancels, opens a turn; truncate clamps to audio received."""
+    conv = linked()
+    to_speaking(conv, delta_ms=100)  # 200 ms received
+    late = AudioDelta("resp_1", "item_a", 0, pcm(100, 7))
+    play(
+        conv,
+        [
+            (
+                2.0,
+                ButtonPressed(),
+                [
+                    StopPlayback(),
+                    CancelResponse("resp_1"),
+                    SetLed("listening"),
+                    PlayCue("listening"),
+                ],
+            ),
+            (2.0, late, []),
+            (2.01, PlaybackStopped("item_a", 250, interrupted=True), [Truncate("item_a", 200)]),
+            (2.1, ResponseDone("resp_1", "cancelled", "client_cancelled"), []),
+            *[(2.2, f, [SendAudio(f.pcm)]) for f in SPEECH],
+            (
+                2.4,
+                ButtonReleased(0.4),
+                [CommitAudio(), CreateResponse(), PlayCue("done"), SetLed("thinking")],
+            ),
+        ],
+    )
+    assert conv.ignored_counts["AudioDelta"] == 1
+
+
+def test_barge_in_by_voice_keeps_the_speech_and_truncates_to_played() -> None:
+    """Voiced frames past barge_in_ms while speaking interrupt; the barge-in audio is not lost."""
+    conv = linked(trigger_mode="vad", barge_in_ms=100, preroll_ms=300)
+    to_speaking(conv, delta_ms=500)  # 1000 ms received
+    echo = [quiet(fill=5) for _ in range(5)]  # the echo gate said: our own voice
+    speech = [voiced(fill=6) for _ in range(5)]
+    play(conv, [(2.0, f, []) for f in echo + speech[:4]])
+    preroll = b"".join(f.pcm for f in echo + speech)
+    play(
+        conv,
+        [
+            (
+                2.1,
+                speech[4],
+                [
+                    StopPlayback(),
+                    CancelResponse("resp_1"),
+                    SetLed("listening"),
+                    PlayCue("listening"),
+                    SendAudio(preroll),
+                ],
+            ),
+            (2.11, PlaybackStopped("item_a", 430, interrupted=True), [Truncate("item_a", 430)]),
+        ],
+    )
+
+
+def test_voice_in_button_mode_never_barges_in() -> None:
+    """Trigger mode "button": voice during a reply is not an interruption."""
+    conv = linked()
+    to_speaking(conv)
+    play(conv, [(2.0, voiced(), []) for _ in range(30)])
+    assert conv.phase is Phase.SPEAKING
+
+
+def test_barge_in_before_cancel_completes_queues_the_next_response() -> None:
+    """If the new turn commits before the cancelled response is done, response.create waits."""
+    conv = linked()
+    to_speaking(conv)
+    conv.handle(ButtonPressed(), 2.0)
+    for f in SPEECH:
+        conv.handle(f, 2.1)
+    play(
+        conv,
+        [
+            (2.3, ButtonReleased(0.3), [CommitAudio(), PlayCue("done"), SetLed("thinking")]),
+            (2.4, ResponseDone("resp_1", "cancelled"), [CreateResponse()]),
+            (2.5, ResponseCreated("resp_2"), []),
+        ],
+    )
+
+
+def test_long_press_cancels_in_tap_mode() -> None:
+    """Tap mode: a long press clears an open turn, and stops a reply without a new turn."""
+    conv = linked(button_mode="tap")
+    play(
+        conv,
+        [
+            (1.0, ButtonPressed(), [SetLed("listening"), PlayCue("listening")]),
+            *[(1.1, f, [SendAudio(f.pcm)]) for f in SPEECH[:3]],
+            (1.6, ButtonLongPressed(), [ClearAudio(), SetLed("idle")]),
+        ],
+    )
+    conv = linked(button_mode="tap")
+    to_speaking(conv)
+    play(
+        conv,
+        [(3.0, ButtonLongPressed(), [StopPlayback(), CancelResponse("resp_1"), SetLed("idle")])],
+    )
+
+
+def test_long_press_while_holding_to_talk_is_talking_not_cancelling() -> None:
+    """Hold mode: a long hold with speech is a long question; a silent hold cancels."""
+    conv = linked()
+    conv.handle(ButtonPressed(), 1.0)
+    for f in SPEECH:
+        conv.handle(f, 1.1)
+    play(conv, [(2.0, ButtonLongPressed(), [])])
+    assert CommitAudio() in conv.handle(ButtonReleased(5.0), 6.0)
+    conv = linked()
+    conv.handle(ButtonPressed(), 1.0)
+    for _ in range(10):
+        conv.handle(quiet(), 1.1)
+    play(conv, [(2.0, ButtonLongPressed(), [ClearAudio(), SetLed("idle")])])
+
+
+@pytest.mark.parametrize("frames", [0, 1, 4])
+def test_turn_shorter_than_100ms_is_cleared_not_committed(frames: int) -> None:
+    """Under 100 ms the commit would be refused (commit_empty): clear and go idle instead."""
+    conv = linked()
+    conv.handle(ButtonPressed(), 1.0)
+    for _ in range(frames):
+        conv.handle(voiced(), 1.0)
+    expected: list[Command] = [ClearAudio()] if frames else []
+    play(conv, [(1.1, ButtonReleased(0.1), [*expected, SetLed("idle")])])
+
+
+def test_tool_call_round_trip_queues_response_create_until_done() -> None:
+    """FunctionCall → RunTool; its output goes back at once, response.create after response.done."""
+    conv = linked()
+    conv.handle(ButtonPressed(), 1.0)
+    for f in SPEECH:
+        conv.handle(f, 1.0)
+    conv.handle(ButtonReleased(0.2), 1.2)
+    output = Item(id="", type="function_call_output", call_id="call_1", output='{"t": "noon"}')
+    play(
+        conv,
+        [
+            (1.3, ResponseCreated("resp_1"), []),
+            (
+                1.4,
+                FunctionCallRequested("resp_1", "item_f", "call_1", "get_time", "{}"),
+                [RunTool("call_1", "get_time", "{}")],
+            ),
+            (1.5, ToolFinished("call_1", '{"t": "noon"}'), [CreateItem(output)]),
+            (1.6, ResponseDone("resp_1", "completed"), [CreateResponse()]),
+            (1.7, ResponseCreated("resp_2"), []),
+            (
+                1.8,
+                AudioDelta("resp_2", "item_b", 0, pcm(50)),
+                [Play("item_b", pcm(50)), SetLed("speaking")],
+            ),
+        ],
+    )
+    assert conv.phase is Phase.SPEAKING
+
+
+def test_tool_finishing_after_response_done_creates_the_response_at_once() -> None:
+    """When the response is already done, the output and response.create go together."""
+    conv = linked()
+    conv.handle(ButtonPressed(), 1.0)
+    for f in SPEECH:
+        conv.handle(f, 1.0)
+    conv.handle(ButtonReleased(0.2), 1.2)
+    conv.handle(ResponseCreated("resp_1"), 1.3)
+    conv.handle(FunctionCallRequested("resp_1", "item_f", "call_1", "lamp", '{"on": true}'), 1.4)
+    play(conv, [(1.5, ResponseDone("resp_1", "completed"), [])])
+    assert conv.phase is Phase.THINKING  # still waiting for the tool
+    output = Item(id="", type="function_call_output", call_id="call_1", output="ok")
+    play(conv, [(1.9, ToolFinished("call_1", "ok"), [CreateItem(output), CreateResponse()])])
+    play(conv, [(1.9, ToolFinished("call_1", "again"), [])])
+    assert conv.ignored_counts["ToolFinished"] == 1
+
+
+def test_guardrail_interrupt_drops_late_deltas_and_says_the_fallback() -> None:
+    """interrupt(say=…) is barge-in plus a fallback reply queued behind the cancelled one."""
+    conv = linked()
+    to_speaking(conv)
+    fallback = CreateResponse(instructions="Say exactly this and nothing else: Let's not.")
+    cmds = [c for c in conv.interrupt(2.0, say="Let's not.") if not isinstance(c, ReportStatus)]
+    assert cmds == [StopPlayback(), CancelResponse("resp_1"), SetLed("thinking")]
+    late = AudioDelta("resp_1", "item_a", 0, pcm(100))
+    play(
+        conv,
+        [
+            (2.0, late, []),
+            (2.0, late, []),
+            (2.01, PlaybackStopped("item_a", 120, True), [Truncate("item_a", 120)]),
+            (2.1, ResponseDone("resp_1", "cancelled"), [fallback]),
+            (2.2, ResponseCreated("resp_2"), []),
+        ],
+    )
+    assert conv.ignored_counts["AudioDelta"] == 2
+
+
+def test_link_failure_shows_error_once_and_link_up_recovers() -> None:
+    """Repeated LinkFailed: error LED and cue once, a status naming the cause; LinkUp clears it."""
+    conv = Conversation(Settings())
+    conv.start(0.0)
+    failed = LinkFailed("unauthorised", "HTTP 401")
+    first = conv.handle(failed, 1.0)
+    assert [c for c in first if not isinstance(c, ReportStatus)] == [
+        PlayCue("error"),
+        SetLed("error"),
+    ]
+    statuses = [c.text for c in first if isinstance(c, ReportStatus)]
+    assert statuses and "not authorised" in statuses[-1]
+    play(conv, [(2.0, failed, []), (4.0, failed, [])])
+    play(conv, [(5.0, LinkUp("sess_1", None), [UpdateSession(SessionConfig()), SetLed("idle")])])
+    assert conv.handle(failed, 6.0)[:2] == [PlayCue("error"), SetLed("error")]
+
+
+def test_response_timeout_gives_an_error_then_idle() -> None:
+    """No reply within response_timeout_s: cancel, error cue and LED, idle after error_hold_s."""
+    conv = linked(response_timeout_s=15.0, error_hold_s=3.0)
+    conv.handle(ButtonPressed(), 1.0)
+    for f in SPEECH:
+        conv.handle(f, 1.0)
+    conv.handle(ButtonReleased(0.2), 1.2)
+    assert conv.deadline() == pytest.approx(16.2)
+    play(conv, [(16.2, Tick(), [CancelResponse(), PlayCue("error"), SetLed("error")])])
+    assert conv.last_error and "no reply" in conv.last_error
+    assert conv.deadline() == pytest.approx(19.2)
+    play(conv, [(19.2, Tick(), [SetLed("idle")])])
+    # The reply that finally shows up is unwanted now.
+    play(conv, [(20.0, ResponseCreated("resp_late"), [CancelResponse("resp_late")])])
+
+
+def test_on_demand_connects_on_trigger_and_disconnects_when_idle() -> None:
+    """On demand: a press connects, audio waits for the link, the session sleeps after idling."""
+    conv = Conversation(Settings(session_policy="on_demand", idle_disconnect_s=60.0))
+    assert [c for c in conv.start(0.0) if not isinstance(c, ReportStatus)] == [SetLed("idle")]
+    assert conv.deadline() is None
+    play(
+        conv,
+        [
+            (1.0, ButtonPressed(), [Connect(), SetLed("listening"), PlayCue("listening")]),
+            *[(1.0, f, []) for f in SPEECH],
+            (1.2, ButtonReleased(0.2), [PlayCue("done"), SetLed("thinking")]),
+            (
+                1.4,
+                LinkUp("sess_1", None),
+                [
+                    UpdateSession(SessionConfig()),
+                    *[SendAudio(f.pcm) for f in SPEECH],
+                    CommitAudio(),
+                    CreateResponse(),
+                ],
+            ),
+            (1.5, ResponseCreated("resp_1"), []),
+            (1.6, ResponseDone("resp_1", "completed"), [SetLed("idle")]),
+        ],
+    )
+    assert conv.deadline() == pytest.approx(61.6)
+    play(conv, [(61.6, Tick(), [Disconnect("idle")])])
+    play(conv, [(61.7, LinkDown("client closed", retrying=False), [])])
+    assert conv.phase is Phase.IDLE and conv.deadline() is None
+    assert conv.handle(ButtonPressed(), 70.0)[0] == Connect()
+
+
+def test_always_connected_rotates_the_session_when_quiet() -> None:
+    """Staying connected: after rotate_after_s the idle core asks the link to rotate."""
+    conv = linked(rotate_after_s=3000.0)
+    assert conv.deadline() == 3000.0
+    play(conv, [(3000.0, Tick(), [Rotate()])])
+    assert conv.deadline() == 6000.0
+
+
+def test_link_down_mid_reply_stops_and_shows_connecting() -> None:
+    """The link dropping mid-reply stops playback, cues the error and shows connecting."""
+    conv = linked()
+    to_speaking(conv)
+    play(
+        conv,
+        [
+            (
+                2.0,
+                LinkDown("network", retrying=True),
+                [StopPlayback(), PlayCue("error"), SetLed("connecting")],
+            ),
+            (2.1, AudioDelta("resp_1", "item_a", 0, pcm(10)), []),
+            (3.0, LinkUp("sess_2", None), [UpdateSession(SessionConfig()), SetLed("idle")]),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "code", ["response_cancel_not_active", "conversation_already_has_active_response"]
+)
+def test_benign_server_errors_do_not_go_to_error(code: str) -> None:
+    """The protocol's known races are counted, never shown as errors."""
+    conv = linked()
+    to_speaking(conv)
+    play(conv, [(2.0, ServerError(code, "race"), [])])
+    assert conv.phase is Phase.SPEAKING and conv.ignored_counts[f"error:{code}"] == 1
+
+
+def test_other_server_errors_cue_and_recover() -> None:
+    """An unexpected server error aborts the reply, shows the error, then returns to idle."""
+    conv = linked(error_hold_s=2.0)
+    to_speaking(conv)
+    play(
+        conv,
+        [
+            (
+                2.0,
+                ServerError("server_error", "boom", type="server_error"),
+                [StopPlayback(), CancelResponse("resp_1"), PlayCue("error"), SetLed("error")],
+            ),
+            (2.0, PlaybackStopped("item_a", 80, True), [Truncate("item_a", 80)]),
+            (4.0, Tick(), [SetLed("idle")]),
+        ],
+    )
+    assert conv.status_text() == "idle; last error: server error server_error: boom"
+
+
+def test_device_lost_and_restored() -> None:
+    """A lost mic shows the error (once) and refuses turns until it is back."""
+    conv = linked()
+    play(
+        conv,
+        [
+            (1.0, DeviceLost("microphone", "unplugged"), [PlayCue("error"), SetLed("error")]),
+            (1.5, DeviceLost("microphone", "still gone"), []),
+            (2.0, ButtonPressed(), [PlayCue("error")]),
+            (3.0, DeviceRestored("microphone"), [SetLed("idle")]),
+            (4.0, ButtonPressed(), [SetLed("listening"), PlayCue("listening")]),
+        ],
+    )
+
+
+def test_server_vad_mode_session_and_end_of_turn() -> None:
+    """end_of_turn="server": server_vad without auto-interrupt; its commit ends the turn."""
+    conv = linked(trigger_mode="vad", end_of_turn="server", vad_start_ms=60)
+    detection = conv.session_config.turn_detection
+    assert detection == TurnDetection(create_response=True, interrupt_response=False)
+    for f in [voiced()] * 3:
+        conv.handle(f, 1.0)
+    assert conv.phase is Phase.LISTENING
+    play(
+        conv,
+        [
+            (1.1, SpeechStarted(0, "item_u"), []),
+            *[(1.2, f, [SendAudio(f.pcm)]) for f in [quiet()] * 50],  # no local end of turn
+            (2.5, AudioCommitted("item_u", None), [PlayCue("done"), SetLed("thinking")]),
+            (2.6, ResponseCreated("resp_1"), []),
+        ],
+    )
+    button_only = Conversation(Settings(trigger_mode="button", end_of_turn="server"))
+    assert button_only.session_config.turn_detection is None  # button turns are manual
+
+
+def test_text_turn() -> None:
+    """TextRequested sends a user text item and asks for a reply."""
+    conv = linked()
+    item = Item(id="", type="message", role="user", text="hello")
+    play(
+        conv,
+        [(1.0, TextRequested("hello"), [CreateItem(item), CreateResponse(), SetLed("thinking")])],
+    )
+    assert conv.transcript == [TranscriptLine("user", "hello")]
+
+
+def test_routine_and_unexpected_events() -> None:
+    """Routine server events are silent; events with no transition are ignored and counted."""
+    conv = linked()
+    play(
+        conv,
+        [
+            (1.0, ItemAdded(Item(id="i", type="message"), None), []),
+            (1.0, ButtonReleased(0.1), []),
+            (1.0, AudioDelta("resp_x", "item_x", 0, pcm(10)), []),
+        ],
+    )
+    assert conv.ignored_counts["ButtonReleased"] == 1
+    assert conv.ignored_counts["AudioDelta"] == 1
+    assert "ItemAdded" not in conv.ignored_counts
+
+
+def test_shutdown_winds_down_and_then_ignores_everything() -> None:
+    """Shutdown stops playback, disconnects, turns the LED off and says Stop; nothing after."""
+    conv = linked()
+    to_speaking(conv)
+    play(
+        conv,
+        [
+            (
+                5.0,
+                ShutdownRequested(),
+                [StopPlayback(), Disconnect("shutdown"), SetLed("off"), Stop()],
+            ),
+            (5.1, ButtonPressed(), []),
+        ],
+    )
+    assert conv.deadline() is None
+
+
+def test_settings_refuse_a_preroll_shorter_than_the_vad_start() -> None:
+    """The pre-roll must hold the voiced onset that opened the turn."""
+    with pytest.raises(ValueError, match="preroll_ms"):
+        Settings(preroll_ms=50, vad_start_ms=60)
+    assert dataclasses.replace(Settings(), preroll_ms=500).preroll_ms == 500
