@@ -1,0 +1,233 @@
+"""The ``hark-backend`` command as an operator runs it, and a whole logged run of ``serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hark_backend.cli import EX_CONFIG, ConfigError, read_openai_key
+
+from tests.backend.servers import HAVE_SIM, FakeUpstream, ServerThread
+
+MINT = "/v1/realtime/client_secrets"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hark_backend ARGS`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "hark_backend", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_device_add_prints_the_token_last(sqlite_url: str) -> None:
+    """``device add`` prints the token once, as the last line; a duplicate exits 1."""
+    done = cli("device", "add", "kitchen", "--group", "house", "--db", sqlite_url)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"hark_dt_[A-Za-z0-9_-]{43,}", token)
+    again = cli("device", "add", "kitchen", "--db", sqlite_url)
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
+
+
+def test_device_list_revoke_rotate(sqlite_url: str) -> None:
+    """list shows name, created, last seen, revoked; revoke and rotate change it."""
+    cli("device", "add", "kitchen", "--db", sqlite_url)
+    cli("device", "add", "hall", "--db", sqlite_url)
+    table = cli("device", "list", "--db", sqlite_url).stdout
+    assert table.splitlines()[0].split()[:3] == ["NAME", "GROUP", "CREATED"]
+    assert "kitchen" in table and "hall" in table
+    assert cli("device", "revoke", "hall", "--db", sqlite_url).returncode == 0
+    rows = {
+        r["name"]: r for r in json.loads(cli("device", "list", "--json", "--db", sqlite_url).stdout)
+    }
+    assert rows["hall"]["revoked"] is True and rows["kitchen"]["revoked"] is False
+    assert rows["kitchen"]["last_seen_at"] is None
+    rotated = cli("device", "rotate", "hall", "--db", sqlite_url)
+    assert rotated.returncode == 0
+    assert rotated.stdout.strip().splitlines()[-1].startswith("hark_dt_")
+    rows = {
+        r["name"]: r for r in json.loads(cli("device", "list", "--json", "--db", sqlite_url).stdout)
+    }
+    assert rows["hall"]["revoked"] is False and rows["hall"]["rotated_at"] is not None
+    missing = cli("device", "revoke", "nobody", "--db", sqlite_url)
+    assert missing.returncode == 1 and "no device named" in missing.stderr
+
+
+def test_database_from_the_environment(sqlite_url: str) -> None:
+    """HARK_BACKEND_DB stands in for --db; without either the command exits 78."""
+    assert cli("device", "list", env={"HARK_BACKEND_DB": sqlite_url}).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "HARK_BACKEND_DB"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hark_backend", "device", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EX_CONFIG
+    assert "--db" in done.stderr
+
+
+def test_openai_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key comes from --openai-key-file, else OPENAI_API_KEY, else $CREDENTIALS_DIRECTORY."""
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert read_openai_key(key_file) == "sk-from-file"
+    assert read_openai_key(None) == "sk-from-env"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    (tmp_path / "openai-key").write_text("sk-from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert read_openai_key(None) == "sk-from-credential"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        read_openai_key(None)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_openai_key(tmp_path / "missing")
+
+
+def test_serve_without_a_key_exits_78(sqlite_url: str) -> None:
+    """``serve`` without any OpenAI key refuses to start with EX_CONFIG and says why."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "CREDENTIALS_DIRECTORY")
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "hark_backend", "serve", "--port", "0", "--db", sqlite_url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == EX_CONFIG
+    assert "no OpenAI key" in done.stderr
+
+
+def test_bad_policy_file_exits_78(sqlite_url: str, tmp_path: Path) -> None:
+    """An invalid policy (unknown field, lifetime out of range) refuses to start."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text("key_ttl_s = 5\nbogus = 1\n")
+    done = cli(
+        "serve", "--port", "0", "--db", sqlite_url, "--policy", str(policy),
+        env={"OPENAI_API_KEY": "sk-x"},
+    )  # fmt: skip
+    assert done.returncode == EX_CONFIG
+    assert "key_ttl_s" in done.stderr and "bogus" in done.stderr
+
+
+@pytest.fixture
+def sim_with_secret_key() -> Iterator[Any]:
+    """An upstream whose key is unique to this test, so a leak is unambiguous."""
+    key = "sk-sim-" + secrets.token_hex(16)
+    if HAVE_SIM:
+        from hark_sim import SimConfig, start_sim
+
+        with start_sim(SimConfig(api_key=key, brain="parrot", realtime_factor=0.0)) as sim:
+            yield sim
+        return
+    fake = FakeUpstream(api_key=key)
+    with ServerThread(fake.app()) as server:
+        fake.base_url = f"{server.url}/v1"
+        yield fake
+
+
+def test_a_full_run_never_logs_tokens_or_keys(
+    sqlite_url: str, tmp_path: Path, sim_with_secret_key: Any
+) -> None:
+    """Everything ``serve`` writes during a full run (debug level) holds no token or key."""
+    upstream = sim_with_secret_key
+    token = cli("device", "add", "kitchen", "--db", sqlite_url).stdout.strip().splitlines()[-1]
+    key_file = tmp_path / "openai-key"
+    key_file.write_text(upstream.api_key)
+    log_path = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hark_backend", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--db", sqlite_url, "--openai-base-url", upstream.base_url,
+             "--openai-key-file", str(key_file), "--log-level", "debug", "--rate-limit", "100/60"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    secrets_seen: list[str] = [token, upstream.api_key]
+    try:
+        port = _wait_for_port(log_path, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_healthy(http)
+            auth = {"Authorization": f"Bearer {token}"}
+            ok = http.post(MINT, json={}, headers=auth)
+            assert ok.status_code == 200, ok.text
+            secrets_seen.append(ok.json()["value"])
+            assert (
+                http.post(MINT, json={}, headers={"Authorization": "Bearer hark_dt_x"}).status_code
+                == 401
+            )
+            assert http.post(MINT, content=b"{bad", headers=auth).status_code == 400
+            assert (
+                http.post(
+                    MINT, json={"session": {"instructions": "x" * 20000}}, headers=auth
+                ).status_code
+                == 413
+            )
+            upstream.faults.refuse_keys = True
+            assert http.post(MINT, json={}, headers=auth).status_code == 502
+            upstream.faults.refuse_keys = False
+            assert cli("device", "revoke", "kitchen", "--db", sqlite_url).returncode == 0
+            revoked = http.post(MINT, json={}, headers=auth)
+            assert revoked.json()["error"]["code"] == "device_revoked"
+            rotated = cli("device", "rotate", "kitchen", "--db", sqlite_url).stdout
+            new_token = rotated.strip().splitlines()[-1]
+            secrets_seen.append(new_token)
+            again = http.post(MINT, json={}, headers={"Authorization": f"Bearer {new_token}"})
+            assert again.status_code == 200
+            secrets_seen.append(again.json()["value"])
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    log_text = log_path.read_text()
+    assert "device=kitchen" in log_text and "outcome=minted" in log_text
+    assert "outcome=device_revoked" in log_text and "upstream_unauthorized" in log_text
+    assert "Traceback" not in log_text
+    for secret in secrets_seen:
+        assert secret not in log_text
+        assert secret[8:30] not in log_text  # no fragment of it either
+
+
+def _wait_for_port(log_path: Path, proc: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+        if match:
+            return int(match.group(1))
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {log_path.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError("serve did not log its port")
+
+
+def _wait_healthy(http: httpx.Client) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("serve never became healthy")
