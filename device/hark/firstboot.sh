@@ -134,7 +134,8 @@ apt_install() {
 fetch_wheel() {
     local pip_args=()
     [ -n "$INDEX_URL" ] && pip_args=(--index-url "$INDEX_URL")
-    rm -rf "$STATE/download" && mkdir -p "$STATE/download" || return 1
+    rm -rf "$STATE/download" || return 1
+    mkdir -p "$STATE/download" || return 1
     python3 -m venv "$STATE/bootstrap" || return 1
     "$STATE/bootstrap/bin/pip" download --no-deps "${pip_args[@]}" \
         --dest "$STATE/download" "$PACKAGE_SPEC"
@@ -149,7 +150,7 @@ fallback_install() {
             --groups audio,gpio "$SERVICE_USER" || return 1
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || return 1
     if [ "$mode" = --wheel ]; then
-        "$venv/bin/pip" install --upgrade "$from[device]" || return 1
+        "$venv/bin/pip" install --upgrade "${from}[device]" || return 1
     else
         "$venv/bin/pip" install --upgrade --no-index --find-links "$from" \
             "hark-voice[device]" || return 1
@@ -220,7 +221,9 @@ main() {
         echo "run as root" >&2
         exit 1
     fi
-    mkdir -p "$STATE" && chmod 700 "$STATE" || fail "cannot create $STATE"
+    if ! mkdir -p "$STATE" || ! chmod 700 "$STATE"; then
+        fail "cannot create $STATE"
+    fi
     note "hark first boot started (card provisioned $PROVISIONED_AT, hark from $INSTALL_FROM)"
     step "move the device token off the card" stage_secrets
     step "install system packages" apt_install

@@ -361,7 +361,10 @@ def apply(boot: BootFs, plan: list[Write], dry_run: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Provision a card; exit 0, 1 (target refused), 2 (bad input) or 78 (bad config)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_INPUT
     try:
         inputs = _gather(args)
     except InputError as exc:
