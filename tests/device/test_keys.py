@@ -1,0 +1,113 @@
+"""hark.keys: the backoff schedule, failure classes and retry policy, URL rules (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+from hark import events as ev
+from hark.keys import (
+    Backoff,
+    Failure,
+    KeyFetchError,
+    RetryPolicy,
+    classify_close,
+    classify_status,
+    session_url,
+)
+
+
+def test_backoff_doubles_up_to_the_cap():
+    """Without jitter the delays are initial * 2**n, capped at max_s."""
+    backoff = Backoff(initial_s=0.5, max_s=4.0, jitter=0.0)
+    assert [backoff.delay_s(n, 0.5) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff.delay_s(10_000, 0.5) == 4.0  # no overflow however long it has failed
+
+
+def test_backoff_jitter_stays_within_its_band():
+    """Jitter spreads each delay by ± the jitter fraction."""
+    backoff = Backoff(initial_s=1.0, max_s=30.0, jitter=0.25)
+    assert backoff.delay_s(0, 0.0) == pytest.approx(0.75)
+    assert backoff.delay_s(0, 0.999999) == pytest.approx(1.25, abs=1e-5)
+    assert backoff.delay_s(2, 0.5) == pytest.approx(4.0)
+
+
+def make_policy() -> RetryPolicy:
+    return RetryPolicy(Backoff(initial_s=1.0, max_s=8.0, jitter=0.0, slow_s=60.0), lambda: 0.0)
+
+
+def test_network_failures_back_off_and_reset():
+    """Network and server failures are reported and back off; a stable session resets that."""
+    policy = make_policy()
+    decisions = [policy.failed(Failure("network", "down")) for _ in range(5)]
+    assert [d.delay_s for d in decisions] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert decisions[0].report == ev.LinkFailed("network", "down")
+    assert policy.failed(Failure("server", "503")).report == ev.LinkFailed("server", "503")
+    policy.reset()
+    assert policy.failed(Failure("server", "503")).delay_s == 1.0
+
+
+def test_auth_failure_gets_one_quick_retry_then_refused():
+    """Close 3000 once: retry at once with a new key; twice: "refused" and a slow retry."""
+    policy = make_policy()
+    first = policy.failed(Failure("auth", "bad key"))
+    assert first.report is None and first.delay_s == 0.0
+    second = policy.failed(Failure("auth", "bad key"))
+    assert second.report == ev.LinkFailed("refused", "bad key")
+    assert second.delay_s >= 60.0
+    assert policy.failed(Failure("auth", "bad key")).report is not None  # still refused
+    policy.authorised()
+    assert policy.failed(Failure("auth", "bad key")).report is None  # a session worked since
+
+
+@pytest.mark.parametrize("kind", ["config", "unauthorised"])
+def test_hopeless_failures_retry_slowly(kind):
+    """A config error or a revoked device is reported and never retried in a tight loop."""
+    decision = make_policy().failed(Failure(kind, "no"))
+    assert decision.report == ev.LinkFailed(kind, "no")
+    assert decision.delay_s >= 60.0
+
+
+def test_close_codes_are_classified():
+    """3000 auth, 4000 config, 1011-1014 server, anything else network; the server says why."""
+    error = ev.ServerError("invalid_api_key", "Incorrect API key")
+    assert classify_close(3000, "x", error) == Failure("auth", "Incorrect API key")
+    assert classify_close(4000, "shape", None) == Failure("config", "shape")
+    assert classify_close(1011, "", None).kind == "server"
+    assert classify_close(1006, "", None) == Failure("network", "closed (1006)")
+    assert classify_close(None, "", None).kind == "network"
+
+
+def test_upgrade_statuses_are_classified():
+    """An HTTP answer to the upgrade: 401/403 auth, 5xx/429 server, other 4xx config."""
+    assert [classify_status(s, "m").kind for s in (401, 403, 429, 500, 503, 404)] == [
+        "auth",
+        "auth",
+        "server",
+        "server",
+        "server",
+        "config",
+    ]
+
+
+def test_backend_statuses_are_classified():
+    """Backend 401/403 mean a revoked device; no answer is network; 5xx server; 4xx config."""
+    kinds = [KeyFetchError("m", s).kind for s in (None, 401, 403, 400, 404, 429, 500, 502)]
+    assert kinds == [
+        "network",
+        "unauthorised",
+        "unauthorised",
+        "config",
+        "config",
+        "server",
+        "server",
+        "server",
+    ]
+
+
+def test_session_url_adds_the_model():
+    """The model goes in the query (replacing any given), other query parts are kept."""
+    assert session_url("wss://api.openai.com/v1/realtime", "gpt-realtime") == (
+        "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    )
+    assert session_url("ws://127.0.0.1:8765/v1/realtime?x=1&model=old", "m") == (
+        "ws://127.0.0.1:8765/v1/realtime?x=1&model=m"
+    )

@@ -1,0 +1,734 @@
+"""hark.link against loopback servers: keys per attempt, failures, rotation, replay, bad frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hark import events as ev
+from hark.keys import Backoff
+from hark.link import (
+    Entry,
+    TranscriptLog,
+    TurnTracker,
+    WebSocketLink,
+    rotation_due,
+    select_replay,
+)
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_select_replay_takes_newest_that_fit_oldest_first():
+    """Replay keeps the newest entries within the budget, skips text-less ones, oldest first."""
+    entries = [
+        Entry("a", "user", "one"),
+        Entry("b", "assistant", "two two"),
+        Entry("c", "user", None),
+        Entry("d", "user", "three"),
+        Entry("e", "assistant", "four"),
+    ]
+    assert [e.item_id for e in select_replay(entries, 9)] == ["d", "e"]
+    assert [e.item_id for e in select_replay(entries, 16)] == ["b", "d", "e"]
+    assert [e.item_id for e in select_replay(entries, 100)] == ["a", "b", "d", "e"]
+    assert select_replay(entries, 3) == []
+
+
+def test_transcript_log_follows_the_conversation():
+    """User/assistant transcripts are kept in order; truncated and deleted items drop out."""
+    log = TranscriptLog(max_items=10)
+    user = ev.Item("u1", "message", "user", "completed", None)
+    log.observe(ev.ItemAdded(user, None))
+    log.observe(ev.ItemDone(ev.Item("a1", "message", "assistant", "completed", None), "u1"))
+    log.observe(ev.TranscriptDone("r1", "a1", "Hello there."))
+    log.observe(ev.UserTranscript("u1", "Hi."))  # arrives late, keeps its place
+    log.observe(ev.ItemDone(ev.Item("s1", "message", "system", None, "ignored"), None))
+    log.observe(ev.ItemDone(ev.Item("f1", "function_call", call_id="c", name="n"), None))
+    assert [(e.role, e.text) for e in log.entries] == [
+        ("user", "Hi."),
+        ("assistant", "Hello there."),
+    ]
+    log.observe(
+        ev.ItemDone(ev.Item("a2", "message", "assistant", "completed", "Long answer"), None)
+    )
+    log.observe(ev.ItemTruncated("a2", 500))
+    log.observe(ev.TranscriptDone("r2", "a2", "Long answer"))  # cannot come back after truncation
+    log.observe(ev.ItemDeleted("u1"))
+    assert [(e.item_id, e.text) for e in log.entries] == [("a1", "Hello there."), ("a2", None)]
+    assert log.replay(100) == [ev.Item("", "message", "assistant", None, "Hello there.")]
+
+
+def test_transcript_log_is_bounded_and_seedable():
+    """The log keeps at most max_items; seeded history goes before what this run saw."""
+    log = TranscriptLog(max_items=3)
+    log.observe(ev.ItemDone(ev.Item("x", "message", "user", None, "now"), None))
+    log.seed(
+        [
+            ev.Item("p1", "message", "user", None, "old question"),
+            ev.Item("p2", "message", "assistant", None, "old answer"),
+            ev.Item("p3", "function_call", call_id="c", name="n"),
+        ]
+    )
+    assert [e.text for e in log.entries] == ["old question", "old answer", "now"]
+    for n in range(5):
+        log.observe(ev.ItemDone(ev.Item(f"n{n}", "message", "user", None, str(n)), None))
+    assert [e.text for e in log.entries] == ["2", "3", "4"]
+
+
+def test_turn_tracker_knows_when_a_turn_is_under_way():
+    """Responses, speech, uncommitted manual audio and unanswered tool calls are not quiet."""
+    t = TurnTracker()
+    t.on_sent(ev.UpdateSession(ev.SessionConfig(turn_detection=None)), 0.0)
+    assert t.quiet(1.0, 1.0)
+    t.on_sent(ev.SendAudio(b"\0\0"), 1.0)
+    assert not t.quiet(5.0, 1.0)
+    t.on_sent(ev.CommitAudio(), 2.0)
+    t.on_sent(ev.CreateResponse(), 2.0)
+    assert not t.quiet(5.0, 1.0)
+    t.on_event(ev.ResponseCreated("r"), 2.1)
+    t.on_event(ev.FunctionCallRequested("r", "i", "call_1", "f", "{}"), 2.2)
+    t.on_event(ev.ResponseDone("r", "completed"), 2.3)
+    assert not t.quiet(5.0, 1.0)  # the tool still has to answer
+    t.on_sent(ev.CreateItem(ev.Item("", "function_call_output", call_id="call_1", output="1")), 3)
+    assert t.quiet(5.0, 1.0)
+    assert not t.quiet(3.5, 1.0)  # too soon after the last activity
+    t.on_event(ev.SpeechStarted(0, "u"), 6.0)
+    assert not t.quiet(9.0, 1.0)
+    t.on_event(ev.SpeechStopped(100, "u"), 6.5)
+    assert t.quiet(9.0, 1.0)
+
+
+def test_turn_tracker_ignores_streamed_audio_with_server_vad():
+    """With server VAD the mic streams all the time: only speech events mean a turn."""
+    t = TurnTracker()
+    t.on_sent(ev.UpdateSession(ev.SessionConfig(turn_detection=ev.TurnDetection())), 0.0)
+    t.on_sent(ev.SendAudio(b"\0\0"), 4.0)
+    assert t.quiet(5.0, 1.0)
+
+
+def test_rotation_due():
+    """Rotation is due near the session cap or past the maximum age."""
+    assert not rotation_due(100.0, 0.0, 3600.0, 300.0, 3300.0)
+    assert rotation_due(3301.0, 0.0, 3600.0, 300.0, 3300.0)
+    assert rotation_due(3300.0, 0.0, 3600.0, 300.0, 9999.0)
+    assert not rotation_due(3299.0, 0.0, None, 300.0, 3300.0)
+
+
+# --------------------------------------------------------------------------- loopback servers
+
+
+@dataclass
+class KeyServer:
+    """A stdlib HTTP key backend: counts requests, answers with planned statuses."""
+
+    url: str = ""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    plan: list[tuple[int, Any]] = field(default_factory=list)
+    lifetime_s: float = 600.0
+    issued: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def key_server() -> Iterator[KeyServer]:
+    state = KeyServer()
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                state.requests.append(
+                    {"auth": self.headers.get("Authorization"), "body": json.loads(body)}
+                )
+                if state.plan:
+                    status, payload = state.plan.pop(0)
+                else:
+                    value = f"ek_test_{len(state.issued)}"
+                    state.issued.append(value)
+                    status = 200
+                    payload = {"value": value, "expires_at": int(time.time() + state.lifetime_s)}
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1/realtime/client_secrets"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Conn:
+    """One WebSocket connection the fake server accepted."""
+
+    ws: ServerConnection
+    path: str
+    headers: dict[str, str]
+    received: list[dict[str, Any]] = field(default_factory=list)
+    closed: bool = False
+
+
+Behaviour = Callable[["FakeRealtime", Conn], Awaitable[None]]
+
+
+class FakeRealtime:
+    """A purpose-built Realtime server: each connection runs the next planned behaviour."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.conns: list[Conn] = []
+        self.plan: list[Behaviour] = []
+        self.session_s = 3600.0
+        self.stopping = False
+
+    async def handler(self, ws: ServerConnection) -> None:
+        conn = Conn(ws, ws.request.path, dict(ws.request.headers.raw_items()))  # type: ignore[union-attr]
+        self.conns.append(conn)
+        behaviour = self.plan.pop(0) if self.plan else ok
+        try:
+            await behaviour(self, conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closed = True
+
+    async def created(self, conn: Conn) -> None:
+        await conn.ws.send(
+            json.dumps(
+                {
+                    "type": "session.created",
+                    "event_id": "event_c",
+                    "session": {
+                        "type": "realtime",
+                        "object": "realtime.session",
+                        "id": f"sess_{len(self.conns)}",
+                        "expires_at": int(time.time() + self.session_s),
+                    },
+                }
+            )
+        )
+
+
+async def ok(server: FakeRealtime, conn: Conn) -> None:
+    """session.created, then record client events and echo created items like OpenAI."""
+    await server.created(conn)
+    async for raw in conn.ws:
+        event = json.loads(raw)
+        conn.received.append(event)
+        if event["type"] == "conversation.item.create":
+            item = {"status": "completed", **event["item"]}
+            item.setdefault("id", f"item_{len(conn.received)}")
+            for kind in ("added", "done"):
+                await conn.ws.send(
+                    json.dumps(
+                        {
+                            "type": f"conversation.item.{kind}",
+                            "previous_item_id": None,
+                            "item": item,
+                        }
+                    )
+                )
+
+
+def closer(code: int, error_code: str | None) -> Behaviour:
+    async def behaviour(server: FakeRealtime, conn: Conn) -> None:
+        if error_code:
+            await conn.ws.send(
+                json.dumps(
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": error_code,
+                            "message": f"refused: {error_code}",
+                        },
+                    }
+                )
+            )
+        await conn.ws.close(code, "refused")
+
+    return behaviour
+
+
+@pytest.fixture
+async def realtime_server() -> AsyncIterator[FakeRealtime]:
+    fake = FakeRealtime()
+    async with serve(fake.handler, "127.0.0.1", 0, compression=None, close_timeout=0.5) as server:
+        port = server.sockets[0].getsockname()[1]
+        fake.url = f"ws://127.0.0.1:{port}/v1/realtime"
+        yield fake
+        fake.stopping = True
+
+
+FAST = Backoff(initial_s=0.01, max_s=0.05, jitter=0.2, slow_s=0.1)
+
+
+@contextlib.asynccontextmanager
+async def running(link: WebSocketLink) -> AsyncIterator[list[ev.Event]]:
+    """Run the link, collecting what it posts; cancel it afterwards."""
+    posted: list[ev.Event] = []
+    task = asyncio.create_task(link.run(posted.append))
+    try:
+        yield posted
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def make_link(keys: KeyServer, rt: FakeRealtime | str, **kwargs: Any) -> WebSocketLink:
+    options: dict[str, Any] = {
+        "backend_url": keys.url,
+        "device_token": "dev-token-1",
+        "model": "gpt-realtime",
+        "realtime_url": rt if isinstance(rt, str) else rt.url,
+        "backoff": FAST,
+        "tick_s": 0.02,
+        "quiet_s": 0.05,
+        "ping_interval_s": 1.0,
+        "ping_timeout_s": 1.0,
+    }
+    options.update(kwargs)
+    return WebSocketLink(**options)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for a condition (the timeout only guards against a hang; it asserts nothing else)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def of_type(posted: list[ev.Event], cls: type) -> list[Any]:
+    return [e for e in posted if isinstance(e, cls)]
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+async def test_connects_with_a_fresh_ephemeral_key(key_server, realtime_server):
+    """The key request carries the device token; the socket carries the ek_ key and ?model."""
+    link = make_link(
+        key_server, realtime_server, key_request_body={"session": {"type": "realtime"}}
+    )
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    assert of_type(posted, ev.LinkUp) == [
+        ev.LinkUp("sess_1", pytest.approx(time.time() + 3600, abs=5))
+    ]
+    assert key_server.requests == [
+        {"auth": "Bearer dev-token-1", "body": {"session": {"type": "realtime"}}}
+    ]
+    conn = realtime_server.conns[0]
+    assert conn.path == "/v1/realtime?model=gpt-realtime"
+    assert conn.headers["Authorization"] == "Bearer ek_test_0"
+    assert not any(k.lower() == "openai-beta" for k in conn.headers)
+
+
+async def test_every_attempt_fetches_a_new_key(key_server, realtime_server):
+    """Each connect attempt gets its own key; none is used twice, even within its lifetime."""
+    realtime_server.plan = [closer(1011, None)] * 3
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    used = [c.headers["Authorization"] for c in realtime_server.conns]
+    assert len(used) == 4 == len(key_server.requests) == link.stats.key_fetches
+    assert len(set(used)) == 4
+    assert [f.kind for f in of_type(posted, ev.LinkFailed)] == ["server"] * 3
+
+
+async def test_expired_key_is_never_reused(key_server, realtime_server):
+    """Keys that expire at once are still fetched fresh for every attempt, never reused."""
+    key_server.lifetime_s = -1.0
+    realtime_server.plan = [closer(3000, "invalid_api_key")] * 2 + [closer(1011, None)]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    used = [c.headers["Authorization"] for c in realtime_server.conns]
+    assert used == [f"Bearer {k}" for k in key_server.issued]
+    assert len(set(used)) == len(used) == 4
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, "unauthorised"),
+        (403, "unauthorised"),
+        (500, "server"),
+        (503, "server"),
+        (400, "config"),
+    ],
+)
+async def test_backend_failures_are_classified(key_server, realtime_server, status, kind):
+    """Backend 401/403 mean a revoked device; 5xx are server trouble; other 4xx a config error."""
+    key_server.plan = [(status, {"error": {"message": "nope", "code": "x"}})]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    failed = of_type(posted, ev.LinkFailed)
+    assert [f.kind for f in failed] == [kind]
+    assert str(status) in failed[0].message and "nope" in failed[0].message
+    assert "dev-token-1" not in failed[0].message
+
+
+async def test_backend_bad_body_is_a_server_failure(key_server, realtime_server):
+    """A backend answer without value/expires_at is reported as a server failure."""
+    key_server.plan = [(200, {"client_secret": {"value": "ek_beta"}})]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    assert [f.kind for f in of_type(posted, ev.LinkFailed)] == ["server"]
+
+
+async def test_unreachable_backend_is_a_network_failure(key_server, realtime_server):
+    """No backend listening: "network", retried with backoff (several failures, no crash)."""
+    dead = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    port = dead.server_address[1]
+    dead.server_close()
+    key_server.url = f"http://127.0.0.1:{port}/keys"
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: len(of_type(posted, ev.LinkFailed)) >= 3)
+    assert {f.kind for f in of_type(posted, ev.LinkFailed)} == {"network"}
+    assert not realtime_server.conns
+
+
+async def test_auth_close_retries_once_then_reports_refused(key_server, realtime_server):
+    """Close 3000: one quick retry with a new key; a second 3000 is reported as "refused"."""
+    realtime_server.plan = [closer(3000, "invalid_api_key")] * 2
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    assert [(f.kind, f.message) for f in of_type(posted, ev.LinkFailed)] == [
+        ("refused", "refused: invalid_api_key")
+    ]
+    assert len(key_server.requests) == 3
+
+
+async def test_shape_close_is_a_config_error(key_server, realtime_server):
+    """Close 4000 (request shape) is a configuration error, retried slowly."""
+    realtime_server.plan = [closer(4000, "beta_api_shape_disabled")]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    assert [f.kind for f in of_type(posted, ev.LinkFailed)] == ["config"]
+
+
+async def test_upgrade_refused_with_http_status(key_server):
+    """An HTTP 503 instead of the WebSocket upgrade is a server failure."""
+
+    def refuse(conn: ServerConnection, request: Any) -> Any:
+        return conn.respond(503, "busy\n")
+
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("upgrade should have been refused")
+
+    async with serve(never, "127.0.0.1", 0, process_request=refuse) as server:
+        port = server.sockets[0].getsockname()[1]
+        link = make_link(key_server, f"ws://127.0.0.1:{port}/v1/realtime")
+        async with running(link) as posted:
+            link.connect()
+            await until(lambda: len(of_type(posted, ev.LinkFailed)) >= 2)
+    assert {f.kind for f in of_type(posted, ev.LinkFailed)} == {"server"}
+
+
+async def test_dead_peer_is_noticed_by_keepalive(key_server, realtime_server):
+    """A peer that stops answering pings is declared lost, and the link reconnects."""
+
+    async def freeze(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        conn.ws.transport.pause_reading()  # no pongs from now on
+        while not server.stopping:
+            await asyncio.sleep(0.05)
+
+    realtime_server.plan = [freeze]
+    link = make_link(key_server, realtime_server, ping_interval_s=0.1, ping_timeout_s=0.2)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 2)
+    assert of_type(posted, ev.LinkDown)[0].retrying
+
+
+def test_plain_text_urls_only_to_loopback():
+    """ws:// and http:// are refused for remote hosts, with the URL in the message."""
+    from hark.keys import LinkConfigError
+
+    good = {"backend_url": "https://keys.example/v1", "device_token": "t"}
+    WebSocketLink(**good)
+    WebSocketLink(**good, realtime_url="ws://localhost:8765/v1/realtime")
+    WebSocketLink(**good, realtime_url="ws://[::1]:8765/v1/realtime")
+    WebSocketLink(**good, realtime_url="ws://127.0.0.2/v1/realtime")
+    WebSocketLink(backend_url="http://127.0.0.1:9/keys", device_token="t")
+    for bad in ("ws://api.example/v1/realtime", "http://api.example/", "ftp://x/"):
+        with pytest.raises(LinkConfigError, match=re.escape(bad)):
+            WebSocketLink(**good, realtime_url=bad)
+    with pytest.raises(LinkConfigError, match=re.escape("http://keys.example")):
+        WebSocketLink(backend_url="http://keys.example/v1", device_token="t")
+
+
+# --------------------------------------------------------------------------- receiving
+
+
+async def test_bad_and_unknown_frames_do_not_stop_the_link(key_server, realtime_server):
+    """Garbage and bad fields become ProtocolError events; unknown types are counted; it stays."""
+
+    async def noisy(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        for frame in (
+            "{not json",
+            json.dumps({"type": "input_audio_buffer.speech_started", "item_id": 5}),
+            json.dumps({"type": "response.audio.delta", "delta": "AAAA"}),
+            json.dumps({"type": "something.new"}),
+            json.dumps({"type": "rate_limits.updated", "rate_limits": []}),
+        ):
+            await conn.ws.send(frame)
+        await conn.ws.send(b"\x00binary")
+        await conn.ws.send(
+            json.dumps(
+                {"type": "input_audio_buffer.speech_started", "audio_start_ms": 5, "item_id": "u"}
+            )
+        )
+        await ok(server, conn)
+
+    realtime_server.plan = [noisy]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.SpeechStarted)))
+    assert len(of_type(posted, ev.ProtocolError)) == 3
+    assert of_type(posted, ev.SpeechStarted) == [ev.SpeechStarted(5, "u")]
+    assert not of_type(posted, ev.LinkDown)
+    assert link.decoder.unknown_counts == {"response.audio.delta": 1, "something.new": 1}
+
+
+async def test_audio_is_dropped_and_counted_while_down(key_server, realtime_server):
+    """send() never blocks: while down, audio is dropped and counted."""
+    link = make_link(key_server, realtime_server)
+    link.send(ev.SendAudio(b"\0\0"))
+    link.send(ev.CommitAudio())
+    assert (link.stats.dropped_audio, link.stats.dropped_commands) == (1, 1)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.SendAudio(b"\1\0"))
+        await until(lambda: bool(realtime_server.conns[0].received))
+    assert realtime_server.conns[0].received == [
+        {"type": "input_audio_buffer.append", "audio": "AQA="}
+    ]
+
+
+async def test_disconnect_closes_and_stops_retrying(key_server, realtime_server):
+    """disconnect() closes the session, posts LinkDown(retrying=False) and connects no more."""
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.disconnect("user asked")
+        await until(lambda: realtime_server.conns[0].closed)
+        await asyncio.sleep(0.1)
+    assert of_type(posted, ev.LinkDown) == [ev.LinkDown("user asked", retrying=False)]
+    assert len(realtime_server.conns) == 1
+
+
+# --------------------------------------------------------------------------- rotation and replay
+
+CONFIG = ev.SessionConfig(instructions="Be brief.", turn_detection=None)
+
+
+async def talk(link: WebSocketLink, conn: Conn, user: str, assistant: str, n: int) -> None:
+    """One text turn as the server would report it (user item, assistant transcript)."""
+    link.send(ev.CreateItem(ev.Item("", "message", "user", text=user)))
+    await until(lambda: sum(e["type"] == "conversation.item.create" for e in conn.received) >= n)
+    for frame in (
+        {"type": "response.created", "response": {"id": f"resp_{n}", "status": "in_progress"}},
+        {
+            "type": "response.output_audio_transcript.done",
+            "response_id": f"resp_{n}",
+            "item_id": f"item_a{n}",
+            "content_index": 0,
+            "transcript": assistant,
+        },
+        {"type": "response.done", "response": {"id": f"resp_{n}", "status": "completed"}},
+    ):
+        await conn.ws.send(json.dumps(frame))
+
+
+def replayed(conn: Conn) -> list[tuple[str, str, str]]:
+    return [
+        (e["item"]["role"], e["item"]["content"][0]["type"], e["item"]["content"][0]["text"])
+        for e in conn.received
+        if e["type"] == "conversation.item.create"
+    ]
+
+
+async def test_rotate_carries_the_conversation_over(key_server, realtime_server):
+    """rotate(): a new session gets the last config, then the transcripts as text items."""
+    link = make_link(key_server, realtime_server, replay_budget_chars=1000)
+    link.seed_history([ev.Item("old", "message", "assistant", text="Welcome back.")])
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        first = realtime_server.conns[0]
+        link.send(ev.UpdateSession(CONFIG))
+        await talk(link, first, "What is two plus two?", "Four.", 2)
+        await talk(link, first, "And three?", "Six.", 3)
+        await until(lambda: len(of_type(posted, ev.ResponseDone)) == 2)
+        link.rotate()
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+        second = realtime_server.conns[1]
+        await until(lambda: first.closed and len(second.received) >= 6)
+        await asyncio.sleep(0.1)  # let the echoes of the replayed items arrive
+    assert [e["type"] for e in first.received][:2] == [
+        "conversation.item.create",  # the seeded item, replayed into the first session
+        "session.update",
+    ]
+    assert second.received[0]["type"] == "session.update"
+    assert second.received[0]["session"]["instructions"] == "Be brief."
+    assert replayed(second) == [
+        ("assistant", "output_text", "Welcome back."),
+        ("user", "input_text", "What is two plus two?"),
+        ("assistant", "output_text", "Four."),
+        ("user", "input_text", "And three?"),
+        ("assistant", "output_text", "Six."),
+    ]
+    # The echoes of replayed items are not news for the core.
+    echoed = {e.item.id for e in of_type(posted, ev.ItemAdded)}
+    assert not any(i.startswith("hark_rp") for i in echoed)
+    assert not of_type(posted, ev.LinkDown)
+    assert link.stats.rotations == 1
+
+
+async def test_replay_respects_the_budget(key_server, realtime_server):
+    """Only the newest transcripts that fit replay_budget_chars are replayed."""
+    link = make_link(key_server, realtime_server, replay_budget_chars=12)
+    link.seed_history(
+        [
+            ev.Item("1", "message", "user", text="first long question"),
+            ev.Item("2", "message", "assistant", text="answer"),
+            ev.Item("3", "message", "user", text="thanks"),
+        ]
+    )
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        await until(lambda: len(realtime_server.conns[0].received) >= 2)
+    assert replayed(realtime_server.conns[0]) == [
+        ("assistant", "output_text", "answer"),
+        ("user", "input_text", "thanks"),
+    ]
+
+
+async def test_rotation_before_expiry_opens_the_new_session_first(key_server, realtime_server):
+    """Near the session cap, at a quiet moment, the link rotates make-before-break."""
+    realtime_server.session_s = 1.0
+    link = make_link(key_server, realtime_server, rotate_before_expiry_s=0.8)
+    async with running(link) as posted:
+        link.connect()
+        link.send(ev.UpdateSession(CONFIG))
+        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 2)
+        first, second = realtime_server.conns[:2]
+        await until(lambda: first.closed)
+    assert not of_type(posted, ev.LinkDown)
+    assert len(key_server.requests) >= 2
+    assert second.received and second.received[0]["type"] == "session.update"
+
+
+async def test_rotation_waits_for_the_turn_to_end(key_server, realtime_server):
+    """While a response is in flight, an expiring session is not rotated."""
+
+    async def busy(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        await conn.ws.send(json.dumps({"type": "response.created", "response": {"id": "resp_1"}}))
+        await ok(server, conn)
+
+    realtime_server.session_s = 0.5
+    realtime_server.plan = [busy]
+    link = make_link(key_server, realtime_server, rotate_before_expiry_s=10.0)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.ResponseCreated)))
+        await asyncio.sleep(0.3)
+        assert len(realtime_server.conns) == 1  # not while the response runs
+        await realtime_server.conns[0].ws.send(
+            json.dumps(
+                {"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}
+            )
+        )
+        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 2)
+
+
+async def test_unplanned_loss_reconnects_and_replays(key_server, realtime_server):
+    """A dropped session posts LinkDown(retrying), reconnects and replays the history."""
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        first = realtime_server.conns[0]
+        await talk(link, first, "Hello?", "Hi!", 1)
+        await until(lambda: bool(of_type(posted, ev.ResponseDone)))
+        await first.ws.close(1011, "internal error")
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+        second = realtime_server.conns[1]
+        await until(lambda: len(second.received) >= 2)
+    assert of_type(posted, ev.LinkDown)[0].retrying
+    assert replayed(second) == [
+        ("user", "input_text", "Hello?"),
+        ("assistant", "output_text", "Hi!"),
+    ]
+
+
+async def test_session_expired_reconnects_at_once(key_server, realtime_server):
+    """session_expired is not an error for the core: LinkDown("session expired") and reconnect."""
+
+    async def expire(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        await conn.ws.send(
+            json.dumps(
+                {
+                    "type": "error",
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "session_expired",
+                        "message": "Your session hit the maximum duration of 60 minutes.",
+                    },
+                }
+            )
+        )
+        await conn.ws.close(1001, "expired")
+
+    realtime_server.plan = [expire]
+    link = make_link(key_server, realtime_server, backoff=Backoff(initial_s=60.0, max_s=60.0))
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+    assert of_type(posted, ev.LinkDown) == [ev.LinkDown("session expired", retrying=True)]
+    assert not of_type(posted, ev.ServerError)
+    assert not of_type(posted, ev.LinkFailed)
