@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from hark import events as ev
 from hark import realtime
@@ -22,7 +23,7 @@ REPEATS = 3
 TARGET_US = 2000.0
 
 
-def cpu_us_per_audio_s(work: Callable[[], None], calls: int) -> float:
+def cpu_us_per_audio_s(work: Callable[[], Any], calls: int) -> float:
     """Best of a few runs of ``calls`` calls covering ``AUDIO_S`` seconds of audio."""
     best = float("inf")
     for _ in range(REPEATS):
