@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Any
 
 from hark.events import AudioDelta, Event, LinkUp, SessionConfig, SessionCreated, ToolSpec
 from hark.guardrails import OutputGuardrail
@@ -27,14 +27,14 @@ from hark.tools import (
     DEFAULT_TIMEOUT_S,
     FunctionTool,
     RunContext,
-    TContext,
     ToolContext,
     error_output,
 )
 
 log = logging.getLogger(__name__)
 
-InstructionsFn = Callable[[RunContext[Any], "RealtimeAgent[Any]"], str]
+InstructionsFn = Callable[[RunContext[Any], "RealtimeAgent"], str]
+"""Dynamic instructions: ``(ctx, agent) -> str``, evaluated whenever the session is built."""
 
 
 def _snake(name: str) -> str:
@@ -43,7 +43,7 @@ def _snake(name: str) -> str:
 
 
 @dataclass(eq=False)  # identity: agents hand off to each other in cycles
-class RealtimeAgent(Generic[TContext]):
+class RealtimeAgent:
     """An agent: who the model is (instructions, voice) and what it can do (tools, handoffs).
 
     ``instructions`` may be a function ``(ctx, agent) -> str`` evaluated each time the
@@ -54,7 +54,7 @@ class RealtimeAgent(Generic[TContext]):
     instructions: str | InstructionsFn = ""
     handoff_description: str | None = None
     tools: list[FunctionTool] = field(default_factory=list)
-    handoffs: list[RealtimeAgent[Any] | Handoff] = field(default_factory=list)
+    handoffs: list[RealtimeAgent | Handoff] = field(default_factory=list)
     voice: str | None = None
     output_guardrails: list[OutputGuardrail] = field(default_factory=list)
 
@@ -102,7 +102,7 @@ class RealtimeAgent(Generic[TContext]):
             tools=self.all_tool_specs(),
         )
 
-    def clone(self, **changes: Any) -> RealtimeAgent[TContext]:
+    def clone(self, **changes: Any) -> RealtimeAgent:
         """A copy with some fields replaced (SDK: ``agent.clone``)."""
         return dataclasses.replace(self, **changes)
 
@@ -111,7 +111,7 @@ class RealtimeAgent(Generic[TContext]):
 class Handoff:
     """A way to hand the conversation to another agent, offered to the model as a tool."""
 
-    agent: RealtimeAgent[Any]
+    agent: RealtimeAgent
     tool_name: str
     tool_description: str
     on_handoff: Callable[[RunContext[Any]], Any] | None = None
@@ -122,7 +122,7 @@ class Handoff:
 
 
 def handoff(
-    agent: RealtimeAgent[Any],
+    agent: RealtimeAgent,
     *,
     tool_name_override: str | None = None,
     tool_description_override: str | None = None,
@@ -165,13 +165,13 @@ class ToolRunner:
 
     def __init__(
         self,
-        agent: RealtimeAgent[Any],
+        agent: RealtimeAgent,
         *,
         base: SessionConfig | None = None,
         context: Any = None,
         default_timeout_s: float = DEFAULT_TIMEOUT_S,
         approval_timeout_s: float = 30.0,
-        on_agent_changed: Callable[[RealtimeAgent[Any], SessionConfig], None] | None = None,
+        on_agent_changed: Callable[[RealtimeAgent, SessionConfig], None] | None = None,
         on_approval_required: Callable[[PendingApproval], None] | None = None,
         on_end_conversation: Callable[[str], None] | None = None,
     ) -> None:
@@ -188,7 +188,7 @@ class ToolRunner:
         self.calls = 0
 
     @property
-    def agent(self) -> RealtimeAgent[Any]:
+    def agent(self) -> RealtimeAgent:
         return self._agent
 
     def session_config(self) -> SessionConfig:
@@ -206,7 +206,7 @@ class ToolRunner:
         elif isinstance(event, SessionCreated | LinkUp):
             self._locked_voice = None
 
-    def set_agent(self, agent: RealtimeAgent[Any]) -> SessionConfig:
+    def set_agent(self, agent: RealtimeAgent) -> SessionConfig:
         """Switch agents (SDK: ``update_agent``) and announce the new session config."""
         log.info("agent: %s -> %s", self._agent.name, agent.name)
         self._agent = agent
@@ -334,7 +334,7 @@ def agent_from_config(
     volume: Any = None,
     switches: Sequence[Any] | None = None,
     pin_factory: Any = None,
-) -> RealtimeAgent[Any]:
+) -> RealtimeAgent:
     """Build the agent from ``[agent]`` (``hark.config.AgentConfig`` or a plain mapping).
 
     Either loads ``object`` (a ``RealtimeAgent``, or a zero-argument function returning

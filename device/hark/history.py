@@ -238,6 +238,8 @@ class History:
 
     def _as_heard(self, item: HistoryItem, values: dict[str, Any]) -> None:
         """A cut-off reply keeps only what was heard, even when its full text comes later."""
+        if item.heard_ms is not None:
+            values.pop("status", None)  # stays "incomplete"
         if item.heard_ms is not None and values.get("text"):
             total_ms = round(self._audio_ms.get(item.id, 0.0))
             values["text"] = _cut_to_heard(values["text"], item.heard_ms, total_ms)

@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Generic, TypeVar, cast, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -223,6 +224,21 @@ def _to_output(value: Any) -> str:
         return str(value)
 
 
+def _parameter_hints(func: Callable[..., Any], name: str) -> dict[str, Any]:
+    """Resolve the parameters' hints only: the return annotation need not be importable."""
+    annotations = {k: v for k, v in getattr(func, "__annotations__", {}).items() if k != "return"}
+    holder = SimpleNamespace(
+        __annotations__=annotations, __globals__=getattr(func, "__globals__", {})
+    )
+    try:
+        return get_type_hints(holder, include_extras=True)
+    except NameError as exc:
+        raise TypeError(
+            f"tool {name}: cannot resolve a parameter type ({exc}); "
+            "define the types it uses at module level"
+        ) from exc
+
+
 def build_tool(
     func: Callable[..., Any],
     *,
@@ -236,7 +252,7 @@ def build_tool(
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
         raise ValueError(f"tool name {name!r} must be 1-64 letters, digits, '_' or '-'")
     summary, arg_docs = parse_docstring(func.__doc__)
-    hints = get_type_hints(func, include_extras=True)
+    hints = _parameter_hints(func, name)
     fields: dict[str, Any] = {}
     takes_context = False
     for index, (pname, param) in enumerate(inspect.signature(func).parameters.items()):
@@ -250,7 +266,7 @@ def build_tool(
         fields[pname] = (annotation, Field(default, description=arg_docs.get(pname)))
     model = cast(
         type[BaseModel],
-        create_model(  # type: ignore[call-overload]
+        create_model(
             f"{name}_arguments",
             __config__=ConfigDict(extra="forbid"),
             **fields,

@@ -1,0 +1,190 @@
+"""Conversation history: items from events, truncation as heard, persistence, bounds, retention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hark.events import (
+    AudioDelta,
+    Event,
+    FunctionCallRequested,
+    Item,
+    ItemAdded,
+    ItemDeleted,
+    ItemDone,
+    ItemTruncated,
+    ToolFinished,
+    TranscriptDelta,
+    TranscriptDone,
+    UserTranscript,
+)
+from hark.history import History, HistoryItem, format_history, read_items
+
+
+def user_turn(n: int, text: str) -> list[Event]:
+    item = Item(f"u{n}", "message", role="user", status="in_progress")
+    return [
+        ItemAdded(item, None),
+        ItemDone(Item(f"u{n}", "message", role="user", status="completed"), None),
+        UserTranscript(f"u{n}", text),
+    ]
+
+
+def reply(n: int, text: str, audio_ms: int = 1000) -> list[Event]:
+    item_id = f"a{n}"
+    added = ItemAdded(Item(item_id, "message", role="assistant", status="in_progress"), f"u{n}")
+    words = text.split(" ")
+    deltas: list[Event] = [TranscriptDelta(f"r{n}", item_id, w + " ") for w in words]
+    audio: list[Event] = [AudioDelta(f"r{n}", item_id, 0, b"\0" * 48 * audio_ms)]
+    done: list[Event] = [
+        TranscriptDone(f"r{n}", item_id, text),
+        ItemDone(Item(item_id, "message", role="assistant", status="completed", text=text), None),
+    ]
+    return [added, *audio, *deltas, *done]
+
+
+def feed(history: History, events: list[Event]) -> None:
+    for event in events:
+        history.observe(event)
+
+
+def summary(history: History) -> list[tuple[str, str | None, str | None]]:
+    return [(i.type, i.role or i.name, i.text or i.output) for i in history.items]
+
+
+def test_items_from_events_with_tool_calls_and_listeners() -> None:
+    """Messages, a tool call and its output appear in order; listeners hear every change."""
+    changes: list[tuple[str, str]] = []
+    history = History()
+    history.add_listener(lambda kind, item: changes.append((kind, item.id)))
+    feed(history, user_turn(1, "Lights on please"))
+    call = Item("fc1", "function_call", status="in_progress", call_id="call_1", name="set_light")
+    feed(
+        history,
+        [
+            ItemAdded(call, "u1"),
+            FunctionCallRequested("r1", "fc1", "call_1", "set_light", '{"on": true}'),
+            ToolFinished("call_1", '{"on": true}'),
+            # The server echoes the output item we sent: it must not be a second item.
+            ItemAdded(
+                Item("out1", "function_call_output", call_id="call_1", output='{"on": true}'),
+                "fc1",
+            ),
+        ],
+    )
+    feed(history, reply(2, "Done, the light is on."))
+    assert summary(history) == [
+        ("message", "user", "Lights on please"),
+        ("function_call", "set_light", None),
+        ("function_call_output", None, '{"on": true}'),
+        ("message", "assistant", "Done, the light is on."),
+    ]
+    assert history.items[1].arguments == '{"on": true}'
+    assert history.items[2].id == "out1"
+    assert ("added", "u1") in changes and ("updated", "a2") in changes
+    replay = history.items_for_replay()
+    assert [i.id for i in replay] == ["u1", "fc1", "out1", "a2"]
+    assert replay[0] == Item(
+        "u1", "message", role="user", status="completed", text="Lights on please"
+    )
+    assert [i.id for i in history.items_for_replay(include_tools=False)] == ["u1", "a2"]
+
+
+def test_interrupted_reply_is_kept_as_heard() -> None:
+    """A truncated reply keeps only the words heard (by audio played), even if text comes later."""
+    history = History()
+    feed(history, user_turn(1, "Tell me a story"))
+    events = reply(1, "Once upon a time there was a small dragon who loved tea", audio_ms=4000)
+    before_done = events[:-2]
+    feed(history, before_done)
+    history.observe(ItemTruncated("a1", 1000))  # a quarter of the audio was heard
+    feed(history, events[-2:])  # the full transcript arrives after the cut
+    item = history.find("a1")
+    assert item is not None
+    assert item.heard_ms == 1000 and item.status == "incomplete"
+    assert item.text == "Once upon a…"  # 1/4 of the characters, at a word boundary
+
+
+def test_deleted_items_disappear() -> None:
+    """ItemDeleted removes the item."""
+    history = History()
+    feed(history, user_turn(1, "hello"))
+    history.observe(ItemDeleted("u1"))
+    assert history.items == []
+
+
+def test_persists_and_a_restart_continues(tmp_path: Path) -> None:
+    """Items survive a restart; the file replays into the same items, ready for the link."""
+    path = tmp_path / "state" / "history.jsonl"
+    history = History(path=path, clock=lambda: 1_700_000_000.0)
+    feed(history, user_turn(1, "What time is it?"))
+    feed(history, reply(1, "It is nine."))
+    history.close()
+    restarted = History(path=path)
+    assert summary(restarted) == [
+        ("message", "user", "What time is it?"),
+        ("message", "assistant", "It is nine."),
+    ]
+    assert restarted.items[0].at == 1_700_000_000.0
+    assert [i.text for i in restarted.items_for_replay()] == ["What time is it?", "It is nine."]
+    feed(restarted, user_turn(2, "Thanks"))
+    restarted.close()
+    assert [i.id for i in read_items(path)] == ["u1", "a1", "u2"]
+
+
+def test_bounded_and_compacted(tmp_path: Path) -> None:
+    """Memory keeps max_items; the file is rewritten compactly when it grows past twice that."""
+    path = tmp_path / "history.jsonl"
+    history = History(path=path, max_items=4)
+    for n in range(10):
+        feed(history, user_turn(n, f"turn {n}"))
+    assert [i.id for i in history.items] == ["u6", "u7", "u8", "u9"]
+    lines = path.read_text().splitlines()
+    assert len(lines) <= 2 * 4 + 1
+    history.close()
+    assert [i.id for i in History(path=path, max_items=4).items] == ["u6", "u7", "u8", "u9"]
+    assert not list(tmp_path.glob(".history-*"))  # no temp files left behind
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    """A line cut short by a power loss does not stop the history from loading."""
+    path = tmp_path / "history.jsonl"
+    good = json.dumps({"id": "u1", "type": "message", "role": "user", "text": "hi"})
+    path.write_text(good + "\n" + '{"id": "u2", "type": "mess')
+    assert [i.id for i in History(path=path).items] == ["u1"]
+
+
+def test_retention_off_writes_nothing(tmp_path: Path) -> None:
+    """enabled=False keeps history in memory only: no file, no directory."""
+    path = tmp_path / "private" / "history.jsonl"
+    history = History(path=path, enabled=False)
+    feed(history, user_turn(1, "secret"))
+    assert history.items[0].text == "secret"
+    assert not path.parent.exists()
+
+
+def test_format_history(tmp_path: Path) -> None:
+    """`hark history` prints one line per item, with tool calls and cut-off replies marked."""
+    path = tmp_path / "history.jsonl"
+    assert format_history(path) == f"no history at {path}"
+    history = History(path=path, clock=lambda: 0.0)
+    feed(history, user_turn(1, "Light on"))
+    feed(
+        history,
+        [
+            FunctionCallRequested("r1", "fc1", "c1", "set_light", '{"on": true}'),
+            ToolFinished("c1", "ok"),
+        ],
+    )
+    feed(history, reply(1, "Sure thing, done and dusted", audio_ms=1000)[:-2])
+    history.observe(ItemTruncated("a1", 500))
+    history.close()
+    text = format_history(path)
+    assert text.splitlines() == [
+        "-  user: Light on",
+        '-  tool call: set_light({"on": true})',
+        "-  tool output: ok",
+        "-  assistant: Sure thing,…  [cut off after 0.5 s]",
+    ]
+    assert isinstance(read_items(path)[0], HistoryItem)
