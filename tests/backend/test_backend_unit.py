@@ -1,0 +1,88 @@
+"""systemd/hark-backend.service: verify is clean, exposure ≤ 2.0, the operational contract."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "hark-backend.service"
+EXEC = "/opt/hark/venv/bin/hark-backend"
+
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
+)
+
+
+def directives() -> dict[str, list[str]]:
+    """Every ``Key=value`` of the unit, in order, by key."""
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_unit_declares_the_contract() -> None:
+    """Loopback serve, the SQLite state dir, the key as a credential, no restart on EX_CONFIG."""
+    d = directives()
+    (exec_start,) = d["ExecStart"]
+    assert exec_start.startswith(f"{EXEC} serve ")
+    assert "--host 127.0.0.1" in exec_start
+    assert not any(env.startswith("OPENAI_API_KEY") for env in d["Environment"])
+    assert d["LoadCredential"] == ["openai-key:/etc/hark-backend/openai-key"]
+    assert d["StateDirectory"] == ["hark-backend"]
+    assert "HARK_BACKEND_DB=sqlite:////var/lib/hark-backend/devices.db" in d["Environment"]
+    assert d["RestartPreventExitStatus"] == ["78"]
+    assert d["User"] == ["hark-backend"]
+    assert d["ProtectSystem"] == ["strict"]
+    assert d["NoNewPrivileges"] == ["yes"]
+    assert d["CapabilityBoundingSet"] == [""]
+    assert d["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    assert "@system-service" in d["SystemCallFilter"]
+
+
+def test_cli_accepts_the_units_arguments() -> None:
+    """The ExecStart flags are ones ``hark-backend serve`` knows."""
+    from hark_backend.cli import build_parser
+
+    (exec_start,) = directives()["ExecStart"]
+    args = build_parser().parse_args(exec_start.split()[1:])
+    assert (args.host, args.port) == ("127.0.0.1", 8080)
+
+
+@needs_analyze
+def test_verify_clean(tmp_path: Path) -> None:
+    """`systemd-analyze verify` reports nothing (ExecStart pointed at a binary that exists)."""
+    copy = tmp_path / "hark-backend.service"
+    copy.write_text(UNIT.read_text().replace(EXEC, shutil.which("true") or "/bin/true"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0, output
+    assert "hark-backend.service" not in output, output
+
+
+@needs_analyze
+def test_security_exposure_at_most_2() -> None:
+    """`systemd-analyze security --offline=true` scores the unit ≤ 2.0 (0 best, 10 worst)."""
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for hark-backend\.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0
