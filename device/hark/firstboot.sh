@@ -57,9 +57,10 @@ fail() {
 
 # step NAME COMMAND...: run it with its output kept in $OUT; stop with a log on failure.
 step() {
-    local name=$1 rc
+    local name=$1 rc start
     shift
     printf '\n== %s: %s\n' "$(date -u +%H:%M:%S)" "$name" >>"$OUT"
+    start=$(wc -l <"$OUT")
     "$@" >>"$OUT" 2>&1
     rc=$?
     if [ "$rc" -eq 0 ]; then
@@ -67,7 +68,7 @@ step() {
         return 0
     fi
     note "error   $name (exit $rc); the last lines of its output:"
-    tail -n 20 "$OUT" | sed 's/^/        /' >>"$LOG" 2>/dev/null
+    tail -n +"$((start + 1))" "$OUT" | tail -n 20 | sed 's/^/        /' >>"$LOG" 2>/dev/null
     fail "$name"
 }
 
@@ -201,9 +202,11 @@ install_hark() {
     fi
 }
 
+# Same modes as scripts/install-device: config 0640 root:hark, token 0600 hark:hark.
 place_files() {
-    install -d -m 755 "$ROOT$(dirname "$CONFIG_PATH")" "$ROOT$(dirname "$TOKEN_PATH")" || return 1
-    install -m 644 "$CARD/hark.toml" "$ROOT$CONFIG_PATH" || return 1
+    mkdir -p "$ROOT$(dirname "$CONFIG_PATH")" "$ROOT$(dirname "$TOKEN_PATH")" || return 1
+    install -m 640 "$CARD/hark.toml" "$ROOT$CONFIG_PATH" || return 1
+    chown "root:$SERVICE_USER" "$ROOT$CONFIG_PATH" || return 1
     if [ -f "$STATE/staged/device-token" ]; then
         install -m 600 "$STATE/staged/device-token" "$ROOT$TOKEN_PATH" || return 1
         rm -f "$STATE/staged/device-token"
@@ -230,7 +233,7 @@ main() {
     step "install hark" install_hark
     step "place $CONFIG_PATH and the device token" place_files
     if [ -n "$SSH_USER" ]; then
-        step "enable ssh for $SSH_USER" systemctl enable ssh
+        step "enable ssh for $SSH_USER" systemctl enable --now ssh
     fi
     step "enable hark.service" systemctl enable hark.service
     date -u +%Y-%m-%dT%H:%M:%SZ >"$STAMP"

@@ -437,3 +437,20 @@ def test_wpa_psk_known_vector() -> None:
     assert wpa_psk("IEEE", "password") == (
         "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
     )
+
+
+def test_bare_fat_partition_image(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """A partition device or bare FAT image (no MBR, /dev/sdb1 style) is used at offset 0."""
+    image = tmp_path / "sdb1.img"
+    with image.open("wb") as fh:
+        fh.truncate(16 * 1024 * 1024)
+    run("mkfs.vfat", "-n", "bootfs", str(image))
+    staging = tmp_path / "files"
+    run("mmd", "-i", str(image), "::/overlays")
+    for name, text in boot_files("bookworm").items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_text(text)
+        run("mcopy", "-i", str(image), str(staging / name), f"::/{name}")
+    assert main(argv(image, inputs)) == 0
+    cmdline = run("mcopy", "-n", "-i", str(image), "::/cmdline.txt", "-").stdout.decode()
+    assert "systemd.run=/boot/firmware/firstrun.sh" in cmdline

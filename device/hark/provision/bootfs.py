@@ -133,6 +133,8 @@ class ImageBoot(BootFs):
         self.description = (
             f"partition {part.index} (FAT, type 0x{part.type_id:02x}) of {image} "
             f"at byte {part.start_b}"
+            if part.index
+            else f"FAT filesystem {image}"
         )
         for tool in ("mcopy", "mdir", "mmd", "mdel"):
             if shutil.which(tool) is None:
@@ -211,9 +213,12 @@ def read_mbr(image: Path) -> list[Partition]:
 
 
 def _is_fat(image: Path, offset_b: int) -> bool:
-    with image.open("rb") as fh:
-        fh.seek(offset_b)
-        boot = fh.read(SECTOR_B)
+    try:
+        with image.open("rb") as fh:
+            fh.seek(offset_b)
+            boot = fh.read(SECTOR_B)
+    except OSError:
+        return False  # read_mbr then says why, with a hint
     return boot[510:512] == b"\x55\xaa" and (boot[54:57] == b"FAT" or boot[82:87] == b"FAT32")
 
 
@@ -234,6 +239,10 @@ def open_image(image: Path) -> ImageBoot:
                 f"{image} is mounted ({', '.join(busy)}): unmount it first, or pass the "
                 "mounted boot partition folder instead"
             )
+    if _is_fat(image, 0):
+        # A partition device (/dev/sdb1) or a bare FAT image: the boot partition itself.
+        size_b = image.stat().st_size
+        return ImageBoot(image, Partition(0, 0x0C, 0, size_b))
     parts = read_mbr(image)
     if any(p.type_id == GPT_PROTECTIVE for p in parts):
         raise TargetError(f"{image} has a GPT partition table: Raspberry Pi OS images use MBR")
