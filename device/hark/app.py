@@ -1,0 +1,475 @@
+"""The device's event loop: inbox, core, commands to adapters, deadline ticks, supervision, health.
+
+It sees hardware and network only through ``hark.ports`` Protocols and systemd only
+through the ``Notifier`` Protocol defined here; it must not import a concrete library
+(websockets, PyAudio, gpiozero, systemd, numpy).  Adapter threads only ever call
+``App.post``; everything else runs on the one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hark.conversation import LINK_DEVICE, Conversation
+from hark.events import (
+    CancelResponse,
+    ClearAudio,
+    Command,
+    CommitAudio,
+    Connect,
+    CreateItem,
+    CreateResponse,
+    DeleteItem,
+    DeviceLost,
+    DeviceRestored,
+    Disconnect,
+    Event,
+    FinishPlayback,
+    Play,
+    PlayCue,
+    ReportStatus,
+    Rotate,
+    RunTool,
+    SendAudio,
+    SetLed,
+    ShutdownRequested,
+    Stop,
+    StopPlayback,
+    Tick,
+    ToolFinished,
+    Truncate,
+    UpdateSession,
+)
+from hark.ports import Indicator, Link, Microphone, Post, Speaker, Trigger
+
+log = logging.getLogger(__name__)
+
+_WIRE = (
+    SendAudio,
+    CommitAudio,
+    ClearAudio,
+    CreateResponse,
+    CancelResponse,
+    Truncate,
+    CreateItem,
+    DeleteItem,
+    UpdateSession,
+)
+_YIELD_EVERY = 32  # events handled back to back before letting adapter tasks run
+
+
+class Notifier(Protocol):
+    """What the loop tells the service manager (``hark.notify.SystemdNotifier`` is the real one)."""
+
+    def ready(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+class NullNotifier:
+    """No service manager: every notification is dropped."""
+
+    def ready(self) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+    def watchdog(self) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+
+class ToolRunner(Protocol):
+    """Runs a function call the model asked for; the returned string goes back as its output."""
+
+    async def run(self, call_id: str, name: str, arguments: str) -> str: ...
+
+
+class NoTools:
+    """The default runner: the device offers no tools, so every call is an error output."""
+
+    async def run(self, call_id: str, name: str, arguments: str) -> str:
+        return json.dumps({"error": f"no such tool: {name}"})
+
+
+Listener = Callable[[Event, Sequence[Command]], None]
+"""Sees every event after the core has handled it, with the commands it produced."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Heartbeat:
+    """Travels through the inbox; the watchdog pings only once it comes out the other end."""
+
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Run a core entry point (e.g. ``interrupt``) in inbox order."""
+
+    fn: Callable[[float], list[Command]]
+
+
+_Item = Event | _Heartbeat | _Call
+
+
+class App:
+    """One loop around one ``Conversation``: ``await start()`` … ``await shutdown()``.
+
+    ``watchdog_interval_s`` should be half of systemd's ``WatchdogSec`` (None: no pings).
+    """
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        link: Link,
+        mic: Microphone,
+        speaker: Speaker,
+        indicator: Indicator,
+        triggers: Sequence[Trigger] = (),
+        notifier: Notifier | None = None,
+        tools: ToolRunner | None = None,
+        *,
+        watchdog_interval_s: float | None = None,
+        restart_backoff_s: tuple[float, float] = (0.5, 30.0),
+        stable_after_s: float = 2.0,
+        shutdown_timeout_s: float = 4.0,
+    ) -> None:
+        self.conversation = conversation
+        self.link = link
+        self.mic = mic
+        self.speaker = speaker
+        self.indicator = indicator
+        self.triggers = tuple(triggers)
+        self.notifier: Notifier = notifier or NullNotifier()
+        self.tools: ToolRunner = tools or NoTools()
+        self.watchdog_interval_s = watchdog_interval_s
+        self.restart_backoff_s = restart_backoff_s
+        self.stable_after_s = stable_after_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.restarts: dict[str, int] = {}
+        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event = asyncio.Event()
+        self._stopping = False
+        self._stopped = False
+        self._listeners: list[Listener] = []
+        self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._stuck_deadline: float | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def post(self, event: Event) -> None:
+        """Hand an event to the loop; safe from any thread, cheap, never blocks."""
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            self._inbox.put_nowait(event)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
+            loop.call_soon_threadsafe(self._inbox.put_nowait, event)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Start the adapters and the loop; returns once READY was sent."""
+        if self._main is not None:
+            raise RuntimeError("App.start() called twice")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._main = asyncio.create_task(self._serve(), name="hark-app")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._main}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._main.done():
+            self._main.result()  # the loop died while starting: raise its error
+
+    async def run(self) -> None:
+        """The daemon's whole life: start, then serve until shut down."""
+        await self.start()
+        await self.wait_stopped()
+
+    async def wait_stopped(self) -> None:
+        assert self._main is not None, "App.start() first"
+        await asyncio.shield(self._main)
+
+    async def shutdown(self) -> None:
+        """Wind down (ShutdownRequested through the core), bounded by ``shutdown_timeout_s``."""
+        main = self._main
+        if main is None or main.done():
+            return
+        self.post(ShutdownRequested())
+        try:
+            await asyncio.wait_for(asyncio.shield(main), self.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("shutdown took over %.1f s; cancelling the loop", self.shutdown_timeout_s)
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+
+    def interrupt(self, say: str | None = None) -> None:
+        """Cut the current reply short (guardrails); ``say`` a fallback line instead."""
+        self._post_item(_Call(lambda now: self.conversation.interrupt(now, say)))
+
+    async def run_until(self, predicate: Callable[[Event], bool], timeout_s: float) -> Event:
+        """Wait until an event, once handled, satisfies ``predicate``; return that event."""
+        loop = asyncio.get_running_loop()
+        waiter: tuple[Callable[[Event], bool], asyncio.Future[Event]] = (
+            predicate,
+            loop.create_future(),
+        )
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter[1], timeout_s)
+        finally:
+            self._waiters.remove(waiter)
+
+    async def wait_turn_completed(self, timeout_s: float) -> None:
+        """Wait for the next reply to finish playing (``conversation.turns_completed`` grows)."""
+        seen = self.conversation.turns_completed
+        await self.run_until(lambda _: self.conversation.turns_completed > seen, timeout_s)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _post_item(self, item: _Item) -> None:
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            self._inbox.put_nowait(item)
+        else:
+            loop.call_soon_threadsafe(self._inbox.put_nowait, item)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        adapters: list[tuple[str, Callable[[Post], Awaitable[None]]]] = [
+            ("microphone", self.mic.run),
+            ("speaker", self.speaker.run),
+            *[
+                (f"trigger{'' if len(self.triggers) == 1 else i}", t.run)
+                for i, t in enumerate(self.triggers)
+            ],
+            (LINK_DEVICE, self.link.run),
+        ]
+        for name, run in adapters:
+            self._spawn(self._supervise(name, run), name=f"hark-{name}")
+        try:
+            self._execute(self.conversation.start(loop.time()))
+            # One pass of the loop lets every adapter open its device (or report it missing).
+            await asyncio.sleep(0)
+            self.notifier.ready()
+            self._ready.set()
+            if self.watchdog_interval_s:
+                self._spawn(self._watchdog(self.watchdog_interval_s), name="hark-watchdog")
+            handled = 0
+            while not self._stopped:
+                item = await self._next(loop)
+                self._dispatch(item, loop.time())
+                handled += 1
+                if handled % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        finally:
+            await self._wind_down()
+
+    async def _next(self, loop: asyncio.AbstractEventLoop) -> _Item:
+        """The next inbox item, or a Tick when the core's deadline comes first."""
+        try:
+            return self._inbox.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        deadline = self.conversation.deadline()
+        if deadline is not None and deadline == self._stuck_deadline:
+            deadline = loop.time() + 0.05  # the core did not move its deadline: don't spin
+        if deadline is None:
+            return await self._inbox.get()
+        delay = deadline - loop.time()
+        if delay > 0:
+            try:
+                async with asyncio.timeout(delay):
+                    return await self._inbox.get()
+            except TimeoutError:
+                pass
+        return Tick()
+
+    def _dispatch(self, item: _Item, now: float) -> None:
+        if isinstance(item, _Heartbeat):
+            if not item.done.done():
+                item.done.set_result(None)
+            return
+        if isinstance(item, _Call):
+            self._execute(item.fn(now))
+            return
+        if isinstance(item, ShutdownRequested) and not self._stopping:
+            self._stopping = True
+            self.notifier.stopping()
+        before = self.conversation.deadline() if isinstance(item, Tick) else None
+        commands = self.conversation.handle(item, now)
+        if isinstance(item, Tick):
+            after = self.conversation.deadline()
+            self._stuck_deadline = after if after is not None and after == before else None
+        self._execute(commands)
+        for listener in self._listeners:
+            try:
+                listener(item, commands)
+            except Exception:
+                log.exception("event listener failed")
+        for predicate, future in self._waiters:
+            if future.done():
+                continue
+            try:
+                if predicate(item):
+                    future.set_result(item)
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def _execute(self, commands: Sequence[Command]) -> None:
+        for command in commands:
+            try:
+                self._run_command(command)
+            except Exception as exc:
+                # An adapter misbehaving must not take the daemon down; the core shows it.
+                device = self._device_of(command)
+                log.exception("%s failed running %s", device, type(command).__name__)
+                self.post(DeviceLost(device, f"{type(command).__name__} failed: {exc}"))
+
+    def _run_command(self, command: Command) -> None:
+        if isinstance(command, _WIRE):
+            self.link.send(command)
+        elif isinstance(command, Play):
+            self.speaker.play(command.item_id, command.pcm)
+        elif isinstance(command, FinishPlayback):
+            self.speaker.finish(command.item_id)
+        elif isinstance(command, StopPlayback):
+            self.speaker.stop()
+        elif isinstance(command, PlayCue):
+            self.speaker.cue(command.cue)
+        elif isinstance(command, SetLed):
+            self.indicator.show(command.pattern)
+        elif isinstance(command, ReportStatus):
+            log.info("status: %s", command.text)
+            self.notifier.status(command.text)
+        elif isinstance(command, RunTool):
+            self._spawn(self._run_tool(command), name=f"hark-tool-{command.name}")
+        elif isinstance(command, Connect):
+            self.link.connect()
+        elif isinstance(command, Disconnect):
+            self.link.disconnect(command.reason)
+        elif isinstance(command, Rotate):
+            self.link.rotate()
+        elif isinstance(command, Stop):
+            self._stopped = True
+        else:  # pragma: no cover - the Command union is closed
+            raise TypeError(f"unknown command {command!r}")
+
+    @staticmethod
+    def _device_of(command: Command) -> str:
+        if isinstance(command, Play | FinishPlayback | StopPlayback | PlayCue):
+            return "speaker"
+        if isinstance(command, SetLed):
+            return "indicator"
+        if isinstance(command, ReportStatus | RunTool | Stop):
+            return "app"
+        return LINK_DEVICE
+
+    # ------------------------------------------------------------------ background tasks
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_tool(self, command: RunTool) -> None:
+        try:
+            output = await self.tools.run(command.call_id, command.name, command.arguments)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("tool %s failed", command.name)
+            output = json.dumps({"error": f"tool {command.name} failed: {exc}"})
+        self.post(ToolFinished(command.call_id, output))
+
+    async def _supervise(self, name: str, run: Callable[[Post], Awaitable[None]]) -> None:
+        """Keep one adapter running: a crash is logged, shown, and retried with backoff."""
+        initial_s, max_s = self.restart_backoff_s
+        backoff_s = initial_s
+        lost = False
+        while True:
+            task = asyncio.ensure_future(run(self.post))
+            try:
+                if lost:
+                    done, _ = await asyncio.wait({task}, timeout=self.stable_after_s)
+                    if not done:  # survived a while: the device is back
+                        lost, backoff_s = False, initial_s
+                        self.post(DeviceRestored(name))
+                await task
+                error = "returned unexpectedly"
+            except asyncio.CancelledError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception("%s adapter crashed; restarting in %.1f s", name, backoff_s)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if not lost:
+                lost = True
+                self.post(DeviceLost(name, f"adapter crashed: {error}"))
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, max_s)
+
+    async def _watchdog(self, interval_s: float) -> None:
+        """Ping only after a heartbeat has gone through the inbox: a stalled loop stops pings.
+
+        One heartbeat is in flight at a time, so a stalled loop is not also flooded.
+        ``asyncio.wait`` rather than ``wait_for``: on 3.11 the latter can swallow a cancel.
+        """
+        loop = asyncio.get_running_loop()
+        beat: _Heartbeat | None = None
+        stalled = False
+        while True:
+            started = loop.time()
+            if beat is None or beat.done.done():
+                beat = _Heartbeat(loop.create_future())
+                self._inbox.put_nowait(beat)
+            done, _ = await asyncio.wait({beat.done}, timeout=interval_s)
+            if done:
+                stalled = False
+                self.notifier.watchdog()
+            elif not stalled:
+                stalled = True
+                log.warning("inbox not drained within %.1f s; withholding WATCHDOG=1", interval_s)
+            await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
+
+    async def _wind_down(self) -> None:
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout_s)
+            for task in pending:
+                log.error("task %s did not stop in time", task.get_name())
+        try:
+            self.indicator.show("off")
+            self.indicator.close()
+        except Exception:
+            log.exception("indicator failed to close")
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(RuntimeError("the app stopped"))

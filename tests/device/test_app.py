@@ -1,0 +1,436 @@
+"""The app loop with in-test fake adapters: whole turns, supervision, watchdog, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from hark.app import App, NoTools
+from hark.conversation import Conversation, Phase, Settings
+from hark.events import (
+    AudioDelta,
+    AudioDone,
+    ButtonPressed,
+    ButtonReleased,
+    CommitAudio,
+    CreateItem,
+    CreateResponse,
+    Cue,
+    DeviceLost,
+    DeviceRestored,
+    Event,
+    FunctionCallRequested,
+    Item,
+    LedPattern,
+    LinkUp,
+    MicFrame,
+    PlaybackStopped,
+    ResponseCreated,
+    ResponseDone,
+    SendAudio,
+    TranscriptDone,
+    UpdateSession,
+    WireCommand,
+)
+from hark.ports import Post
+
+FRAME = bytes(960)  # 20 ms of 24 kHz PCM16
+REPLY = bytes(4800)  # 100 ms
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+class FakeLink:
+    """Scripts the server: a response with two audio deltas for every response.create."""
+
+    def __init__(self, tool_call: bool = False) -> None:
+        self.sent: list[WireCommand] = []
+        self.calls: list[str] = []
+        self.tool_call = tool_call
+        self._post: Post | None = None
+        self._want_up = False
+        self._responses = 0
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        if self._want_up:
+            post(LinkUp("sess_1", None))
+        await forever()
+
+    def connect(self) -> None:
+        self.calls.append("connect")
+        if self._post is None:
+            self._want_up = True
+        else:
+            self._post(LinkUp("sess_1", None))
+
+    def disconnect(self, reason: str) -> None:
+        self.calls.append(f"disconnect:{reason}")
+
+    def rotate(self) -> None:
+        self.calls.append("rotate")
+
+    def seed_history(self, items: list[Item]) -> None:
+        pass
+
+    def send(self, command: WireCommand) -> None:
+        self.sent.append(command)
+        if isinstance(command, CreateResponse):
+            self._respond()
+
+    def _respond(self) -> None:
+        assert self._post is not None
+        self._responses += 1
+        rid = f"resp_{self._responses}"
+        post = self._post
+        post(ResponseCreated(rid))
+        if self.tool_call and self._responses == 1:
+            post(FunctionCallRequested(rid, "item_f", "call_1", "lamp", '{"on": true}'))
+            post(ResponseDone(rid, "completed"))
+            return
+        item = f"item_{self._responses}"
+        for _ in range(2):
+            post(AudioDelta(rid, item, 0, REPLY))
+        post(AudioDone(rid, item))
+        post(TranscriptDone(rid, item, "Hello there."))
+        post(ResponseDone(rid, "completed"))
+
+
+class FakeSpeaker:
+    """Drains instantly: ``finish`` reports everything played, ``stop`` reports half of it."""
+
+    def __init__(self) -> None:
+        self.played: list[tuple[str, bytes]] = []
+        self.cues: list[Cue] = []
+        self.stops = 0
+        self._post: Post | None = None
+        self._volume = 1.0
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        await forever()
+
+    def _ms(self, item_id: str) -> int:
+        return sum(len(p) for i, p in self.played if i == item_id) // 48
+
+    def play(self, item_id: str, pcm: bytes) -> None:
+        self.played.append((item_id, pcm))
+
+    def finish(self, item_id: str) -> None:
+        assert self._post is not None
+        self._post(PlaybackStopped(item_id, self._ms(item_id), interrupted=False))
+
+    def stop(self) -> None:
+        self.stops += 1
+        if self._post is not None and self.played:
+            item = self.played[-1][0]
+            self._post(PlaybackStopped(item, self._ms(item) // 2, interrupted=True))
+
+    def cue(self, cue: Cue) -> None:
+        self.cues.append(cue)
+
+    @property
+    def volume(self) -> float:
+        return self._volume
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        self._volume = value
+
+
+class FakeMic:
+    """Frames are posted by the test; this mic can be told to crash its first runs."""
+
+    def __init__(self, crashes: int = 0) -> None:
+        self.crashes = crashes
+        self.runs = 0
+        self.cancelled = False
+
+    async def run(self, post: Post) -> None:
+        self.runs += 1
+        if self.runs <= self.crashes:
+            raise OSError("device unplugged")
+        try:
+            await forever()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+class FakeIndicator:
+    def __init__(self) -> None:
+        self.shown: list[LedPattern] = []
+        self.closed = False
+
+    def show(self, pattern: LedPattern) -> None:
+        self.shown.append(pattern)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeButton:
+    """Like gpiozero: presses arrive from a thread of their own."""
+
+    def __init__(self) -> None:
+        self._post: Post | None = None
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        await forever()
+
+    def fire(self, *events: Event) -> None:
+        assert self._post is not None
+        post = self._post
+        thread = threading.Thread(target=lambda: [post(e) for e in events])
+        thread.start()
+        thread.join()
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.statuses: list[str] = []
+
+    def _note(self, what: str) -> None:
+        self.calls.append((what, time.monotonic()))
+
+    def ready(self) -> None:
+        self._note("ready")
+
+    def status(self, text: str) -> None:
+        self.statuses.append(text)
+
+    def watchdog(self) -> None:
+        self._note("watchdog")
+
+    def stopping(self) -> None:
+        self._note("stopping")
+
+    def times(self, what: str) -> list[float]:
+        return [t for w, t in self.calls if w == what]
+
+
+class Rig:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        tool_call: bool = False,
+        mic_crashes: int = 0,
+        **app_kwargs: Any,
+    ) -> None:
+        self.link = FakeLink(tool_call=tool_call)
+        self.speaker = FakeSpeaker()
+        self.mic = FakeMic(crashes=mic_crashes)
+        self.indicator = FakeIndicator()
+        self.button = FakeButton()
+        self.notifier = FakeNotifier()
+        self.conv = Conversation(settings or Settings())
+        self.events: list[Event] = []
+        self.app = App(
+            self.conv,
+            self.link,
+            self.mic,
+            self.speaker,
+            self.indicator,
+            [self.button],
+            self.notifier,
+            **app_kwargs,
+        )
+        self.app.add_listener(lambda ev, _cmds: self.events.append(ev))
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for a condition (a hang guard, not a timing assertion)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def hold_to_talk(frames: int = 10) -> Sequence[Event]:
+    return [ButtonPressed(), *[MicFrame(FRAME, True)] * frames, ButtonReleased(0.2)]
+
+
+async def test_whole_hold_to_talk_turn_through_the_app() -> None:
+    """Press, speech, release from the button's thread: the reply plays and the LED follows."""
+    rig = Rig()
+    await rig.app.start()
+    assert rig.notifier.times("ready")
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
+    await asyncio.sleep(0)
+    rig.button.fire(*hold_to_talk())
+    await done
+    wire = [type(c).__name__ for c in rig.link.sent]
+    assert wire == ["UpdateSession", *["SendAudio"] * 10, "CommitAudio", "CreateResponse"]
+    assert [i for i, _ in rig.speaker.played] == ["item_1", "item_1"]
+    assert rig.speaker.cues == ["listening", "done"]
+    assert rig.indicator.shown == [
+        "connecting",
+        "idle",
+        "listening",
+        "thinking",
+        "speaking",
+        "idle",
+    ]
+    assert rig.conv.transcript[-1].text == "Hello there."
+    assert rig.notifier.statuses[-1] == "idle"
+    await rig.app.shutdown()
+
+
+async def test_barge_in_truncates_to_what_the_speaker_reports() -> None:
+    """A press while the reply plays stops the speaker and truncates to its played_ms."""
+    rig = Rig()
+    await rig.app.start()
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    rig.speaker.finish = lambda item_id: None  # type: ignore[method-assign]  # keep playing
+    rig.button.fire(*hold_to_talk())
+    await until(lambda: rig.conv.phase is Phase.SPEAKING)
+    rig.button.fire(ButtonPressed())
+    await until(lambda: any(type(c).__name__ == "Truncate" for c in rig.link.sent))
+    truncate = next(c for c in rig.link.sent if type(c).__name__ == "Truncate")
+    assert truncate == type(truncate)("item_1", 100)  # half of the 200 ms received
+    assert rig.speaker.stops == 1 and rig.conv.phase is Phase.LISTENING
+    await rig.app.shutdown()
+
+
+async def test_tool_call_runs_on_the_runner_and_the_reply_follows() -> None:
+    """RunTool goes to the ToolRunner; its output and response.create go back on the link."""
+
+    class Lamp:
+        async def run(self, call_id: str, name: str, arguments: str) -> str:
+            return json.dumps({"lamp": json.loads(arguments)["on"]})
+
+    rig = Rig(tool_call=True, tools=Lamp())
+    await rig.app.start()
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
+    await asyncio.sleep(0)
+    rig.button.fire(*hold_to_talk())
+    await done
+    outputs = [c for c in rig.link.sent if isinstance(c, CreateItem)]
+    assert [o.item.output for o in outputs] == ['{"lamp": true}']
+    assert sum(isinstance(c, CreateResponse) for c in rig.link.sent) == 2
+    assert [i for i, _ in rig.speaker.played] == ["item_2", "item_2"]
+    await rig.app.shutdown()
+
+
+async def test_default_tool_runner_answers_no_such_tool() -> None:
+    """Without tools, a function call gets an error output instead of hanging the turn."""
+    assert json.loads(await NoTools().run("c", "lamp", "{}")) == {"error": "no such tool: lamp"}
+
+
+async def test_crashing_adapter_is_restarted_and_the_loop_stays_up() -> None:
+    """A mic that crashes twice is restarted with backoff; lost and restored are posted once."""
+    rig = Rig(mic_crashes=2, restart_backoff_s=(0.01, 0.02), stable_after_s=0.05)
+    await rig.app.start()
+    await until(lambda: any(isinstance(e, DeviceRestored) for e in rig.events))
+    lost = [e for e in rig.events if isinstance(e, DeviceLost)]
+    assert [e.device for e in lost] == ["microphone"] and "device unplugged" in lost[0].message
+    assert rig.mic.runs == 3 and rig.app.restarts["microphone"] == 2
+    assert rig.speaker.cues == ["error"]
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
+    await asyncio.sleep(0)
+    rig.button.fire(*hold_to_talk())
+    await done  # the loop still serves turns
+    await rig.app.shutdown()
+
+
+async def test_watchdog_pings_stop_while_the_loop_is_blocked() -> None:
+    """WATCHDOG=1 comes only from a healthy loop: none while it is blocked, again afterwards."""
+    rig = Rig(watchdog_interval_s=0.02)
+    await rig.app.start()
+    await until(lambda: len(rig.notifier.times("watchdog")) >= 3)
+    window: dict[str, float] = {}
+
+    def block() -> None:
+        window["start"] = time.monotonic()
+        time.sleep(0.3)  # a stalled loop: a blocking call on the loop thread
+        window["end"] = time.monotonic()
+
+    asyncio.get_running_loop().call_soon(block)
+    await until(lambda: "end" in window)
+    await until(lambda: any(t > window["end"] for t in rig.notifier.times("watchdog")))
+    pings = rig.notifier.times("watchdog")
+    assert not [t for t in pings if window["start"] <= t <= window["end"]]
+    await rig.app.shutdown()
+
+
+async def test_watchdog_withheld_while_the_inbox_is_not_drained() -> None:
+    """A heartbeat stuck behind a backlog withholds the ping even though timers still run."""
+    rig = Rig(watchdog_interval_s=0.02)
+    await rig.app.start()
+    await until(lambda: len(rig.notifier.times("watchdog")) >= 2)
+    handled: list[float] = []
+
+    def slow(event: Event, _cmds: object) -> None:
+        if isinstance(event, ButtonReleased):
+            time.sleep(0.005)  # a slow consumer; the loop yields between batches
+            handled.append(time.monotonic())
+
+    rig.app.add_listener(slow)
+    for _ in range(200):  # ignored events (idle): pure backlog
+        rig.app.post(ButtonReleased(0.0))
+    await until(lambda: len(handled) == 200)
+    during = [t for t in rig.notifier.times("watchdog") if handled[0] < t < handled[-1]]
+    # The backlog takes ~1 s of consumer time: at ~20 ms per ping a live watchdog would
+    # send dozens; the heartbeat queued behind it lets at most the few already in flight.
+    assert len(during) <= 2
+    await rig.app.shutdown()
+
+
+async def test_shutdown_turns_the_led_off_and_stops_everything() -> None:
+    """Shutdown goes through the core: playback stopped, link closed, LED off, adapters stopped."""
+    rig = Rig()
+    await rig.app.start()
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    await rig.app.shutdown()
+    assert rig.indicator.shown[-1] == "off" and rig.indicator.closed
+    assert "disconnect:shutdown" in rig.link.calls
+    assert rig.speaker.stops == 1
+    assert rig.notifier.times("stopping")
+    assert rig.mic.cancelled
+    await rig.app.wait_stopped()
+
+
+async def test_interrupt_hook_stops_the_reply_and_says_the_fallback() -> None:
+    """app.interrupt(say=…) stops playback and asks for the fallback line once cancelled."""
+    rig = Rig()
+    await rig.app.start()
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    rig.speaker.finish = lambda item_id: None  # type: ignore[method-assign]
+    rig.link._respond = lambda: None  # type: ignore[method-assign]  # the test plays the server
+    rig.button.fire(*hold_to_talk())
+    await until(lambda: isinstance(rig.link.sent[-1], CreateResponse))
+    rig.app.post(ResponseCreated("resp_9"))
+    rig.app.post(AudioDelta("resp_9", "item_9", 0, REPLY))
+    await until(lambda: rig.conv.phase is Phase.SPEAKING)
+    rig.app.interrupt(say="I can't talk about that.")
+    await until(lambda: rig.speaker.stops == 1)
+    rig.app.post(ResponseDone("resp_9", "cancelled"))
+    await until(lambda: isinstance(rig.link.sent[-1], CreateResponse))
+    last = rig.link.sent[-1]
+    assert isinstance(last, CreateResponse) and "I can't talk about that." in (
+        last.instructions or ""
+    )
+    await rig.app.shutdown()
+
+
+@pytest.mark.parametrize("policy", ["always", "on_demand"])
+async def test_ready_is_sent_with_the_network_still_down(policy: str) -> None:
+    """READY=1 depends on the adapters only; the link may come up later (or never)."""
+    rig = Rig(Settings(session_policy=policy))  # type: ignore[arg-type]
+    rig.link.connect = lambda: rig.link.calls.append("connect")  # type: ignore[method-assign]
+    await rig.app.start()
+    assert rig.notifier.times("ready")
+    assert not any(isinstance(c, UpdateSession | SendAudio | CommitAudio) for c in rig.link.sent)
+    await rig.app.shutdown()
