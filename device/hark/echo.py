@@ -1,0 +1,257 @@
+"""The echo gate: tells the user's voice from our own playback coming back through the mic.
+
+The speaker records what it hands to the device (``EchoReference.record``, at 8 kHz,
+stamped with the monotonic time it reaches the DAC); the microphone asks
+``EchoGate.is_echo`` for each voiced frame.  A frame is our own echo when it is mostly
+explained by a delayed, scaled copy of the reference (normalised cross-correlation over
+plausible delays), or when it is no louder than the echo level learned so far.  This is
+a gate, not a canceller: in a reverberant room a real AEC (PulseAudio/PipeWire
+``echo-cancel``, see docs/audio.md) does better, and the gate then simply stays quiet.
+
+It must not import asyncio or PyAudio, and must stay cheap: it runs on the capture
+thread, only for frames the VAD already called voiced, and only while playback is
+recent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hark.pcm import Samples
+
+log = logging.getLogger(__name__)
+
+ECHO_RATE_HZ = 8_000
+"""Both sides are decimated to this rate: speech energy is below 4 kHz, and it is cheap."""
+
+Floats = npt.NDArray[np.float32]
+
+
+class EchoReference:
+    """A ring of what the speaker played recently, at 8 kHz, anchored in monotonic time.
+
+    Written from the speaker's callback thread, read from the microphone's; a lock
+    guards the ring (both sides hold it for microseconds).  The output stream runs
+    continuously, silence included, so the ring is contiguous and only the anchor
+    (the DAC time of its newest sample) moves with each write.
+    """
+
+    def __init__(self, history_ms: int = 1_000) -> None:
+        self._ring = np.zeros(ECHO_RATE_HZ * history_ms // 1000, dtype=np.float32)
+        self._end_s = -1e9  # DAC time just after the newest sample
+        self._last_loud_s = -1e9  # DAC time of the end of the last non-silent write
+        self._lock = threading.Lock()
+
+    def record(self, samples: Samples, dac_start_s: float, loud: bool = True) -> None:
+        """Append ``samples`` (8 kHz) that reach the DAC at ``dac_start_s`` (monotonic)."""
+        n = len(samples)
+        if n == 0:
+            return
+        ring = self._ring
+        with self._lock:
+            if n >= len(ring):
+                ring[:] = samples[-len(ring) :]
+            else:
+                ring[:-n] = ring[n:]
+                ring[-n:] = samples
+            self._end_s = dac_start_s + n / ECHO_RATE_HZ
+            if loud:
+                self._last_loud_s = self._end_s
+
+    def record_silence(self, frames: int, dac_start_s: float) -> None:
+        """Silence was played (idle stream): cheaper than ``record`` with zeros."""
+        if self._last_loud_s < self._end_s - len(self._ring) / ECHO_RATE_HZ:
+            self._end_s = dac_start_s + frames / ECHO_RATE_HZ  # ring is all zeros already
+            return
+        self.record(np.zeros(frames, dtype=np.int16), dac_start_s, loud=False)
+
+    def active(self, at_s: float, tail_s: float) -> bool:
+        """Was anything audible played within ``tail_s`` before ``at_s``?"""
+        return at_s - self._last_loud_s < tail_s
+
+    def window(self, start_s: float, end_s: float) -> Floats | None:
+        """The reference between two DAC times (zeros outside what is known), or None."""
+        n = round((end_s - start_s) * ECHO_RATE_HZ)
+        if n <= 0:
+            return None
+        out = np.zeros(n, dtype=np.float32)
+        with self._lock:
+            ring = self._ring
+            # index of start_s within the ring: ring[-1] is at self._end_s - 1/rate
+            first = len(ring) - round((self._end_s - start_s) * ECHO_RATE_HZ)
+            lo, hi = max(first, 0), min(first + n, len(ring))
+            if hi <= lo:
+                return None
+            out[lo - first : hi - first] = ring[lo:hi]
+        return out
+
+
+@dataclass
+class EchoGateStats:
+    """What the gate did, for tests, the benchmark and the debug log."""
+
+    checked: int = 0
+    echo_by_correlation: int = 0
+    echo_by_level: int = 0
+    passed: int = 0
+
+
+class EchoGate:
+    """Decides whether a voiced mic frame is our own playback.
+
+    ``min_delay_ms``/``max_delay_ms`` bound the acoustic + buffering delay searched
+    (negative allows for latency figures a driver under-reports).  ``correlation``
+    is the ρ² above which a frame counts as a copy of the reference.
+    ``echo_level_db`` is the starting guess of how loud the echo is relative to what
+    we played (learned from confident echo frames afterwards); ``margin_db`` is how
+    much louder than that expected echo the mic must be to count as the user.
+    ``floor_dbfs``: while playback is recent, quieter voiced frames (webrtcvad's
+    hangover after a word) are never the user.
+    """
+
+    def __init__(
+        self,
+        reference: EchoReference,
+        *,
+        min_delay_ms: int = -50,
+        max_delay_ms: int = 350,
+        correlation: float = 0.55,
+        echo_level_db: float = -6.0,
+        margin_db: float = 6.0,
+        floor_dbfs: float = -50.0,
+        tail_ms: int = 400,
+    ) -> None:
+        self.reference = reference
+        self.min_delay_s = min_delay_ms / 1000
+        self.max_delay_s = max_delay_ms / 1000
+        self.correlation = correlation
+        self._coupling = 10 ** (echo_level_db / 10)  # power ratio echo / reference
+        self._margin = 10 ** (margin_db / 10)
+        self._floor = (32768 * 10 ** (floor_dbfs / 20)) ** 2  # mean power
+        self.tail_s = tail_ms / 1000 + self.max_delay_s
+        self._delay_s: float | None = None  # tracked echo delay, once confidently seen
+        self.stats = EchoGateStats()
+
+    @property
+    def delay_ms(self) -> float | None:
+        """The echo delay the gate has locked on to, if any."""
+        return None if self._delay_s is None else self._delay_s * 1000
+
+    @property
+    def echo_level_db(self) -> float:
+        return 10 * float(np.log10(self._coupling))
+
+    def is_echo(self, mic: Samples, adc_start_s: float) -> bool:
+        """True if ``mic`` (8 kHz, captured from ``adc_start_s``) is explained by playback."""
+        if not self.reference.active(adc_start_s, self.tail_s):
+            return False
+        self.stats.checked += 1
+        x = mic.astype(np.float32)
+        e_mic = float(np.dot(x, x))
+        if e_mic <= self._floor * len(x):
+            self.stats.echo_by_level += 1
+            return True
+        frame_s = len(x) / ECHO_RATE_HZ
+        rho2, lag_s, e_ref = -1.0, 0.0, 0.0
+        if self._delay_s is not None:  # narrow search around the tracked delay first
+            rho2, lag_s, e_ref = self._search(x, e_mic, adc_start_s, frame_s, self._delay_s, 0.03)
+        if rho2 < self.correlation:
+            centre = (self.min_delay_s + self.max_delay_s) / 2
+            half = (self.max_delay_s - self.min_delay_s) / 2
+            wide = self._search(x, e_mic, adc_start_s, frame_s, centre, half)
+            if wide[0] > rho2:
+                rho2, lag_s, e_ref = wide
+        if rho2 >= self.correlation:
+            self.stats.echo_by_correlation += 1
+            if rho2 >= 0.8 and e_ref > 0:  # confident: learn the delay and the echo level
+                self._delay_s = (
+                    lag_s if self._delay_s is None else 0.8 * self._delay_s + 0.2 * lag_s
+                )
+                self._coupling = 0.9 * self._coupling + 0.1 * (e_mic / e_ref)
+            return True
+        # Not a copy: still echo if no louder than the echo we expect at the tracked delay.
+        expected = self._expected_echo_energy(adc_start_s, frame_s, len(x))
+        if e_mic <= expected * self._margin:
+            self.stats.echo_by_level += 1
+            return True
+        self.stats.passed += 1
+        return False
+
+    def _search(
+        self, x: Floats, e_mic: float, t0: float, frame_s: float, centre_s: float, half_s: float
+    ) -> tuple[float, float, float]:
+        """Best ρ² over delays centre±half; returns (ρ², delay_s, reference energy there)."""
+        lo_delay, hi_delay = centre_s - half_s, centre_s + half_s
+        ref = self.reference.window(t0 - hi_delay, t0 - lo_delay + frame_s)
+        if ref is None or len(ref) < len(x):
+            return -1.0, 0.0, 0.0
+        c = np.correlate(ref, x, "valid")
+        sq = np.concatenate(([0.0], np.cumsum(ref * ref, dtype=np.float64)))
+        e_ref = sq[len(x) :] - sq[: len(sq) - len(x)]
+        rho2 = np.where(e_ref > 1e-3, c * c / (np.maximum(e_ref, 1e-3) * e_mic), 0.0)
+        best = int(np.argmax(rho2))
+        # offset ``best`` into the window starts at t0 - hi_delay + best/rate
+        delay_s = hi_delay - best / ECHO_RATE_HZ
+        return float(rho2[best]), delay_s, float(e_ref[best])
+
+    def _expected_echo_energy(self, t0: float, frame_s: float, n: int) -> float:
+        if self._delay_s is not None:
+            ref = self.reference.window(t0 - self._delay_s, t0 - self._delay_s + frame_s)
+            if ref is None:
+                return 0.0
+            return self._coupling * float(np.dot(ref, ref))
+        # Delay unknown: the loudest reference frame over the plausible delays bounds it.
+        ref = self.reference.window(t0 - self.max_delay_s, t0 - self.min_delay_s + frame_s)
+        if ref is None or len(ref) < n:
+            return 0.0
+        usable = len(ref) - len(ref) % n
+        frames = ref[:usable].reshape(-1, n)
+        return self._coupling * float(np.max(np.einsum("ij,ij->i", frames, frames)))
+
+
+class StreamClock:
+    """Maps a continuous stream's sample count onto ``time.monotonic``, despite jittery callbacks.
+
+    Drivers report buffer times unreliably (PulseAudio's ALSA plugin jumps by 200 ms),
+    and callbacks arrive in bursts, so neither "now" nor PortAudio's ``time_info`` can
+    stamp a chunk.  The stream itself is a steady clock: sample ``k`` is at
+    ``origin + k / rate``.  A capture callback always comes after its samples were
+    taken, so the origin is bounded above by ``now - k_end / rate``; a playback callback
+    always comes before its samples are heard, bounding it below by
+    ``now - k_start / rate``.  The origin follows the tightest bound seen and relaxes
+    slowly (``relax`` per callback) so clock drift between the sound card and the CPU is
+    followed.  What remains is a constant offset, which the echo gate's delay search
+    absorbs.
+    """
+
+    def __init__(self, rate_hz: int, direction: str, relax: float = 0.002) -> None:
+        self.rate_hz = rate_hz
+        self.capture = direction == "input"
+        self.relax = relax
+        self._origin_s: float | None = None
+        self._frames = 0
+
+    def stamp(self, frames: int, now: float) -> float:
+        """Monotonic time of the first sample of a chunk of ``frames`` delivered ``now``."""
+        start = self._frames
+        self._frames += frames
+        end = self._frames if self.capture else start
+        bound = now - end / self.rate_hz
+        origin = self._origin_s
+        if origin is None or (bound < origin if self.capture else bound > origin):
+            origin = bound
+        else:
+            origin += self.relax * (bound - origin)
+        self._origin_s = origin
+        return origin + start / self.rate_hz
+
+
+def now_s() -> float:
+    """The clock both sides stamp with (monotonic, shared by all threads)."""
+    return time.monotonic()

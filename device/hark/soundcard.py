@@ -1,0 +1,707 @@
+"""The PyAudio microphone and speaker: device selection, streams, reopen on loss.
+
+``SoundcardMicrophone`` and ``SoundcardSpeaker`` implement ``hark.ports.Microphone``
+and ``hark.ports.Speaker``.  Both run PortAudio in callback mode: the callback does
+the cheap per-chunk work (``hark.capture`` / ``hark.playback``) on PortAudio's thread
+and hands results to the loop with one ``call_soon_threadsafe`` per chunk.  Opening,
+closing and PortAudio initialisation run on a daemon thread, so a wedged driver
+cannot block the loop or the interpreter's exit.
+
+This module must not import the conversation, the link or gpio, and no exception from
+PortAudio may escape ``run()``: device loss becomes ``DeviceLost``, a reopen with
+backoff, then ``DeviceRestored``.
+
+Echo: pass the same ``hark.echo.EchoReference`` to the speaker and (through an
+``EchoGate``) to the microphone, or point both at a system echo-cancelled source
+(PulseAudio ``module-echo-cancel`` / PipeWire ``libpipewire-module-echo-cancel``, see
+docs/audio.md) and leave the gate out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import pyaudio
+
+from hark.capture import CaptureChain
+from hark.cues import load_cues
+from hark.echo import EchoGate, EchoReference, StreamClock
+from hark.events import Cue, DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
+from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
+from hark.playback import PlaybackBuffer
+from hark.ports import Post
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Direction = Literal["input", "output"]
+
+MIC_RATES_HZ = (48_000, 24_000, 16_000, 44_100, 32_000)
+"""Capture rates tried after the device's own default; 48 kHz is what most USB mics do."""
+SPEAKER_RATES_HZ = (48_000, 24_000, 44_100, 32_000, 16_000)
+
+
+class DeviceNotFound(LookupError):  # noqa: N818 (the name the CLI and config errors use)
+    """No device matches the configuration; the message lists what exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    index: int
+    name: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate_hz: int
+    host_api: str
+
+    def line(self, direction: Direction) -> str:
+        channels = self.max_input_channels if direction == "input" else self.max_output_channels
+        return f"  [{self.index}] {self.name} ({channels} ch, {self.default_rate_hz} Hz)"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceList:
+    """What PortAudio sees; ``str()`` is what ``hark devices`` prints."""
+
+    inputs: tuple[DeviceInfo, ...]
+    outputs: tuple[DeviceInfo, ...]
+    default_input: int | None = None
+    default_output: int | None = None
+
+    def __str__(self) -> str:
+        lines = ["inputs:"]
+        lines += [d.line("input") for d in self.inputs] or ["  (none)"]
+        lines.append("outputs:")
+        lines += [d.line("output") for d in self.outputs] or ["  (none)"]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- PortAudio
+
+
+_alsa_handler: Any = None
+_PORTAUDIO = threading.Lock()
+"""Pa_Initialize/Pa_Terminate and stream open/close are not thread-safe: one at a time."""
+_PORTAUDIO_WAIT_S = 5.0
+
+
+def quiet_alsa() -> None:
+    """Silence libasound's probe chatter on stderr (it is not an error), unless debugging."""
+    global _alsa_handler
+    if _alsa_handler is not None or log.isEnabledFor(logging.DEBUG):
+        return
+    name = ctypes.util.find_library("asound")
+    if not name:
+        return
+    try:
+        lib = ctypes.CDLL(name)
+        handler_type = ctypes.CFUNCTYPE(
+            None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
+        )
+        _alsa_handler = handler_type(lambda *_: None)
+        lib.snd_lib_error_set_handler(_alsa_handler)
+    except (OSError, AttributeError):  # not fatal: the noise is only cosmetic
+        _alsa_handler = False
+
+
+def _open_portaudio() -> pyaudio.PyAudio:
+    """A fresh PortAudio instance (the device list is read at initialisation)."""
+    quiet_alsa()
+    return pyaudio.PyAudio()
+
+
+class _PortAudioBusyError(TimeoutError):
+    """Another adapter's PortAudio call has not returned (a wedged driver)."""
+
+
+def _serialised(fn: Callable[[], T]) -> T:
+    if not _PORTAUDIO.acquire(timeout=_PORTAUDIO_WAIT_S):
+        raise _PortAudioBusyError("PortAudio is busy (another open or close has not returned)")
+    try:
+        return fn()
+    finally:
+        _PORTAUDIO.release()
+
+
+def _devices(pa: pyaudio.PyAudio) -> list[DeviceInfo]:
+    out = []
+    for i in range(pa.get_device_count()):
+        d = pa.get_device_info_by_index(i)
+        api = pa.get_host_api_info_by_index(int(d["hostApi"]))
+        out.append(
+            DeviceInfo(
+                index=i,
+                name=str(d["name"]),
+                max_input_channels=int(d["maxInputChannels"]),
+                max_output_channels=int(d["maxOutputChannels"]),
+                default_rate_hz=int(d["defaultSampleRate"]),
+                host_api=str(api["name"]),
+            )
+        )
+    return out
+
+
+def _default_index(pa: pyaudio.PyAudio, direction: Direction) -> int | None:
+    try:
+        info = (
+            pa.get_default_input_device_info()
+            if direction == "input"
+            else pa.get_default_output_device_info()
+        )
+    except OSError:
+        return None
+    return int(info["index"])
+
+
+def _device_list(pa: pyaudio.PyAudio) -> DeviceList:
+    devices = _devices(pa)
+    return DeviceList(
+        inputs=tuple(d for d in devices if d.max_input_channels > 0),
+        outputs=tuple(d for d in devices if d.max_output_channels > 0),
+        default_input=_default_index(pa, "input"),
+        default_output=_default_index(pa, "output"),
+    )
+
+
+def list_devices() -> DeviceList:
+    """Every input and output PortAudio sees, with default rates and channels.
+
+    Initialises PortAudio for the call (slow: it probes every ALSA PCM), so call it
+    off the event loop.
+    """
+
+    def run() -> DeviceList:
+        pa = _open_portaudio()
+        try:
+            return _device_list(pa)
+        finally:
+            pa.terminate()
+
+    return _serialised(run)
+
+
+def find_device(pa: pyaudio.PyAudio, wanted: str | int | None, direction: Direction) -> DeviceInfo:
+    """The device for ``wanted``: an index, a case-insensitive name substring, or None for
+    the system default.  An exact name beats a substring match.
+    """
+    listing = _device_list(pa)
+    candidates = listing.inputs if direction == "input" else listing.outputs
+    if wanted is None or wanted == "":
+        index = listing.default_input if direction == "input" else listing.default_output
+        match = [d for d in candidates if d.index == index]
+    elif isinstance(wanted, int) or wanted.strip().isdigit():
+        match = [d for d in candidates if d.index == int(wanted)]
+    else:
+        needle = wanted.strip().lower()
+        match = [d for d in candidates if d.name.lower() == needle] or [
+            d for d in candidates if needle in d.name.lower()
+        ]
+    if match:
+        return match[0]
+    what = "default device" if wanted in (None, "") else repr(wanted)
+    raise DeviceNotFound(f"no {direction} device matches {what}; PortAudio sees:\n{listing}")
+
+
+def choose_format(
+    pa: pyaudio.PyAudio, device: DeviceInfo, direction: Direction, rate_hz: int | None = None
+) -> tuple[int, int]:
+    """(rate_hz, channels) the device accepts: mono if it can, else stereo to downmix."""
+    preferred = MIC_RATES_HZ if direction == "input" else SPEAKER_RATES_HZ
+    rates = [rate_hz] if rate_hz else [device.default_rate_hz, *preferred]
+    max_channels = device.max_input_channels if direction == "input" else device.max_output_channels
+    for rate in dict.fromkeys(rates):
+        for channels in (1, 2):
+            if channels > max_channels:
+                continue
+            try:
+                if direction == "input":
+                    ok = pa.is_format_supported(
+                        rate,
+                        input_device=device.index,
+                        input_channels=channels,
+                        input_format=pyaudio.paInt16,
+                    )
+                else:
+                    ok = pa.is_format_supported(
+                        rate,
+                        output_device=device.index,
+                        output_channels=channels,
+                        output_format=pyaudio.paInt16,
+                    )
+            except ValueError:
+                ok = False
+            if ok:
+                return rate, channels
+    raise DeviceNotFound(
+        f"{direction} device [{device.index}] {device.name} accepts none of the rates "
+        f"{sorted(set(rates))} Hz as 16-bit mono or stereo"
+    )
+
+
+async def _off_loop(fn: Callable[[], T], timeout_s: float) -> T:
+    """Run blocking PortAudio work on a daemon thread; a wedged driver only costs a thread."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def runner() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone; nobody is waiting
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=runner, name="hark-audio-io", daemon=True).start()
+    return await asyncio.wait_for(fut, timeout_s)
+
+
+# --------------------------------------------------------------------------- stream base
+
+
+@dataclass
+class _Opened:
+    pa: pyaudio.PyAudio
+    stream: pyaudio.Stream
+    device: DeviceInfo
+    rate_hz: int
+    channels: int
+    latency_s: float
+
+
+class _StreamAdapter:
+    """Shared by mic and speaker: open, watch, and reopen with backoff after a loss."""
+
+    direction: Direction = "input"
+
+    def __init__(
+        self,
+        device: str | int | None,
+        rate_hz: int | None,
+        buffer_ms: int,
+        reopen_initial_s: float,
+        reopen_max_s: float,
+        stall_timeout_s: float,
+        open_timeout_s: float = 10.0,
+    ) -> None:
+        self.device = device
+        self.rate_hz = rate_hz
+        self.buffer_ms = buffer_ms
+        self.reopen_initial_s = reopen_initial_s
+        self.reopen_max_s = reopen_max_s
+        self.stall_timeout_s = stall_timeout_s
+        self.open_timeout_s = open_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._post: Post | None = None
+        self._opened: _Opened | None = None
+        self._last_callback_s = 0.0
+        self._clock = StreamClock(48_000, self.direction)
+        self._callback_error: str | None = None
+        self.opened_device: DeviceInfo | None = None
+        self.opened_rate_hz: int | None = None
+        self.opened_channels: int | None = None
+        self.reopens = 0
+
+    @property
+    def label(self) -> str:
+        kind = "microphone" if self.direction == "input" else "speaker"
+        return f"{kind} {self.device if self.device not in (None, '') else 'default'}"
+
+    # subclasses
+    def _prepare(self, rate_hz: int, channels: int) -> None:
+        raise NotImplementedError
+
+    def _callback(
+        self, in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
+    ) -> tuple[bytes | None, int]:
+        raise NotImplementedError
+
+    def _configure(self, latency_s: float) -> None:
+        """Runs on the opening thread once the stream exists, before it starts."""
+
+    def _on_lost(self) -> None:
+        """Runs on the loop when the stream died, before the reopen."""
+
+    # plumbing
+    def _send(self, events: list[Event]) -> None:
+        """Hand events to the loop from the PortAudio thread (one wake-up per chunk)."""
+        loop, post = self._loop, self._post
+        if loop is None or post is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            loop.call_soon_threadsafe(_post_all, post, events)
+
+    def _open_blocking(self) -> _Opened:
+        return _serialised(self._open_locked)
+
+    def _open_locked(self) -> _Opened:
+        pa = _open_portaudio()
+        try:
+            dev = find_device(pa, self.device, self.direction)
+            rate, channels = choose_format(pa, dev, self.direction, self.rate_hz)
+            self._prepare(rate, channels)
+            frames = max(1, rate * self.buffer_ms // 1000)
+            self._last_callback_s = time.monotonic()
+            self._callback_error = None
+            stream = pa.open(
+                rate=rate,
+                channels=channels,
+                format=pyaudio.paInt16,
+                input=self.direction == "input",
+                output=self.direction == "output",
+                input_device_index=dev.index if self.direction == "input" else None,
+                output_device_index=dev.index if self.direction == "output" else None,
+                frames_per_buffer=frames,
+                stream_callback=self._guarded_callback,
+                start=False,
+            )
+            latency_s = (
+                stream.get_input_latency()
+                if self.direction == "input"
+                else stream.get_output_latency()
+            )
+            self._opened = _Opened(pa, stream, dev, rate, channels, float(latency_s))
+            self._configure(float(latency_s))
+            stream.start_stream()
+            return self._opened
+        except BaseException:
+            pa.terminate()
+            raise
+
+    def _guarded_callback(
+        self, in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
+    ) -> tuple[bytes | None, int]:
+        self._last_callback_s = time.monotonic()
+        try:
+            return self._callback(in_data, frame_count, time_info, status)
+        except Exception as exc:  # a bug here must not kill PortAudio's thread silently
+            log.exception("%s: audio callback failed", self.label)
+            self._callback_error = f"callback failed: {exc!r}"
+            return (None, pyaudio.paAbort)
+
+    @staticmethod
+    def _close_blocking(opened: _Opened) -> None:
+        _serialised(lambda: _StreamAdapter._close_locked(opened))
+
+    @staticmethod
+    def _close_locked(opened: _Opened) -> None:
+        with contextlib.suppress(OSError):
+            opened.stream.stop_stream()
+        with contextlib.suppress(OSError):
+            opened.stream.close()
+        opened.pa.terminate()
+
+    async def _close(self) -> None:
+        opened, self._opened = self._opened, None
+        if opened is None:
+            return
+        try:
+            await _off_loop(lambda: self._close_blocking(opened), self.open_timeout_s)
+        except TimeoutError:
+            log.warning("%s: closing the stream hangs; abandoned it", self.label)
+        except Exception as exc:  # closing a dead device may fail in any way; it is gone anyway
+            log.warning("%s: closing the stream failed: %s", self.label, exc)
+
+    async def _watch(self, opened: _Opened) -> str:
+        """Return (with the reason) when the stream has died or stalled."""
+        while True:
+            await asyncio.sleep(0.1)
+            if self._callback_error:
+                return self._callback_error
+            try:
+                active = opened.stream.is_active()
+            except OSError as exc:
+                return f"stream error: {exc}"
+            if not active:
+                return "stream stopped"
+            stalled_s = time.monotonic() - self._last_callback_s
+            if stalled_s > self.stall_timeout_s:
+                return f"no audio callback for {stalled_s:.1f} s"
+
+    async def run(self, post: Post) -> None:
+        """Open, serve, and on any failure post ``DeviceLost`` and reopen with backoff."""
+        self._loop = asyncio.get_running_loop()
+        self._post = post
+        backoff_s = self.reopen_initial_s
+        lost = False
+        try:
+            while True:
+                try:
+                    opened = await _off_loop(self._open_blocking, self.open_timeout_s)
+                except (OSError, LookupError, TimeoutError, ValueError) as exc:
+                    message = str(exc) or type(exc).__name__
+                    if not lost:
+                        log.warning("%s unavailable: %s", self.label, message)
+                        post(DeviceLost(self.label, message))
+                        lost = True
+                    await self._close()
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, self.reopen_max_s)
+                    continue
+                self.opened_device = opened.device
+                self.opened_rate_hz = opened.rate_hz
+                self.opened_channels = opened.channels
+                log.info(
+                    "%s: [%d] %s at %d Hz, %d ch, latency %.0f ms",
+                    self.label,
+                    opened.device.index,
+                    opened.device.name,
+                    opened.rate_hz,
+                    opened.channels,
+                    opened.latency_s * 1000,
+                )
+                if lost:
+                    post(DeviceRestored(self.label))
+                    lost = False
+                    self.reopens += 1
+                backoff_s = self.reopen_initial_s
+                reason = await self._watch(opened)
+                log.warning("%s lost: %s", self.label, reason)
+                post(DeviceLost(self.label, reason))
+                lost = True
+                self._on_lost()
+                await self._close()
+                await asyncio.sleep(backoff_s)
+        finally:
+            # Cancelled (or a bug): close before returning, so no PortAudio thread calls
+            # into Python while the interpreter shuts down; a wedged close is abandoned.
+            await self._close()
+
+
+def _post_all(post: Post, events: list[Event]) -> None:
+    for event in events:
+        post(event)
+
+
+# --------------------------------------------------------------------------- microphone
+
+
+class SoundcardMicrophone(_StreamAdapter):
+    """Captures from a PortAudio input and posts a ``MicFrame`` (24 kHz, 20 ms) per frame.
+
+    ``device``: index, name substring, or None for the default.  ``rate_hz``: force
+    a capture rate (None: the device's default, else 48/24/16/44.1/32 kHz).
+    ``vad_aggressiveness``: webrtcvad 0–3.  ``gain``: software gain.  ``echo_gate``:
+    share the speaker's ``EchoReference`` through one (see ``hark.echo``).
+    ``buffer_ms``: PortAudio buffer (one callback per buffer).
+    """
+
+    direction: Direction = "input"
+
+    def __init__(
+        self,
+        device: str | int | None = None,
+        *,
+        rate_hz: int | None = None,
+        vad_aggressiveness: int = 2,
+        gain: float = 1.0,
+        echo_gate: EchoGate | None = None,
+        buffer_ms: int = 20,
+        reopen_initial_s: float = 0.5,
+        reopen_max_s: float = 10.0,
+        stall_timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(
+            device, rate_hz, buffer_ms, reopen_initial_s, reopen_max_s, stall_timeout_s
+        )
+        self.vad_aggressiveness = vad_aggressiveness
+        self.gain = gain
+        self.echo_gate = echo_gate
+        self.chain: CaptureChain | None = None
+        self._latency_s = 0.0
+        self.overflows = 0
+
+    def _prepare(self, rate_hz: int, channels: int) -> None:
+        self._clock = StreamClock(rate_hz, "input")
+        self.chain = CaptureChain(
+            rate_hz,
+            channels,
+            vad_aggressiveness=self.vad_aggressiveness,
+            gain=self.gain,
+            echo_gate=self.echo_gate,
+        )
+
+    def _configure(self, latency_s: float) -> None:
+        self._latency_s = latency_s
+
+    def _callback(
+        self, in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
+    ) -> tuple[bytes | None, int]:
+        if status & pyaudio.paInputOverflow:
+            self.overflows += 1
+        chain = self.chain
+        if in_data and chain is not None:
+            adc_start_s = self._clock.stamp(frame_count, time.monotonic())
+            adc_end_s = adc_start_s + frame_count / chain.in_rate_hz
+            frames: list[MicFrame] = chain.process(in_data, adc_end_s)
+            if frames:
+                self._send(list(frames))
+        return (None, pyaudio.paContinue)
+
+
+# --------------------------------------------------------------------------- speaker
+
+
+class SoundcardSpeaker(_StreamAdapter):
+    """Plays 24 kHz reply audio and cues through a PortAudio output, pulled by its callback.
+
+    ``device``/``rate_hz`` as for the microphone (the rate is resampled to with soxr
+    when the device cannot take 24 kHz).  ``volume``: software gain, 0.0–1.0 (above 1
+    amplifies, with clipping), settable at run time.  ``buffer_ms``: the callback chunk,
+    which is also the longest a ``stop()`` takes.  ``fade_ms``: ramps at every start
+    and end of audio.  ``cue_files``: owner WAVs per cue (defaults are generated).
+    ``echo_reference``: where played audio is recorded for the mic's ``EchoGate``.
+    """
+
+    direction: Direction = "output"
+
+    def __init__(
+        self,
+        device: str | int | None = None,
+        *,
+        rate_hz: int | None = None,
+        volume: float = 1.0,
+        buffer_ms: int = 20,
+        fade_ms: float = 5.0,
+        cue_files: Mapping[Cue, Path | str] | None = None,
+        echo_reference: EchoReference | None = None,
+        reopen_initial_s: float = 0.5,
+        reopen_max_s: float = 10.0,
+        stall_timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(
+            device, rate_hz, buffer_ms, reopen_initial_s, reopen_max_s, stall_timeout_s
+        )
+        self._volume = volume
+        self.fade_ms = fade_ms
+        self.cue_files = dict(cue_files or {})
+        self.echo_reference = echo_reference
+        self._buffer: PlaybackBuffer | None = None
+        self._pending: PlaybackBuffer | None = None
+        self._cues: dict[Cue, Samples] = {}
+        self._cue_rate_hz = 0
+        self._resampler: Resampler | None = None
+        self._resampling_item: str | None = None
+        self._latency_s = 0.0
+        self.underflows = 0
+
+    # ---------------------------------------------------------------- ports.Speaker
+
+    @property
+    def volume(self) -> float:
+        return self._volume
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"volume must be >= 0, got {value}")
+        self._volume = float(value)
+        if self._buffer is not None:
+            self._buffer.volume = self._volume
+
+    def play(self, item_id: str, pcm: bytes) -> None:
+        """Queue 24 kHz PCM16 for ``item_id``; resampled here, on the loop, once per delta."""
+        buf = self._buffer
+        if buf is None:
+            return  # no device: finish()/stop() answer with played_ms=0
+        if self._resampler is None or self._resampling_item != item_id:
+            self._resampler = Resampler(MODEL_RATE_HZ, buf.rate_hz)
+            self._resampling_item = item_id
+        buf.enqueue(item_id, self._resampler.process(as_samples(pcm)))
+
+    def finish(self, item_id: str) -> None:
+        buf = self._buffer
+        if buf is None:
+            self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
+            return
+        if self._resampler is not None and self._resampling_item == item_id:
+            buf.enqueue(item_id, self._resampler.flush())
+            self._resampler, self._resampling_item = None, None
+        buf.finish(item_id)
+
+    def stop(self) -> None:
+        self._resampler, self._resampling_item = None, None
+        buf = self._buffer
+        if buf is None:
+            self._post_now(PlaybackStopped(None, 0, interrupted=True))
+            return
+        buf.stop()
+
+    def cue(self, cue: Cue) -> None:
+        buf = self._buffer
+        if buf is not None and cue in self._cues:
+            buf.enqueue(None, self._cues[cue])
+
+    def played_ms_now(self, item_id: str) -> int:
+        """Heard so far of ``item_id``: frames the device consumed minus its latency."""
+        buf = self._buffer
+        return 0 if buf is None else buf.played_ms_now(item_id)
+
+    # ---------------------------------------------------------------- stream hooks
+
+    def _post_now(self, event: Event) -> None:
+        if self._post is not None:
+            self._post(event)
+
+    def _prepare(self, rate_hz: int, channels: int) -> None:
+        self._clock = StreamClock(rate_hz, "output")
+        self._pending = PlaybackBuffer(
+            rate_hz,
+            channels,
+            volume=self._volume,
+            fade_ms=self.fade_ms,
+            echo_reference=self.echo_reference,
+        )
+        if self._cue_rate_hz != rate_hz:
+            self._cues = load_cues(rate_hz, self.cue_files)
+            self._cue_rate_hz = rate_hz
+
+    def _configure(self, latency_s: float) -> None:
+        self._latency_s = latency_s
+        buf = self._pending
+        assert buf is not None
+        buf.latency_frames = round(latency_s * buf.rate_hz)
+        buf.volume = self._volume
+        self._resampler, self._resampling_item = None, None
+        self._buffer = buf
+
+    def _on_lost(self) -> None:
+        buf, self._buffer = self._buffer, None
+        self._pending = None
+        if buf is not None:
+            for event in buf.drop_all():
+                if event.item_id is not None:
+                    self._post_now(event)
+
+    def _callback(
+        self, in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
+    ) -> tuple[bytes | None, int]:
+        if status & pyaudio.paOutputUnderflow:
+            self.underflows += 1
+        buf = self._pending
+        if buf is None:
+            return (bytes(frame_count * 2), pyaudio.paContinue)
+        dac_start_s = self._clock.stamp(frame_count, time.monotonic()) + self._latency_s
+        data, events = buf.render(frame_count, dac_start_s)
+        if events:
+            self._send(list(events))
+        return (data, pyaudio.paContinue)

@@ -1,0 +1,311 @@
+"""Fakes for the audio ports: a WAV-backed microphone and speaker, and test-speech synthesis.
+
+``WavMicrophone`` and ``WavSpeaker`` implement ``hark.ports.Microphone`` and
+``hark.ports.Speaker`` with the same capture chain and playback engine as the real
+sound card (``hark.capture``, ``hark.playback``), paced at real time × ``speed``, so
+the demo, the benchmarks and timing tests see the real frame and accounting
+semantics.  Production code must not import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import shutil
+import subprocess
+import tempfile
+import wave
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from hark.capture import FRAME_MS, CaptureChain
+from hark.cues import load_cues, read_wav
+from hark.echo import EchoGate, EchoReference, now_s
+from hark.events import Cue
+from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
+from hark.playback import PlaybackBuffer
+from hark.ports import Post
+
+log = logging.getLogger(__name__)
+
+
+class WavMicrophone:
+    """Plays WAV files (or raw 24 kHz PCM) into the capture chain as if a mic heard them.
+
+    ``speed``: 1.0 is real time, 2.0 twice as fast, 0 as fast as the loop allows.
+    ``after``: when the queued audio runs out, keep posting ``"silence"`` (paced at real
+    time × speed, or real time when ``speed`` is 0) or ``"end"`` (``run`` returns).
+    ``rate_hz`` is the simulated device rate (files are resampled to it), so the
+    48 kHz → 24 kHz path is exercised like on a Pi.
+    """
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        rate_hz: int = 48_000,
+        speed: float = 1.0,
+        after: Literal["silence", "end"] = "silence",
+        vad_aggressiveness: int = 2,
+        gain: float = 1.0,
+        echo_gate: EchoGate | None = None,
+    ) -> None:
+        self.rate_hz = rate_hz
+        self.speed = speed
+        self.after = after
+        self.chain = CaptureChain(
+            rate_hz, 1, vad_aggressiveness=vad_aggressiveness, gain=gain, echo_gate=echo_gate
+        )
+        self._queue: deque[Samples] = deque()
+        self.frames_posted = 0
+        if path is not None:
+            self.say(path)
+
+    def say(self, source: Path | str | bytes, rate_hz: int = MODEL_RATE_HZ) -> None:
+        """Queue a WAV file, or raw PCM16 mono ``bytes`` at ``rate_hz``, to be "heard" next."""
+        if isinstance(source, bytes):
+            samples = Resampler(rate_hz, self.rate_hz, "HQ").process(as_samples(source), True)
+        else:
+            samples = read_wav(Path(source), self.rate_hz)
+        self._queue.append(samples)
+
+    def silence(self, ms: int) -> None:
+        """Queue ``ms`` of silence (e.g. between utterances)."""
+        self._queue.append(np.zeros(self.rate_hz * ms // 1000, dtype=np.int16))
+
+    @property
+    def pending_ms(self) -> float:
+        return sum(len(s) for s in self._queue) * 1000 / self.rate_hz
+
+    async def run(self, post: Post) -> None:
+        loop = asyncio.get_running_loop()
+        chunk = self.rate_hz * FRAME_MS // 1000
+        silence = np.zeros(chunk, dtype=np.int16)
+        current: Samples = np.zeros(0, dtype=np.int16)
+        offset = 0
+        started = loop.time()
+        frames_done = 0
+        while True:
+            if offset >= len(current) and self._queue:
+                current, offset = self._queue.popleft(), 0
+            if offset < len(current):
+                piece = current[offset : offset + chunk]
+                offset += len(piece)
+                if len(piece) < chunk:
+                    piece = np.concatenate([piece, silence[: chunk - len(piece)]])
+                speed = self.speed
+            elif self.after == "end":
+                return
+            else:
+                piece, speed = silence, self.speed or 1.0
+            frames_done += 1
+            if speed > 0:
+                due = started + frames_done * FRAME_MS / 1000 / speed
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.2:  # fell behind (or came back from a pause): re-anchor
+                    started, frames_done = loop.time(), 0
+            else:
+                await asyncio.sleep(0)
+                started, frames_done = loop.time(), 0
+            for frame in self.chain.process(piece.tobytes(), now_s()):
+                post(frame)
+                self.frames_posted += 1
+
+
+class WavSpeaker:
+    """Renders played audio into a WAV file at ``rate_hz``, pulled at real time × ``speed``.
+
+    Accounting is the real speaker's: an item is played as its frames are "consumed" by
+    the paced clock, ``latency_ms`` stands for the device's output latency.  With
+    ``speed`` 0 it renders as fast as it can while there is audio, and idles otherwise.
+    ``path`` None records nothing (benchmarks).
+    """
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        rate_hz: int = MODEL_RATE_HZ,
+        speed: float = 1.0,
+        volume: float = 1.0,
+        buffer_ms: int = 20,
+        fade_ms: float = 5.0,
+        latency_ms: int = 0,
+        cue_files: Mapping[Cue, Path | str] | None = None,
+        echo_reference: EchoReference | None = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.rate_hz = rate_hz
+        self.speed = speed
+        self.buffer_ms = buffer_ms
+        self.buffer = PlaybackBuffer(
+            rate_hz,
+            volume=volume,
+            fade_ms=fade_ms,
+            latency_frames=rate_hz * latency_ms // 1000,
+            echo_reference=echo_reference,
+        )
+        self._cues = load_cues(rate_hz, cue_files)
+        self._resampler: Resampler | None = None
+        self._resampling_item: str | None = None
+        self._post: Post | None = None
+        self._wake = asyncio.Event()
+        self.cues_played: list[Cue] = []
+
+    @property
+    def volume(self) -> float:
+        return self.buffer.volume
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        self.buffer.volume = value
+
+    def play(self, item_id: str, pcm: bytes) -> None:
+        if self._resampler is None or self._resampling_item != item_id:
+            self._resampler = Resampler(MODEL_RATE_HZ, self.rate_hz)
+            self._resampling_item = item_id
+        self.buffer.enqueue(item_id, self._resampler.process(as_samples(pcm)))
+        self._wake.set()
+
+    def finish(self, item_id: str) -> None:
+        if self._resampler is not None and self._resampling_item == item_id:
+            self.buffer.enqueue(item_id, self._resampler.flush())
+            self._resampler, self._resampling_item = None, None
+        self.buffer.finish(item_id)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._resampler, self._resampling_item = None, None
+        self.buffer.stop()
+        self._wake.set()
+
+    def cue(self, cue: Cue) -> None:
+        self.cues_played.append(cue)
+        self.buffer.enqueue(None, self._cues[cue])
+        self._wake.set()
+
+    def played_ms_now(self, item_id: str) -> int:
+        return self.buffer.played_ms_now(item_id)
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        loop = asyncio.get_running_loop()
+        frames = self.rate_hz * self.buffer_ms // 1000
+        out = None
+        if self.path is not None:
+            out = wave.open(str(self.path), "wb")  # noqa: SIM115 (closed in finally)
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.rate_hz)
+        try:
+            started, chunks = loop.time(), 0
+            while True:
+                if self.speed > 0:
+                    chunks += 1
+                    delay = started + chunks * self.buffer_ms / 1000 / self.speed - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    elif delay < -0.2:
+                        started, chunks = loop.time(), 0
+                elif not self.buffer.busy:
+                    self._wake.clear()
+                    await self._wake.wait()
+                else:
+                    await asyncio.sleep(0)
+                data, events = self.buffer.render(frames, now_s())
+                if out is not None:
+                    out.writeframes(data)
+                for event in events:
+                    post(event)
+        finally:
+            if out is not None:
+                out.close()
+
+
+def synthetic_speech(
+    duration_ms: int, rate_hz: int = MODEL_RATE_HZ, pitch_hz: float = 130.0
+) -> Samples:
+    """A voiced, speech-like signal: a harmonic-rich buzz shaped into ~4 syllables a second.
+
+    webrtcvad calls it speech; used when espeak-ng is not installed.
+    """
+    n = rate_hz * duration_ms // 1000
+    t = np.arange(n, dtype=np.float64) / rate_hz
+    vibrato = pitch_hz * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(vibrato) / rate_hz
+    buzz = sum(np.sin(k * phase) / k * (1.5 if 3 <= k <= 6 else 1.0) for k in range(1, 20))
+    syllables = np.clip(np.sin(2 * np.pi * 4 * t - math.pi / 2) * 0.6 + 0.6, 0, 1) ** 0.7
+    signal = buzz * syllables
+    peak = float(np.max(np.abs(signal))) or 1.0
+    out: Samples = (signal / peak * 12000).astype(np.int16)
+    return out
+
+
+def write_wav(path: Path | str, samples: Samples, rate_hz: int) -> Path:
+    """Write mono PCM16 ``samples`` to ``path``."""
+    path = Path(path)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(samples.astype(np.int16).tobytes())
+    return path
+
+
+def speech_wav(text: str, path: Path | str, rate_hz: int = MODEL_RATE_HZ) -> Path:
+    """Speak ``text`` into a mono PCM16 WAV at ``rate_hz`` (espeak-ng + sox when installed).
+
+    Falls back to ``synthetic_speech`` (about 70 ms per character) without espeak-ng,
+    so tests still get something webrtcvad calls voiced.
+    """
+    path = Path(path)
+    espeak, sox = shutil.which("espeak-ng"), shutil.which("sox")
+    if espeak and sox:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "espeak.wav"
+            try:
+                subprocess.run([espeak, "-w", str(raw), text], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sox,
+                        str(raw),
+                        "-r",
+                        str(rate_hz),
+                        "-c",
+                        "1",
+                        "-b",
+                        "16",
+                        "-e",
+                        "signed",
+                        str(path),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+                return path
+            except (OSError, subprocess.CalledProcessError) as exc:
+                log.warning("espeak-ng/sox failed (%s); using synthetic speech", exc)
+    duration_ms = max(300, 70 * len(text))
+    return write_wav(path, synthetic_speech(duration_ms, rate_hz), rate_hz)
+
+
+def read_pcm(path: Path | str, rate_hz: int = MODEL_RATE_HZ) -> bytes:
+    """A WAV file as PCM16 mono bytes at ``rate_hz`` (what ``Speaker.play`` takes)."""
+    return read_wav(Path(path), rate_hz).tobytes()
+
+
+__all__ = [
+    "WavMicrophone",
+    "WavSpeaker",
+    "read_pcm",
+    "speech_wav",
+    "synthetic_speech",
+    "write_wav",
+]

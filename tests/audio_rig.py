@@ -1,0 +1,323 @@
+"""Test rigs for real audio without a sound card: ALSA file PCMs and a private PulseAudio server.
+
+``alsa_file_env(tmp_path)`` returns the environment that makes PortAudio list
+``fileout``/``filein``/``default`` devices backed by raw files (unpaced: reads and writes
+return at once).  ``PulseRig(tmp_path)`` runs a private ``pulseaudio`` with two 48 kHz
+mono null sinks, ``speaker`` (what the daemon plays; record its monitor) and
+``micfeed`` (what the microphone hears: its monitor is the default source), on a
+real-time clock.  Neither touches the machine's own audio setup, and both live in the
+test's temporary directory.
+
+    with PulseRig(tmp_path) as rig:
+        monkeypatch.setenv(...) for k, v in rig.env.items()   # or pass env to a subprocess
+        rec = rig.record_speaker(tmp_path / "out.wav")
+        rig.play_into_mic(question_wav)
+        rig.loopback(latency_ms=40, volume_db=-6)              # echo: speaker → mic
+        rig.unplug("micfeed"); rig.replug("micfeed")          # a device vanishing
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import wave
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+ALSA_SYSTEM_CONFIG = "/usr/share/alsa/alsa.conf"
+
+
+def alsa_file_env(
+    tmp_path: Path, *, capture: bytes = b"", out_name: str = "out.raw", in_name: str = "in.raw"
+) -> dict[str, str]:
+    """Write an ALSA config with file-backed PCMs; return the env to give PortAudio.
+
+    ``capture`` is written to ``tmp_path/in.raw`` (what ``filein``/``default`` capture
+    reads, raw, in whatever format the stream is opened with); playback lands in
+    ``tmp_path/out.raw``.  Set the env before PortAudio initialises in that process
+    (a subprocess, or before the first ``pyaudio.PyAudio()``).
+    """
+    infile, outfile = tmp_path / in_name, tmp_path / out_name
+    infile.write_bytes(capture)
+    conf = tmp_path / "asound.conf"
+    conf.write_text(
+        f"""
+pcm.!default {{ type asym; playback.pcm "fileout"; capture.pcm "filein" }}
+pcm.fileout {{ type file; slave.pcm "null"; file "{outfile}"; format "raw" }}
+pcm.filein {{ type file; slave.pcm "null"; file "/dev/null"; infile "{infile}"; format "raw" }}
+"""
+    )
+    return {"ALSA_CONFIG_PATH": f"{ALSA_SYSTEM_CONFIG}:{conf}", "JACK_NO_START_SERVER": "1"}
+
+
+def pulse_available() -> bool:
+    """pulseaudio, pactl, paplay, parecord and ALSA's pulse plugin are installed."""
+    tools = ("pulseaudio", "pactl", "paplay", "parecord")
+    plugin = any(
+        Path(d, "libasound_module_pcm_pulse.so").exists()
+        for d in ("/usr/lib/x86_64-linux-gnu/alsa-lib", "/usr/lib/aarch64-linux-gnu/alsa-lib")
+    ) or bool(list(Path("/usr/lib").glob("*/alsa-lib/libasound_module_pcm_pulse.so")))
+    return all(shutil.which(t) for t in tools) and plugin
+
+
+class Recording:
+    """A running ``parecord``; ``stop()`` ends it cleanly and returns the WAV path."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
+        self.proc = proc
+        self.path = path
+
+    def stop(self) -> Path:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # parecord finalises the WAV header
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.path
+
+
+class PulseRig:
+    """A private PulseAudio server with null sinks ``speaker`` and ``micfeed`` (48 kHz mono)."""
+
+    SINKS = ("speaker", "micfeed")
+
+    def __init__(self, tmp_path: Path, rate_hz: int = 48_000) -> None:
+        self.dir = tmp_path / "pulse"
+        self.rate_hz = rate_hz
+        self.socket = self.dir / "native"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._children: list[subprocess.Popen[bytes]] = []
+        self._modules: dict[str, int] = {}
+        self.env: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> PulseRig:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "run").mkdir(exist_ok=True)
+        client_conf = self.dir / "client.conf"
+        client_conf.write_text("autospawn = no\n")
+        (self.dir / "default.pa").write_text(
+            f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}\n"
+            "set-default-sink speaker\n"
+        )
+        self.env = {
+            "PULSE_SERVER": f"unix:{self.socket}",
+            "PULSE_CLIENTCONFIG": str(client_conf),
+            "JACK_NO_START_SERVER": "1",
+        }
+        server_env = {
+            **os.environ,
+            **self.env,
+            "HOME": str(self.dir),
+            "XDG_RUNTIME_DIR": str(self.dir / "run"),
+            "XDG_CONFIG_HOME": str(self.dir / "config"),
+        }
+        server_env.pop("PULSE_SERVER")
+        log = (self.dir / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                "pulseaudio",
+                "-n",
+                "-F",
+                str(self.dir / "default.pa"),
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=no",
+                "--realtime=no",
+                "--high-priority=no",
+                "--log-target=stderr",
+            ],
+            env=server_env,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pulseaudio exited: {(self.dir / 'server.log').read_text()}")
+            if self.socket.exists() and self._pactl_ok("info"):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("pulseaudio did not come up")
+        for sink in self.SINKS:
+            self.replug(sink)
+        self.pactl("set-default-sink", "speaker")
+        self.pactl("set-default-source", "micfeed.monitor")
+
+    def close(self) -> None:
+        for child in self._children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        self._children.clear()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    # ------------------------------------------------------------------ control
+
+    def _client_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _pactl_ok(self, *args: str) -> bool:
+        result = subprocess.run(
+            ["pactl", *args], env=self._client_env(), capture_output=True, timeout=10
+        )
+        return result.returncode == 0
+
+    def pactl(self, *args: str) -> str:
+        """Run ``pactl`` against this server; its stdout."""
+        result = subprocess.run(
+            ["pactl", *args], env=self._client_env(), capture_output=True, text=True, timeout=10
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pactl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def load_module(self, name: str, *args: str) -> int:
+        return int(self.pactl("load-module", name, *args))
+
+    def unload_module(self, module_id: int) -> None:
+        self.pactl("unload-module", str(module_id))
+
+    def unplug(self, sink: str) -> None:
+        """Make a null sink (and its monitor source) vanish, like a USB device pulled out."""
+        self.unload_module(self._modules.pop(sink))
+
+    def replug(self, sink: str) -> None:
+        """Bring a null sink back (or create it the first time)."""
+        self._modules[sink] = self.load_module(
+            "module-null-sink",
+            f"sink_name={sink}",
+            f"rate={self.rate_hz}",
+            "channels=1",
+            f"sink_properties=device.description={sink}",
+        )
+
+    def loopback(self, latency_ms: int = 40, volume_db: float = -6.0) -> int:
+        """Feed ``speaker`` into ``micfeed`` ``latency_ms`` late at ``volume_db``; module id."""
+        module = self.load_module(
+            "module-loopback",
+            "source=speaker.monitor",
+            "sink=micfeed",
+            f"latency_msec={latency_ms}",
+            "source_dont_move=true",
+            "sink_dont_move=true",
+            "remix=no",
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            inputs = json.loads(self.pactl("-f", "json", "list", "sink-inputs") or "[]")
+            mine = [i for i in inputs if str(i.get("owner_module")) == str(module)]
+            if mine:
+                self.pactl("set-sink-input-volume", str(mine[0]["index"]), f"{volume_db}dB")
+                return module
+            time.sleep(0.05)
+        raise RuntimeError("module-loopback made no sink input")
+
+    # ------------------------------------------------------------------ audio in and out
+
+    def play_into_mic(self, wav: Path, volume_db: float = 0.0) -> subprocess.Popen[bytes]:
+        """Start playing ``wav`` into the microphone (``micfeed``); returns the ``paplay``."""
+        args = ["paplay", "-d", "micfeed"]
+        if volume_db:
+            args.append(f"--volume={round(65536 * 10 ** (volume_db / 20))}")
+        proc = subprocess.Popen([*args, str(wav)], env=self._client_env())
+        self._children.append(proc)
+        return proc
+
+    def record_speaker(self, path: Path) -> Recording:
+        """Record what the daemon plays (``speaker.monitor``) into a 48 kHz mono WAV."""
+        proc = subprocess.Popen(
+            [
+                "parecord",
+                "-d",
+                "speaker.monitor",
+                f"--rate={self.rate_hz}",
+                "--channels=1",
+                "--format=s16le",
+                "--file-format=wav",
+                "--latency-msec=10",
+                str(path),
+            ],
+            env=self._client_env(),
+        )
+        self._children.append(proc)
+        return Recording(proc, path)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def read_wav_samples(path: Path) -> tuple[np.ndarray, int]:
+    """(mono int16 samples, rate_hz) of a PCM16 WAV (parecord's header may lack a length)."""
+    with wave.open(str(path), "rb") as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        data = w.readframes(w.getnframes())
+    if not data:  # parecord killed before finalising: data follows a 44-byte header
+        data = path.read_bytes()[44:]
+    samples = np.frombuffer(data[: len(data) - len(data) % 2], dtype=np.int16)
+    if channels > 1:
+        samples = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)[:, 0]
+    return samples, rate
+
+
+def best_alignment(
+    recorded: np.ndarray, reference: np.ndarray, max_lag: int | None = None
+) -> tuple[int, float]:
+    """(lag, normalised correlation) of ``reference`` inside ``recorded``, via FFT."""
+    a = recorded.astype(np.float64)
+    b = reference.astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    corr = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)[: len(a)]
+    limit = len(a) - len(b) + 1 if max_lag is None else min(max_lag, len(a) - len(b) + 1)
+    if limit <= 0:
+        return 0, 0.0
+    lag = int(np.argmax(corr[:limit]))
+    segment = a[lag : lag + len(b)]
+    denom = float(np.linalg.norm(segment) * np.linalg.norm(b)) or 1.0
+    return lag, float(np.dot(segment, b) / denom)
+
+
+def audible_extent(
+    samples: np.ndarray, rate_hz: int, threshold: float = 200.0
+) -> tuple[float, float]:
+    """(first, last) time in seconds where the 10 ms RMS exceeds ``threshold``; (0, 0) if never."""
+    step = rate_hz // 100
+    n = len(samples) // step
+    if n == 0:
+        return 0.0, 0.0
+    frames = samples[: n * step].astype(np.float64).reshape(n, step)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)
+    if len(loud) == 0:
+        return 0.0, 0.0
+    return loud[0] / 100, (loud[-1] + 1) / 100
