@@ -1,0 +1,216 @@
+"""The appliance loop's own latency: trigger or server event → the adapter call, with fakes.
+
+Fake adapters and a fake link with zero delay isolate what ``hark.app`` and
+``hark.conversation`` add.  Button events come from a thread of their own, as
+gpiozero's do; server events are posted on the loop, as the link does.  Figures are
+printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+from hark.app import App
+from hark.conversation import Conversation, Phase, Settings
+from hark.events import (
+    AudioDelta,
+    ButtonPressed,
+    ButtonReleased,
+    CommitAudio,
+    Cue,
+    Event,
+    Item,
+    LedPattern,
+    LinkUp,
+    MicFrame,
+    PlaybackStopped,
+    ResponseCreated,
+    ResponseDone,
+    WireCommand,
+)
+from hark.ports import Post
+
+TURNS = 300
+FRAME = bytes(960)  # 20 ms at 24 kHz PCM16
+DELTA = bytes(4800)  # 100 ms
+
+
+class _Marks:
+    """Timestamps taken inside the fakes; ``arm`` before causing one, then ``wait``."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self._armed: dict[str, asyncio.Event] = {}
+
+    def mark(self, name: str) -> None:
+        self.at[name] = time.perf_counter()
+        if (event := self._armed.get(name)) is not None:
+            event.set()
+
+    def arm(self, *names: str) -> None:
+        for name in names:
+            self._armed.setdefault(name, asyncio.Event()).clear()
+
+    async def wait(self, name: str) -> float:
+        async with asyncio.timeout(5.0):
+            await self._armed[name].wait()
+        return self.at[name]
+
+
+class _Link:
+    def __init__(self, marks: _Marks) -> None:
+        self.marks = marks
+        self.post: Post | None = None
+
+    async def run(self, post: Post) -> None:
+        self.post = post
+        post(LinkUp("sess_bench", None))
+        await asyncio.Event().wait()
+
+    def connect(self) -> None:
+        pass
+
+    def disconnect(self, reason: str) -> None:
+        pass
+
+    def rotate(self) -> None:
+        pass
+
+    def seed_history(self, items: list[Item]) -> None:
+        pass
+
+    def send(self, command: WireCommand) -> None:
+        if isinstance(command, CommitAudio):
+            self.marks.mark("commit")
+
+
+class _Speaker:
+    def __init__(self, marks: _Marks) -> None:
+        self.marks = marks
+        self.post: Post | None = None
+        self.item: str | None = None
+
+    async def run(self, post: Post) -> None:
+        self.post = post
+        await asyncio.Event().wait()
+
+    def play(self, item_id: str, pcm: bytes) -> None:
+        if item_id != self.item:
+            self.item = item_id
+            self.marks.mark("play")
+
+    def finish(self, item_id: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.marks.mark("stop")
+        assert self.post is not None
+        self.post(PlaybackStopped(self.item, 50, interrupted=True))
+
+    def cue(self, cue: Cue) -> None:
+        self.marks.mark(f"cue:{cue}")
+
+    @property
+    def volume(self) -> float:
+        return 1.0
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        pass
+
+
+class _Idle:
+    async def run(self, post: Post) -> None:
+        await asyncio.Event().wait()
+
+
+class _Indicator:
+    def show(self, pattern: LedPattern) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _percentiles(samples_s: list[float]) -> tuple[float, float]:
+    ms = sorted(s * 1000 for s in samples_s)
+    return statistics.median(ms), ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+
+
+async def _measure() -> dict[str, list[float]]:
+    marks = _Marks()
+    conv = Conversation(Settings(listening_cue=True, done_cue=False))
+    speaker = _Speaker(marks)
+    app = App(conv, _Link(marks), _Idle(), speaker, _Indicator(), [_Idle()])
+    await app.start()
+    loop = asyncio.get_running_loop()
+
+    async def idle() -> None:
+        if conv.phase is not Phase.IDLE:
+            await app.run_until(lambda _: conv.phase is Phase.IDLE, timeout_s=5.0)
+
+    await idle()
+
+    async def from_button_thread(event: Event) -> float:
+        """Post as gpiozero would, from another thread; return when it was posted."""
+        posted: list[float] = []
+
+        def fire() -> None:
+            posted.append(time.perf_counter())
+            app.post(event)
+
+        thread = threading.Thread(target=fire)
+        thread.start()
+        await loop.run_in_executor(None, thread.join)
+        return posted[0]
+
+    figures: dict[str, list[float]] = {"release": [], "delta": [], "barge": []}
+    for turn in range(TURNS):
+        marks.arm("cue:listening", "commit", "play", "stop")
+        await from_button_thread(ButtonPressed())
+        await marks.wait("cue:listening")
+        for _ in range(10):
+            app.post(MicFrame(FRAME, True))
+        posted = await from_button_thread(ButtonReleased(0.2))
+        figures["release"].append(await marks.wait("commit") - posted)
+
+        rid = f"resp_{turn}"
+        app.post(ResponseCreated(rid))
+        posted = time.perf_counter()
+        app.post(AudioDelta(rid, f"item_{turn}", 0, DELTA))
+        figures["delta"].append(await marks.wait("play") - posted)
+        app.post(AudioDelta(rid, f"item_{turn}", 0, DELTA))
+
+        marks.arm("cue:listening")
+        posted = await from_button_thread(ButtonPressed())  # barge-in while speaking
+        figures["barge"].append(await marks.wait("stop") - posted)
+        await marks.wait("cue:listening")
+        await from_button_thread(ButtonReleased(0.0))  # too short: cleared
+        app.post(ResponseDone(rid, "cancelled"))
+        await idle()
+    await app.shutdown()
+    return figures
+
+
+def main() -> None:
+    figures = asyncio.run(_measure())
+    rows: list[tuple[str, str, float]] = [
+        ("release", "button release → CommitAudio handed to link.send", 5.0),
+        ("delta", "first AudioDelta posted → speaker.play called", 20.0),
+        ("barge", "barge-in press while speaking → speaker.stop called", 30.0),
+    ]
+    report: Callable[[str], None] = print
+    for key, label, target_ms in rows:
+        p50, p95 = _percentiles(figures[key])
+        report(
+            f"   {label}: p50 {p50:.3f} ms, p95 {p95:.3f} ms "
+            f"(target p95 ≤ {target_ms:g} ms, n={len(figures[key])})"
+        )
+
+
+if __name__ == "__main__":
+    main()
