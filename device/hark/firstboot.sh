@@ -196,6 +196,11 @@ install_hark() {
     *) echo "unknown install source: $INSTALL_FROM"; return 1 ;;
     esac
     if [ -f "$CARD/scripts/install-device" ]; then
+        # Its own options for a prefix root (tests, image builds): --root plus any
+        # extras in HARK_INSTALL_DEVICE_OPTS (e.g. --no-apt --no-systemctl).
+        [ -z "$ROOT" ] || args+=(--root "$ROOT")
+        # shellcheck disable=SC2206 # option words, split on purpose
+        [ -z "${HARK_INSTALL_DEVICE_OPTS:-}" ] || args+=($HARK_INSTALL_DEVICE_OPTS)
         bash "$CARD/scripts/install-device" "${args[@]}"
     else
         fallback_install "${args[@]}"

@@ -6,6 +6,7 @@ import configparser
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,7 +222,8 @@ def test_bookworm_firstrun_then_firstboot(tmp_path: Path) -> None:
     assert "systemctl enable hark.service" in log and "systemctl restart hark.service" in log
     assert "systemctl enable --now ssh" in log
     args = (root / "install-device.args").read_text().split()
-    assert args == ["--wheel", str(boot / "hark/wheels/hark_voice-0.1.0-py3-none-any.whl")]
+    wheel = str(boot / "hark/wheels/hark_voice-0.1.0-py3-none-any.whl")
+    assert args == ["--wheel", wheel, "--root", str(root)]
     assert (root / "var/lib/hark/firstboot.done").exists()
     result = (boot / "hark-firstboot.log").read_text()
     assert "done: hark is installed" in result
@@ -321,3 +323,78 @@ def test_index_install_without_install_device(tmp_path: Path) -> None:
     assert any(c.startswith("useradd --system") for c in log)
     unit = (root / "etc/systemd/system/hark.service").read_text()
     assert "ExecStart=/opt/hark/venv/bin/hark run --config /etc/hark/hark.toml" in unit
+
+
+def _python() -> str | None:
+    """The system python3 (>= 3.11, with venv): what builds /opt/hark/venv on the Pi."""
+    for candidate in ("/usr/bin/python3", shutil.which("python3")):
+        if candidate and Path(candidate).exists():
+            check = subprocess.run(
+                [
+                    candidate,
+                    "-c",
+                    "import sys, venv, ensurepip; assert sys.version_info >= (3, 11)",
+                ],
+                capture_output=True,
+                check=False,
+            )
+            if check.returncode == 0:
+                return candidate
+    return None
+
+
+@pytest.mark.slow
+def test_real_install_device_from_the_card(tmp_path: Path) -> None:
+    """The card's copy of scripts/install-device (taken from this checkout) installs the real
+    wheel from the card into the throwaway root, and the unit lands next to the config."""
+    repo = Path(__file__).resolve().parents[2]
+    python = _python()
+    if python is None or not (repo / "scripts/install-device").is_file():
+        pytest.skip("needs a system python3 >= 3.11 and scripts/install-device")
+    out = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    wheels = list(out.glob("hark_voice-*.whl"))
+    if built.returncode != 0 or not wheels:
+        pytest.skip(f"cannot build a wheel here: {built.stderr[-300:]}")
+    boot = boot_folder(tmp_path, "bookworm")
+    (tmp_path / "hark.toml").write_text(CONFIG)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    argv = [
+        str(boot),
+        "--config",
+        str(tmp_path / "hark.toml"),
+        "--hostname",
+        "hark-den",
+        "--token-file",
+        str(tmp_path / "token"),
+        "--wheel",
+        str(wheels[0]),
+    ]
+    assert main(argv) == 0
+    assert (boot / "hark/scripts/install-device").read_bytes() == (
+        repo / "scripts/install-device"
+    ).read_bytes()
+    assert (boot / "hark/systemd/hark.service").is_file()
+
+    root, env = throwaway_root(tmp_path)
+    env["HARK_INSTALL_DEVICE_OPTS"] = (
+        f"--no-apt --no-user --no-systemctl --no-deps --python {python}"
+    )
+    env["PIP_NO_INDEX"] = "1"
+    done = run(boot / "hark/firstboot.sh", env)
+    result = (boot / "hark-firstboot.log").read_text()
+    assert done.returncode == 0, result + (root / "var/lib/hark/firstboot.out").read_text()
+    assert (root / "opt/hark/venv/bin/hark").exists()
+    assert (
+        "ExecStart=/opt/hark/venv/bin/hark"
+        in (root / "etc/systemd/system/hark.service").read_text()
+    )
+    assert (root / "etc/hark/hark.toml").read_text() == CONFIG
+    assert (root / "etc/hark/device-token").stat().st_mode & 0o777 == 0o600
+    assert not (boot / "hark/device-token").exists()
