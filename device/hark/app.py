@@ -38,6 +38,7 @@ from hark.events import (
     Rotate,
     RunTool,
     SendAudio,
+    SessionConfig,
     SetLed,
     ShutdownRequested,
     Stop,
@@ -109,6 +110,9 @@ class NoTools:
 Listener = Callable[[Event, Sequence[Command]], None]
 """Sees every event after the core has handled it, with the commands it produced."""
 
+Interceptor = Callable[[Event], bool]
+"""Sees every event before the core; returning True consumes it (e.g. a press approving a tool)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Heartbeat:
@@ -170,6 +174,7 @@ class App:
         self._stopping = False
         self._stopped = False
         self._listeners: list[Listener] = []
+        self._interceptors: list[Interceptor] = []
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stuck_deadline: float | None = None
@@ -187,6 +192,19 @@ class App:
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_interceptor(self, interceptor: Interceptor) -> Callable[[], None]:
+        """Let ``interceptor`` consume events before the core; returns its remover."""
+        self._interceptors.append(interceptor)
+        return lambda: self._interceptors.remove(interceptor)
+
+    def call(self, fn: Callable[[float], list[Command]]) -> None:
+        """Run a core entry point ``fn(now)`` in inbox order and execute its commands."""
+        self._post_item(_Call(fn))
+
+    def update_session(self, config: SessionConfig) -> None:
+        """Send a new session config now (handoffs) and keep it for reconnects."""
+        self.call(lambda _now: self.conversation.update_session(config))
 
     async def start(self) -> None:
         """Start the adapters and the loop; returns once READY was sent."""
@@ -226,7 +244,7 @@ class App:
 
     def interrupt(self, say: str | None = None) -> None:
         """Cut the current reply short (guardrails); ``say`` a fallback line instead."""
-        self._post_item(_Call(lambda now: self.conversation.interrupt(now, say)))
+        self.call(lambda now: self.conversation.interrupt(now, say))
 
     async def run_until(self, predicate: Callable[[Event], bool], timeout_s: float) -> Event:
         """Wait until an event, once handled, satisfies ``predicate``; return that event."""
@@ -317,6 +335,8 @@ class App:
         if isinstance(item, ShutdownRequested) and not self._stopping:
             self._stopping = True
             self.notifier.stopping()
+        elif self._interceptors and any(consume(item) for consume in list(self._interceptors)):
+            return
         before = self.conversation.deadline() if isinstance(item, Tick) else None
         commands = self.conversation.handle(item, now)
         if isinstance(item, Tick):

@@ -317,6 +317,15 @@ class Conversation:
             cmds += self._request_response(CreateResponse(instructions=instructions), now)
         return cmds + self._settle(now)
 
+    def update_session(self, config: SessionConfig) -> list[Command]:
+        """Switch instructions, tools or voice live (handoffs): one ``session.update``.
+
+        Turn detection stays what the settings imply; the new config is also what
+        ``LinkUp`` sends after a reconnect.
+        """
+        self.session_config = effective_session(dataclasses.replace(self.settings, session=config))
+        return self._wire(UpdateSession(self.session_config))
+
     # ------------------------------------------------------------------ helpers
 
     def _go(self, phase: Phase, force_status: bool = False) -> list[Command]:

@@ -33,6 +33,7 @@ from hark.events import (
     ResponseCreated,
     ResponseDone,
     SendAudio,
+    SessionConfig,
     TranscriptDone,
     UpdateSession,
     WireCommand,
@@ -433,4 +434,29 @@ async def test_ready_is_sent_with_the_network_still_down(policy: str) -> None:
     await rig.app.start()
     assert rig.notifier.times("ready")
     assert not any(isinstance(c, UpdateSession | SendAudio | CommitAudio) for c in rig.link.sent)
+    await rig.app.shutdown()
+
+
+async def test_interceptor_consumes_events_before_the_core() -> None:
+    """An interceptor (e.g. tool approval) takes a press away from the core until removed."""
+    rig = Rig()
+    await rig.app.start()
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    approvals: list[Event] = []
+
+    def approve(event: Event) -> bool:
+        if isinstance(event, ButtonPressed | ButtonReleased):
+            approvals.append(event)
+            return True
+        return False
+
+    remove = rig.app.add_interceptor(approve)
+    rig.button.fire(ButtonPressed(), ButtonReleased(0.1))
+    await until(lambda: len(approvals) == 2)
+    assert rig.conv.phase is Phase.IDLE
+    remove()
+    rig.button.fire(ButtonPressed())
+    await until(lambda: rig.conv.phase is Phase.LISTENING)
+    rig.app.update_session(SessionConfig(instructions="new agent"))
+    await until(lambda: rig.link.sent[-1] == UpdateSession(SessionConfig(instructions="new agent")))
     await rig.app.shutdown()

@@ -633,3 +633,15 @@ def test_settings_refuse_a_preroll_shorter_than_the_vad_start() -> None:
     with pytest.raises(ValueError, match="preroll_ms"):
         Settings(preroll_ms=50, vad_start_ms=60)
     assert dataclasses.replace(Settings(), preroll_ms=500).preroll_ms == 500
+
+
+def test_update_session_switches_live_and_survives_reconnects() -> None:
+    """A handoff's config goes out at once, keeps the settings' turn detection, and is resent."""
+    conv = linked(trigger_mode="vad", end_of_turn="server")
+    kept = conv.session_config.turn_detection
+    new = SessionConfig(instructions="You are the kitchen agent.", voice="marin")
+    [cmd] = conv.update_session(new)
+    assert isinstance(cmd, UpdateSession) and cmd.config.instructions == new.instructions
+    assert cmd.config.turn_detection == kept
+    conv.handle(LinkDown("network", retrying=True), 1.0)
+    assert conv.handle(LinkUp("sess_2", None), 2.0)[0] == cmd
