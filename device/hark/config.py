@@ -239,6 +239,9 @@ class TriggerConfig(_Section):
     long_press_s: float = Field(
         default=2.0, ge=0.3, le=30, description="Holding this long cancels the turn, seconds."
     )
+    no_speech_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="A tap turn with no speech at all closes after, s."
+    )
     end_of_turn: Literal["local", "server"] = Field(
         default="local",
         description="Who decides the user finished (vad and tap turns): local VAD silence "
@@ -309,10 +312,16 @@ class VadConfig(_Section):
         default=30, description="webrtcvad frame length, milliseconds (10, 20 or 30)."
     )
     start_ms: int = Field(
-        default=200, ge=10, le=2000, description="Voiced audio needed to open a turn, ms."
+        default=60, ge=10, le=2000, description="Voiced audio needed to open a turn, ms."
+    )
+    barge_in_ms: int = Field(
+        default=150,
+        ge=10,
+        le=2000,
+        description="Voiced audio needed to interrupt a reply (stricter: echo), ms.",
     )
     stop_silence_ms: int = Field(
-        default=800, ge=100, le=10000, description="Silence that ends a turn (local), ms."
+        default=700, ge=100, le=10000, description="Silence that ends a turn (local), ms."
     )
     pre_roll_ms: int = Field(
         default=300, ge=0, le=2000, description="Audio kept from before the turn opened, ms."
@@ -355,7 +364,7 @@ class SessionConfig(_Section):
         description="Transcript characters carried into a new session, characters.",
     )
     response_timeout_s: float = Field(
-        default=20.0, gt=0, le=300, description="Give up waiting for a reply after, seconds."
+        default=15.0, gt=0, le=300, description="Give up waiting for a reply after, seconds."
     )
     max_turn_s: float = Field(
         default=30.0, gt=0, le=600, description="Longest user turn before it is sent, seconds."
@@ -404,6 +413,11 @@ class Config(_Section):
         problems: list[str] = []
         if self.trigger.mode in ("button", "both") and self.gpio.button_pin is None:
             problems.append(f"gpio.button_pin: required when trigger.mode is {self.trigger.mode!r}")
+        if self.vad.pre_roll_ms < max(self.vad.start_ms, self.vad.barge_in_ms):
+            problems.append(
+                "vad.pre_roll_ms: must be at least vad.start_ms and vad.barge_in_ms "
+                f"({max(self.vad.start_ms, self.vad.barge_in_ms)}), or the first syllable is lost"
+            )
         used: dict[int, str] = {}
         pins: list[tuple[str, int | None]] = [
             ("gpio.button_pin", self.gpio.button_pin),

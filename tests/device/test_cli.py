@@ -1,0 +1,299 @@
+"""hark.cli: exit codes, check-config output, bad-config messages, lean imports, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hark import __version__, cli
+from hark.config import Config, parse
+
+GOOD = """\
+[backend]
+url = "https://keys.example.com/v1/realtime/client_secrets"
+token_file = "token"
+
+[agent]
+instructions = '''Say "hi" \\ then stop.'''
+
+[[agent.outputs]]
+name = "kitchen light"
+pin = 22
+
+[gpio]
+rgb_pins = [5, 6, 13]
+
+[audio]
+input_device = 2
+output_device = "USB"
+"""
+
+
+def hark(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a fresh interpreter, as systemd or a person would."""
+    return subprocess.run(
+        [sys.executable, "-m", "hark.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A config folder with a valid config and a 0600 token next to it."""
+    (tmp_path / "hark.toml").write_text(GOOD)
+    token = tmp_path / "token"
+    token.write_text("tok_very_secret\n")
+    token.chmod(0o600)
+    return tmp_path
+
+
+def test_version() -> None:
+    """`hark --version` prints the package version and exits 0."""
+    result = hark("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"hark {__version__}"
+
+
+def test_no_command_is_usage_error() -> None:
+    """No command, or an unknown one, is a usage error (exit 2)."""
+    assert hark().returncode == cli.EX_USAGE
+    assert hark("fly").returncode == cli.EX_USAGE
+
+
+def test_lean_imports(config_dir: Path) -> None:
+    """--version and check-config import neither numpy, PyAudio nor websockets."""
+    code = (
+        "import sys\n"
+        "from hark import cli\n"
+        f"assert cli.main(['check-config', '--config', {str(config_dir / 'hark.toml')!r}]) == 0\n"
+        "heavy = {'numpy', 'pyaudio', 'websockets', 'soxr', 'webrtcvad', 'gpiozero'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_check_config_round_trips_as_toml(config_dir: Path) -> None:
+    """check-config prints the effective config as TOML that parses back to the same config."""
+    result = hark("check-config", "--config", config_dir / "hark.toml")
+    assert result.returncode == 0, result.stderr
+    printed = parse(result.stdout)
+    original = parse(GOOD, base_dir=config_dir)
+    assert printed == original
+    assert "tok_very_secret" not in result.stdout
+
+
+def test_check_config_json_redacts(config_dir: Path) -> None:
+    """--json prints JSON; URL credentials are masked and the token never appears."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD.replace("https://keys", "https://admin:pa55word@keys"))
+    result = hark("check-config", "--json", "--config", path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["backend"]["url"] == "https://***@keys.example.com/v1/realtime/client_secrets"
+    assert "pa55word" not in result.stdout
+    assert "tok_very_secret" not in result.stdout
+    assert data["audio"]["input_device"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda t: t + "[trigger]\nmodee = 'button'\n", "trigger.modee: unknown key"),
+        (lambda t: t.replace("input_device = 2", "input_device = 2.5"), "audio.input_device"),
+        (lambda t: t + "[vad]\naggressiveness = 9\n", "vad.aggressiveness: must be ≤ 3"),
+        (lambda t: t + "[trigger]\nmode = 'vox'\n", "trigger.mode: must be one of"),
+        (lambda t: t + "[trigger\n", "TOML syntax error"),
+    ],
+)
+def test_bad_config_exits_78_naming_the_field(config_dir: Path, change: Any, field: str) -> None:
+    """Unknown key, wrong type, out of range, bad enum, bad syntax: exit 78, field named."""
+    path = config_dir / "hark.toml"
+    path.write_text(change(GOOD))
+    result = hark("check-config", "--config", path)
+    assert result.returncode == cli.EX_CONFIG
+    assert f"{path}: {field}" in result.stderr, result.stderr
+
+
+def test_token_problems_exit_78(config_dir: Path) -> None:
+    """A token file others can read, or none at all, is a config error naming the field."""
+    path = config_dir / "hark.toml"
+    token = config_dir / "token"
+    token.chmod(0o644)
+    result = hark("check-config", "--config", path)
+    assert result.returncode == cli.EX_CONFIG
+    assert "backend.token_file:" in result.stderr
+    assert f"chmod 600 {token}" in result.stderr
+    assert "tok_very_secret" not in result.stderr + result.stdout
+    token.unlink()
+    result = hark("check-config", "--config", path)
+    assert result.returncode == cli.EX_CONFIG
+    assert "backend.token_file:" in result.stderr
+    assert hark("check-config", "--no-token", "--config", path).returncode == 0
+
+
+def test_run_refuses_bad_config_with_78(config_dir: Path) -> None:
+    """`hark run` with a bad config exits 78 (systemd's RestartPreventExitStatus) at once."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[session]\nrotate_after_s = 7200\n")
+    result = hark("run", "--config", path)
+    assert result.returncode == cli.EX_CONFIG
+    assert "session.rotate_after_s: must be ≤ 3600" in result.stderr
+    assert hark("run", "--config", config_dir / "missing.toml").returncode == cli.EX_CONFIG
+
+
+def test_history_disabled_and_empty(config_dir: Path) -> None:
+    """`hark history` says when history is off, and when there is none yet."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[history]\nenabled = false\n")
+    result = hark("history", "--config", path)
+    assert result.returncode == 0
+    assert "history is disabled" in result.stdout
+    path.write_text(GOOD + "[history]\npath = 'h.jsonl'\n")
+    result = hark("history", "--config", path)
+    assert result.returncode == 0
+    assert "no history" in result.stdout
+
+
+def test_to_toml_arrays_of_tables() -> None:
+    """The TOML printer handles nested tables, arrays of tables, strings needing escapes."""
+    config = parse(GOOD, base_dir=Path("/etc/hark"))
+    text = cli.to_toml(json.loads(json.dumps(config.model_dump(mode="json"))))
+    assert "[[agent.outputs]]" in text
+    assert parse(text) == config
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+class FakeApp:
+    """Runs until shutdown(); records the config it was built with."""
+
+    def __init__(self, config: Config, stubborn: bool = False) -> None:
+        self.config = config
+        self.stubborn = stubborn
+        self._done = asyncio.Event()
+        self.shutdowns = 0
+
+    async def run(self) -> None:
+        await self._done.wait()
+        if self.stubborn:
+            await asyncio.Event().wait()  # ignores shutdown: must be cancelled
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+        self._done.set()
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def ready(self) -> None:
+        self.messages.append("READY=1")
+
+    def reloading(self) -> None:
+        self.messages.append("RELOADING=1")
+
+    def status(self, text: str) -> None:
+        self.messages.append(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        self.messages.append("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.messages.append("STOPPING=1")
+
+
+@pytest.fixture
+def supervisor(
+    config_dir: Path,
+) -> Iterator[tuple[cli.Supervisor, list[FakeApp], RecordingNotifier]]:
+    config, token = cli._load(str(config_dir / "hark.toml"), with_token=True)
+    assert token is not None
+    apps: list[FakeApp] = []
+    notifier = RecordingNotifier()
+
+    def build(config: Config, token: str, notifier: Any) -> FakeApp:
+        apps.append(FakeApp(config))
+        return apps[-1]
+
+    yield (
+        cli.Supervisor(str(config_dir / "hark.toml"), config, token, build, notifier),
+        apps,
+        notifier,
+    )  # type: ignore[arg-type]
+
+
+async def _until(predicate: Any) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_sighup_good_then_bad_then_sigterm(
+    supervisor: tuple[cli.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
+) -> None:
+    """SIGHUP with a good config rebuilds the app; with a bad one keeps it; SIGTERM stops."""
+    sup, apps, notifier = supervisor
+    serving = asyncio.create_task(sup.serve())
+    await _until(lambda: len(apps) == 1)
+
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[log]\nlevel = 'debug'\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await _until(lambda: len(apps) == 2)
+    assert apps[0].shutdowns == 1
+    assert apps[1].config.log.level == "debug"
+    assert "RELOADING=1" in notifier.messages
+
+    path.write_text(GOOD + "[trigger]\nmode = 'vox'\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await _until(lambda: sup.refused_reloads == 1)
+    assert len(apps) == 2 and apps[1].shutdowns == 0
+    assert any(
+        m.startswith("STATUS=reload refused") and "trigger.mode" in m for m in notifier.messages
+    )
+
+    path.write_text(GOOD + "[log]\nlevel = 'debug'\n")
+    os.kill(os.getpid(), signal.SIGHUP)  # same as running: nothing to do
+    await _until(lambda: "STATUS=config unchanged" in notifier.messages)
+    assert len(apps) == 2
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(serving, 5) == cli.EX_OK
+    assert notifier.messages[-1] == "STOPPING=1"
+    assert sup.reloads == 1
+
+
+async def test_sigterm_cancels_a_stuck_app(
+    supervisor: tuple[cli.Supervisor, list[FakeApp], RecordingNotifier],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app that ignores shutdown is cancelled after the stop budget."""
+    sup, apps, _ = supervisor
+    monkeypatch.setattr(cli, "STOP_WITHIN_S", 0.2)
+    sup._build = lambda config, token, notifier: (
+        apps.append(FakeApp(config, stubborn=True)) or apps[-1]
+    )  # type: ignore[assignment,func-returns-value]
+    serving = asyncio.create_task(sup.serve())
+    await _until(lambda: len(apps) == 1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(serving, 5) == cli.EX_OK
