@@ -166,6 +166,7 @@ class App:
         self.stable_after_s = stable_after_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.restarts: dict[str, int] = {}
+        self.command_errors = 0
         self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -361,11 +362,11 @@ class App:
         for command in commands:
             try:
                 self._run_command(command)
-            except Exception as exc:
-                # An adapter misbehaving must not take the daemon down; the core shows it.
-                device = self._device_of(command)
-                log.exception("%s failed running %s", device, type(command).__name__)
-                self.post(DeviceLost(device, f"{type(command).__name__} failed: {exc}"))
+            except Exception:
+                # An adapter method failing must not take the daemon down.  Device loss
+                # is the adapter's to report (it alone can also report the recovery).
+                self.command_errors += 1
+                log.exception("running %s failed", type(command).__name__)
 
     def _run_command(self, command: Command) -> None:
         if isinstance(command, _WIRE):
@@ -395,16 +396,6 @@ class App:
             self._stopped = True
         else:  # pragma: no cover - the Command union is closed
             raise TypeError(f"unknown command {command!r}")
-
-    @staticmethod
-    def _device_of(command: Command) -> str:
-        if isinstance(command, Play | FinishPlayback | StopPlayback | PlayCue):
-            return "speaker"
-        if isinstance(command, SetLed):
-            return "indicator"
-        if isinstance(command, ReportStatus | RunTool | Stop):
-            return "app"
-        return LINK_DEVICE
 
     # ------------------------------------------------------------------ background tasks
 

@@ -466,7 +466,11 @@ class Conversation:
 
     def _drop_turn(self, turn: _Turn, now: float) -> list[Command]:
         self._turn = None
-        cmds = self._wire(ClearAudio()) if turn.audio_ms > 0 else []
+        cmds: list[Command] = []
+        if not self._linked:  # the audio never left: forget it rather than send and clear
+            self._outbox = [c for c in self._outbox if not isinstance(c, SendAudio)]
+        elif turn.audio_ms > 0:
+            cmds = self._wire(ClearAudio())
         return cmds + self._settle(now)
 
     def _barge_in(self, source: TurnSource, now: float, preroll: bool) -> list[Command]:
@@ -486,6 +490,7 @@ class Conversation:
         self._response_id = None
         self._response_expected = self._cancel_next_created = False
         self._tool_calls.clear()
+        self._outbox.clear()  # a turn that failed must not reach a later session
         self._error_until = now + self.settings.error_hold_s
         if self.phase is not Phase.ERROR:
             cmds.append(PlayCue("error"))
@@ -592,7 +597,7 @@ class Conversation:
         return cmds
 
     def _text(self, ev: TextRequested, now: float) -> list[Command]:
-        if self._faults:
+        if any(device != LINK_DEVICE for device in self._faults):
             return [PlayCue("error"), ReportStatus(self.status_text())]
         cmds = self._interrupt()
         if not self._linked and not self._connecting:

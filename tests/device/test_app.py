@@ -460,3 +460,21 @@ async def test_interceptor_consumes_events_before_the_core() -> None:
     rig.app.update_session(SessionConfig(instructions="new agent"))
     await until(lambda: rig.link.sent[-1] == UpdateSession(SessionConfig(instructions="new agent")))
     await rig.app.shutdown()
+
+
+async def test_an_adapter_method_raising_is_logged_and_the_loop_goes_on() -> None:
+    """A speaker whose play() raises costs that chunk only; the turn still completes."""
+    rig = Rig()
+
+    def broken(item_id: str, pcm: bytes) -> None:
+        raise OSError("ALSA underrun")
+
+    rig.speaker.play = broken  # type: ignore[method-assign]
+    await rig.app.start()
+    await until(lambda: rig.conv.phase is Phase.IDLE)
+    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
+    await asyncio.sleep(0)
+    rig.button.fire(*hold_to_talk())
+    await done
+    assert rig.app.command_errors == 2
+    await rig.app.shutdown()

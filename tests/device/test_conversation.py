@@ -645,3 +645,14 @@ def test_update_session_switches_live_and_survives_reconnects() -> None:
     assert cmd.config.turn_detection == kept
     conv.handle(LinkDown("network", retrying=True), 1.0)
     assert conv.handle(LinkUp("sess_2", None), 2.0)[0] == cmd
+
+
+def test_on_demand_short_press_while_connecting_sends_nothing() -> None:
+    """A turn dropped before the link is up never reaches the session: no audio, no clear."""
+    conv = Conversation(Settings(session_policy="on_demand"))
+    conv.start(0.0)
+    conv.handle(ButtonPressed(), 1.0)
+    conv.handle(voiced(), 1.0)
+    play(conv, [(1.1, ButtonReleased(0.1), [SetLed("connecting")])])
+    link_up = [UpdateSession(SessionConfig()), SetLed("idle")]
+    play(conv, [(1.5, LinkUp("sess_1", None), link_up)])
