@@ -340,7 +340,7 @@ def detect_release(boot: BootFs, override: str | None = None) -> Release:
     seeds = [s for s in CLOUD_INIT_SEEDS if s in names]
     date = issue_date(boot)
     if seeds:
-        return Release("trixie", "cloud-init", f"cloud-init seed files ({', '.join(seeds)})")
+        return Release("trixie", "cloud-init", f"it has cloud-init seeds: {', '.join(seeds)}")
     if date is None:
         raise TargetError(
             f"{boot.description}: cannot tell the release (no issue.txt and no cloud-init "

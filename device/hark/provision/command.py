@@ -306,7 +306,7 @@ def build_plan(
     plan.append(Write(f"{card}/firstboot.sh", render.firstboot_sh(values).encode()))
     plan.append(Write(f"{card}/hark.toml", config_bytes))
     plan.append(Write(f"{card}/device-token", (token + "\n").encode(), secret=True))
-    instance_id = f"hark-{hostname}-{int(time.time() * 1000)}"
+    instance_id = f"hark-{int(time.time() * 1000)}"  # unique per provisioning, like Imager's
     if release.method == "firstrun":
         if wifi is not None:
             profile = render.nmconnection(wifi).encode()
