@@ -269,7 +269,6 @@ class ToolRunner:
             return error_output(f"the user declined to run {name}; it was not run")
         return None
 
-    @property
     def pending_approvals(self) -> tuple[PendingApproval, ...]:
         """Calls waiting for a decision, oldest first."""
         return tuple(p for p, _ in self._pending.values())

@@ -180,16 +180,16 @@ async def test_approval_approved_refused_and_timed_out() -> None:
     runner = ToolRunner(billing, approval_timeout_s=30, on_approval_required=asked.append)
 
     task = asyncio.create_task(runner.run("call_a", "open_garage", "{}"))
-    while not runner.pending_approvals:
+    while not runner.pending_approvals():
         await asyncio.sleep(0)
     assert asked == [PendingApproval("call_a", "open_garage", "{}")]
     assert runner.approve()  # the oldest pending call (a button press)
     assert await task == "opened"
-    assert runner.pending_approvals == ()
+    assert runner.pending_approvals() == ()
     assert not runner.approve("call_a")  # nothing waits any more
 
     task = asyncio.create_task(runner.run("call_r", "open_garage", "{}"))
-    while not runner.pending_approvals:
+    while not runner.pending_approvals():
         await asyncio.sleep(0)
     assert runner.reject("call_r")
     refused = json.loads(await task)
@@ -198,7 +198,7 @@ async def test_approval_approved_refused_and_timed_out() -> None:
     runner.approval_timeout_s = 0.01
     timed_out = json.loads(await runner.run("call_t", "open_garage", "{}"))
     assert "did not approve open_garage within 0.01 s" in timed_out["error"]
-    assert runner.pending_approvals == ()
+    assert runner.pending_approvals() == ()
 
 
 async def test_end_conversation_is_reported() -> None:
