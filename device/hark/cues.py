@@ -56,7 +56,7 @@ def read_wav(path: Path, rate_hz: int) -> Samples:
     return as_samples(resample(mono.tobytes(), file_rate_hz, rate_hz))
 
 
-def load_cues(rate_hz: int, files: Mapping[Cue, Path | str] | None = None) -> dict[Cue, Samples]:
+def load_cues(rate_hz: int, files: Mapping[str, Path | str] | None = None) -> dict[Cue, Samples]:
     """Every cue at ``rate_hz``: the owner's file where given and readable, else the tone.
 
     A broken cue file is logged and replaced by the default; a cue is not worth failing

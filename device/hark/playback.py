@@ -221,10 +221,14 @@ class PlaybackBuffer:
         if not self._tail_was_audio:  # audio starts after silence: fade in
             n = min(fade, pos)
             out[:n] = ramp(out[:n], 0.0, 1.0)
-        if pos < frames:  # audio runs out inside this chunk: fade out its tail
+        if pos < frames or not self._segments:
+            # audio runs out in (or exactly at the end of) this chunk: fade out its tail,
+            # so an underrun dips instead of clicking; what comes next fades in
             n = min(fade, pos)
             out[pos - n : pos] = ramp(out[pos - n : pos], 1.0, 0.0)
-        self._tail_was_audio = pos == frames
+            self._tail_was_audio = False
+        else:
+            self._tail_was_audio = True
         return out, True
 
     def _render_stop(self, frames: int) -> tuple[Samples, bool]:

@@ -582,7 +582,7 @@ class SoundcardSpeaker(_StreamAdapter):
         volume: float = 1.0,
         buffer_ms: int = 20,
         fade_ms: float = 5.0,
-        cue_files: Mapping[Cue, Path | str] | None = None,
+        cue_files: Mapping[str, Path | str] | None = None,
         echo_reference: EchoReference | None = None,
         reopen_initial_s: float = 0.5,
         reopen_max_s: float = 10.0,

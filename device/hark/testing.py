@@ -138,7 +138,7 @@ class WavSpeaker:
         buffer_ms: int = 20,
         fade_ms: float = 5.0,
         latency_ms: int = 0,
-        cue_files: Mapping[Cue, Path | str] | None = None,
+        cue_files: Mapping[str, Path | str] | None = None,
         echo_reference: EchoReference | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None

@@ -1,0 +1,144 @@
+"""hark.echo: the echo gate against a synthetic room (delayed, attenuated copy of playback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hark.capture import CaptureChain
+from hark.cues import read_wav
+from hark.echo import ECHO_RATE_HZ, EchoGate, EchoReference, StreamClock
+from hark.pcm import MODEL_RATE_HZ, VadGate, resample
+from hark.testing import speech_wav, synthetic_speech
+
+FRAME = MODEL_RATE_HZ // 50  # 20 ms at 24 kHz
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    """(reply, user) speech at 24 kHz: two different utterances."""
+    d = tmp_path_factory.mktemp("voices")
+    reply = read_wav(
+        speech_wav("the weather today is sunny with a light breeze", d / "r.wav"), MODEL_RATE_HZ
+    )
+    user = read_wav(speech_wav("stop, what about tomorrow", d / "u.wav"), MODEL_RATE_HZ)
+    return reply, user
+
+
+def simulate(
+    reply: np.ndarray,
+    user: np.ndarray | None,
+    delay_ms: int,
+    echo_db: float,
+    user_at_ms: int = 600,
+    gate: bool = True,
+) -> tuple[list[bool], list[bool], EchoGate]:
+    """Play ``reply`` through a fake room into a capture chain; (voiced per frame, user mask)."""
+    ref = EchoReference()
+    echo_gate = EchoGate(ref)
+    chain = CaptureChain(MODEL_RATE_HZ, echo_gate=echo_gate if gate else None)
+    n = len(reply) + MODEL_RATE_HZ
+    played = np.zeros(n, dtype=np.float32)
+    played[: len(reply)] = reply
+    d = MODEL_RATE_HZ * delay_ms // 1000
+    mic = np.zeros(n, dtype=np.float32)
+    mic[d:] = played[: n - d] * 10 ** (echo_db / 20)
+    user_mask = np.zeros(n, dtype=bool)
+    if user is not None:
+        u0 = MODEL_RATE_HZ * user_at_ms // 1000
+        u = user[: n - u0]
+        mic[u0 : u0 + len(u)] += u
+        user_mask[u0 : u0 + len(u)] = True
+    mic16 = np.clip(mic, -32768, 32767).astype(np.int16)
+    t0 = 1000.0
+    voiced: list[bool] = []
+    is_user: list[bool] = []
+    for i in range(0, n - FRAME + 1, FRAME):
+        # the speaker renders a chunk, then the mic delivers the same span
+        chunk = played[i : i + FRAME].astype(np.int16)
+        low = resample(chunk.tobytes(), MODEL_RATE_HZ, ECHO_RATE_HZ, quality="QQ")
+        ref.record(np.frombuffer(low, np.int16), t0 + i / MODEL_RATE_HZ, loud=bool(chunk.any()))
+        frames = chain.process(mic16[i : i + FRAME].tobytes(), t0 + (i + FRAME) / MODEL_RATE_HZ)
+        voiced += [f.voiced for f in frames]
+        is_user += [bool(user_mask[i : i + FRAME].any())] * len(frames)
+    return voiced, is_user, echo_gate
+
+
+@pytest.mark.parametrize("delay_ms", [20, 40, 60])
+def test_own_voice_never_opens_the_gate(
+    voices: tuple[np.ndarray, np.ndarray], delay_ms: int
+) -> None:
+    """Our reply coming back 20-60 ms late at -6 dB never opens a VadGate."""
+    reply, _ = voices
+    voiced, _, gate = simulate(reply, None, delay_ms, -6.0)
+    assert VadGate().feed(voiced) == []
+    assert gate.stats.checked > 20
+
+
+def test_without_the_gate_the_echo_would_open_it(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """Control: the same echo with no gate is called speech (so the gate is what helps)."""
+    reply, _ = voices
+    voiced, _, _ = simulate(reply, None, 40, -6.0, gate=False)
+    assert "opened" in VadGate().feed(voiced)
+
+
+@pytest.mark.parametrize("delay_ms", [20, 60])
+def test_user_over_the_echo_opens_the_gate(
+    voices: tuple[np.ndarray, np.ndarray], delay_ms: int
+) -> None:
+    """A user speaking at normal level over the echo opens the gate while they speak."""
+    reply, user = voices
+    voiced, is_user, _ = simulate(reply, user, delay_ms, -6.0)
+    gate = VadGate()
+    opened_at = [i for i, v in enumerate(voiced) if gate.update(v) == "opened"]
+    assert opened_at, "the user was not heard"
+    assert is_user[opened_at[0]]
+
+
+def test_gate_learns_delay_and_level(voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """After some echo the gate has locked on to the delay and the echo level."""
+    reply, _ = voices
+    _, _, gate = simulate(reply, None, 40, -6.0)
+    assert gate.delay_ms is not None and abs(gate.delay_ms - 40) < 10
+    assert abs(gate.echo_level_db - -6.0) < 3
+
+
+def test_gate_is_idle_without_playback() -> None:
+    """With nothing played recently the gate never vetoes (and costs nothing)."""
+    ref = EchoReference()
+    gate = EchoGate(ref)
+    speech = synthetic_speech(200, ECHO_RATE_HZ)
+    assert not gate.is_echo(speech[:160], 5.0)
+    assert gate.stats.checked == 0
+
+
+def test_reference_window_is_zero_outside_what_was_played() -> None:
+    """The reference window pads unknown time with zeros and returns None when disjoint."""
+    ref = EchoReference(history_ms=100)
+    ref.record(np.full(160, 1000, dtype=np.int16), 10.0)
+    w = ref.window(9.99, 10.03)
+    assert w is not None and len(w) == 320
+    assert w[:80].max() == 0 and w[80:240].min() == 1000 and w[240:].max() == 0
+    assert ref.window(20.0, 20.02) is None
+    assert ref.active(10.1, 0.2) and not ref.active(11.0, 0.2)
+
+
+def test_stream_clock_ignores_bursty_callbacks() -> None:
+    """A burst reveals the stream's origin; later chunks sit on a steady 20 ms timeline."""
+    capture = StreamClock(48_000, "input")
+    # three chunks (captured from t=1.0) delivered at once at 1.06, then one every 20 ms,
+    # each a little late by a varying amount
+    stamps = [capture.stamp(960, 1.06) for _ in range(3)]
+    stamps += [capture.stamp(960, 1.08 + 0.02 * k + 0.004 * (k % 2)) for k in range(5)]
+    assert stamps[2] == pytest.approx(1.04)
+    assert np.allclose(np.diff(stamps[2:]), 0.02, atol=1e-4)
+    playback = StreamClock(48_000, "output")
+    out = [playback.stamp(960, 0.0) for _ in range(3)] + [playback.stamp(960, 1.6)]
+    assert out[-1] == pytest.approx(1.6)  # the stall moved the origin, not the spacing
+
+
+def test_reply_wav_fixture_is_speech(tmp_path: Path) -> None:
+    """The test voices are long enough to mean something."""
+    audio = read_wav(speech_wav("hello there", tmp_path / "h.wav"), MODEL_RATE_HZ)
+    assert len(audio) > MODEL_RATE_HZ // 2
