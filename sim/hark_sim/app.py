@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from hark_sim import protocol
 from hark_sim.brains import make_brain
 from hark_sim.config import KNOWN_MODELS, SimConfig
-from hark_sim.outbox import Outbox, SessionRecord
+from hark_sim.outbox import Link, Outbox, SessionRecord
 from hark_sim.protocol import JSON, error_body, error_event, new_id
 from hark_sim.schema import BETA_SESSION_FIELDS, Num, ProtocolError, check_session
 from hark_sim.session import RealtimeSession
@@ -33,7 +33,7 @@ from hark_sim.session import RealtimeSession
 log = logging.getLogger(__name__)
 
 INSECURE_KEY_PREFIX = "openai-insecure-api-key."
-TRANSPORT_KEY = "hark_sim.transport"
+PROTOCOL_KEY = "hark_sim.protocol"
 NO_KEY_REST = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
@@ -54,6 +54,7 @@ class SimState:
     config: SimConfig
     sessions: list[SessionRecord] = field(default_factory=list)
     keys: dict[str, MintedKey] = field(default_factory=dict)
+    live: dict[str, Link] = field(default_factory=dict)  # open connections by session id
 
 
 def _bearer(header: str | None) -> str | None:
@@ -172,19 +173,15 @@ async def realtime_ws(ws: WebSocket) -> None:
     state.sessions.append(record)
     offered = ws.scope.get("subprotocols", [])
     await ws.accept(subprotocol="realtime" if offered else None)
-    transport = ws.scope.get(TRANSPORT_KEY)
-
-    def abort() -> None:
-        if transport is not None:
-            transport.abort()
-
+    link = Link(ws.scope.get(PROTOCOL_KEY), record)
+    state.live[record.id] = link
     holder: list[RealtimeSession] = []
 
     def on_audio(item_id: str, pcm: bytes) -> None:
         if holder:
             holder[0].on_audio_written(item_id, pcm)
 
-    out = Outbox(ws, record, cfg.faults, abort, on_audio)
+    out = Outbox(ws, record, cfg.faults, link, on_audio)
     writer = asyncio.create_task(out.run())
     expiry: asyncio.Task[None] | None = None
     session: RealtimeSession | None = None
@@ -212,6 +209,7 @@ async def realtime_ws(ws: WebSocket) -> None:
         expiry = asyncio.create_task(_expire(session, cfg.max_session_s))
         await _receive_loop(ws, session, record)
     finally:
+        state.live.pop(record.id, None)
         if expiry is not None:
             expiry.cancel()
         if session is not None:
@@ -290,8 +288,7 @@ async def _receive_loop(ws: WebSocket, session: RealtimeSession, record: Session
 
 async def _expire(session: RealtimeSession, max_session_s: float) -> None:
     await asyncio.sleep(max_session_s)
-    if session.response is not None:
-        session.response.cancel("client_cancelled")
+    await session.cancel_response("client_cancelled")
     minutes = max_session_s / 60
     span = f"{minutes:g} minutes" if minutes >= 1 else f"{max_session_s:g} seconds"
     session.out.put(
@@ -302,15 +299,14 @@ async def _expire(session: RealtimeSession, max_session_s: float) -> None:
 
 
 class _ExposeTransport:
-    """Puts the connection's transport in the scope, so the drop fault can abort it."""
+    """Puts uvicorn's protocol object in the scope, so the faults can reach the transport."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            proto = getattr(send, "__self__", None)
-            scope[TRANSPORT_KEY] = getattr(proto, "transport", None)
+            scope[PROTOCOL_KEY] = getattr(send, "__self__", None)
         await self.app(scope, receive, send)
 
 

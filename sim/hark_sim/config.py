@@ -40,15 +40,21 @@ class Faults:
     - ``drop_after_audio_deltas``: abort the TCP connection (no close frame; the
       client sees 1006) once this many ``response.output_audio.delta`` events of one
       response have been written.
+    - ``stall_after_audio_deltas``: once this many audio deltas of one response have been
+      written, the server goes silent without closing: it stops writing, stops reading
+      (so client pings go unanswered) and stops its own pings, like a dead peer.
     - ``malformed_json``: write one non-JSON text frame right after ``session.created``
       and right before every ``response.created``.
     - ``unknown_events``: write one event of an unknown type (``sim.unknown_event``) at
       the same two points.
+
+    ``SimHandle.drop_connections()`` drops every open connection at once, at any time.
     """
 
     refuse_keys: bool = False
     event_delay_s: float = 0.0
     drop_after_audio_deltas: int | None = None
+    stall_after_audio_deltas: int | None = None
     malformed_json: bool = False
     unknown_events: bool = False
 

@@ -54,6 +54,30 @@ class _Entry:
     audio: bytes = b""
 
 
+class Link:
+    """The raw connection under the ASGI socket (uvicorn's protocol), for the faults."""
+
+    def __init__(self, protocol: Any, record: SessionRecord) -> None:
+        self.protocol = protocol
+        self.record = record
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame (the client sees 1006)."""
+        self.record.closed_code = 1006
+        transport = getattr(self.protocol, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    def stall(self) -> None:
+        """Stop reading and pinging, keeping the TCP connection open."""
+        stop = getattr(self.protocol, "stop_keepalive", None)
+        if callable(stop):
+            stop()
+        transport = getattr(self.protocol, "transport", None)
+        if transport is not None:
+            transport.pause_reading()
+
+
 class ConnectionDroppedError(Exception):
     """The drop fault fired: the transport was aborted."""
 
@@ -66,13 +90,13 @@ class Outbox:
         ws: WebSocket,
         record: SessionRecord,
         faults: Faults,
-        abort: Callable[[], None],
+        link: Link,
         on_audio_written: Callable[[str, bytes], None],
     ) -> None:
         self.ws = ws
         self.record = record
         self.faults = faults
-        self._abort = abort
+        self.link = link
         self._on_audio_written = on_audio_written
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         self._deltas_this_response = 0
@@ -138,9 +162,13 @@ class Outbox:
             limit = self.faults.drop_after_audio_deltas
             if limit is not None and self._deltas_this_response >= limit:
                 log.info("session %s: fault: dropping the connection", self.record.id)
-                self.record.closed_code = 1006
-                self._abort()
+                self.link.abort()
                 raise ConnectionDroppedError
+            limit = self.faults.stall_after_audio_deltas
+            if limit is not None and self._deltas_this_response >= limit:
+                log.info("session %s: fault: stalling the connection", self.record.id)
+                self.link.stall()
+                await asyncio.Event().wait()  # silent until the session ends
 
     async def close(self, code: int, reason: str) -> None:
         """Flush, then send a close frame with ``code``."""

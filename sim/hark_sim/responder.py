@@ -47,13 +47,11 @@ class ResponseRun:
         out: Outbox,
         sim: SimConfig,
         add_item: Callable[[ConvItem], str | None],
-        finish_item: Callable[[str], None],
     ) -> None:
         self.setup = setup
         self.out = out
         self.sim = sim
         self._add_item = add_item
-        self._finish_item = finish_item
         self.cancel_reason: str | None = None
         self._cancelled = asyncio.Event()
         self.output: list[JSON] = []
@@ -139,7 +137,6 @@ class ResponseRun:
     def _end_item(self, index: int, item: JSON, previous: str | None) -> None:
         self.output.append(item)
         if self.setup.conversation_id:
-            self._finish_item(str(item["id"]))
             self.out.put(
                 {
                     "type": "conversation.item.done",

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hark_sim.protocol import BETA_MESSAGE
+
 
 class ProtocolError(Exception):
     """A client mistake; ``close_code`` set means the server closes after the error event."""
@@ -234,7 +236,6 @@ TOOL_CHOICE = Tagged(
     },
     alt=Enum(("auto", "none", "required")),
 )
-MAX_TOKENS = Tagged({}, alt=Anything())
 OUTPUT_MODALITIES = ListOf(Enum(("audio", "text")), max_len=1)
 OUTPUT_AUDIO = Obj({"format": AUDIO_FORMAT, "voice": VOICE, "speed": Num(0.25, 1.5)})
 
@@ -270,12 +271,7 @@ SESSION = Obj(
         ),
         "tools": TOOLS,
         "tool_choice": TOOL_CHOICE,
-        "tracing": Nullable(
-            Tagged(
-                {},
-                alt=Anything(),
-            )
-        ),
+        "tracing": Anything(),
         "max_output_tokens": Anything(),
         "truncation": Anything(),
         "include": Nullable(ListOf(Enum(("item.input_audio_transcription.logprobs",)))),
@@ -304,8 +300,6 @@ BETA_SESSION_FIELDS = frozenset(
 
 
 def beta_error() -> ProtocolError:
-    from hark_sim.protocol import BETA_MESSAGE
-
     return ProtocolError(BETA_MESSAGE, "beta_api_shape_disabled", None, close_code=4000)
 
 

@@ -47,10 +47,15 @@ class SimHandle:
         self._thread = threading.Thread(target=self._serve, name="hark-sim", daemon=True)
         self._error: BaseException | None = None
         self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._server.serve()
 
     def _serve(self) -> None:
         try:
-            asyncio.run(self._server.serve())
+            asyncio.run(self._main())
         except BaseException as exc:  # surfaced by start()
             self._error = exc
 
@@ -73,6 +78,19 @@ class SimHandle:
         if self._thread.is_alive():
             self._server.force_exit = True
             self._thread.join(timeout=5)
+
+    def drop_connections(self) -> int:
+        """Abort every open WebSocket now (no close frame); returns how many."""
+        if self._loop is None:
+            return 0
+
+        async def drop() -> int:
+            links = list(self.state.live.values())
+            for link in links:
+                link.abort()
+            return len(links)
+
+        return asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=10)
 
     def __enter__(self) -> SimHandle:
         return self

@@ -20,7 +20,14 @@ from hark_sim.config import SimConfig
 from hark_sim.outbox import Outbox, SessionRecord
 from hark_sim.protocol import JSON, new_id
 from hark_sim.responder import ResponseRun, ResponseSetup
-from hark_sim.schema import ProtocolError, beta_error, check_response_params, check_session
+from hark_sim.schema import (
+    ITEM,
+    Num,
+    ProtocolError,
+    beta_error,
+    check_response_params,
+    check_session,
+)
 from hark_sim.turns import TurnsMixin
 
 log = logging.getLogger(__name__)
@@ -56,7 +63,7 @@ class RealtimeSession(TurnsMixin):
         self.items: list[ConvItem] = []
         self.response: ResponseRun | None = None
         self._response_task: asyncio.Task[JSON] | None = None
-        self._reply_base = 0  # len(items) when the last response began
+        self._seen: set[str] = set()  # item ids the brain has already been shown
         self.closing: tuple[int, str] | None = None
         self.init_turns()
 
@@ -183,8 +190,6 @@ class RealtimeSession(TurnsMixin):
     # ---- conversation ---------------------------------------------------------------
 
     async def on_conversation_item_create(self, event: JSON) -> None:
-        from hark_sim.schema import ITEM
-
         raw = event.get("item")
         if raw is None:
             raise ProtocolError(
@@ -260,8 +265,6 @@ class RealtimeSession(TurnsMixin):
                 raise ProtocolError(
                     f"Missing required parameter: '{name}'.", "missing_required_parameter", name
                 )
-        from hark_sim.schema import Num
-
         Num(0, None, integer=True).check(event["content_index"], "content_index")
         Num(0, None, integer=True).check(event["audio_end_ms"], "audio_end_ms")
         item = self._require_item(event)
@@ -325,8 +328,8 @@ class RealtimeSession(TurnsMixin):
         out_audio.pop("speed", None)
         out_audio.update((params.get("audio") or {}).get("output") or {})
         in_band = params.get("conversation", "auto") != "none"
-        new_items = self.items[self._reply_base :]
-        self._reply_base = len(self.items)
+        new_items = [i for i in self.items if str(i.data.get("id")) not in self._seen]
+        self._seen.update(str(i.data.get("id")) for i in self.items)
         reply = self.brain.reply(list(self.items), list(new_items))
         setup = ResponseSetup(
             response_id=new_id("resp"),
@@ -339,15 +342,13 @@ class RealtimeSession(TurnsMixin):
             input_audio_ms=sum(len(i.audio) for i in self.items) // audio.BYTES_PER_MS,
             input_text_chars=sum(len(str(i.data.get("content", ""))) for i in self.items),
         )
-        run = ResponseRun(setup, self.out, self.sim, self._add_response_item, self._item_finished)
+        run = ResponseRun(setup, self.out, self.sim, self._add_response_item)
         self.response = run
         self._response_task = asyncio.create_task(self._run_response(run, reply))
 
     def _add_response_item(self, item: ConvItem) -> str | None:
+        self._seen.add(str(item.data.get("id")))
         return self.add_item(item)
-
-    def _item_finished(self, item_id: str) -> None:
-        self._reply_base = len(self.items)
 
     async def _run_response(self, run: ResponseRun, reply: list[Any]) -> JSON:
         try:

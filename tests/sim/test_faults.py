@@ -12,7 +12,7 @@ import websockets
 from hark_sim import SimHandle, audio
 from hark_sim.outbox import UNKNOWN_EVENT_TYPE
 
-from tests.sim.helpers import MANUAL_TURNS, b64, check_server_event, connect
+from tests.sim.helpers import MANUAL_TURNS, Client, b64, check_server_event, connect
 
 
 async def test_refuse_keys(sim: SimHandle) -> None:
@@ -99,3 +99,39 @@ async def test_faults_apply_to_running_sessions(sim: SimHandle) -> None:
         with pytest.raises(websockets.ConnectionClosedError):
             await c.until("response.done")
     await asyncio.sleep(0)
+
+
+async def test_stall_mid_response(sim: SimHandle) -> None:
+    """stall_after_audio_deltas: the server goes silent, so the client's keepalive gives up."""
+    sim.faults.stall_after_audio_deltas = 2
+    async with websockets.connect(
+        sim.ws_url + "?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {sim.api_key}"},
+        ping_interval=0.2,
+        ping_timeout=0.5,
+        close_timeout=0.5,
+    ) as ws:
+        c = Client(ws)
+        await c.until("session.created")
+        await c.send({"type": "session.update", "session": MANUAL_TURNS})
+        await c.until("session.updated")
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(audio.tone(2000))})
+        await c.send({"type": "input_audio_buffer.commit"})
+        await c.send({"type": "response.create"})
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            while True:
+                await c.recv(timeout_s=30)
+    assert closed.value.sent is not None and closed.value.sent.code == 1011
+    assert [e["type"] for e in c.events].count("response.output_audio.delta") == 2
+
+
+async def test_drop_connections_now(sim: SimHandle) -> None:
+    """drop_connections() aborts every open socket at once, between responses too."""
+    async with connect(sim) as c:
+        dropped = await asyncio.to_thread(sim.drop_connections)
+        assert dropped == 1
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await c.recv()
+        assert closed.value.rcvd is None
+    assert sim.sessions[0].wait_closed()
+    assert sim.sessions[0].closed_code == 1006
