@@ -319,8 +319,8 @@ def build_app(
     from hark.events import (
         ButtonLongPressed,
         ButtonPressed,
+        ButtonReleased,
         SessionConfig,
-        UpdateSession,
     )
     from hark.guardrails import GuardrailMonitor
     from hark.history import History
@@ -413,8 +413,9 @@ def build_app(
     holder: dict[str, Any] = {}
 
     def agent_changed(_agent: Any, session: SessionConfig) -> None:
-        # Must be queued before the tool's output (ToolRunner's contract).
-        holder["link"].send(UpdateSession(session))
+        # Queued in inbox order, so it precedes the tool's output (ToolRunner's
+        # contract), and kept by the core for reconnects.
+        holder["app"].update_session(session)
 
     runner = ToolRunner(
         agent,
@@ -458,7 +459,6 @@ def build_app(
             replay_budget_chars=config.session.replay_budget_chars,
             history_max_items=config.history.max_items,
         )
-    holder["link"] = link
     history = History(
         path=config.history.path if config.history.enabled else None,
         max_items=config.history.max_items,
@@ -480,20 +480,33 @@ def build_app(
         runner,
         watchdog_interval_s=interval_s / 2 if interval_s else None,
     )
+    holder["app"] = app
     guardrails = GuardrailMonitor(agent_provider=lambda: runner.agent)
+    deciding = [False]
+
+    def approvals(event: Any) -> bool:
+        """While a tool waits for approval, a press approves it and a long press refuses."""
+        if isinstance(event, ButtonReleased) and deciding[0]:
+            deciding[0] = False
+            return True
+        if not runner.pending_approvals():
+            return False
+        if isinstance(event, ButtonPressed):
+            deciding[0] = True
+            return runner.approve()
+        if isinstance(event, ButtonLongPressed):
+            deciding[0] = True
+            return runner.reject()
+        return False
 
     def observe(event: Any, commands: Any) -> None:
         history.observe(event)
         runner.observe(event)
-        if runner.pending_approvals() and isinstance(event, ButtonPressed | ButtonLongPressed):
-            if isinstance(event, ButtonPressed):
-                runner.approve()
-            else:
-                runner.reject()
         tripped = guardrails.feed(event)
         if tripped is not None:
             app.interrupt(say=tripped.fallback)
 
+    app.add_interceptor(approvals)
     app.add_listener(observe)
     return Daemon(app, closers)
 

@@ -297,3 +297,137 @@ async def test_sigterm_cancels_a_stuck_app(
     await _until(lambda: len(apps) == 1)
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(serving, 5) == cli.EX_OK
+
+
+# --------------------------------------------------------------------------- whole processes
+
+
+@pytest.fixture
+def sim() -> Iterator[Any]:
+    """hark_sim on an ephemeral loopback port, parrot brain, no pacing."""
+    from hark_sim import SimConfig, start_sim
+
+    with start_sim(SimConfig(api_key="sk-test-cli", brain="parrot", realtime_factor=0)) as handle:
+        yield handle
+
+
+def _sim_config(sim: Any, tmp: Path, extra: str = "") -> Path:
+    token = tmp / "token"
+    token.write_text(sim.api_key + "\n")
+    token.chmod(0o600)
+    path = tmp / "hark.toml"
+    path.write_text(
+        f'[backend]\nurl = "{sim.base_url}/realtime/client_secrets"\ntoken_file = "token"\n'
+        f'[realtime]\nurl = "{sim.ws_url}"\n'
+        '[history]\npath = "history.jsonl"\n' + extra
+    )
+    return path
+
+
+class NotifyListener:
+    """A real NOTIFY_SOCKET: a datagram socket in the test's temp dir."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(30)
+        self.seen: list[str] = []
+
+    def until(self, predicate: Any) -> str:
+        while True:
+            message = self.sock.recv(4096).decode()
+            self.seen.append(message)
+            if predicate(message):
+                return message
+
+
+@pytest.mark.slow
+def test_run_under_notify_socket_with_reload_and_stop(sim: Any, tmp_path: Path) -> None:
+    """`hark run`: READY, WATCHDOG, STATUS; SIGHUP bad keeps, good reloads; SIGTERM stops."""
+    path = _sim_config(sim, tmp_path)
+    listener = NotifyListener(tmp_path / "notify")
+    env = dict(os.environ)
+    env.update(
+        NOTIFY_SOCKET=str(listener.path),
+        WATCHDOG_USEC="400000",
+        GPIOZERO_PIN_FACTORY="mock",
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hark.cli", "run", "--fake-audio", "--config", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        listener.until(lambda m: m == "READY=1")
+        listener.until(lambda m: m == "WATCHDOG=1")
+        listener.until(lambda m: m.startswith("STATUS=idle"))
+
+        path.write_text(path.read_text() + "[trigger]\nmode = 'vox'\n")
+        proc.send_signal(signal.SIGHUP)
+        refused = listener.until(lambda m: m.startswith("STATUS=reload refused"))
+        assert "trigger.mode" in refused
+        assert proc.poll() is None
+
+        path.write_text(_sim_config(sim, tmp_path, "[log]\nlevel = 'debug'\n").read_text())
+        mark = len(listener.seen)
+        proc.send_signal(signal.SIGHUP)
+        listener.until(lambda m: m == "RELOADING=1")
+        listener.until(lambda m: m == "READY=1")
+        assert "STOPPING=1" not in listener.seen[mark:]  # a reload is not a stop
+        listener.until(lambda m: m == "WATCHDOG=1")
+
+        proc.send_signal(signal.SIGTERM)
+        listener.until(lambda m: m == "STOPPING=1")
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert "sk-test-cli" not in output  # the token never reaches the log
+    assert "reload refused" in output
+
+
+@pytest.mark.slow
+def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
+    """`hark say TEXT` sends a text turn and prints the reply (sound to a fake speaker)."""
+    path = _sim_config(sim, tmp_path)
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    result = subprocess.run(
+        [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(path), "hi"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """`hark demo` runs a spoken turn offline, prints phases and transcript, writes reply.wav."""
+    import wave
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "hark.cli", "demo", "--speed", "0", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for phase in ("listening", "thinking", "speaking", "idle"):
+        assert f"phase   {phase}" in result.stdout
+    assert "assistant:" in result.stdout
+    assert "release -> first reply audio" in result.stdout
+    with wave.open(str(out / "reply.wav")) as w:
+        assert w.getnframes() / w.getframerate() > 1.0
