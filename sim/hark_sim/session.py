@@ -65,6 +65,7 @@ class RealtimeSession(TurnsMixin):
         self._response_task: asyncio.Task[JSON] | None = None
         self._seen: set[str] = set()  # item ids the brain has already been shown
         self.closing: tuple[int, str] | None = None
+        self.spoke = False  # assistant audio was written: the voice is fixed
         self.init_turns()
 
     # ---- plumbing -------------------------------------------------------------------
@@ -101,6 +102,7 @@ class RealtimeSession(TurnsMixin):
         item = self.find(item_id)
         if item is not None:
             item.audio += pcm
+        self.spoke = True
 
     def effective_turn_detection(self) -> JSON | None:
         td = self.config["audio"]["input"]["turn_detection"]
@@ -151,6 +153,13 @@ class RealtimeSession(TurnsMixin):
         if "model" in session and session["model"] != self.config["model"]:
             raise ProtocolError(
                 "Cannot update a session's model.", "invalid_value", "session.model"
+            )
+        voice = ((session.get("audio") or {}).get("output") or {}).get("voice")
+        if self.spoke and voice is not None and voice != self.config["audio"]["output"]["voice"]:
+            raise ProtocolError(
+                "Cannot update a conversation's voice if assistant audio is present.",
+                "cannot_update_voice",
+                "session.audio.output.voice",
             )
         update = {k: v for k, v in session.items() if k != "type"}
         self.config = protocol.deep_merge(self.config, update)

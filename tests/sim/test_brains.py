@@ -118,3 +118,10 @@ def test_parrot_repeats_the_latest_user_turn() -> None:
     ]
     reply = ParrotBrain().reply(items, items[1:])
     assert reply == [Speech("You spoke for 1.50 seconds.", pcm)]
+
+
+def test_bundled_scenario_loads() -> None:
+    """The example scenario shipped with the package is valid."""
+    path = Path(__file__).resolve().parents[2] / "sim/hark_sim/scenarios/kitchen.toml"
+    scenario = load_scenario(path)
+    assert scenario.turns[1].calls[0].name == "set_timer"

@@ -303,3 +303,17 @@ async def test_response_while_active_and_cancel(sim: SimHandle) -> None:
         assert (await c.error())["message"].startswith(f"Audio content of {sent_ms}ms")
         await c.send({"type": "response.cancel"})
         assert (await c.error())["code"] == "response_cancel_not_active"
+
+
+async def test_voice_is_fixed_after_first_audio(sim: SimHandle) -> None:
+    """The voice may change before the first assistant audio, not after it."""
+    voice = {"type": "realtime", "audio": {"output": {"voice": "marin"}}}
+    async with connect(sim) as c:
+        await c.send({"type": "session.update", "session": voice})
+        await c.until("session.updated")
+        await c.send({"type": "session.update", "session": MANUAL_TURNS})
+        await c.until("session.updated")
+        await manual_turn(c, audio.tone(200))
+        voice["audio"]["output"]["voice"] = "cedar"  # type: ignore[index]
+        await c.send({"type": "session.update", "session": voice})
+        assert (await c.error())["code"] == "cannot_update_voice"
