@@ -72,8 +72,12 @@ step() {
     fail "$name"
 }
 
+# Called once per provisioning (firstrun.sh, or cloud-init's per-instance runcmd): a
+# re-provisioned card on a Pi that ran hark before must install again, so the old
+# stamp goes.
 install_unit() {
     local script="${CARD#"$ROOT"}/firstboot.sh"
+    rm -f "$STAMP"
     mkdir -p "$UNIT_DIR/multi-user.target.wants" || return 1
     cat >"$UNIT_DIR/hark-firstboot.service" <<EOF
 [Unit]
@@ -241,7 +245,7 @@ main() {
         step "enable ssh for $SSH_USER" systemctl enable --now ssh
     fi
     step "enable hark.service" systemctl enable hark.service
-    date -u +%Y-%m-%dT%H:%M:%SZ >"$STAMP"
+    echo "card provisioned $PROVISIONED_AT, installed $(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$STAMP"
     if timeout 180 systemctl restart hark.service >>"$OUT" 2>&1; then
         note "ok      start hark.service"
     else

@@ -454,3 +454,51 @@ def test_bare_fat_partition_image(tmp_path: Path, inputs: dict[str, Path]) -> No
     assert main(argv(image, inputs)) == 0
     cmdline = run("mcopy", "-n", "-i", str(image), "::/cmdline.txt", "-").stdout.decode()
     assert "systemd.run=/boot/firmware/firstrun.sh" in cmdline
+
+
+def test_wheelhouse_too_big_for_the_partition(
+    tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wheelhouse bigger than the FAT partition's free space is refused before any write."""
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    with (house / "hark_voice-0.1.0-py3-none-any.whl").open("wb") as fh:
+        fh.truncate(20 * 1024 * 1024)  # sparse: never really copied
+    image = make_image(tmp_path, "bookworm")
+    before = image.read_bytes()
+    assert main(argv(image, inputs, "--wheelhouse", str(house))) == 1
+    assert "MiB free" in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+
+def test_wheelhouse_is_copied_file_by_file(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """Every wheel of --wheelhouse lands in hark/wheels and firstboot installs from the folder."""
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    for name in ("hark_voice-0.1.0-py3-none-any.whl", "numpy-2.1.0-cp311-manylinux_aarch64.whl"):
+        (house / name).write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    image = make_image(tmp_path, "trixie")
+    assert main(argv(image, inputs, "--wheelhouse", str(house))) == 0
+    assert {"hark_voice-0.1.0-py3-none-any.whl", "numpy-2.1.0-cp311-manylinux_aarch64.whl"} <= (
+        mlist(image, "hark/wheels")
+    )
+    assert "INSTALL_FROM=wheelhouse" in mread(image, "hark/firstboot.sh")
+
+
+def test_reprovisioning_removes_leftovers(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """Re-provisioning without Wi-Fi or with another wheel leaves no stale profile or wheel."""
+    folder = make_folder(tmp_path, "bookworm")
+    old = tmp_path / "hark_voice-0.0.9-py3-none-any.whl"
+    old.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    assert main(argv(folder, inputs, "--wheel", str(old))) == 0
+    (folder / "hark-firstboot.log").write_text("old result\n")
+    args = argv(folder, inputs)
+    i = args.index("--wifi-ssid")
+    del args[i : i + 6]  # no Wi-Fi this time
+    new = tmp_path / "hark_voice-0.1.0-py3-none-any.whl"
+    new.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    assert main([*args, "--wheel", str(new)]) == 0
+    assert not (folder / "hark" / "wifi.nmconnection").exists()
+    assert not (folder / "hark-firstboot.log").exists()
+    assert [p.name for p in (folder / "hark" / "wheels").iterdir()] == [new.name]
+    assert "hark-wifi" not in (folder / "firstrun.sh").read_text()

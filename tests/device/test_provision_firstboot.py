@@ -398,3 +398,35 @@ def test_real_install_device_from_the_card(tmp_path: Path) -> None:
     assert (root / "etc/hark/hark.toml").read_text() == CONFIG
     assert (root / "etc/hark/device-token").stat().st_mode & 0o777 == 0o600
     assert not (boot / "hark/device-token").exists()
+
+
+def test_reprovisioned_card_on_a_used_pi_installs_again(tmp_path: Path) -> None:
+    """A new provisioning (its --install-unit hook) clears the old stamp, so the new token and
+    config are installed; without it a re-run stays a no-op."""
+    boot = provision(tmp_path, "trixie")
+    root, env = throwaway_root(tmp_path)
+    assert run(boot / "hark/firstboot.sh", env).returncode == 0
+    assert (root / "var/lib/hark/firstboot.done").exists()
+
+    (tmp_path / "token").write_text("hk_dev_second_token_0001\n")
+    assert (
+        main(
+            [
+                str(boot),
+                "--config",
+                str(tmp_path / "hark.toml"),
+                "--hostname",
+                "hark-den",
+                "--token-file",
+                str(tmp_path / "token"),
+                "--install-script",
+                str(tmp_path / "install-device"),
+            ]
+        )
+        == 0
+    )
+    assert run(boot / "hark/firstboot.sh", env, "--install-unit", "--start").returncode == 0
+    assert not (root / "var/lib/hark/firstboot.done").exists()
+    assert run(boot / "hark/firstboot.sh", env).returncode == 0
+    assert (root / "etc/hark/device-token").read_text().strip() == "hk_dev_second_token_0001"
+    assert "hark-den" not in (root / "var/lib/hark/firstboot.done").read_text()

@@ -72,6 +72,17 @@ class BootFs:
     def write(self, path: str, data: bytes, *, secret: bool = False) -> None:
         raise NotImplementedError
 
+    def copy_in(self, source: Path, path: str) -> None:
+        """Copy a (possibly large) local file without reading it into memory."""
+        raise NotImplementedError
+
+    def size_b(self, path: str) -> int:
+        """Size of an existing file, 0 when absent (for the free-space check)."""
+        raise NotImplementedError
+
+    def free_b(self) -> int:
+        raise NotImplementedError
+
     def mkdir(self, path: str) -> None:
         raise NotImplementedError
 
@@ -116,6 +127,19 @@ class FolderBoot(BootFs):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def copy_in(self, source: Path, path: str) -> None:
+        dest = self._path(path)
+        tmp = dest.with_name(f".hark-{dest.name}")
+        shutil.copyfile(source, tmp)
+        tmp.replace(dest)
+
+    def size_b(self, path: str) -> int:
+        where = self._path(path)
+        return where.stat().st_size if where.is_file() else 0
+
+    def free_b(self) -> int:
+        return shutil.disk_usage(self.root).free
 
     def mkdir(self, path: str) -> None:
         self._path(path).mkdir(parents=True, exist_ok=True)
@@ -178,6 +202,21 @@ class ImageBoot(BootFs):
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             self._run("mcopy", "-o", "-n", str(src), f"::/{path.lstrip('/')}")
+
+    def copy_in(self, source: Path, path: str) -> None:
+        self._run("mcopy", "-o", "-n", str(source), f"::/{path.lstrip('/')}")
+
+    def size_b(self, path: str) -> int:
+        if not self.exists(path):
+            return 0
+        out = self._run("mdir", f"::/{path.lstrip('/')}").decode("utf-8", errors="replace")
+        match = re.search(r"^\s*1 file\s+([\d ]+?) bytes", out, re.MULTILINE)
+        return int(match.group(1).replace(" ", "")) if match else 0
+
+    def free_b(self) -> int:
+        out = self._run("mdir", "::/").decode("utf-8", errors="replace")
+        match = re.search(r"([\d ]+?) bytes free", out)
+        return int(match.group(1).replace(" ", "")) if match else 2**63
 
     def mkdir(self, path: str) -> None:
         if not self.exists(path):

@@ -54,9 +54,14 @@ class Write:
     """One file for the boot partition; ``secret`` ones are never shown and written 0600."""
 
     path: str
-    data: bytes
+    data: bytes = b""
     secret: bool = False
     shown: str = ""  # for --dry-run: a one-line preview instead of the size
+    source: Path | None = None  # copied from this file instead of ``data`` (big wheels)
+
+    @property
+    def size_b(self) -> int:
+        return self.source.stat().st_size if self.source is not None else len(self.data)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -284,7 +289,7 @@ def build_plan(
     else:
         install_from, wheel_name = "index", ""
     for wheel in wheels:
-        plan.append(Write(f"{card}/wheels/{wheel.name}", wheel.read_bytes()))
+        plan.append(Write(f"{card}/wheels/{wheel.name}", source=wheel))
     script = _support_file(args.install_script, "scripts/install-device", _hark_wheels_of(wheels))
     unit = _support_file(args.unit, "systemd/hark.service", _hark_wheels_of(wheels))
     if script is not None:
@@ -337,24 +342,47 @@ def _describe(w: Write) -> str:
         return "<redacted> (secret, mode 0600)"
     if w.shown:
         return w.shown
-    return f"{len(w.data)} bytes"
+    return f"{w.size_b} bytes"
+
+
+def _check_space(boot: BootFs, plan: list[Write]) -> None:
+    """Refuse before the first write when the files cannot fit (FAT fills up silently)."""
+    replaced = sum(boot.size_b(w.path) for w in plan)  # overwritten files free their space
+    slack_b = 64 * 1024 * len(plan)  # cluster rounding and directory entries
+    needed_b = sum(w.size_b for w in plan) - replaced + slack_b
+    free_b = boot.free_b()
+    if needed_b > free_b:
+        raise TargetError(
+            f"the boot partition has {free_b / 2**20:.1f} MiB free but this needs "
+            f"{needed_b / 2**20:.1f} MiB more; use --wheel or --index-url instead of "
+            "--wheelhouse, or remove files from the boot partition"
+        )
 
 
 def apply(boot: BootFs, plan: list[Write], dry_run: bool) -> None:
-    """Write the plan (or list it); folders first, stale results of an earlier run removed."""
-    folders = sorted({w.path.rsplit("/", 1)[0] for w in plan if "/" in w.path}, key=len)
+    """Write the plan (or list it): space checked, folders made, stale results removed."""
     verb = "would write" if dry_run else "wrote"
-    for folder in folders:
-        if not dry_run:
+    if not dry_run:
+        _check_space(boot, plan)
+        folders = sorted({w.path.rsplit("/", 1)[0] for w in plan if "/" in w.path}, key=len)
+        for folder in folders:
             parts = folder.split("/")
             for i in range(1, len(parts) + 1):
                 boot.mkdir("/".join(parts[:i]))
-    if not dry_run:
-        boot.delete("hark-firstboot.log")
-        if not any(w.path == "firstrun.sh" for w in plan):
-            boot.delete("firstrun.sh")
+        # Leftovers of an earlier provisioning of this card: its log, a Wi-Fi profile or
+        # hook this run does not write (a stale secret otherwise), other wheels.
+        planned = {w.path.lower() for w in plan}
+        stale = ["hark-firstboot.log", "firstrun.sh", f"{render.CARD_DIR}/wifi.nmconnection"]
+        stale += [f"{render.CARD_DIR}/wheels/{n}" for n in boot.names(f"{render.CARD_DIR}/wheels")]
+        for path in stale:
+            if path.lower() not in planned and not path.endswith("/"):
+                boot.delete(path)
     for w in plan:
-        if not dry_run:
+        if dry_run:
+            pass
+        elif w.source is not None:
+            boot.copy_in(w.source, w.path)
+        else:
             boot.write(w.path, w.data, secret=w.secret)
         print(f"  {verb} {w.path}: {_describe(w)}")
 
@@ -400,9 +428,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     print(f"target:  {boot.description}")
     print(f"release: {release.name}, first boot via {release.method} ({release.evidence})")
+    if args.dry_run and args.backend_admin:
+        print(f"token:   would be minted by running: {args.backend_admin}")
     try:
         plan = build_plan(args, boot, release, inputs, config, token)
         apply(boot, plan, args.dry_run)
+    except TargetError as exc:
+        print(f"hark provision: refusing {args.target}: {exc}", file=sys.stderr)
+        return EXIT_TARGET
     except OSError as exc:
         print(f"hark provision: writing to {args.target} failed: {exc}", file=sys.stderr)
         return EXIT_TARGET
