@@ -21,9 +21,14 @@ from hark.agent import RealtimeAgent, ToolRunner
 from hark.app import App
 from hark.conversation import Conversation, Settings
 from hark.events import (
+    AudioDelta,
+    ButtonPressed,
+    ButtonReleased,
     Event,
+    ItemTruncated,
     LedPattern,
     LinkUp,
+    PlaybackStopped,
     SessionConfig,
     TextRequested,
     UpdateSession,
@@ -358,3 +363,24 @@ async def test_history_survives_rotation_and_restart(scenario: Path, tmp_path: P
         ]
         assert replayed[:4] == texts
         assert [i.text for i in History(path=path).items][-2:] == ["Remember me?", "Hello."]
+
+
+@pytest.mark.parametrize("scenario", [GUARDRAIL], indirect=True)
+async def test_barge_in_keeps_the_reply_as_heard(scenario: Path) -> None:
+    """A button barge-in mid-reply: the history keeps the words heard, marked as cut off."""
+    agent = RealtimeAgent(name="Talker", instructions="Talk.")
+    with sim_for(scenario, realtime_factor=1.0) as sim:
+        async with AgentRig(sim, agent, speaker_speed=1.0) as rig:
+            rig.app.post(TextRequested("Tell me about bread."))
+            await until(lambda: sum(isinstance(e, AudioDelta) for e in rig.events) >= 8)
+            rig.app.post(ButtonPressed())
+            await until(lambda: any(isinstance(e, PlaybackStopped) for e in rig.events))
+            rig.app.post(ButtonReleased(0.5))
+            await until(lambda: any(isinstance(e, ItemTruncated) for e in rig.events))
+            truncated = next(e for e in rig.events if isinstance(e, ItemTruncated))
+            cut = rig.history.find(truncated.item_id)
+    assert cut is not None and cut.role == "assistant"
+    assert cut.heard_ms == truncated.audio_end_ms and cut.status == "incomplete"
+    assert cut.text is not None and cut.text.endswith("…")
+    assert LONG_REPLY.startswith(cut.text[:-1])
+    assert len(cut.text) < len(LONG_REPLY)
