@@ -185,6 +185,7 @@ class ToolRunner:
         self.on_end_conversation = on_end_conversation
         self._pending: dict[str, tuple[PendingApproval, asyncio.Future[bool]]] = {}
         self._locked_voice: str | None = None
+        self._always_approved: set[str] = set()
         self.calls = 0
 
     @property
@@ -227,7 +228,7 @@ class ToolRunner:
             names = ", ".join(s.name for s in self._agent.all_tool_specs()) or "none"
             log.warning("model called unknown tool %r (agent %s)", name, self._agent.name)
             return error_output(f"no tool named {name!r}; available: {names}")
-        if tool.needs_approval:
+        if tool.needs_approval and name not in self._always_approved:
             refusal = await self._await_approval(call_id, name, arguments)
             if refusal is not None:
                 return refusal
@@ -273,18 +274,27 @@ class ToolRunner:
         """Calls waiting for a decision, oldest first."""
         return tuple(p for p, _ in self._pending.values())
 
-    def approve(self, call_id: str | None = None) -> bool:
-        """Approve ``call_id`` (or the oldest pending call); False if nothing was waiting."""
+    def approve(self, call_id: str | None = None, always: bool = False) -> bool:
+        """Approve ``call_id`` (or the oldest pending call); False if nothing was waiting.
+
+        ``always`` approves later calls of the same tool too, for this runner's life.
+        """
+        entry = self._entry(call_id)
+        if entry is not None and always:
+            self._always_approved.add(entry[0].tool_name)
         return self._decide(call_id, True)
 
     def reject(self, call_id: str | None = None) -> bool:
         """Refuse ``call_id`` (or the oldest pending call); the model is told it was declined."""
         return self._decide(call_id, False)
 
-    def _decide(self, call_id: str | None, approved: bool) -> bool:
+    def _entry(self, call_id: str | None) -> tuple[PendingApproval, asyncio.Future[bool]] | None:
         if call_id is None:
             call_id = next(iter(self._pending), None)
-        entry = self._pending.get(call_id) if call_id is not None else None
+        return self._pending.get(call_id) if call_id is not None else None
+
+    def _decide(self, call_id: str | None, approved: bool) -> bool:
+        entry = self._entry(call_id)
         if entry is None or entry[1].done():
             return False
         entry[1].set_result(approved)

@@ -345,3 +345,17 @@ async def test_kitchen_example_session_and_tools() -> None:
         "transfer_to_kitchen",
     ]
     assert [g.get_name() for g in runner.agent.output_guardrails] == ["family_friendly"]
+
+
+async def test_always_approve_skips_later_prompts() -> None:
+    """approve(always=True) lets later calls of that tool run without asking."""
+    _, billing = make_pair()
+    asked: list[PendingApproval] = []
+    runner = ToolRunner(billing, on_approval_required=asked.append)
+    task = asyncio.create_task(runner.run("call_1", "open_garage", "{}"))
+    while not runner.pending_approvals():
+        await asyncio.sleep(0)
+    assert runner.approve("call_1", always=True)
+    assert await task == "opened"
+    assert await runner.run("call_2", "open_garage", "{}") == "opened"
+    assert [p.call_id for p in asked] == ["call_1"]
