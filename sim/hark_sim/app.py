@@ -209,17 +209,18 @@ async def realtime_ws(ws: WebSocket) -> None:
         expiry = asyncio.create_task(_expire(session, cfg.max_session_s))
         await _receive_loop(ws, session, record)
     finally:
-        state.live.pop(record.id, None)
-        if expiry is not None:
-            expiry.cancel()
-        if session is not None:
-            await session.shutdown()
-        await out.flush()
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
-        log.info("session %s: closed code=%s", record.id, record.closed_code)
-        record.ended.set()
+        try:
+            state.live.pop(record.id, None)
+            if expiry is not None:
+                expiry.cancel()
+            if session is not None:
+                await session.shutdown()
+            writer.cancel()  # a server-side close has flushed already; a client close drops
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            log.info("session %s: closed code=%s", record.id, record.closed_code)
+        finally:
+            record.ended.set()
 
 
 def _handshake_error(

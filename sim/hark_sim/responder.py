@@ -196,16 +196,15 @@ class ResponseRun:
         chunk_bytes = max(2, self.sim.audio_chunk_ms * audio.BYTES_PER_MS)
         words = [w + " " for w in text.split(" ")]
         words[-1] = words[-1][:-1]
-        n_chunks = max(1, -(-len(pcm) // chunk_bytes))
+        # Audio sets the rhythm (one chunk per step); text alone goes a word per step.
+        n_chunks = max(1, -(-len(pcm) // chunk_bytes) if pcm else len(words))
         sent_words = 0
         said = ""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        delta_type = (
-            "response.output_text.delta"
-            if text_only
-            else ("response.output_audio_transcript.delta")
-        )
+        delta_type = "response.output_text.delta"
+        if not text_only:
+            delta_type = "response.output_audio_transcript.delta"
         for i in range(n_chunks):
             target = start + i * self.sim.audio_chunk_ms / 1000 * self.sim.realtime_factor
             wait_s = target - loop.time()

@@ -11,7 +11,6 @@ import base64
 import binascii
 import copy
 import logging
-import time
 from typing import Any
 
 from hark_sim import audio, protocol
@@ -386,6 +385,3 @@ class RealtimeSession(TurnsMixin):
         self.stop_turns()
         if self._response_task is not None and not self._response_task.done():
             self._response_task.cancel()
-
-    def now(self) -> float:
-        return time.monotonic()
