@@ -9,19 +9,14 @@ checked, must not write outside the FAT boot partition, and must never print a s
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import getpass
 import importlib.metadata
 import logging
 import os
 import sys
-import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from hark.provision import render
-from hark.provision.bootfs import BootFs, Release, TargetError, detect_release, open_target
+from hark.provision.bootfs import TargetError, detect_release, open_target
 from hark.provision.inputs import (
     FirstUser,
     InputError,
@@ -36,32 +31,15 @@ from hark.provision.inputs import (
     read_token_file,
     wpa_psk,
 )
+from hark.provision.plan import CONFIG_PATH, Request, apply, build_plan
 
 log = logging.getLogger(__name__)
 
 EXIT_TARGET = 1
 EXIT_INPUT = 2
 EXIT_CONFIG = 78  # EX_CONFIG, as the daemon uses for a bad config
-SERVICE_USER = "hark"
-CONFIG_PATH = "/etc/hark/hark.toml"
 DEFAULT_APT = ("python3-venv", "python3-pip", "alsa-utils", "libportaudio2")
 PASSPHRASE_ENV = "HARK_WIFI_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
-REPO_ROOT = Path(__file__).resolve().parents[3]  # device/hark/provision -> checkout root
-
-
-@dataclass(frozen=True)
-class Write:
-    """One file for the boot partition; ``secret`` ones are never shown and written 0600."""
-
-    path: str
-    data: bytes = b""
-    secret: bool = False
-    shown: str = ""  # for --dry-run: a one-line preview instead of the size
-    source: Path | None = None  # copied from this file instead of ``data`` (big wheels)
-
-    @property
-    def size_b(self) -> int:
-        return self.source.stat().st_size if self.source is not None else len(self.data)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -246,147 +224,6 @@ def _load_config(path: Path) -> tuple[bytes, str]:
     return raw, token_path
 
 
-def _from_wheel(wheels: list[Path], suffix: str) -> bytes | None:
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as zf:
-            for name in zf.namelist():
-                if name.endswith(suffix):
-                    return zf.read(name)
-    return None
-
-
-def _support_file(explicit: Path | None, repo_rel: str, wheels: list[Path]) -> bytes | None:
-    """install-device / hark.service: --option, else this checkout, else inside the wheel."""
-    if explicit is not None:
-        return explicit.read_bytes()
-    in_repo = REPO_ROOT / repo_rel
-    if in_repo.is_file():
-        return in_repo.read_bytes()
-    return _from_wheel(wheels, "/" + repo_rel.rsplit("/", 1)[-1])
-
-
-def build_plan(
-    args: argparse.Namespace,
-    boot: BootFs,
-    release: Release,
-    inputs: tuple[str, Wifi | None, FirstUser | None, str | None],
-    config: tuple[bytes, str],
-    token: str,
-) -> list[Write]:
-    """Every file to write, in order: payload first, cmdline.txt last (the hook goes live
-    only once everything it needs is on the card)."""
-    hostname, wifi, user, timezone = inputs
-    config_bytes, token_path = config
-    card = render.CARD_DIR
-    plan: list[Write] = []
-    wheels: list[Path] = []
-    if args.wheel is not None:
-        wheels = [args.wheel]
-        install_from, wheel_name = "wheel", args.wheel.name
-    elif args.wheelhouse is not None:
-        wheels = sorted(args.wheelhouse.glob("*.whl"))
-        install_from, wheel_name = "wheelhouse", ""
-    else:
-        install_from, wheel_name = "index", ""
-    for wheel in wheels:
-        plan.append(Write(f"{card}/wheels/{wheel.name}", source=wheel))
-    script = _support_file(args.install_script, "scripts/install-device", _hark_wheels_of(wheels))
-    unit = _support_file(args.unit, "systemd/hark.service", _hark_wheels_of(wheels))
-    if script is not None:
-        plan.append(Write(f"{card}/scripts/install-device", script))
-    if unit is not None:
-        plan.append(Write(f"{card}/systemd/hark.service", unit))
-    values = render.FirstbootValues(
-        service_user=SERVICE_USER,
-        config_path=CONFIG_PATH,
-        token_path=token_path,
-        install_from=install_from,
-        wheel_name=wheel_name,
-        package_spec=args.package or f"hark-voice=={_version()}",
-        index_url=args.index_url or "",
-        apt_packages=" ".join((*DEFAULT_APT, *args.apt_package)),
-        ssh_user=user.name if user else "",
-        provisioned_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
-    plan.append(Write(f"{card}/firstboot.sh", render.firstboot_sh(values).encode()))
-    plan.append(Write(f"{card}/hark.toml", config_bytes))
-    plan.append(Write(f"{card}/device-token", (token + "\n").encode(), secret=True))
-    instance_id = f"hark-{int(time.time() * 1000)}"  # unique per provisioning, like Imager's
-    if release.method == "firstrun":
-        if wifi is not None:
-            profile = render.nmconnection(wifi).encode()
-            plan.append(Write(f"{card}/wifi.nmconnection", profile, secret=True))
-        text = render.firstrun_sh(hostname, timezone, user, wifi)
-        plan.append(Write("firstrun.sh", text.encode()))
-    else:
-        plan.append(Write("meta-data", render.meta_data(instance_id).encode()))
-        plan.append(Write("user-data", render.user_data(hostname, timezone, user).encode()))
-        plan.append(
-            Write("network-config", render.network_config(wifi).encode(), secret=wifi is not None)
-        )
-    original = boot.read("cmdline.txt").decode("utf-8", errors="replace")
-    country = (
-        wifi.country if wifi else (check_country(args.wifi_country) if args.wifi_country else None)
-    )
-    cmdline = render.edit_cmdline(original, release.method, country, instance_id)
-    plan.append(Write("cmdline.txt", cmdline.encode(), shown=cmdline.strip()))
-    return plan
-
-
-def _hark_wheels_of(wheels: list[Path]) -> list[Path]:
-    return [w for w in wheels if w.name.startswith("hark_voice-")]
-
-
-def _describe(w: Write) -> str:
-    if w.secret:
-        return "<redacted> (secret, mode 0600)"
-    if w.shown:
-        return w.shown
-    return f"{w.size_b} bytes"
-
-
-def _check_space(boot: BootFs, plan: list[Write]) -> None:
-    """Refuse before the first write when the files cannot fit (FAT fills up silently)."""
-    replaced = sum(boot.size_b(w.path) for w in plan)  # overwritten files free their space
-    slack_b = 64 * 1024 * len(plan)  # cluster rounding and directory entries
-    needed_b = sum(w.size_b for w in plan) - replaced + slack_b
-    free_b = boot.free_b()
-    if needed_b > free_b:
-        raise TargetError(
-            f"the boot partition has {free_b / 2**20:.1f} MiB free but this needs "
-            f"{needed_b / 2**20:.1f} MiB more; use --wheel or --index-url instead of "
-            "--wheelhouse, or remove files from the boot partition"
-        )
-
-
-def apply(boot: BootFs, plan: list[Write], dry_run: bool) -> None:
-    """Write the plan (or list it): space checked, folders made, stale results removed."""
-    verb = "would write" if dry_run else "wrote"
-    if not dry_run:
-        _check_space(boot, plan)
-        folders = sorted({w.path.rsplit("/", 1)[0] for w in plan if "/" in w.path}, key=len)
-        for folder in folders:
-            parts = folder.split("/")
-            for i in range(1, len(parts) + 1):
-                boot.mkdir("/".join(parts[:i]))
-        # Leftovers of an earlier provisioning of this card: its log, a Wi-Fi profile or
-        # hook this run does not write (a stale secret otherwise), other wheels.
-        planned = {w.path.lower() for w in plan}
-        stale = ["hark-firstboot.log", "firstrun.sh", f"{render.CARD_DIR}/wifi.nmconnection"]
-        stale += [f"{render.CARD_DIR}/wheels/{n}" for n in boot.names(f"{render.CARD_DIR}/wheels")]
-        for path in stale:
-            if path.lower() not in planned and not path.endswith("/"):
-                boot.delete(path)
-    for w in plan:
-        if dry_run:
-            pass
-        elif w.source is not None:
-            boot.copy_in(w.source, w.path)
-        else:
-            boot.write(w.path, w.data, secret=w.secret)
-        print(f"  {verb} {w.path}: {_describe(w)}")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Provision a card; exit 0, 1 (target refused), 2 (bad input) or 78 (bad config)."""
     try:
@@ -431,7 +268,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.backend_admin:
         print(f"token:   would be minted by running: {args.backend_admin}")
     try:
-        plan = build_plan(args, boot, release, inputs, config, token)
+        hostname, wifi, user, timezone = inputs
+        country = (
+            wifi.country
+            if wifi
+            else (check_country(args.wifi_country) if args.wifi_country else None)
+        )
+        req = Request(
+            hostname=hostname,
+            wifi=wifi,
+            country=country,
+            user=user,
+            timezone=timezone,
+            config_bytes=config[0],
+            token_path=config[1],
+            token=token,
+            wheel=args.wheel,
+            wheelhouse=args.wheelhouse,
+            index_url=args.index_url or "",
+            package=args.package or f"hark-voice=={_version()}",
+            install_script=args.install_script,
+            unit=args.unit,
+            apt_packages=(*DEFAULT_APT, *args.apt_package),
+        )
+        plan = build_plan(boot, release, req)
         apply(boot, plan, args.dry_run)
     except TargetError as exc:
         print(f"hark provision: refusing {args.target}: {exc}", file=sys.stderr)
