@@ -10,7 +10,6 @@ numpy, PyAudio or websockets, so every heavy import happens inside a command.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import json
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from hark import __version__
 
 if TYPE_CHECKING:
+    import asyncio
+
     from hark.config import Config
     from hark.notify import SystemdNotifier
 
@@ -134,6 +135,8 @@ class Supervisor:
         build: AppFactory,
         notifier: SystemdNotifier,
     ) -> None:
+        import asyncio
+
         self.config_path = config_path
         self.config = config
         self.token = token
@@ -179,6 +182,8 @@ class Supervisor:
             self._app.shutdown()
 
     async def serve(self) -> int:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
@@ -211,6 +216,8 @@ class Supervisor:
 
     async def _wait_stop(self, task: asyncio.Task[None]) -> None:
         """Once a stop is requested, give the app ``STOP_WITHIN_S`` and then cancel it."""
+        import asyncio
+
         await self._stop_event.wait()
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(task), STOP_WITHIN_S)
@@ -237,6 +244,8 @@ class _SilentMicrophone:
     """``hark say`` needs no capture: nothing is ever heard."""
 
     async def run(self, post: Any) -> None:
+        import asyncio
+
         await asyncio.Event().wait()
 
 
@@ -512,6 +521,8 @@ def build_app(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from hark.config import ConfigError
     from hark.notify import SystemdNotifier, setup_logging
 
@@ -912,6 +923,7 @@ class _PrintingIndicator:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A whole spoken turn: sim (+ backend) on loopback, WAV mic and speaker, the real pipeline."""
+    import asyncio
     import secrets
     import tempfile
     import time
@@ -980,6 +992,7 @@ def shutil_which(name: str) -> str | None:
 
 async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[str], None]) -> bool:
     """Press, speak the question, release, wait for the reply to finish playing; print phases."""
+    import asyncio
     import time
     import wave
 
@@ -1063,6 +1076,8 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
 
 def cmd_say(args: argparse.Namespace) -> int:
     """Send a typed turn; the reply plays on the configured speaker."""
+    import asyncio
+
     from hark.config import ConfigError
     from hark.notify import setup_logging
 
@@ -1093,6 +1108,8 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 async def _say(daemon: Daemon, text: str, timeout_s: float) -> bool:
+    import asyncio
+
     from hark.events import ShutdownRequested, TextRequested
 
     app = daemon.app

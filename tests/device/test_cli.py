@@ -431,3 +431,43 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "release -> first reply audio" in result.stdout
     with wave.open(str(out / "reply.wav")) as w:
         assert w.getnframes() / w.getframerate() > 1.0
+
+
+def test_devices_lists_alsa_pcms(tmp_path: Path) -> None:
+    """`hark devices` lists inputs and outputs (ALSA file PCMs stand in for a card)."""
+    from tests.audio_rig import alsa_file_env
+
+    env = dict(os.environ, **alsa_file_env(tmp_path))
+    result = hark("devices", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    inputs, _, outputs = result.stdout.partition("outputs:")
+    assert "filein" in inputs
+    assert "fileout" in outputs
+    assert "Hz" in outputs
+
+
+def test_doctor_against_sim(sim: Any, tmp_path: Path) -> None:
+    """`hark doctor` mints a real key through the backend URL and checks audio and GPIO."""
+    from tests.audio_rig import alsa_file_env
+
+    path = _sim_config(sim, tmp_path, '[gpio]\nled_pin = 27\n[audio]\noutput_device = "fileout"\n')
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", **alsa_file_env(tmp_path))
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("config", "token", "backend", "audio input", "audio output", "gpio button"):
+        assert any(line.startswith("ok") and f" {name} " in line for line in lines), name
+    assert "minted a Realtime key" in result.stdout
+    assert sim.api_key not in result.stdout + result.stderr
+
+    (tmp_path / "token").write_text("sk-wrong\n")
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert result.returncode == cli.EX_UNAVAILABLE
+    assert "FAIL backend" in result.stdout
+    assert "fix: the device token was refused" in result.stdout
+
+    (tmp_path / "token").chmod(0o644)
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG
+    assert "FAIL token" in result.stdout
+    assert "chmod 600" in result.stdout

@@ -77,3 +77,37 @@ def test_security_exposure_at_most_2() -> None:
     score = float(match.group(1))
     print(f"systemd-analyze security: {score}")
     assert score <= 2.0
+
+
+MDWE_PROBE = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+# PR_SET_MDWE (65), PR_MDWE_REFUSE_EXEC_GAIN (1): what MemoryDenyWriteExecute=yes enforces.
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    print("unsupported"); sys.exit(0)
+callback = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda x: None)
+callback(1)  # a libffi closure, as soundcard.quiet_alsa() makes
+import numpy as np, soxr, webrtcvad, pyaudio, pydantic_core, websockets
+out = soxr.resample(np.zeros(4800, dtype=np.float32), 48000, 24000)
+vad = webrtcvad.Vad(2)
+vad.is_speech(bytes(960), 48000)
+import hark.cli, hark.config, hark.app, hark.link, hark.soundcard, hark.gpio, hark.agent
+print("ok", len(out))
+"""
+
+
+def test_libraries_work_without_writable_executable_memory() -> None:
+    """MemoryDenyWriteExecute=yes is safe: the audio stack runs under PR_SET_MDWE."""
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", MDWE_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.stdout.strip() == "unsupported":
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 2400"

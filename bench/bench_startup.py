@@ -1,0 +1,119 @@
+"""Daemon start-up and footprint: exec → READY=1 for `hark run`, idle RSS, CLI import costs.
+
+`hark run --fake-audio` (WAV-backed silence in, nothing out; GPIO on gpiozero's mock
+pins) against `hark_sim` on loopback, with a real NOTIFY_SOCKET. Targets (issue 4):
+exec → READY=1 ≤ 0.5 s, idle resident memory ≤ 50 MiB. Prints figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = 5
+IDLE_S = 3.0
+
+
+def _memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS (what the target means) and its private part, RssAnon, from /proc/PID/status."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    return out
+
+
+def _run_once(config: Path, tmp: Path, measure_rss: bool) -> tuple[float, float, dict[str, float]]:
+    """One start: (exec → READY s, exec → session open s, idle RSS MiB)."""
+    path = tmp / f"notify-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=str(path), GPIOZERO_PIN_FACTORY="mock")
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hark.cli", "run", "--fake-audio", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ready_s = linked_s = float("nan")
+    rss: dict[str, float] = {}
+    try:
+        while True:
+            message = sock.recv(4096).decode()
+            now = time.perf_counter() - started
+            if message == "READY=1" and ready_s != ready_s:
+                ready_s = now
+            if message.startswith("STATUS=idle"):
+                linked_s = now
+                break
+        if measure_rss:
+            time.sleep(IDLE_S)
+            rss = _memory_mib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        sock.close()
+    return ready_s, linked_s, rss
+
+
+def _time_cmd(argv: list[str], runs: int = RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    from hark_sim import SimConfig, start_sim
+
+    py = sys.executable
+    print(f"   python startup (python -c pass):       {_time_cmd([py, '-c', 'pass']):6.3f} s")
+    version_s = _time_cmd([py, "-m", "hark.cli", "--version"])
+    print(f"   hark --version:                        {version_s:6.3f} s")
+    for module in ("hark.config", "hark.app", "hark.link", "hark.soundcard"):
+        t = _time_cmd([py, "-c", f"import {module}"])
+        print(f"   import {module:<31} {t:6.3f} s")
+
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        start_sim(SimConfig(api_key="sk-bench", realtime_factor=0)) as sim,
+    ):
+        tmp = Path(tmp_name)
+        token = tmp / "token"
+        token.write_text("sk-bench\n")
+        token.chmod(0o600)
+        config = tmp / "hark.toml"
+        config.write_text(
+            f'[backend]\nurl = "{sim.base_url}/realtime/client_secrets"\ntoken_file = "token"\n'
+            f'[realtime]\nurl = "{sim.ws_url}"\n[history]\nenabled = false\n'
+        )
+        results = [_run_once(config, tmp, measure_rss=(i == RUNS - 1)) for i in range(RUNS)]
+    ready = [r[0] for r in results]
+    linked = [r[1] for r in results]
+    rss = results[-1][2]
+    print(
+        f"   hark run: exec -> READY=1              median {statistics.median(ready):.3f} s, "
+        f"min {min(ready):.3f} s over {RUNS} (target <= 0.5 s)"
+    )
+    print(f"   hark run: exec -> session open (idle)  median {statistics.median(linked):.3f} s")
+    print(
+        f"   hark run: idle VmRSS after {IDLE_S:.0f} s        {rss.get('VmRSS', 0):.1f} MiB "
+        f"(anon {rss.get('RssAnon', 0):.1f}, file {rss.get('RssFile', 0):.1f}; target <= 50 MiB)"
+    )
+    load = os.getloadavg()
+    print(f"   load average while measuring: {load[0]:.2f} on {os.cpu_count()} CPUs")
