@@ -502,3 +502,33 @@ def test_reprovisioning_removes_leftovers(tmp_path: Path, inputs: dict[str, Path
     assert not (folder / "hark-firstboot.log").exists()
     assert [p.name for p in (folder / "hark" / "wheels").iterdir()] == [new.name]
     assert "hark-wifi" not in (folder / "firstrun.sh").read_text()
+
+
+def test_odd_ssid_survives_both_formats(tmp_path: Path) -> None:
+    """An SSID with quotes, ';', '#', '\\' and non-ASCII reaches NetworkManager and netplan
+    byte-exact (NM keyfile byte-list form; netplan as a JSON-quoted YAML string)."""
+    from hark.provision import render
+    from hark.provision.inputs import Wifi
+
+    ssid = 'Café "5G"; #1 \\o/'
+    wifi = Wifi(ssid, wpa_psk(ssid, PASSPHRASE), "FR")
+    profile = configparser.ConfigParser(interpolation=None)
+    profile.read_string(render.nmconnection(wifi))
+    raw = profile["wifi"]["ssid"]
+    assert bytes(int(b) for b in raw.rstrip(";").split(";")) == ssid.encode()
+    net = yaml.safe_load(render.network_config(wifi))["network"]
+    assert list(net["wifis"]["wlan0"]["access-points"]) == [ssid]
+
+
+def test_minimal_firstrun_is_clean_shell(tmp_path: Path) -> None:
+    """firstrun.sh without Wi-Fi, user or time zone still passes bash -n and shellcheck."""
+    from hark.provision import render
+
+    shell_ok(render.firstrun_sh("hark", None, None, None), tmp_path)
+
+
+def test_wrapper_script_runs_the_module() -> None:
+    """scripts/provision-sd runs python -m hark.provision (here: --help, exit 0)."""
+    wrapper = Path(__file__).resolve().parents[2] / "scripts" / "provision-sd"
+    done = subprocess.run([str(wrapper), "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "--wifi-ssid" in done.stdout
