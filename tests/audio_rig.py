@@ -13,7 +13,7 @@ test's temporary directory.
         rec = rig.record_speaker(tmp_path / "out.wav")
         rig.play_into_mic(question_wav)
         rig.loopback(latency_ms=40, volume_db=-6)              # echo: speaker → mic
-        rig.unplug("micfeed"); rig.replug("micfeed")          # a device vanishing
+        rig.crash(); rig.start()                              # every device vanishes, returns
 """
 
 from __future__ import annotations
@@ -121,9 +121,13 @@ class PulseRig:
             f"load-module module-native-protocol-unix auth-anonymous=1 socket={self.socket}\n"
             "set-default-sink speaker\n"
         )
+        # PULSE_SINK/PULSE_SOURCE pin PortAudio's "pulse" device to the rig's sinks, so a
+        # stream cannot silently fall back to another device while one is unplugged.
         self.env = {
             "PULSE_SERVER": f"unix:{self.socket}",
             "PULSE_CLIENTCONFIG": str(client_conf),
+            "PULSE_SINK": "speaker",
+            "PULSE_SOURCE": "micfeed.monitor",
             "JACK_NO_START_SERVER": "1",
         }
         server_env = {
@@ -133,7 +137,8 @@ class PulseRig:
             "XDG_RUNTIME_DIR": str(self.dir / "run"),
             "XDG_CONFIG_HOME": str(self.dir / "config"),
         }
-        server_env.pop("PULSE_SERVER")
+        for key in ("PULSE_SERVER", "PULSE_SINK", "PULSE_SOURCE"):
+            server_env.pop(key)
         log = (self.dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
             [
@@ -174,19 +179,24 @@ class PulseRig:
                 child.kill()
                 child.wait()
         self._children.clear()
+        self.crash()
+
+    def crash(self) -> None:
+        """Kill the server (every device vanishes at once); ``start()`` brings it back."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
         self.proc = None
+        self._modules.clear()
+        self.socket.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ control
 
     def _client_env(self) -> dict[str, str]:
-        return {**os.environ, **self.env}
+        env = {**os.environ, **self.env}
+        for key in ("PULSE_SINK", "PULSE_SOURCE"):  # pactl/paplay name their devices
+            env.pop(key)
+        return env
 
     def _pactl_ok(self, *args: str) -> bool:
         result = subprocess.run(
@@ -210,11 +220,15 @@ class PulseRig:
         self.pactl("unload-module", str(module_id))
 
     def unplug(self, sink: str) -> None:
-        """Make a null sink (and its monitor source) vanish, like a USB device pulled out."""
+        """Remove a null sink and its monitor source.
+
+        PulseAudio moves the streams that used it to another device, so a client sees no
+        error; ``crash()`` is what makes a device vanish for PortAudio.
+        """
         self.unload_module(self._modules.pop(sink))
 
     def replug(self, sink: str) -> None:
-        """Bring a null sink back (or create it the first time)."""
+        """Create (or bring back) a null sink."""
         self._modules[sink] = self.load_module(
             "module-null-sink",
             f"sink_name={sink}",

@@ -314,6 +314,7 @@ class _StreamAdapter:
         self._post: Post | None = None
         self._opened: _Opened | None = None
         self._last_callback_s = 0.0
+        self._frames_seen = 0
         self._clock = StreamClock(48_000, self.direction)
         self._callback_error: str | None = None
         self.opened_device: DeviceInfo | None = None
@@ -338,8 +339,11 @@ class _StreamAdapter:
     def _configure(self, latency_s: float) -> None:
         """Runs on the opening thread once the stream exists, before it starts."""
 
+    def _on_opened(self) -> None:
+        """Runs on the loop once the stream is running."""
+
     def _on_lost(self) -> None:
-        """Runs on the loop when the stream died, before the reopen."""
+        """Runs on the loop when the device is unusable (died, or failed to open)."""
 
     # plumbing
     def _send(self, events: list[Event]) -> None:
@@ -361,6 +365,7 @@ class _StreamAdapter:
             self._prepare(rate, channels)
             frames = max(1, rate * self.buffer_ms // 1000)
             self._last_callback_s = time.monotonic()
+            self._frames_seen = 0
             self._callback_error = None
             stream = pa.open(
                 rate=rate,
@@ -391,6 +396,7 @@ class _StreamAdapter:
         self, in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int
     ) -> tuple[bytes | None, int]:
         self._last_callback_s = time.monotonic()
+        self._frames_seen += frame_count
         try:
             return self._callback(in_data, frame_count, time_info, status)
         except Exception as exc:  # a bug here must not kill PortAudio's thread silently
@@ -434,7 +440,11 @@ class _StreamAdapter:
             if not active:
                 return "stream stopped"
             stalled_s = time.monotonic() - self._last_callback_s
-            if stalled_s > self.stall_timeout_s:
+            # PulseAudio's ALSA plugin pauses ~1.6 s after a stream starts: be patient
+            # until a second of audio has flowed.
+            flowing = self._frames_seen >= opened.rate_hz
+            limit_s = self.stall_timeout_s if flowing else max(self.stall_timeout_s, 5.0)
+            if stalled_s > limit_s:
                 return f"no audio callback for {stalled_s:.1f} s"
 
     async def run(self, post: Post) -> None:
@@ -453,6 +463,7 @@ class _StreamAdapter:
                         log.warning("%s unavailable: %s", self.label, message)
                         post(DeviceLost(self.label, message))
                         lost = True
+                        self._on_lost()
                     await self._close()
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, self.reopen_max_s)
@@ -469,6 +480,7 @@ class _StreamAdapter:
                     opened.channels,
                     opened.latency_s * 1000,
                 )
+                self._on_opened()
                 if lost:
                     post(DeviceRestored(self.label))
                     lost = False
@@ -603,6 +615,9 @@ class SoundcardSpeaker(_StreamAdapter):
         self._resampling_item: str | None = None
         self._latency_s = 0.0
         self.underflows = 0
+        # Commands that arrive while the first open is under way are kept and replayed;
+        # None once the device is known to be unavailable (they are answered at once).
+        self._backlog: list[tuple[str, str | None, bytes]] | None = []
 
     # ---------------------------------------------------------------- ports.Speaker
 
@@ -622,6 +637,8 @@ class SoundcardSpeaker(_StreamAdapter):
         """Queue 24 kHz PCM16 for ``item_id``; resampled here, on the loop, once per delta."""
         buf = self._buffer
         if buf is None:
+            if self._backlog is not None:
+                self._backlog.append(("play", item_id, pcm))
             return  # no device: finish()/stop() answer with played_ms=0
         if self._resampler is None or self._resampling_item != item_id:
             self._resampler = Resampler(MODEL_RATE_HZ, buf.rate_hz)
@@ -631,7 +648,10 @@ class SoundcardSpeaker(_StreamAdapter):
     def finish(self, item_id: str) -> None:
         buf = self._buffer
         if buf is None:
-            self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
+            if self._backlog is not None:
+                self._backlog.append(("finish", item_id, b""))
+            else:
+                self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
             return
         if self._resampler is not None and self._resampling_item == item_id:
             buf.enqueue(item_id, self._resampler.flush())
@@ -642,14 +662,27 @@ class SoundcardSpeaker(_StreamAdapter):
         self._resampler, self._resampling_item = None, None
         buf = self._buffer
         if buf is None:
-            self._post_now(PlaybackStopped(None, 0, interrupted=True))
+            items = [item for _, item, _ in self._backlog or [] if item is not None]
+            if self._backlog is not None:
+                self._backlog.clear()
+            self._post_now(PlaybackStopped(items[-1] if items else None, 0, interrupted=True))
             return
         buf.stop()
 
     def cue(self, cue: Cue) -> None:
         buf = self._buffer
-        if buf is not None and cue in self._cues:
+        if buf is None:
+            if self._backlog is not None:
+                self._backlog.append(("cue", cue, b""))
+            return
+        if cue in self._cues:
             buf.enqueue(None, self._cues[cue])
+
+    @property
+    def frames_rendered(self) -> int:
+        """Frames handed to the current stream (silence included); 0 before it opens."""
+        buf = self._pending
+        return 0 if buf is None else buf.rendered_frames
 
     def played_ms_now(self, item_id: str) -> int:
         """Heard so far of ``item_id``: frames the device consumed minus its latency."""
@@ -681,8 +714,18 @@ class SoundcardSpeaker(_StreamAdapter):
         assert buf is not None
         buf.latency_frames = round(latency_s * buf.rate_hz)
         buf.volume = self._volume
+
+    def _on_opened(self) -> None:
         self._resampler, self._resampling_item = None, None
-        self._buffer = buf
+        self._buffer = self._pending
+        backlog, self._backlog = self._backlog, None
+        for kind, name, pcm in backlog or []:
+            if kind == "play" and name is not None:
+                self.play(name, pcm)
+            elif kind == "finish" and name is not None:
+                self.finish(name)
+            elif kind == "cue" and name in ("listening", "done", "error"):
+                self.cue(name)  # type: ignore[arg-type]
 
     def _on_lost(self) -> None:
         buf, self._buffer = self._buffer, None
@@ -691,6 +734,10 @@ class SoundcardSpeaker(_StreamAdapter):
             for event in buf.drop_all():
                 if event.item_id is not None:
                     self._post_now(event)
+        backlog, self._backlog = self._backlog, None
+        pending = dict.fromkeys(n for k, n, _ in backlog or [] if k != "cue" and n is not None)
+        for item_id in pending:  # queued before the device ever opened: nothing was heard
+            self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
 
     def _callback(
         self, in_data: bytes | None, frame_count: int, time_info: Mapping[str, float], status: int

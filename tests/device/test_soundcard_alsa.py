@@ -1,0 +1,192 @@
+"""hark.soundcard through real PyAudio and ALSA file PCMs: selection, formats, bytes in and out.
+
+PortAudio reads the ALSA configuration when it initialises, so each probe runs in a
+fresh subprocess with ``ALSA_CONFIG_PATH`` from ``tests.audio_rig.alsa_file_env``.  The
+file PCMs are not paced; nothing here depends on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.audio_rig import alsa_file_env
+
+PROBE = r"""
+import asyncio, json, sys
+import numpy as np
+from hark import soundcard
+from hark.events import MicFrame, PlaybackStopped
+
+out = {}
+listing = soundcard.list_devices()
+out["inputs"] = [d.name for d in listing.inputs]
+out["outputs"] = [d.name for d in listing.outputs]
+out["listing"] = str(listing)
+pa = soundcard._open_portaudio()
+out["by_name"] = soundcard.find_device(pa, "filein", "input").name
+idx = soundcard.find_device(pa, "fileout", "output").index
+out["by_index"] = soundcard.find_device(pa, idx, "output").name
+out["by_index_str"] = soundcard.find_device(pa, str(idx), "output").name
+out["default_in"] = soundcard.find_device(pa, None, "input").name
+try:
+    soundcard.find_device(pa, "ReSpeaker", "input")
+except soundcard.DeviceNotFound as exc:
+    out["not_found"] = str(exc)
+dev = soundcard.find_device(pa, "filein", "input")
+out["format_auto"] = soundcard.choose_format(pa, dev, "input")
+pa.terminate()
+
+MODE = sys.argv[1]
+
+async def capture(rate_hz, want):
+    frames = []
+    done = asyncio.Event()
+    def post(e):
+        if isinstance(e, MicFrame):
+            frames.append(e)
+            if len(frames) >= want:
+                done.set()
+        else:
+            out.setdefault("mic_events", []).append(repr(e))
+    mic = soundcard.SoundcardMicrophone("filein", rate_hz=rate_hz)
+    task = asyncio.create_task(mic.run(post))
+    await asyncio.wait_for(done.wait(), 20)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    out["mic_rate"] = mic.opened_rate_hz
+    return b"".join(f.pcm for f in frames[:want])
+
+async def playback(rate_hz, pcm):
+    events = []
+    got = asyncio.Event()
+    def post(e):
+        events.append(e)
+        if isinstance(e, PlaybackStopped):
+            got.set()
+    speaker = soundcard.SoundcardSpeaker("fileout", rate_hz=rate_hz)
+    task = asyncio.create_task(speaker.run(post))
+    speaker.play("item1", pcm)
+    speaker.finish("item1")
+    await asyncio.wait_for(got.wait(), 20)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    out["speaker_rate"] = speaker.opened_rate_hz
+    out["stopped"] = [repr(e) for e in events]
+
+if MODE == "capture24":
+    data = asyncio.run(capture(24000, int(sys.argv[2])))
+    out["captured_hex"] = data.hex()
+elif MODE == "capture48":
+    data = asyncio.run(capture(48000, 50))
+    out["captured_len"] = len(data)
+    x = np.frombuffer(data, np.int16)[4800:]
+    spectrum = np.abs(np.fft.rfft(x))
+    out["peak_hz"] = float(np.argmax(spectrum) * 24000 / len(x))
+elif MODE == "play":
+    pcm = bytes.fromhex(sys.argv[3])
+    asyncio.run(playback(int(sys.argv[2]), pcm))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def probe(tmp_path: Path, capture: bytes, *args: str) -> dict[str, Any]:
+    env = {**os.environ, **alsa_file_env(tmp_path, capture=capture)}
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, f"probe failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    data: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    return data
+
+
+def tone(freq_hz: float, ms: int, rate_hz: int) -> np.ndarray:
+    t = np.arange(rate_hz * ms // 1000) / rate_hz
+    return (8000 * np.sin(2 * np.pi * freq_hz * t)).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def capture24(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], bytes]:
+    """One probe: listing, selection and a 24 kHz capture of known bytes."""
+    tmp = tmp_path_factory.mktemp("alsa24")
+    rng = np.random.default_rng(7)
+    data = rng.integers(-20000, 20000, 24_000 // 50 * 25, dtype=np.int16).tobytes()
+    return probe(tmp, data, "capture24", "25"), data
+
+
+def test_portaudio_lists_the_file_pcms(capture24: tuple[dict[str, Any], bytes]) -> None:
+    """list_devices() shows fileout/filein/default with their rates (what `hark devices` prints)."""
+    out, _ = capture24
+    assert {"filein", "default"} <= set(out["inputs"])
+    assert {"fileout", "default"} <= set(out["outputs"])
+    assert "inputs:" in out["listing"] and "Hz" in out["listing"]
+
+
+def test_devices_are_selected_by_name_index_or_default(
+    capture24: tuple[dict[str, Any], bytes],
+) -> None:
+    """A name substring, an index (int or digits) and None (the default) all select a device."""
+    out, _ = capture24
+    assert out["by_name"] == "filein"
+    assert out["by_index"] == "fileout" and out["by_index_str"] == "fileout"
+    assert out["default_in"] == "default"
+
+
+def test_unknown_device_error_lists_what_exists(capture24: tuple[dict[str, Any], bytes]) -> None:
+    """DeviceNotFound names the wanted device and lists inputs and outputs with rates."""
+    out, _ = capture24
+    message = out["not_found"]
+    assert "'ReSpeaker'" in message and "filein" in message and "fileout" in message
+    assert "Hz" in message
+
+
+def test_capture_format_prefers_48k_mono(capture24: tuple[dict[str, Any], bytes]) -> None:
+    """Auto format picks a supported rate in mono."""
+    out, _ = capture24
+    rate, channels = out["format_auto"]
+    assert channels == 1 and rate in (48_000, 44_100, 24_000)
+
+
+def test_capture_at_24k_reads_the_bytes_exactly(capture24: tuple[dict[str, Any], bytes]) -> None:
+    """At 24 kHz the MicFrames carry the device's bytes unchanged, in order, in 20 ms frames."""
+    out, data = capture24
+    assert out["mic_rate"] == 24_000
+    assert bytes.fromhex(out["captured_hex"]) == data[: 25 * 960]
+
+
+def test_capture_at_48k_resamples_to_24k(tmp_path: Path) -> None:
+    """A 48 kHz device is resampled: 20 ms frames of 960 bytes, the tone's pitch kept."""
+    out = probe(tmp_path, tone(1000, 1200, 48_000).tobytes(), "capture48")
+    assert out["mic_rate"] == 48_000
+    assert out["captured_len"] == 50 * 960
+    assert abs(out["peak_hz"] - 1000) < 10
+
+
+@pytest.mark.parametrize("rate_hz", [24_000, 48_000])
+def test_playback_lands_in_the_file(tmp_path: Path, rate_hz: int) -> None:
+    """Played audio reaches the device (resampled to its rate) and the item is reported."""
+    pcm = tone(440, 300, 24_000)
+    out = probe(tmp_path, b"", "play", str(rate_hz), pcm.tobytes().hex())
+    assert out["speaker_rate"] == rate_hz
+    assert out["stopped"] == ["PlaybackStopped(item_id='item1', played_ms=300, interrupted=False)"]
+    written = np.frombuffer((tmp_path / "out.raw").read_bytes(), np.int16)
+    expected = tone(440, 300, rate_hz).astype(float)
+    n = 1 << 20
+    corr = np.fft.irfft(np.fft.rfft(written, n) * np.conj(np.fft.rfft(expected, n)), n)
+    lag = int(np.argmax(corr[: len(written) - len(expected) + 1]))
+    seg = written[lag : lag + len(expected)].astype(float)
+    assert np.dot(seg, expected) / (np.linalg.norm(seg) * np.linalg.norm(expected)) > 0.99
