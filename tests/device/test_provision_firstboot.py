@@ -208,6 +208,15 @@ def test_bookworm_firstrun_then_firstboot(tmp_path: Path) -> None:
     assert unit["Unit"]["After"].startswith("network-online.target")
     assert unit["Unit"]["ConditionPathExists"] == "!/var/lib/hark/firstboot.done"
     assert (root / "etc/systemd/system/multi-user.target.wants/hark-firstboot.service").is_symlink()
+    if shutil.which("systemd-analyze"):
+        unit_file = root / "etc/systemd/system/hark-firstboot.service"
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(unit_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert verify.returncode == 0, verify.stderr
     assert "usermod -l owner pi" in calls(root)
 
     done = run(boot / "hark/firstboot.sh", env)
