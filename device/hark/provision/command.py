@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     print(f"target:  {boot.description}")
     print(f"release: {release.name}, first boot via {release.method} ({release.evidence})")
+    if args.wheel is None and args.wheelhouse is None:
+        where = args.index_url or "PyPI"
+        spec = args.package or f"hark-voice=={_version()}"
+        print(f"hark:    {spec} from {where} on first boot (--wheel F puts a build on the card)")
     if args.dry_run and args.backend_admin:
         print(f"token:   would be minted by running: {args.backend_admin}")
     try:
