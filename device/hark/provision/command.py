@@ -306,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print("dry run: nothing was written")
     else:
+        os.sync()  # a card reader may still hold the writes in the page cache
         print(
-            f"done. Put the card into the Pi and power it on; after a few minutes (and "
+            f"done. Eject the card, put it into the Pi and power it on; after a few minutes (and "
             f"{'one reboot' if release.method == 'firstrun' else 'cloud-init'}) hark runs as "
             f"hark.service on {inputs[0]}.local. If it does not, read hark-firstboot.log on "
             "the card."
