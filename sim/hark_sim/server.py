@@ -12,12 +12,17 @@ import time
 from types import TracebackType
 
 import uvicorn
+from uvicorn.config import WS_PROTOCOLS
 
 from hark_sim.app import SimState, create_app
 from hark_sim.config import Faults, SimConfig
 from hark_sim.outbox import SessionRecord
 
 log = logging.getLogger(__name__)
+
+# uvicorn's sans-I/O websockets (>= 0.35) sends 4-byte pings like OpenAI and can stop them
+# for the stall fault; older uvicorn falls back to its default implementation.
+WS_IMPL = "websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "auto"
 
 
 def uvicorn_config(cfg: SimConfig, state: SimState, log_level: str = "warning") -> uvicorn.Config:
@@ -26,7 +31,7 @@ def uvicorn_config(cfg: SimConfig, state: SimState, log_level: str = "warning") 
         create_app(state),
         host=cfg.host,
         port=cfg.port,
-        ws="websockets-sansio",
+        ws=WS_IMPL,
         ws_ping_interval=cfg.ping_interval_s if cfg.ping_interval_s > 0 else None,
         ws_ping_timeout=max(20.0, cfg.ping_interval_s),
         ws_max_size=64 * 1024 * 1024,

@@ -157,3 +157,21 @@ async def test_idle_timeout_triggers(sim: SimHandle) -> None:
         assert trig["audio_end_ms"] >= trig["audio_start_ms"]
         after = await c.until("response.done")
     assert "input_audio_buffer.committed" in types_of(after)
+
+
+def test_detector_is_independent_of_chunking() -> None:
+    """The detector gives the same positions whether audio arrives whole or in odd chunks."""
+    from hark_sim.vad import TurnDetector
+
+    td = {"type": "server_vad", "prefix_padding_ms": 300, "silence_duration_ms": 500}
+    signal = audio.silence(500) + audio.tone(1000) + audio.silence(1000)
+    whole = TurnDetector(td).feed(signal, 0)
+    pieces = TurnDetector(td)
+    chunked = []
+    step = 7 * audio.BYTES_PER_MS + 2
+    for i in range(0, len(signal), step):
+        chunked += pieces.feed(signal[i : i + step], 0)
+    assert whole == chunked
+    assert [e.kind for e in whole] == ["started", "stopped"]
+    assert whole[0].ms == 200  # onset at 500 ms minus 300 ms of padding
+    assert 2000 <= whole[1].ms <= 2150  # tone end (1500) + 500 ms silence (+ vad hangover)
