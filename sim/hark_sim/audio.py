@@ -77,7 +77,7 @@ def speak(text: str, voice: str = "en", words_per_minute: int = 175) -> bytes:
     if not text.strip():
         return b""
     if not have_espeak():
-        return text_tone(text)
+        return hum(_text_ms(text))
     with tempfile.TemporaryDirectory(prefix="hark-sim-") as tmp:
         wav_path = Path(tmp) / "say.wav"
         try:
@@ -92,17 +92,36 @@ def speak(text: str, voice: str = "en", words_per_minute: int = 175) -> bytes:
                 channels = wav.getnchannels()
                 frames = wav.readframes(wav.getnframes())
         except (OSError, subprocess.SubprocessError, wave.Error) as exc:
-            log.warning("espeak-ng failed (%s); using a tone", exc)
-            return text_tone(text)
+            log.warning("espeak-ng failed (%s); using a hum", exc)
+            return hum(_text_ms(text))
     if channels != 1:
         frames = np.frombuffer(frames, dtype="<i2")[::channels].tobytes()
     return resample(frames, rate_hz, RATE_HZ)
 
 
+def _text_ms(text: str) -> int:
+    return min(6000, max(300, 60 * len(text)))
+
+
 def text_tone(text: str) -> bytes:
     """A tone whose length follows the text (60 ms a character, 0.3 to 6 s)."""
-    duration_ms = min(6000, max(300, 60 * len(text)))
-    return tone(duration_ms, 330.0 + 10 * (len(text) % 20))
+    return tone(_text_ms(text), 330.0 + 10 * (len(text) % 20))
+
+
+def hum(duration_ms: int) -> bytes:
+    """A voice-like hum (gliding 110–150 Hz harmonics, 3.5 Hz syllable beat).
+
+    Unlike a steady sine, webrtcvad keeps judging it as speech for seconds, so it can
+    stand in for espeak-ng output in VAD-driven flows.
+    """
+    n = max(0, duration_ms * RATE_HZ // 1000)
+    t = np.arange(n) / RATE_HZ
+    f0 = 130.0 + 20.0 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / RATE_HZ
+    x = sum(np.sin(k * phase) / k for k in range(1, 30))
+    x = np.asarray(x, dtype=np.float64) * (0.55 + 0.45 * np.sin(2 * np.pi * 3.5 * t) ** 2)
+    peak = float(np.max(np.abs(x))) if n else 1.0
+    return to_pcm16(x / peak * 0.4)
 
 
 def lowpass_decimate(pcm: bytes, factor: int) -> bytes:

@@ -175,3 +175,14 @@ def test_detector_is_independent_of_chunking() -> None:
     assert [e.kind for e in whole] == ["started", "stopped"]
     assert whole[0].ms == 200  # onset at 500 ms minus 300 ms of padding
     assert 2000 <= whole[1].ms <= 2150  # tone end (1500) + 500 ms silence (+ vad hangover)
+
+
+def test_hum_is_one_long_utterance() -> None:
+    """The espeak-free stand-in for speech is one unbroken utterance to the detector."""
+    from hark_sim.vad import TurnDetector
+
+    td = {"type": "server_vad", "prefix_padding_ms": 300, "silence_duration_ms": 500}
+    signal = audio.silence(500) + audio.hum(3000) + audio.silence(1000)
+    events = TurnDetector(td).feed(signal, 0)
+    assert [e.kind for e in events] == ["started", "stopped"]
+    assert events[0].ms == 200
