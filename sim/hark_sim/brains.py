@@ -121,8 +121,21 @@ def _arguments(value: Any) -> str:
     return json.dumps(value if value is not None else {})
 
 
+BUNDLED_DIR = Path(__file__).resolve().parent / "scenarios"
+
+
+def resolve_scenario(path: Path | str) -> Path:
+    """``path`` itself, or a bundled scenario when given a bare name such as ``kitchen``."""
+    candidate = Path(path)
+    bundled = BUNDLED_DIR / f"{path}.toml"
+    if not candidate.exists() and bundled.exists():
+        return bundled
+    return candidate
+
+
 def load_scenario(path: Path | str) -> Scenario:
-    """Read a TOML scenario file; raises ValueError when it is malformed."""
+    """Read a TOML scenario file (or a bundled one by name); ValueError when malformed."""
+    path = resolve_scenario(path)
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         turns = [

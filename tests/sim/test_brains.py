@@ -125,3 +125,8 @@ def test_bundled_scenario_loads() -> None:
     path = Path(__file__).resolve().parents[2] / "sim/hark_sim/scenarios/kitchen.toml"
     scenario = load_scenario(path)
     assert scenario.turns[1].calls[0].name == "set_timer"
+
+
+def test_bundled_scenario_by_name() -> None:
+    """A bare name finds the bundled scenario file."""
+    assert load_scenario("kitchen").turns[0].say.startswith("Hello!")
