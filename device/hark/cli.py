@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     import asyncio
 
     from hark.config import Config
-    from hark.notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +106,20 @@ def to_toml(data: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the daemon
 
 
+class ServiceNotifier(Protocol):
+    """What the supervisor tells systemd (``hark.notify.SystemdNotifier``)."""
+
+    def ready(self) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
 class RunningApp(Protocol):
     """What the supervisor needs from a built app: run until told to stop."""
 
@@ -133,7 +146,7 @@ class Supervisor:
         config: Config,
         token: str,
         build: AppFactory,
-        notifier: SystemdNotifier,
+        notifier: ServiceNotifier,
     ) -> None:
         import asyncio
 
@@ -338,20 +351,19 @@ def build_app(
     closers: list[Callable[[], None]] = []
     a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
     hands_free = t.mode in ("vad", "both")
-    cue_files = {
-        cue: path
-        for cue, path in (
-            ("listening", a.cue_listening),
-            ("done", a.cue_done),
-            ("error", a.cue_error),
-        )
-        if path is not None
-    }
+    cue_files: dict[Any, Path | str] = {}  # the speakers type keys as hark.events.Cue
+    for cue, cue_path in (
+        ("listening", a.cue_listening),
+        ("done", a.cue_done),
+        ("error", a.cue_error),
+    ):
+        if cue_path is not None:
+            cue_files[cue] = cue_path
     if fake_audio:
         from hark.testing import WavMicrophone, WavSpeaker
 
         mic = mic or WavMicrophone(vad_aggressiveness=v.aggressiveness)
-        speaker = speaker or WavSpeaker(None, volume=a.volume, cue_files=cue_files)  # type: ignore[arg-type]
+        speaker = speaker or WavSpeaker(None, volume=a.volume, cue_files=cue_files)
     if mic is None or speaker is None:
         from hark import soundcard
         from hark.echo import EchoGate, EchoReference
@@ -363,7 +375,7 @@ def build_app(
                 rate_hz=a.output_rate_hz,
                 volume=a.volume,
                 buffer_ms=a.buffer_ms,
-                cue_files=cue_files,  # type: ignore[arg-type]
+                cue_files=cue_files,
                 echo_reference=reference,
             )
         if mic is None:

@@ -233,11 +233,8 @@ def supervisor(
         apps.append(FakeApp(config))
         return apps[-1]
 
-    yield (
-        cli.Supervisor(str(config_dir / "hark.toml"), config, token, build, notifier),
-        apps,
-        notifier,
-    )  # type: ignore[arg-type]
+    sup = cli.Supervisor(str(config_dir / "hark.toml"), config, token, build, notifier)
+    yield sup, apps, notifier
 
 
 async def _until(predicate: Any) -> None:
@@ -290,9 +287,12 @@ async def test_sigterm_cancels_a_stuck_app(
     """An app that ignores shutdown is cancelled after the stop budget."""
     sup, apps, _ = supervisor
     monkeypatch.setattr(cli, "STOP_WITHIN_S", 0.2)
-    sup._build = lambda config, token, notifier: (
-        apps.append(FakeApp(config, stubborn=True)) or apps[-1]
-    )  # type: ignore[assignment,func-returns-value]
+
+    def stubborn(config: Config, token: str, notifier: Any) -> FakeApp:
+        apps.append(FakeApp(config, stubborn=True))
+        return apps[-1]
+
+    sup._build = stubborn
     serving = asyncio.create_task(sup.serve())
     await _until(lambda: len(apps) == 1)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -471,3 +471,29 @@ def test_doctor_against_sim(sim: Any, tmp_path: Path) -> None:
     assert result.returncode == cli.EX_CONFIG
     assert "FAIL token" in result.stdout
     assert "chmod 600" in result.stdout
+
+
+async def test_sigterm_turns_the_led_off(sim: Any, tmp_path: Path) -> None:
+    """The real wiring under the supervisor: the LED shows idle, and SIGTERM leaves it off."""
+    import functools
+
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    factory = MockFactory(pin_class=MockPWMPin)
+    path = _sim_config(sim, tmp_path, "[gpio]\nled_pin = 27\n")
+    config, token = cli._load(str(path), with_token=True)
+    assert token is not None
+    notifier = RecordingNotifier()
+    build = functools.partial(cli.build_app, fake_audio=True, pin_factory=factory)
+    sup = cli.Supervisor(str(path), config, token, build, notifier)
+    serving = asyncio.create_task(sup.serve())
+    try:
+        await _until(lambda: any(m.startswith("STATUS=idle") for m in notifier.messages))
+        await _until(lambda: factory.pin(27).state > 0)
+        assert "READY=1" in notifier.messages
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(serving, 10) == cli.EX_OK
+    assert factory.pin(27).state == 0
+    assert notifier.messages.count("STOPPING=1") >= 1
+    factory.close()

@@ -141,7 +141,7 @@ def test_config_is_frozen() -> None:
     """The config is immutable: a reload builds a new one."""
     config = parse(MINIMAL)
     with pytest.raises(ValueError):
-        config.log.level = "debug"  # type: ignore[misc]
+        config.log.level = "debug"
 
 
 def test_relative_paths_resolve_against_config_dir(tmp_path: Path) -> None:
