@@ -32,6 +32,11 @@ ECHO_RATE_HZ = 8_000
 
 Floats = npt.NDArray[np.float32]
 
+WIDE_SEARCH_EVERY = 4
+"""After a failed full delay search, the next one waits this many checked frames."""
+RECHECK_EVERY = 8
+"""Frames the level test may decide alone before the correlation re-checks the delay."""
+
 
 class EchoReference:
     """A ring of what the speaker played recently, at 8 kHz, anchored in monotonic time.
@@ -136,6 +141,8 @@ class EchoGate:
         self._floor = (32768 * 10 ** (floor_dbfs / 20)) ** 2  # mean power
         self.tail_s = tail_ms / 1000 + self.max_delay_s
         self._delay_s: float | None = None  # tracked echo delay, once confidently seen
+        self._since_wide = WIDE_SEARCH_EVERY  # checked frames since the last failed wide search
+        self._since_recheck = 0  # frames decided by level alone since the last correlation
         self.stats = EchoGateStats()
 
     @property
@@ -148,7 +155,13 @@ class EchoGate:
         return 10 * float(np.log10(self._coupling))
 
     def is_echo(self, mic: Samples, adc_start_s: float) -> bool:
-        """True if ``mic`` (8 kHz, captured from ``adc_start_s``) is explained by playback."""
+        """True if ``mic`` (8 kHz, captured from ``adc_start_s``) is explained by playback.
+
+        Echo when the frame is no louder than the echo expected from the reference
+        (cheap: one dot product), or when it correlates with a delayed copy of it.  The
+        correlation only runs when the level test says "user", while the delay is not
+        yet known, and on every ``RECHECK_EVERY``-th frame to keep following it.
+        """
         if not self.reference.active(adc_start_s, self.tail_s):
             return False
         self.stats.checked += 1
@@ -158,30 +171,43 @@ class EchoGate:
             self.stats.echo_by_level += 1
             return True
         frame_s = len(x) / ECHO_RATE_HZ
-        rho2, lag_s, e_ref = -1.0, 0.0, 0.0
-        if self._delay_s is not None:  # narrow search around the tracked delay first
-            rho2, lag_s, e_ref = self._search(x, e_mic, adc_start_s, frame_s, self._delay_s, 0.03)
-        if rho2 < self.correlation:
-            centre = (self.min_delay_s + self.max_delay_s) / 2
-            half = (self.max_delay_s - self.min_delay_s) / 2
-            wide = self._search(x, e_mic, adc_start_s, frame_s, centre, half)
-            if wide[0] > rho2:
-                rho2, lag_s, e_ref = wide
-        if rho2 >= self.correlation:
-            self.stats.echo_by_correlation += 1
-            if rho2 >= 0.8 and e_ref > 0:  # confident: learn the delay and the echo level
-                self._delay_s = (
-                    lag_s if self._delay_s is None else 0.8 * self._delay_s + 0.2 * lag_s
-                )
-                self._coupling = 0.9 * self._coupling + 0.1 * (e_mic / e_ref)
+        quiet = e_mic <= self._expected_echo_energy(adc_start_s, frame_s, len(x)) * self._margin
+        self._since_recheck += 1
+        if quiet and self._delay_s is not None and self._since_recheck < RECHECK_EVERY:
+            self.stats.echo_by_level += 1
             return True
-        # Not a copy: still echo if no louder than the echo we expect at the tracked delay.
-        expected = self._expected_echo_energy(adc_start_s, frame_s, len(x))
-        if e_mic <= expected * self._margin:
+        self._since_recheck = 0
+        if self._correlates(x, e_mic, adc_start_s, frame_s):
+            self.stats.echo_by_correlation += 1
+            return True
+        if quiet:
             self.stats.echo_by_level += 1
             return True
         self.stats.passed += 1
         return False
+
+    def _correlates(self, x: Floats, e_mic: float, t0: float, frame_s: float) -> bool:
+        """Is ``x`` a delayed copy of the reference?  Learns delay and level when sure."""
+        rho2, lag_s, e_ref = -1.0, 0.0, 0.0
+        if self._delay_s is not None:  # narrow search around the tracked delay first
+            rho2, lag_s, e_ref = self._search(x, e_mic, t0, frame_s, self._delay_s, 0.03)
+        self._since_wide += 1
+        if rho2 < self.correlation and self._since_wide >= WIDE_SEARCH_EVERY:
+            # The full delay search is the expensive part; while it keeps failing (the user
+            # is talking over the echo) run it on every few frames only: the delay does
+            # not move that fast, and the level test covers the frames between.
+            centre = (self.min_delay_s + self.max_delay_s) / 2
+            half = (self.max_delay_s - self.min_delay_s) / 2
+            wide = self._search(x, e_mic, t0, frame_s, centre, half)
+            if wide[0] > rho2:
+                rho2, lag_s, e_ref = wide
+            self._since_wide = 0 if rho2 < self.correlation else WIDE_SEARCH_EVERY
+        if rho2 < self.correlation:
+            return False
+        if rho2 >= 0.8 and e_ref > 0:  # confident: learn the delay and the echo level
+            self._delay_s = lag_s if self._delay_s is None else 0.8 * self._delay_s + 0.2 * lag_s
+            self._coupling = 0.9 * self._coupling + 0.1 * (e_mic / e_ref)
+        return True
 
     def _search(
         self, x: Floats, e_mic: float, t0: float, frame_s: float, centre_s: float, half_s: float
@@ -191,10 +217,14 @@ class EchoGate:
         ref = self.reference.window(t0 - hi_delay, t0 - lo_delay + frame_s)
         if ref is None or len(ref) < len(x):
             return -1.0, 0.0, 0.0
+        n = len(x)
         c = np.correlate(ref, x, "valid")
-        sq = np.concatenate(([0.0], np.cumsum(ref * ref, dtype=np.float64)))
-        e_ref = sq[len(x) :] - sq[: len(sq) - len(x)]
-        rho2 = np.where(e_ref > 1e-3, c * c / (np.maximum(e_ref, 1e-3) * e_mic), 0.0)
+        sq = np.cumsum(np.square(ref, dtype=np.float64))
+        e_ref = sq[n - 1 :].copy()
+        e_ref[1:] -= sq[: len(sq) - n]
+        # ρ² = c² / (E_ref·E_mic); the +1 keeps silent stretches of reference at ρ² ≈ 0
+        rho2 = np.square(c, dtype=np.float64)
+        rho2 /= e_ref * e_mic + 1.0
         best = int(np.argmax(rho2))
         # offset ``best`` into the window starts at t0 - hi_delay + best/rate
         delay_s = hi_delay - best / ECHO_RATE_HZ
