@@ -55,6 +55,7 @@ class Settings:
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
     max_body_bytes: int = 16 * 1024
     upstream_timeout_s: float = 10.0
+    upstream_connections: int = 32
 
 
 # -- wire models (for validation and the OpenAPI schema) ----------------------------------
@@ -328,6 +329,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             api_key=settings.openai_api_key,
             base_url=settings.openai_base_url,
             timeout_s=settings.upstream_timeout_s,
+            connections=settings.upstream_connections,
         )
         app.state.registry = reg
         app.state.minter = minter

@@ -86,6 +86,27 @@ def _iso(ts_s: float | None) -> str:
 # -- serve -----------------------------------------------------------------------------------
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0 = any free port) that uvicorn can serve on.
+
+    Made with ``proto=IPPROTO_TCP`` on purpose: asyncio sets TCP_NODELAY only on accepted
+    sockets whose proto is IPPROTO_TCP, and ``socket.create_server`` leaves proto 0, which
+    costs every response a 40 ms delayed-ACK stall (Nagle).
+    """
+    family, type_, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -107,12 +128,12 @@ def _serve(args: argparse.Namespace) -> int:
         rate_limit=rate_limit,
         max_body_bytes=args.max_body_bytes,
         upstream_timeout_s=args.upstream_timeout_s,
+        upstream_connections=args.upstream_connections,
     )
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     try:
-        sock = socket.create_server((args.host, args.port), family=family)
+        sock = listen_socket(args.host, args.port)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror)
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
         return EX_UNAVAILABLE
     host, port = sock.getsockname()[:2]
     scheme = "https" if args.ssl_certfile else "http"
@@ -229,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", default="20/60", help="N/S: N key requests per S seconds")
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024)
     serve.add_argument("--upstream-timeout-s", type=float, default=10.0)
+    serve.add_argument(
+        "--upstream-connections", type=int, default=32, help="HTTP connections kept to OpenAI"
+    )
     serve.add_argument("--ssl-certfile", help="serve TLS directly (else put a proxy in front)")
     serve.add_argument("--ssl-keyfile")
     serve.add_argument(

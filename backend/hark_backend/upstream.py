@@ -12,8 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,28 @@ class KeyMinter:
     """One pooled ``AsyncOpenAI`` client that mints client secrets with a given session."""
 
     def __init__(
-        self, *, api_key: str, base_url: str, timeout_s: float = 10.0, max_retries: int = 1
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout_s: float = 10.0,
+        max_retries: int = 1,
+        connections: int = 32,
     ) -> None:
+        # A bounded pool: the HTTP pool scans every idle connection (a poll() each) per
+        # request, so the SDK's default of 100 keep-alive connections costs more CPU per key
+        # than the whole rest of the request; a few dozen keep OpenAI's latency covered.
+        limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._client = AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=DefaultAsyncHttpxClient(limits=limits, timeout=timeout_s),
         )
+        # The SDK loads resources and their types lazily: pay that at start, not on the
+        # first device's request.
+        _ = self._client.realtime.client_secrets.with_raw_response
 
     async def mint(self, *, ttl_s: int, session: dict[str, Any]) -> bytes:
         """Return the upstream's JSON answer verbatim, after checking its shape."""

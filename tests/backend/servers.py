@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ from typing import Any
 
 import uvicorn
 from hark_backend.app import Settings, create_app
+from hark_backend.cli import listen_socket
 from hark_backend.policy import Policy
 from hark_backend.registry import RateLimit
 from starlette.applications import Starlette
@@ -33,7 +33,7 @@ class ServerThread:
     """A real uvicorn server on 127.0.0.1:<ephemeral> in a background thread."""
 
     def __init__(self, app: Any) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = listen_socket("127.0.0.1", 0)  # TCP_NODELAY-friendly (see its docstring)
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
