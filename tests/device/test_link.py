@@ -1,4 +1,4 @@
-"""hark.link against loopback servers: keys per attempt, failures, rotation, replay, bad frames."""
+"""hark.link on loopback (purpose-built servers and hark_sim): keys, failures, rotation, replay."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import http.server
 import json
+import random
 import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import pydantic
 import pytest
 from hark import events as ev
 from hark.keys import Backoff
@@ -24,6 +26,8 @@ from hark.link import (
     rotation_due,
     select_replay,
 )
+from hark_sim import SimConfig, SimHandle, start_sim
+from openai.types.realtime import RealtimeClientEvent
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -312,7 +316,7 @@ def make_link(keys: KeyServer, rt: FakeRealtime | str, **kwargs: Any) -> WebSock
     return WebSocketLink(**options)
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     """Wait for a condition (the timeout only guards against a hang; it asserts nothing else)."""
     async with asyncio.timeout(timeout_s):
         while not condition():
@@ -669,7 +673,7 @@ async def test_rotation_waits_for_the_turn_to_end(key_server, realtime_server):
         await conn.ws.send(json.dumps({"type": "response.created", "response": {"id": "resp_1"}}))
         await ok(server, conn)
 
-    realtime_server.session_s = 0.5
+    realtime_server.session_s = 2.0
     realtime_server.plan = [busy]
     link = make_link(key_server, realtime_server, rotate_before_expiry_s=10.0)
     async with running(link) as posted:
@@ -732,3 +736,190 @@ async def test_session_expired_reconnects_at_once(key_server, realtime_server):
     assert of_type(posted, ev.LinkDown) == [ev.LinkDown("session expired", retrying=True)]
     assert not of_type(posted, ev.ServerError)
     assert not of_type(posted, ev.LinkFailed)
+
+
+# --------------------------------------------------------------------------- against hark_sim
+
+CLIENT_EVENT = pydantic.TypeAdapter(
+    Annotated[RealtimeClientEvent, pydantic.Field(discriminator="type")]
+)
+MANUAL = ev.SessionConfig(instructions="Repeat after me.", turn_detection=None)
+FRAME_BYTES = 960  # 20 ms of 24 kHz PCM16
+
+
+@pytest.fixture
+def sim() -> Iterator[SimHandle]:
+    config = SimConfig(
+        api_key="sk-sim-test", brain="parrot", realtime_factor=0.0, max_session_s=3600.0
+    )
+    with start_sim(config) as handle:
+        yield handle
+
+
+def sim_link(sim: SimHandle, **kwargs: Any) -> WebSocketLink:
+    options: dict[str, Any] = {
+        "backend_url": sim.base_url + "/realtime/client_secrets",
+        "device_token": sim.api_key,
+        "realtime_url": sim.ws_url,
+        "backoff": Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
+        "tick_s": 0.02,
+        "quiet_s": 0.05,
+    }
+    options.update(kwargs)
+    return WebSocketLink(**options)
+
+
+def speech(seconds: float, seed: int) -> bytes:
+    """Deterministic pseudo-random PCM16 (the parrot does not care what it sounds like)."""
+    return random.Random(seed).randbytes(int(seconds * 24000) * 2)
+
+
+async def spoken_turn(link: WebSocketLink, posted: list[ev.Event], pcm: bytes) -> bytes:
+    """Append in 20 ms frames, commit, ask for a response; return the reply audio."""
+    done_before = len(of_type(posted, ev.ResponseDone))
+    start = len(posted)
+    for offset in range(0, len(pcm), FRAME_BYTES):
+        link.send(ev.SendAudio(pcm[offset : offset + FRAME_BYTES]))
+    link.send(ev.CommitAudio())
+    link.send(ev.CreateResponse())
+    await until(lambda: len(of_type(posted, ev.ResponseDone)) > done_before)
+    return b"".join(e.pcm for e in of_type(posted[start:], ev.AudioDelta))
+
+
+async def text_turn(link: WebSocketLink, posted: list[ev.Event], text: str) -> None:
+    done_before = len(of_type(posted, ev.ResponseDone))
+    link.send(ev.CreateItem(ev.Item("", "message", "user", text=text)))
+    link.send(ev.CreateResponse())
+    await until(lambda: len(of_type(posted, ev.ResponseDone)) > done_before)
+    await until(lambda: len(of_type(posted, ev.TranscriptDone)) > done_before)
+
+
+def created_texts(received: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
+        (e["item"]["role"], e["item"]["content"][0]["text"])
+        for e in received
+        if e["type"] == "conversation.item.create"
+    ]
+
+
+async def test_parrot_round_trip_is_byte_exact(sim):
+    """Audio sent through the link comes back from the parrot sample for sample."""
+    link = sim_link(sim)
+    pcm = speech(1.5, seed=1)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.UpdateSession(MANUAL))
+        reply = await spoken_turn(link, posted, pcm)
+    assert reply == pcm
+    assert not of_type(posted, ev.ServerError)
+    assert not of_type(posted, ev.ProtocolError)
+    assert sim.sessions[0].key_kind == "ephemeral"
+    for event in sim.sessions[0].received:
+        CLIENT_EVENT.validate_python(event)
+
+
+async def test_rotation_carries_history_into_the_new_sim_session(sim):
+    """rotate(): the next sim session gets the config and the transcripts of both turns."""
+    link = sim_link(sim)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.UpdateSession(MANUAL))
+        await text_turn(link, posted, "Hello, simulator.")
+        transcripts = [e.transcript for e in of_type(posted, ev.TranscriptDone)]
+        link.rotate()
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+        await until(lambda: len(sim.sessions) == 2 and len(sim.sessions[1].received) >= 3)
+        await until(lambda: sim.sessions[0].wait_closed(0))
+    second = sim.sessions[1].received
+    assert second[0]["type"] == "session.update"
+    assert second[0]["session"]["instructions"] == "Repeat after me."
+    assert created_texts(second) == [("user", "Hello, simulator."), ("assistant", transcripts[0])]
+    assert not of_type(posted, ev.LinkDown)
+
+
+async def test_sim_session_cap_is_rotated_before_it_expires(sim):
+    """With a short session cap the link rotates before the sim ends the session."""
+    sim.config.max_session_s = 1.5
+    link = sim_link(sim, rotate_before_expiry_s=1.0)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 3)
+    assert not of_type(posted, ev.LinkDown)
+    assert not of_type(posted, ev.ServerError)
+
+
+async def test_sim_session_expiry_reconnects_and_replays(sim):
+    """If the cap is hit anyway (session_expired), the link reconnects and replays at once."""
+    sim.config.max_session_s = 2.0
+    link = sim_link(sim, rotate_before_expiry_s=-60.0, max_session_age_s=1e9)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.UpdateSession(MANUAL))
+        await text_turn(link, posted, "Remember me.")
+        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 2)
+        await until(lambda: len(sim.sessions) >= 2 and len(sim.sessions[1].received) >= 2)
+    assert ev.LinkDown("session expired", retrying=True) in posted
+    assert created_texts(sim.sessions[1].received)[0] == ("user", "Remember me.")
+
+
+async def test_sim_drop_mid_response_reconnects(sim):
+    """The sim cutting the connection mid-response: LinkDown(retrying), then a new session."""
+    sim.faults.drop_after_audio_deltas = 2
+    link = sim_link(sim)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.UpdateSession(MANUAL))
+        for offset in range(0, 48000, FRAME_BYTES):
+            link.send(ev.SendAudio(speech(1.0, 2)[offset : offset + FRAME_BYTES]))
+        link.send(ev.CommitAudio())
+        link.send(ev.CreateResponse())
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+        sim.faults.drop_after_audio_deltas = None
+    assert of_type(posted, ev.LinkDown)[0].retrying
+    assert len(of_type(posted, ev.AudioDelta)) == 2
+
+
+async def test_sim_refused_keys_mean_unauthorised(sim):
+    """The sim refusing keys (backend 401) is reported as a revoked device."""
+    sim.faults.refuse_keys = True
+    link = sim_link(sim)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkFailed)))
+        sim.faults.refuse_keys = False
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    assert of_type(posted, ev.LinkFailed)[0].kind == "unauthorised"
+
+
+async def test_sim_malformed_and_unknown_events(sim):
+    """Malformed JSON becomes ProtocolError; unknown events are counted; the turn still works."""
+    sim.faults.malformed_json = True
+    sim.faults.unknown_events = True
+    link = sim_link(sim)
+    pcm = speech(0.5, seed=3)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.UpdateSession(MANUAL))
+        reply = await spoken_turn(link, posted, pcm)
+    assert reply == pcm
+    assert len(of_type(posted, ev.ProtocolError)) >= 1
+    assert link.decoder.unknown_counts["sim.unknown_event"] >= 1
+    assert not of_type(posted, ev.LinkDown)
+
+
+async def test_sim_delayed_events_still_round_trip(sim):
+    """Delayed server events change nothing but timing."""
+    sim.faults.event_delay_s = 0.05
+    link = sim_link(sim)
+    pcm = speech(0.5, seed=4)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.send(ev.UpdateSession(MANUAL))
+        reply = await spoken_turn(link, posted, pcm)
+    assert reply == pcm
