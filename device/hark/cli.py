@@ -201,10 +201,24 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        previous: tuple[Config, str] | None = None
         try:
             while True:
                 gated = _GatedNotifier(self._notifier, lambda: self._stopping)
-                self._app = self._build(self.config, self.token, gated)
+                try:
+                    self._app = self._build(self.config, self.token, gated)
+                except Exception as exc:
+                    if previous is None:
+                        raise  # the first start: cmd_run turns it into an exit code
+                    # The new config validated but cannot be built (agent.object fails
+                    # to import, a pin is busy): keep serving with the old one.
+                    self.refused_reloads += 1
+                    log.error("reload failed, old config kept: %s", exc)
+                    self._notifier.status(f"reload failed, old config kept: {exc}")
+                    (self.config, self.token), previous = previous, None
+                    _apply_log_level(self.config.log.level)
+                    continue
+                previous = None
                 task = asyncio.create_task(self._app.run(), name="hark-app")
                 stop_watch = asyncio.create_task(self._wait_stop(task))
                 try:
@@ -218,6 +232,7 @@ class Supervisor:
                     stop_watch.cancel()
                 if self._stopping or self._pending is None:
                     return EX_OK
+                previous = (self.config, self.token)
                 self.config, self.token = self._pending
                 self._pending = None
                 self.reloads += 1
@@ -558,10 +573,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     supervisor = Supervisor(args.config, config, token, build, notifier)
     try:
         return asyncio.run(supervisor.serve())
-    except Exception:
-        log.exception("hark crashed")
-        notifier.status("crashed; see the journal")
-        return EX_SOFTWARE
+    except Exception as exc:
+        code, line = _start_failure(exc)
+        if code == EX_SOFTWARE:
+            log.exception("hark crashed")
+        else:
+            log.error("%s", line)
+            print(f"{args.config}: {line}", file=sys.stderr)
+        notifier.status(line)
+        return code
+
+
+def _start_failure(exc: Exception) -> tuple[int, str]:
+    """Exit code and status line: a bad agent object is a config error, a busy pin a
+    missing device (systemd retries 69, not 78); anything else is a crash."""
+    agent = sys.modules.get("hark.agent")
+    gpio = sys.modules.get("hark.gpio")
+    if agent is not None and isinstance(exc, agent.AgentLoadError):
+        return EX_CONFIG, str(exc)
+    if gpio is not None and isinstance(exc, gpio.GpioError):
+        return EX_UNAVAILABLE, f"GPIO unavailable: {exc}"
+    return EX_SOFTWARE, f"crashed: {type(exc).__name__}: {exc}; see the journal"
 
 
 # --------------------------------------------------------------------------- other commands

@@ -497,3 +497,40 @@ async def test_sigterm_turns_the_led_off(sim: Any, tmp_path: Path) -> None:
     assert factory.pin(27).state == 0
     assert notifier.messages.count("STOPPING=1") >= 1
     factory.close()
+
+
+async def test_reload_that_cannot_build_keeps_the_old_config(
+    supervisor: tuple[cli.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
+) -> None:
+    """A valid config whose app cannot be built (bad agent object) falls back to the old one."""
+    sup, apps, notifier = supervisor
+
+    def build(config: Config, token: str, notifier: Any) -> FakeApp:
+        if config.log.level == "error":
+            raise RuntimeError("agent.object 'kitchen:agent': cannot import 'kitchen'")
+        apps.append(FakeApp(config))
+        return apps[-1]
+
+    sup._build = build
+    serving = asyncio.create_task(sup.serve())
+    await _until(lambda: len(apps) == 1)
+    (config_dir / "hark.toml").write_text(GOOD + "[log]\nlevel = 'error'\n")
+    os.kill(os.getpid(), signal.SIGHUP)
+    await _until(lambda: len(apps) == 2)
+    assert apps[1].config.log.level == "info"
+    assert any(m.startswith("STATUS=reload failed, old config kept") for m in notifier.messages)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(serving, 5) == cli.EX_OK
+
+
+def test_run_with_unloadable_agent_exits_78(config_dir: Path) -> None:
+    """`hark run` with an agent.object that cannot be imported is a config error (78)."""
+    path = config_dir / "hark.toml"
+    path.write_text(
+        '[backend]\nurl = "https://keys.example.com/v1"\ntoken_file = "token"\n'
+        "[agent]\nobject = 'no_such_pkg.kitchen:agent'\n"
+    )
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    result = hark("run", "--fake-audio", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG, result.stderr
+    assert "agent.object 'no_such_pkg.kitchen:agent'" in result.stderr
