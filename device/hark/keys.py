@@ -202,6 +202,8 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
+    """What to post (None: nothing, retry quietly) and how long to wait before the next try."""
+
     report: ev.LinkFailed | None
     delay_s: float
 

@@ -106,6 +106,7 @@ class TranscriptLog:
             self._entries.popitem(last=False)
 
     def observe(self, event: ev.Event) -> None:
+        """Learn from one posted event (items, transcripts, truncations, deletions)."""
         match event:
             case ev.ItemAdded(item=item) | ev.ItemDone(item=item):
                 if item.type == "message" and item.role in ("user", "assistant"):
@@ -249,7 +250,13 @@ class LinkStats:
 
 
 class WebSocketLink:
-    """The real ``ports.Link``: see the module docstring. Construct with plain values."""
+    """The real ``ports.Link``. Construct with plain values (``hark.cli`` maps the config).
+
+    Posts ``LinkUp`` (after the config and history have been resent), ``LinkDown``,
+    ``LinkFailed`` and every decoded server event except ``session.created`` (it becomes
+    ``LinkUp``), ``session_expired`` (it becomes ``LinkDown("session expired")``) and the
+    echoes of replayed items. Call its methods on the loop's thread only.
+    """
 
     def __init__(
         self,
