@@ -988,6 +988,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"[{time.monotonic() - t0:6.2f} s] {message}", flush=True)
 
+    print("hark demo: one spoken turn through the real pipeline, offline (no key, no sound card)")
     question = speech_wav(text, out / "question.wav")
     voice = "espeak-ng" if shutil_which("espeak-ng") else "synthetic speech"
     say(f"question  {text!r} -> {question} ({voice})")
