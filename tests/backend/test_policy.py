@@ -1,0 +1,94 @@
+"""The key policy: pins override the device, the model is fixed, lifetimes only shorten."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hark_backend.policy import Pin, Policy, load_policy
+from pydantic import ValidationError
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "backend.md"
+
+
+def test_defaults_are_short_and_fixed() -> None:
+    """No policy: gpt-realtime, 60 s keys, the device's allowed fields kept."""
+    policy = Policy()
+    assert policy.key_ttl_s == 60
+    session = policy.session_for("d", None, {"instructions": "hi", "model": "other"})
+    assert session == {"instructions": "hi", "type": "realtime", "model": "gpt-realtime"}
+
+
+def test_device_fields_outside_the_allow_list_are_dropped() -> None:
+    """``tracing``, ``prompt``, ``type`` and unknown fields never reach OpenAI from a device."""
+    session = Policy().session_for(
+        "d", None, {"tracing": "auto", "prompt": {"id": "p"}, "type": "transcription", "x": 1}
+    )
+    assert session == {"type": "realtime", "model": "gpt-realtime"}
+
+
+def test_pins_layer_global_group_device() -> None:
+    """Global pins, then the group's, then the device's; voice lands in audio.output."""
+    policy = Policy(
+        pin=Pin(instructions="global", tools=[]),
+        groups={"kids": Pin(instructions="group", voice="marin")},
+        devices={"nursery": Pin(instructions="device")},
+    )
+    asked = {"instructions": "mine", "tools": [{"type": "mcp"}], "audio": {"output": "junk"}}
+    session = policy.session_for("nursery", "kids", asked)
+    assert session["instructions"] == "device"
+    assert session["tools"] == []
+    assert session["audio"] == {"output": {"voice": "marin"}}
+    assert policy.session_for("hall", "kids", None)["instructions"] == "group"
+    assert policy.session_for("hall", None, None)["instructions"] == "global"
+
+
+def test_ignore_mode_uses_pins_only() -> None:
+    """device_session = "ignore" drops everything the device asked for."""
+    policy = Policy(device_session="ignore", pin=Pin(voice="cedar"))
+    session = policy.session_for("d", None, {"instructions": "mine", "audio": {"x": 1}})
+    assert session == {
+        "audio": {"output": {"voice": "cedar"}},
+        "type": "realtime",
+        "model": "gpt-realtime",
+    }
+
+
+def test_lifetime_only_shortens() -> None:
+    """A device may ask for a shorter key, never a longer one, never below OpenAI's 10 s."""
+    policy = Policy(key_ttl_s=60)
+    assert policy.ttl_s(None) == 60
+    assert policy.ttl_s(3600) == 60
+    assert policy.ttl_s(20) == 20
+    assert policy.ttl_s(1) == 10
+
+
+def test_bad_policies_are_refused(tmp_path: Path) -> None:
+    """Unknown fields and lifetimes outside OpenAI's 10..7200 s are errors."""
+    for text in ("key_ttl_s = 5\n", "key_ttl_s = 9000\n", "bogus = 1\n", "[pin]\nmodel = 'x'\n"):
+        path = tmp_path / "policy.toml"
+        path.write_text(text)
+        with pytest.raises(ValidationError):
+            load_policy(path)
+
+
+def test_command_line_overrides_the_file(tmp_path: Path) -> None:
+    """--model and --key-ttl-s win over the file; None means "not given"."""
+    path = tmp_path / "policy.toml"
+    path.write_text('model = "gpt-realtime-mini"\nkey_ttl_s = 30\n')
+    policy = load_policy(path, model=None, key_ttl_s=45)
+    assert (policy.model, policy.key_ttl_s) == ("gpt-realtime-mini", 45)
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    """The policy example in docs/backend.md is valid and means what the text says."""
+    match = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S)
+    assert match
+    path = tmp_path / "policy.toml"
+    path.write_text(match.group(1))
+    policy = load_policy(path)
+    session = policy.session_for("nursery", "kids", {"instructions": "mine"})
+    assert session["instructions"] == "Speak softly."
+    assert session["tools"] == []
+    assert session["audio"]["output"]["voice"] == "marin"
