@@ -219,6 +219,8 @@ class Supervisor:
                     _apply_log_level(self.config.log.level)
                     continue
                 previous = None
+                if self._stopping or self._pending is not None:
+                    self._app.shutdown()  # a signal came while it was being built
                 task = asyncio.create_task(self._app.run(), name="hark-app")
                 stop_watch = asyncio.create_task(self._wait_stop(task))
                 try:
@@ -348,7 +350,45 @@ def build_app(
     Keyword arguments replace single adapters (the demo, ``hark say`` and tests use
     fakes); ``fake_audio`` swaps the sound card for ``hark.testing``'s WAV mic
     (silence) and speaker (discarding), for benchmarks and tests of ``hark run``.
+    If wiring fails half-way, the pins opened so far are released (a reload falls
+    back to the old config, which needs them).
     """
+    opened: list[Callable[[], None]] = []
+    try:
+        return _wire(
+            config,
+            token,
+            notifier,
+            opened,
+            mic=mic,
+            speaker=speaker,
+            triggers=triggers,
+            indicator=indicator,
+            link=link,
+            pin_factory=pin_factory,
+            fake_audio=fake_audio,
+        )
+    except BaseException:
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+
+
+def _wire(
+    config: Config,
+    token: str,
+    notifier: Any,
+    opened: list[Callable[[], None]],
+    *,
+    mic: Any,
+    speaker: Any,
+    triggers: Sequence[Any] | None,
+    indicator: Any,
+    link: Any,
+    pin_factory: Any,
+    fake_audio: bool,
+) -> Daemon:
     from hark import builtin_tools
     from hark.agent import ToolRunner, agent_from_config
     from hark.app import App
@@ -415,15 +455,15 @@ def build_app(
         if t.mode in ("button", "both") and g.button_pin is not None:
             from hark.gpio import GpioButton
 
-            triggers = [
-                GpioButton(
-                    g.button_pin,
-                    pull_up=g.button_pull_up,
-                    bounce_s=g.bounce_s,
-                    long_press_s=t.long_press_s,
-                    pin_factory=pin_factory,
-                )
-            ]
+            button = GpioButton(
+                g.button_pin,
+                pull_up=g.button_pull_up,
+                bounce_s=g.bounce_s,
+                long_press_s=t.long_press_s,
+                pin_factory=pin_factory,
+            )
+            opened.append(button.close)
+            triggers = [button]
     if indicator is None:
         if g.led_pin is not None or g.rgb_pins is not None:
             from hark.gpio import GpioIndicator
@@ -435,11 +475,13 @@ def build_app(
                 active_high=g.led_active_high,
                 pin_factory=pin_factory,
             )
+            opened.append(indicator.close)
         else:
             indicator = _NoIndicator()
 
     switches = builtin_tools.open_outputs(config.agent.outputs, pin_factory=pin_factory)
     closers += [s.close for s in switches if hasattr(s, "close")]
+    opened += closers
     agent = agent_from_config(config.agent, volume=speaker, switches=switches)
     base = SessionConfig(
         model=config.realtime.model,
@@ -501,6 +543,7 @@ def build_app(
         enabled=config.history.enabled,
     )
     closers.append(history.close)
+    opened.append(history.close)
     if config.history.enabled:
         link.seed_history(history.items_for_replay())
 

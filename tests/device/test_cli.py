@@ -534,3 +534,22 @@ def test_run_with_unloadable_agent_exits_78(config_dir: Path) -> None:
     result = hark("run", "--fake-audio", "--config", path, env=env)
     assert result.returncode == cli.EX_CONFIG, result.stderr
     assert "agent.object 'no_such_pkg.kitchen:agent'" in result.stderr
+
+
+@pytest.mark.filterwarnings("ignore:The callback was set to None")
+def test_failed_wiring_releases_pins(tmp_path: Path) -> None:
+    """When wiring fails half-way (bad agent object), the button and LED pins are free again."""
+    from gpiozero import LED, Button
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    factory = MockFactory(pin_class=MockPWMPin)
+    config = parse(
+        '[backend]\nurl = "https://keys.example.com/v1"\n'
+        "[agent]\nobject = 'no_such_pkg.kitchen:agent'\n[gpio]\nled_pin = 27\n"
+        "[history]\nenabled = false\n"
+    )
+    with pytest.raises(Exception, match="no_such_pkg"):
+        cli.build_app(config, "tok", None, fake_audio=True, pin_factory=factory)
+    Button(17, pin_factory=factory).close()  # GPIOPinInUse if the failed build kept it
+    LED(27, pin_factory=factory).close()
+    factory.close()
