@@ -150,6 +150,7 @@ async def test_barge_in_played_ms_matches_the_recording(rig: PulseRig, tmp_path:
     recorded, rate = read_wav_samples(recording.path)
     loud = np.flatnonzero(np.abs(recorded.astype(int)) > 30)
     heard_ms = (loud[-1] - loud[0] + 1) * 1000 / rate
+    print("barge-in: played_ms", stopped.played_ms, "recording", round(heard_ms, 1))
     assert abs(stopped.played_ms - heard_ms) <= 40
 
 
