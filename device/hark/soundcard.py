@@ -29,10 +29,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pyaudio
 
+from hark import ports
 from hark.capture import CaptureChain
 from hark.cues import load_cues
 from hark.echo import EchoGate, EchoReference, StreamClock
@@ -752,3 +753,8 @@ class SoundcardSpeaker(_StreamAdapter):
         if events:
             self._send(list(events))
         return (data, pyaudio.paContinue)
+
+
+if TYPE_CHECKING:  # both adapters satisfy the ports the app drives them through
+    _mic: ports.Microphone = SoundcardMicrophone()
+    _speaker: ports.Speaker = SoundcardSpeaker()

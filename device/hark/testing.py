@@ -19,10 +19,11 @@ import wave
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from hark import ports
 from hark.capture import FRAME_MS, CaptureChain
 from hark.cues import load_cues, read_wav
 from hark.echo import EchoGate, EchoReference, now_s
@@ -309,3 +310,8 @@ __all__ = [
     "synthetic_speech",
     "write_wav",
 ]
+
+
+if TYPE_CHECKING:  # the fakes satisfy the same ports as the sound card
+    _mic: ports.Microphone = WavMicrophone()
+    _speaker: ports.Speaker = WavSpeaker()
