@@ -40,6 +40,9 @@ def test_unit_declares_the_contract() -> None:
     assert d["User"] == ["hark"]
     assert set(d["SupplementaryGroups"][0].split()) == {"audio", "gpio"}
     assert d["StateDirectory"] == ["hark"]
+    # lgpio writes notification FIFOs in its working directory; the system is read-only.
+    assert "LG_WD=%t/hark" in d["Environment"]
+    assert d["RuntimeDirectory"] == ["hark"]
     assert "network-online.target" in d["Wants"][0]
     assert {"network-online.target", "sound.target"} <= set(d["After"][0].split())
 
