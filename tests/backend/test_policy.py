@@ -92,3 +92,25 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert session["instructions"] == "Speak softly."
     assert session["tools"] == []
     assert session["audio"]["output"]["voice"] == "marin"
+
+
+def test_sdk_transform_is_an_identity_for_our_body() -> None:
+    """The body we pass as extra_body is exactly what create(expires_after, session) would send."""
+    from openai._utils import transform
+    from openai.types.realtime.client_secret_create_params import ClientSecretCreateParams
+
+    policy = Policy(pin=Pin(instructions="Be brief.", voice="marin", tools=[]))
+    session = policy.session_for(
+        "d",
+        None,
+        {
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}},
+            "output_modalities": ["audio"],
+            "tool_choice": "auto",
+            "max_output_tokens": "inf",
+            "truncation": "auto",
+            "include": ["item.input_audio_transcription.logprobs"],
+        },
+    )
+    body = {"expires_after": {"anchor": "created_at", "seconds": 60}, "session": session}
+    assert transform(body, ClientSecretCreateParams) == body
