@@ -609,16 +609,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from hark.config import ConfigError
-    from hark.notify import SystemdNotifier, setup_logging
+    from hark.notify import SystemdNotifier, setup_logging, under_systemd
 
     setup_logging("info")
     notifier = SystemdNotifier()
     try:
         config, token = _load(args.config, with_token=True)
     except ConfigError as exc:
-        _print_problems(exc)
-        for problem in exc.problems:
-            log.error("%s: %s", exc.source, problem)
+        if under_systemd():  # the journal, at error priority
+            for problem in exc.problems:
+                log.error("%s: %s", exc.source, problem)
+        else:  # a person at a terminal: the plain lines
+            _print_problems(exc)
         notifier.status(f"bad config: {exc.problems[0]}")
         return EX_CONFIG
     assert token is not None
@@ -635,8 +637,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         code, line = _start_failure(exc)
         if code == EX_SOFTWARE:
             log.exception("hark crashed")
-        else:
+        elif under_systemd():
             log.error("%s", line)
+        else:
             print(f"{args.config}: {line}", file=sys.stderr)
         notifier.status(line)
         return code
