@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -459,6 +460,11 @@ def test_doctor_against_sim(sim: Any, tmp_path: Path) -> None:
         assert any(line.startswith("ok") and f" {name} " in line for line in lines), name
     assert "minted a Realtime key" in result.stdout
     assert sim.api_key not in result.stdout + result.stderr
+
+    if shutil.which("espeak-ng"):  # without --quiet the verdict is spoken on the speaker
+        result = hark("doctor", "--config", path, env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (tmp_path / "out.raw").stat().st_size > 10_000
 
     (tmp_path / "token").write_text("sk-wrong\n")
     result = hark("doctor", "--quiet", "--config", path, env=env)
