@@ -113,6 +113,17 @@ def _speaking_cost_us(reply: bytes) -> tuple[float, EchoGate]:
     return (time.process_time() - started) / SECONDS * 1e6, gate
 
 
+def _idle_speaker_cost_us() -> float:
+    """The speaker callback with nothing to play (it runs all the time)."""
+    buf = PlaybackBuffer(DEVICE_RATE_HZ, echo_reference=EchoReference())
+    started = time.process_time()
+    t = 1000.0
+    for _ in range(SECONDS * 50):
+        t += 0.02
+        buf.render(CHUNK, t)
+    return (time.process_time() - started) / SECONDS * 1e6
+
+
 def _percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
@@ -218,6 +229,7 @@ def main() -> None:
         speaking, gate = min((_speaking_cost_us(reply) for _ in range(REPEATS)), key=lambda r: r[0])
         play = min(_playback_cost_us(reply, echo=False) for _ in range(REPEATS))
         play_echo = min(_playback_cost_us(reply, echo=True) for _ in range(REPEATS))
+        idle = min(_idle_speaker_cost_us() for _ in range(REPEATS))
         print(f"   capture 48k->24k + VAD framing:             {cap:7.0f} us per audio-second")
         print(f"   capture with software gain 1.5:             {cap_gain:7.0f} us per audio-second")
         print(f"   playback 24k->48k + gain + fades:           {play:7.0f} us per audio-second")
@@ -225,7 +237,7 @@ def main() -> None:
             f"   playback + echo reference:                  {play_echo:7.0f} us per audio-second"
         )
         print(
-            f"   listening (capture + idle speaker):         {cap + play:7.0f} us per audio-second"
+            f"   listening (capture + idle speaker):         {cap + idle:7.0f} us per audio-second"
         )
         print(
             f"   speaking (playback + capture of its echo):  {speaking:7.0f} us per audio-second"
