@@ -81,7 +81,26 @@ async def playback(rate_hz, pcm):
     out["speaker_rate"] = speaker.opened_rate_hz
     out["stopped"] = [repr(e) for e in events]
 
+async def missing():
+    events = []
+    mic = soundcard.SoundcardMicrophone("ReSpeaker", reopen_initial_s=0.1, reopen_max_s=0.2)
+    speaker = soundcard.SoundcardSpeaker("ReSpeaker", reopen_initial_s=0.1, reopen_max_s=0.2)
+    tasks = [asyncio.create_task(mic.run(events.append)),
+             asyncio.create_task(speaker.run(events.append))]
+    speaker.play("early", bytes(960))
+    speaker.finish("early")
+    await asyncio.sleep(1.0)
+    speaker.play("late", bytes(960))
+    speaker.finish("late")
+    await asyncio.sleep(0.2)
+    out["missing_running"] = [not t.done() for t in tasks]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    out["missing_events"] = [repr(e) for e in events]
+
 if MODE == "capture24":
+    asyncio.run(missing())
     data = asyncio.run(capture(24000, int(sys.argv[2])))
     out["captured_hex"] = data.hex()
 elif MODE == "capture48":
@@ -152,6 +171,19 @@ def test_unknown_device_error_lists_what_exists(capture24: tuple[dict[str, Any],
     message = out["not_found"]
     assert "'ReSpeaker'" in message and "filein" in message and "fileout" in message
     assert "Hz" in message
+
+
+def test_missing_device_is_reported_and_retried(capture24: tuple[dict[str, Any], bytes]) -> None:
+    """A device that does not exist: DeviceLost naming it, run() keeps retrying, replies
+    queued meanwhile are answered as unheard (played_ms=0) instead of hanging the core."""
+    out, _ = capture24
+    assert out["missing_running"] == [True, True]
+    events = out["missing_events"]
+    lost = [e for e in events if e.startswith("DeviceLost")]
+    assert len(lost) == 2 and all("ReSpeaker" in e and "fileout" in e for e in lost)
+    assert "PlaybackStopped(item_id='early', played_ms=0, interrupted=True)" in events
+    assert "PlaybackStopped(item_id='late', played_ms=0, interrupted=True)" in events
+    assert not any("DeviceRestored" in e for e in events)
 
 
 def test_capture_format_prefers_48k_mono(capture24: tuple[dict[str, Any], bytes]) -> None:
