@@ -252,3 +252,19 @@ def test_constants_match_defaults() -> None:
     assert Path("/etc/hark/hark.toml") == cfg.DEFAULT_PATH
     assert Config.model_fields["history"].default_factory is not None
     assert os.fspath(cfg.DEFAULT_TOKEN_FILE) == "/etc/hark/device-token"
+
+
+def test_example_commented_defaults_are_valid() -> None:
+    """Uncommenting every `# key = value` line of the example keeps it valid (docs stay true)."""
+    import re
+
+    lines = []
+    for line in (ROOT / "examples" / "hark.toml").read_text().splitlines():
+        match = re.match(r"^# ((\[\[agent\.outputs\]\])|([a-z_]+ = .*))$", line)
+        if match and not line.startswith("# object ="):
+            line = match.group(1)
+        lines.append(line)
+    config = parse("\n".join(lines))
+    assert config.agent.outputs[0].name == "kitchen light"
+    assert config.gpio.led_pin == 25
+    assert config.realtime.language == "en"
