@@ -480,6 +480,10 @@ def read_token(path: Path | str) -> str:
             [f"{where} does not exist (write the device token there, then chmod 600 {path})"],
             str(path),
         ) from None
+    except PermissionError:
+        raise ConfigError(
+            [f"{where}: permission denied (run as root or as the service user)"], str(path)
+        ) from None
     except OSError as exc:
         raise ConfigError([f"{where}: {exc.strerror}"], str(path)) from None
     if not stat.S_ISREG(info.st_mode):
@@ -492,6 +496,10 @@ def read_token(path: Path | str) -> str:
         )
     try:
         token = path.read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise ConfigError(
+            [f"{where}: permission denied (run as root or as the service user)"], str(path)
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{where}: cannot read ({type(exc).__name__})"], str(path)) from None
     if not token:
