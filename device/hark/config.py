@@ -332,10 +332,13 @@ class VadConfig(_Section):
         "clearly louder than our own (known) output.",
     )
     echo_margin_db: float = Field(
-        default=10.0, ge=0, le=40, description="How much louder than the echo the user must be, dB."
+        default=6.0, ge=0, le=40, description="How much louder than the echo the user must be, dB."
     )
     echo_delay_max_ms: int = Field(
-        default=120, ge=0, le=500, description="Longest speaker-to-mic delay considered, ms."
+        default=350,
+        ge=0,
+        le=1000,
+        description="Longest speaker-to-mic delay considered (acoustic + buffering), ms.",
     )
 
 

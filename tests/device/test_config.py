@@ -268,3 +268,22 @@ def test_example_commented_defaults_are_valid() -> None:
     assert config.agent.outputs[0].name == "kitchen light"
     assert config.gpio.led_pin == 25
     assert config.realtime.language == "en"
+
+
+def test_docs_defaults_match_the_models() -> None:
+    """Every default in docs/config.md's reference tables is the model's real default."""
+    import json
+    import re
+
+    doc = (ROOT / "docs" / "config.md").read_text()
+    defaults = Config.model_validate({"backend": {"url": "https://k.example.com"}})
+    data = defaults.model_dump(mode="json")
+    checked = 0
+    for section, body in re.findall(r"### `\[(\w+)\]`\n(.*?)(?=\n### |\Z)", doc, re.S):
+        for key, default in re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", body, re.M):
+            assert key in data[section], f"{section}.{key} documented but not a field"
+            value = data[section][key]
+            documented = None if default == "none" else json.loads(default)
+            assert documented == value, f"{section}.{key}: doc {default} != {value!r}"
+            checked += 1
+    assert checked > 40
