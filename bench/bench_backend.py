@@ -6,9 +6,10 @@ keep-alive connection each, each with its own token) mint keys.  Two phases:
 
 1. throughput: every device sends its next request as soon as the last one is answered
    (closed loop), for ``HARK_BENCH_BACKEND_S`` seconds (default 10): requests/s.
-2. latency: the devices together offer ``HARK_BENCH_BACKEND_RATE`` requests/s (default 300,
-   the target), each on its own schedule (open loop); latency is measured from the scheduled
-   send time, so a server that falls behind shows it (no coordinated omission).
+2. latency: the devices together offer each rate in ``HARK_BENCH_BACKEND_RATES`` requests/s
+   (default 300, the target, and 150), each device on its own schedule (open loop); latency
+   is measured from the scheduled send time, so a server that falls behind shows it (no
+   coordinated omission).
 
 (In phase 1 latency is just concurrency / throughput by Little's law, so the p99 target only
 makes sense at a given offered rate: phase 2.)  It also prints the backend's and the sim's
@@ -36,7 +37,9 @@ import httpx
 
 DEVICES = 100
 DURATION_S = float(os.environ.get("HARK_BENCH_BACKEND_S", "10"))
-OFFERED_RATE_HZ = float(os.environ.get("HARK_BENCH_BACKEND_RATE", "300"))
+OFFERED_RATES_HZ = [
+    float(r) for r in os.environ.get("HARK_BENCH_BACKEND_RATES", "300,150").split(",")
+]
 WARMUP_S = 1.0
 SIM_KEY = "sk-sim-bench"
 MINT = "/v1/realtime/client_secrets"
@@ -112,6 +115,41 @@ async def _post(http: httpx.AsyncClient, token: str, tally: Tally) -> int:
     return response.status_code
 
 
+async def _open_loop(pairs: list[tuple[httpx.AsyncClient, str]], rate_hz: float) -> None:
+    """Offer ``rate_hz`` requests/s spread over the devices; print latency from schedule."""
+    tally = Tally()
+    period_s = len(pairs) / rate_hz
+    start = time.perf_counter() + 0.1
+    measure_from = start + WARMUP_S
+    stop_at = measure_from + DURATION_S
+    rng = random.Random(5)
+    dropped = 0
+
+    async def scheduled(http: httpx.AsyncClient, token: str) -> None:
+        nonlocal dropped
+        due = start + rng.random() * period_s
+        while due < stop_at:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            if time.perf_counter() - due > MAX_BEHIND_S:
+                dropped += due >= measure_from  # saturated: skip, but count it
+            else:
+                status = await _post(http, token, tally)
+                tally.record(status, (time.perf_counter() - due) * 1000, due >= measure_from)
+            due += period_s
+
+    await asyncio.gather(*(scheduled(c, t) for c, t in pairs))
+    answered_hz = len(tally.latencies_ms) / DURATION_S
+    print(f"   phase 2, open loop, offered {rate_hz:.0f} requests/s over {len(pairs)} devices:")
+    print(
+        f"     answered {answered_hz:.0f} requests/s, {tally.failures} failed,"
+        f" {dropped} skipped (over {MAX_BEHIND_S:.0f} s behind schedule);"
+        f" latency from scheduled send p50 {tally.percentile(0.5):.1f} ms,"
+        f" p99 {tally.percentile(0.99):.1f} ms   (target p99 <= 50 ms at 300/s)"
+    )
+    if tally.errors:
+        print(f"     transport errors: {tally.errors}")
+
+
 async def _phases(base_url: str, tokens: list[str], pids: tuple[int, int]) -> None:
     # One client (one keep-alive connection) per device, as in the field: one shared
     # 100-connection pool would make the client the bottleneck (httpcore scans its pool on
@@ -125,7 +163,7 @@ async def _phases(base_url: str, tokens: list[str], pids: tuple[int, int]) -> No
 
         # Phase 1: closed loop.
         tally = Tally()
-        cpu_before = [_cpu_s(pid) for pid in pids]
+        cpu_before = [_cpu_s(pid) for pid in (*pids, os.getpid())]
         measure_from = time.perf_counter() + WARMUP_S
         stop_at = measure_from + DURATION_S
 
@@ -137,7 +175,7 @@ async def _phases(base_url: str, tokens: list[str], pids: tuple[int, int]) -> No
         await asyncio.gather(*(eager(c, t) for c, t in pairs))
         cpu_ms = [
             (_cpu_s(pid) - b) * 1000 / max(tally.requests, 1)
-            for pid, b in zip(pids, cpu_before, strict=True)
+            for pid, b in zip((*pids, os.getpid()), cpu_before, strict=True)
         ]
         print(f"   phase 1, closed loop ({DEVICES} devices back to back, {DURATION_S:.0f} s):")
         print(
@@ -150,48 +188,14 @@ async def _phases(base_url: str, tokens: list[str], pids: tuple[int, int]) -> No
         )
         print(
             f"     CPU per request: backend {cpu_ms[0]:.2f} ms (~{1000 / max(cpu_ms[0], 1e-9):.0f}"
-            f" requests/s per free core), sim {cpu_ms[1]:.2f} ms"
+            f" requests/s per free core), sim {cpu_ms[1]:.2f} ms, device client {cpu_ms[2]:.2f} ms"
         )
         if tally.errors:
             print(f"     transport errors: {tally.errors}")
 
-        # Phase 2: open loop at the offered rate.
-        tally = Tally()
-        period_s = DEVICES / OFFERED_RATE_HZ
-        start = time.perf_counter() + 0.1
-        measure_from = start + WARMUP_S
-        stop_at = measure_from + DURATION_S
-        rng = random.Random(5)
-
-        dropped = 0
-
-        async def scheduled(http: httpx.AsyncClient, token: str) -> None:
-            nonlocal dropped
-            due = start + rng.random() * period_s
-            while due < stop_at:
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                if time.perf_counter() - due > MAX_BEHIND_S:
-                    dropped += due >= measure_from  # saturated: skip, but count it
-                else:
-                    status = await _post(http, token, tally)
-                    tally.record(status, (time.perf_counter() - due) * 1000, due >= measure_from)
-                due += period_s
-
-        await asyncio.gather(*(scheduled(c, t) for c, t in pairs))
-        answered_hz = len(tally.latencies_ms) / DURATION_S
-        print(
-            f"   phase 2, open loop (offered {OFFERED_RATE_HZ:.0f} req/s over {DEVICES} devices):"
-        )
-        print(
-            f"     answered {answered_hz:.0f} requests/s, {tally.failures} failed,"
-            f" {dropped} skipped (over {MAX_BEHIND_S:.0f} s behind schedule)"
-        )
-        print(
-            f"     latency from scheduled send: p50 {tally.percentile(0.5):.1f} ms,"
-            f" p99 {tally.percentile(0.99):.1f} ms   (target p99 <= 50 ms)"
-        )
-        if tally.errors:
-            print(f"     transport errors: {tally.errors}")
+        # Phase 2: open loop at each offered rate.
+        for rate_hz in OFFERED_RATES_HZ:
+            await _open_loop(pairs, rate_hz)
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
 

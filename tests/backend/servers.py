@@ -175,6 +175,7 @@ def backend_settings(
     rate_limit: RateLimit | None = None,
     policy: Policy | None = None,
     max_body_bytes: int = 16 * 1024,
+    upstream_timeout_s: float = 5.0,
 ) -> Settings:
     """Settings pointing at ``upstream``, with test-friendly defaults."""
     return Settings(
@@ -184,7 +185,7 @@ def backend_settings(
         policy=policy or Policy(),
         rate_limit=rate_limit or RateLimit(1000, 60.0),
         max_body_bytes=max_body_bytes,
-        upstream_timeout_s=5.0,
+        upstream_timeout_s=upstream_timeout_s,
     )
 
 

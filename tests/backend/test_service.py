@@ -258,6 +258,19 @@ def test_upstream_down_is_503(backend: Backend) -> None:
     assert response.headers["retry-after"] == "1"
 
 
+def test_upstream_silence_is_503_timeout(backend: Backend) -> None:
+    """An upstream that accepts but never answers gives 503 upstream_timeout, not a hang."""
+    token = backend.add("kitchen")
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        mute = SimpleNamespace(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-unused")
+        settings = backend_settings(backend.registry.url, mute, upstream_timeout_s=0.3)
+        with run_backend(settings) as server, httpx.Client(base_url=server.url) as http:
+            response = http.post(MINT, json={}, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "upstream_timeout"
+
+
 def test_health_and_openapi(backend: Backend) -> None:
     """GET /healthz answers ok; the OpenAPI schema documents the endpoint and its errors."""
     assert backend.http.get("/healthz").json() == {"status": "ok"}
@@ -330,3 +343,19 @@ async def test_device_key_fetcher_end_to_end(backend: Backend, upstream: Any) ->
     assert refused.value.status == 401
     assert refused.value.kind == "unauthorised"
     assert "revoked" in str(refused.value)
+
+
+async def test_minter_works_without_aiohttp(upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without aiohttp the minter falls back to sharded httpx2 pools and still mints."""
+    import sys
+
+    from hark_backend.upstream import KeyMinter
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp -> ImportError
+    minter = KeyMinter(api_key=upstream.api_key, base_url=upstream.base_url, connections=20)
+    try:
+        assert len(minter._clients) == 3  # 20 connections in shards of at most 8
+        answer = await minter.mint(ttl_s=30, session={"type": "realtime", "model": "gpt-realtime"})
+    finally:
+        await minter.aclose()
+    assert ClientSecretCreateResponse.model_validate_json(answer).value.startswith("ek_")
