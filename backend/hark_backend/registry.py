@@ -14,6 +14,8 @@ lookup is by hash (an index), and the stored hash is then compared with
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -386,8 +388,5 @@ class Registry:
 
     async def call(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run a registry method on the registry's worker thread(s), off the event loop."""
-        import asyncio
-        import functools
-
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
