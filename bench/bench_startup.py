@@ -1,7 +1,8 @@
 """Daemon start-up and footprint: exec → READY=1 for `hark run`, idle RSS, CLI import costs.
 
 `hark run --fake-audio` (WAV-backed silence in, nothing out; GPIO on gpiozero's mock
-pins) against `hark_sim` on loopback, with a real NOTIFY_SOCKET. Targets (issue 4):
+pins) against `hark_sim` on loopback, with a real NOTIFY_SOCKET and the unit file's
+Environment= settings. Targets (issue 4):
 exec → READY=1 ≤ 0.5 s, idle resident memory ≤ 50 MiB. Prints figures, asserts nothing.
 """
 
@@ -31,13 +32,26 @@ def _memory_mib(pid: int) -> dict[str, float]:
     return out
 
 
+def _unit_environment() -> dict[str, str]:
+    """systemd/hark.service's Environment= settings (those without %-specifiers)."""
+    unit = Path(__file__).resolve().parents[1] / "systemd" / "hark.service"
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment=") and "%" not in line:
+            for assignment in line.removeprefix("Environment=").split():
+                key, _, value = assignment.partition("=")
+                env[key] = value
+    return env
+
+
 def _run_once(config: Path, tmp: Path, measure_rss: bool) -> tuple[float, float, dict[str, float]]:
     """One start: (exec → READY s, exec → session open s, idle RSS MiB)."""
     path = tmp / f"notify-{time.monotonic_ns()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     sock.settimeout(30)
-    env = dict(os.environ, NOTIFY_SOCKET=str(path), GPIOZERO_PIN_FACTORY="mock")
+    env = dict(os.environ, **_unit_environment())
+    env.update(NOTIFY_SOCKET=str(path), GPIOZERO_PIN_FACTORY="mock")
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hark.cli", "run", "--fake-audio", "--config", str(config)],
