@@ -396,7 +396,7 @@ def test_run_under_notify_socket_with_reload_and_stop(sim: Any, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
-    """`hark say TEXT` sends a text turn and prints the reply (sound to a fake speaker)."""
+    """`hark say TEXT` sends a text turn, prints the reply, and `hark history` shows both."""
     path = _sim_config(sim, tmp_path)
     env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
     result = subprocess.run(
@@ -408,7 +408,11 @@ def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    assert "hi" in result.stdout  # the parrot brain answers "You said: hi"
+    history = hark("history", "--config", path)
+    assert history.returncode == 0
+    assert "user: hi" in history.stdout
+    assert "assistant: " in history.stdout
 
 
 @pytest.mark.slow
