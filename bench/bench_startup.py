@@ -74,11 +74,13 @@ def _run_once(config: Path, tmp: Path, measure_rss: bool) -> tuple[float, float,
             time.sleep(IDLE_S)
             rss = _memory_mib(proc.pid)
     finally:
+        stop_started = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        rss["stop_s"] = time.perf_counter() - stop_started
         sock.close()
     return ready_s, linked_s, rss
 
@@ -120,6 +122,7 @@ def main() -> None:
     ready = [r[0] for r in results]
     linked = [r[1] for r in results]
     rss = results[-1][2]
+    stops = [r[2]["stop_s"] for r in results]
     print(
         f"   hark run: exec -> READY=1              median {statistics.median(ready):.3f} s, "
         f"min {min(ready):.3f} s over {RUNS} (target <= 0.5 s)"
@@ -128,6 +131,10 @@ def main() -> None:
     print(
         f"   hark run: idle VmRSS after {IDLE_S:.0f} s        {rss.get('VmRSS', 0):.1f} MiB "
         f"(anon {rss.get('RssAnon', 0):.1f}, file {rss.get('RssFile', 0):.1f}; target <= 50 MiB)"
+    )
+    print(
+        f"   hark run: SIGTERM -> exit              median {statistics.median(stops):.3f} s, "
+        f"max {max(stops):.3f} s (must be < 5 s)"
     )
     load = os.getloadavg()
     print(f"   load average while measuring: {load[0]:.2f} on {os.cpu_count()} CPUs")
