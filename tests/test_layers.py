@@ -14,7 +14,9 @@ DEVICE = ROOT / "device" / "hark"
 FORBIDDEN: dict[str, set[str]] = {
     "events": {"hark.*"},
     "config": {"hark.*"},
+    "vadgate": {"asyncio", "numpy", "hark.*"},
     "pcm": {"asyncio", "pyaudio"},
+    "keys": {"hark.conversation", "hark.soundcard", "hark.gpio", "hark.app"},
     "realtime": {"asyncio", "websockets"},
     "conversation": {
         "asyncio",
