@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hark import __version__, cli
+from hark import __version__, cli, daemon, demo
 from hark.config import Config, parse
 
 GOOD = """\
@@ -224,8 +224,8 @@ class RecordingNotifier:
 @pytest.fixture
 def supervisor(
     config_dir: Path,
-) -> Iterator[tuple[cli.Supervisor, list[FakeApp], RecordingNotifier]]:
-    config, token = cli._load(str(config_dir / "hark.toml"), with_token=True)
+) -> Iterator[tuple[daemon.Supervisor, list[FakeApp], RecordingNotifier]]:
+    config, token = daemon.load_config(str(config_dir / "hark.toml"), with_token=True)
     assert token is not None
     apps: list[FakeApp] = []
     notifier = RecordingNotifier()
@@ -234,7 +234,7 @@ def supervisor(
         apps.append(FakeApp(config))
         return apps[-1]
 
-    sup = cli.Supervisor(str(config_dir / "hark.toml"), config, token, build, notifier)
+    sup = daemon.Supervisor(str(config_dir / "hark.toml"), config, token, build, notifier)
     yield sup, apps, notifier
 
 
@@ -247,7 +247,7 @@ async def _until(predicate: Any) -> None:
 
 
 async def test_sighup_good_then_bad_then_sigterm(
-    supervisor: tuple[cli.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
+    supervisor: tuple[daemon.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
 ) -> None:
     """SIGHUP with a good config rebuilds the app; with a bad one keeps it; SIGTERM stops."""
     sup, apps, notifier = supervisor
@@ -282,12 +282,12 @@ async def test_sighup_good_then_bad_then_sigterm(
 
 
 async def test_sigterm_cancels_a_stuck_app(
-    supervisor: tuple[cli.Supervisor, list[FakeApp], RecordingNotifier],
+    supervisor: tuple[daemon.Supervisor, list[FakeApp], RecordingNotifier],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An app that ignores shutdown is cancelled after the stop budget."""
     sup, apps, _ = supervisor
-    monkeypatch.setattr(cli, "STOP_WITHIN_S", 0.2)
+    monkeypatch.setattr(daemon, "STOP_WITHIN_S", 0.2)
 
     def stubborn(config: Config, token: str, notifier: Any) -> FakeApp:
         apps.append(FakeApp(config, stubborn=True))
@@ -491,11 +491,11 @@ async def test_sigterm_turns_the_led_off(sim: Any, tmp_path: Path) -> None:
 
     factory = MockFactory(pin_class=MockPWMPin)
     path = _sim_config(sim, tmp_path, "[gpio]\nled_pin = 27\n")
-    config, token = cli._load(str(path), with_token=True)
+    config, token = daemon.load_config(str(path), with_token=True)
     assert token is not None
     notifier = RecordingNotifier()
-    build = functools.partial(cli.build_app, fake_audio=True, pin_factory=factory)
-    sup = cli.Supervisor(str(path), config, token, build, notifier)
+    build = functools.partial(demo.build_with_fake_audio, pin_factory=factory)
+    sup = daemon.Supervisor(str(path), config, token, build, notifier)
     serving = asyncio.create_task(sup.serve())
     try:
         await _until(lambda: any(m.startswith("STATUS=idle") for m in notifier.messages))
@@ -510,7 +510,7 @@ async def test_sigterm_turns_the_led_off(sim: Any, tmp_path: Path) -> None:
 
 
 async def test_reload_that_cannot_build_keeps_the_old_config(
-    supervisor: tuple[cli.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
+    supervisor: tuple[daemon.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
 ) -> None:
     """A valid config whose app cannot be built (bad agent object) falls back to the old one."""
     sup, apps, notifier = supervisor
@@ -559,7 +559,7 @@ def test_failed_wiring_releases_pins(tmp_path: Path) -> None:
         "[history]\nenabled = false\n"
     )
     with pytest.raises(Exception, match="no_such_pkg"):
-        cli.build_app(config, "tok", None, fake_audio=True, pin_factory=factory)
+        demo.build_with_fake_audio(config, "tok", None, pin_factory=factory)
     Button(17, pin_factory=factory).close()  # GPIOPinInUse if the failed build kept it
     LED(27, pin_factory=factory).close()
     factory.close()

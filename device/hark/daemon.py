@@ -1,0 +1,532 @@
+"""The daemon's composition root: config -> adapters, core, app, agent, history; life cycle.
+
+``build_app`` wires the real adapters (link, soundcard, gpio) around the conversation
+core and the app loop, plus the agent's tool runner, guardrails and history; callers
+may pass single adapters instead (the demo, ``hark say`` and tests pass fakes).
+``Supervisor`` owns the process-level life cycle (SIGTERM, SIGHUP reload, systemd
+notifications); ``Daemon`` is one built app plus what it owns outside the loop.
+
+It must not import ``hark.testing`` (the fakes are chosen by ``hark.demo``) and must
+stay lean at import time: every heavy import happens inside ``build_app``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from hark.config import Config
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+STOP_WITHIN_S = 4.5
+"""SIGTERM must end the process within 5 s (the unit allows more, owners expect less)."""
+
+
+def load_config(path: str, *, with_token: bool) -> tuple[Config, str | None]:
+    """Config and token, or ``ConfigError`` listing every problem of both."""
+    from hark.config import ConfigError, load, read_token
+
+    config = load(path)
+    token: str | None = None
+    if with_token:
+        try:
+            token = read_token(config.backend.token_file)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, path) from None
+    return config, token
+
+
+class ServiceNotifier(Protocol):
+    """What the supervisor tells systemd (``hark.notify.SystemdNotifier``)."""
+
+    def ready(self) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+class RunningApp(Protocol):
+    """What the supervisor needs from a built app: run until told to stop."""
+
+    async def run(self) -> None: ...
+
+    def shutdown(self) -> None:
+        """Wind down cleanly (LED off, playback faded, files closed); ``run`` then returns."""
+
+
+AppFactory = Callable[["Config", str, Any], RunningApp]
+
+
+class Supervisor:
+    """SIGTERM/SIGINT stop the app within 5 s; SIGHUP reloads the config or keeps the old.
+
+    A reload that validates replaces the whole app (audio, GPIO and session are
+    reopened, the new app reports READY again); one that does not is refused, each
+    problem logged, and the running app is left alone.
+    """
+
+    def __init__(
+        self,
+        config_path: str,
+        config: Config,
+        token: str,
+        build: AppFactory,
+        notifier: ServiceNotifier,
+    ) -> None:
+        import asyncio
+
+        self.config_path = config_path
+        self.config = config
+        self.token = token
+        self._build = build
+        self._notifier = notifier
+        self._app: RunningApp | None = None
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._pending: tuple[Config, str] | None = None
+        self.reloads = 0
+        self.refused_reloads = 0
+
+    def request_stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_event.set()
+        log.info("stopping")
+        self._notifier.stopping()
+        if self._app is not None:
+            self._app.shutdown()
+
+    def request_reload(self) -> None:
+        from hark.config import ConfigError
+
+        log.info("reloading %s", self.config_path)
+        try:
+            config, token = load_config(self.config_path, with_token=True)
+        except ConfigError as exc:
+            self.refused_reloads += 1
+            for problem in exc.problems:
+                log.error("reload refused: %s: %s", self.config_path, problem)
+            self._notifier.status(f"reload refused, old config kept: {exc.problems[0]}")
+            return
+        assert token is not None
+        if config == self.config and token == self.token:
+            log.info("config unchanged")
+            self._notifier.status("config unchanged")
+            return
+        self._notifier.reloading()
+        self._pending = (config, token)
+        if self._app is not None:
+            self._app.shutdown()
+
+    async def serve(self) -> int:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        previous: tuple[Config, str] | None = None
+        try:
+            while True:
+                gated = _GatedNotifier(self._notifier, lambda: self._stopping)
+                try:
+                    self._app = self._build(self.config, self.token, gated)
+                except Exception as exc:
+                    if previous is None:
+                        raise  # the first start: cmd_run turns it into an exit code
+                    # The new config validated but cannot be built (agent.object fails
+                    # to import, a pin is busy): keep serving with the old one.
+                    self.refused_reloads += 1
+                    log.error("reload failed, old config kept: %s", exc)
+                    self._notifier.status(f"reload failed, old config kept: {exc}")
+                    (self.config, self.token), previous = previous, None
+                    _apply_log_level(self.config.log.level)
+                    continue
+                previous = None
+                if self._stopping or self._pending is not None:
+                    self._app.shutdown()  # a signal came while it was being built
+                task = asyncio.create_task(self._app.run(), name="hark-app")
+                stop_watch = asyncio.create_task(self._wait_stop(task))
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if not (task.cancelled() and current and not current.cancelling()):
+                        raise  # we ourselves are being cancelled
+                    log.warning("app cancelled after the stop budget")
+                finally:
+                    stop_watch.cancel()
+                if self._stopping or self._pending is None:
+                    return EX_OK
+                previous = (self.config, self.token)
+                self.config, self.token = self._pending
+                self._pending = None
+                self.reloads += 1
+                _apply_log_level(self.config.log.level)
+                log.info("config reloaded")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _wait_stop(self, task: asyncio.Task[None]) -> None:
+        """Once a stop is requested, give the app ``STOP_WITHIN_S`` and then cancel it."""
+        import asyncio
+
+        await self._stop_event.wait()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), STOP_WITHIN_S)
+        if not task.done():
+            log.warning("app did not stop within %.1f s; cancelling", STOP_WITHIN_S)
+            task.cancel()
+
+
+def _apply_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+class NoIndicator:
+    """No LED configured (or the demo): patterns go nowhere."""
+
+    def show(self, pattern: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _GatedNotifier:
+    """Forwards to systemd, except STOPPING=1 from an app torn down for a reload.
+
+    systemd treats STOPPING=1 as the start of a stop, so only a real stop may send it.
+    """
+
+    def __init__(self, real: Any, really_stopping: Callable[[], bool]) -> None:
+        self._real = real
+        self._really_stopping = really_stopping
+
+    def ready(self) -> None:
+        self._real.ready()
+
+    def status(self, text: str) -> None:
+        self._real.status(text)
+
+    def watchdog(self) -> None:
+        self._real.watchdog()
+
+    def stopping(self) -> None:
+        if self._really_stopping():
+            self._real.stopping()
+
+
+class Daemon:
+    """A built app plus what it owns outside the loop (history file, relays); a ``RunningApp``."""
+
+    def __init__(self, app: Any, closers: list[Callable[[], None]]) -> None:
+        self.app = app
+        self._closers = closers
+
+    async def run(self) -> None:
+        try:
+            await self.app.start()
+            _trim_heap()
+            await self.app.wait_stopped()
+        finally:
+            self.close()
+
+    def shutdown(self) -> None:
+        # Through the core, so the reply fades, the LED goes off and the link closes
+        # cleanly; the supervisor cancels the loop if this takes too long.
+        from hark.events import ShutdownRequested
+
+        self.app.post(ShutdownRequested())
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception:
+                log.exception("closing %r failed", close)
+        self._closers.clear()
+
+
+def _trim_heap() -> None:
+    """Give start-up garbage (import-time objects, schema building) back to the system.
+
+    glibc keeps freed heap pages; an idle daemon on a 512 MiB Pi should not.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def cue_files(config: Config) -> dict[Any, Path | str]:
+    """The configured cue sounds by cue name (the speakers type keys as ``hark.events.Cue``)."""
+    a = config.audio
+    files: dict[Any, Path | str] = {}
+    for cue, cue_path in (
+        ("listening", a.cue_listening),
+        ("done", a.cue_done),
+        ("error", a.cue_error),
+    ):
+        if cue_path is not None:
+            files[cue] = cue_path
+    return files
+
+
+def build_app(
+    config: Config,
+    token: str,
+    notifier: Any,
+    *,
+    mic: Any = None,
+    speaker: Any = None,
+    triggers: Sequence[Any] | None = None,
+    indicator: Any = None,
+    link: Any = None,
+    pin_factory: Any = None,
+) -> Daemon:
+    """Wire the adapters around the core: link, mic, speaker, button, LED, agent, history, app.
+
+    Keyword arguments replace single adapters (the demo, ``hark say`` and tests use
+    fakes; ``hark.demo.build_with_fake_audio`` is ``hark run --fake-audio``).
+    If wiring fails half-way, the pins opened so far are released (a reload falls
+    back to the old config, which needs them).
+    """
+    opened: list[Callable[[], None]] = []
+    try:
+        return _wire(
+            config,
+            token,
+            notifier,
+            opened,
+            mic=mic,
+            speaker=speaker,
+            triggers=triggers,
+            indicator=indicator,
+            link=link,
+            pin_factory=pin_factory,
+        )
+    except BaseException:
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                close()
+        raise
+
+
+def _wire(
+    config: Config,
+    token: str,
+    notifier: Any,
+    opened: list[Callable[[], None]],
+    *,
+    mic: Any,
+    speaker: Any,
+    triggers: Sequence[Any] | None,
+    indicator: Any,
+    link: Any,
+    pin_factory: Any,
+) -> Daemon:
+    from hark import builtin_tools
+    from hark.agent import ToolRunner, agent_from_config
+    from hark.app import App
+    from hark.conversation import Conversation, Settings
+    from hark.events import (
+        ButtonLongPressed,
+        ButtonPressed,
+        ButtonReleased,
+        SessionConfig,
+    )
+    from hark.guardrails import GuardrailMonitor
+    from hark.history import History
+    from hark.notify import watchdog_interval_s
+
+    closers: list[Callable[[], None]] = []
+    a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
+    hands_free = t.mode in ("vad", "both")
+    if mic is None or speaker is None:
+        from hark import soundcard
+        from hark.echo import EchoGate, EchoReference
+
+        reference = EchoReference() if hands_free and v.echo_gate else None
+        if speaker is None:
+            speaker = soundcard.SoundcardSpeaker(
+                a.output_device,
+                rate_hz=a.output_rate_hz,
+                volume=a.volume,
+                buffer_ms=a.buffer_ms,
+                cue_files=cue_files(config),
+                echo_reference=reference,
+            )
+        if mic is None:
+            gate = (
+                EchoGate(
+                    reference,
+                    margin_db=v.echo_margin_db,
+                    max_delay_ms=v.echo_delay_max_ms,
+                )
+                if reference is not None
+                else None
+            )
+            mic = soundcard.SoundcardMicrophone(
+                a.input_device,
+                rate_hz=a.capture_rate_hz,
+                vad_aggressiveness=v.aggressiveness,
+                echo_gate=gate,
+                buffer_ms=a.buffer_ms,
+            )
+    if triggers is None:
+        triggers = []
+        if t.mode in ("button", "both") and g.button_pin is not None:
+            from hark.gpio import GpioButton
+
+            button = GpioButton(
+                g.button_pin,
+                pull_up=g.button_pull_up,
+                bounce_s=g.bounce_s,
+                long_press_s=t.long_press_s,
+                pin_factory=pin_factory,
+            )
+            opened.append(button.close)
+            triggers = [button]
+    if indicator is None:
+        if g.led_pin is not None or g.rgb_pins is not None:
+            from hark.gpio import GpioIndicator
+
+            indicator = GpioIndicator(
+                g.led_pin if g.rgb_pins is None else None,
+                rgb_pins=g.rgb_pins,
+                pwm=g.led_pwm,
+                active_high=g.led_active_high,
+                pin_factory=pin_factory,
+            )
+            opened.append(indicator.close)
+        else:
+            indicator = NoIndicator()
+
+    switches = builtin_tools.open_outputs(config.agent.outputs, pin_factory=pin_factory)
+    closers += [s.close for s in switches if hasattr(s, "close")]
+    opened += closers
+    agent = agent_from_config(config.agent, volume=speaker, switches=switches)
+    base = SessionConfig(
+        model=config.realtime.model,
+        transcription_model=config.realtime.transcription_model,
+        transcription_language=config.realtime.language,
+    )
+    holder: dict[str, Any] = {}
+
+    def agent_changed(_agent: Any, session: SessionConfig) -> None:
+        # Queued in inbox order, so it precedes the tool's output (ToolRunner's
+        # contract), and kept by the core for reconnects.
+        holder["app"].update_session(session)
+
+    runner = ToolRunner(
+        agent,
+        base=base,
+        default_timeout_s=config.agent.tool_timeout_s,
+        on_agent_changed=agent_changed,
+        on_approval_required=lambda p: log.info(
+            "tool %s needs approval: press the button (hold to refuse)", p.tool_name
+        ),
+        on_end_conversation=lambda call_id: log.info("the agent ended the conversation"),
+    )
+    settings = Settings(
+        trigger_mode=t.mode,
+        button_mode=t.button,
+        end_of_turn=t.end_of_turn,
+        session_policy=config.session.policy,
+        idle_disconnect_s=config.session.idle_disconnect_s,
+        rotate_after_s=config.session.rotate_after_s,
+        session=runner.session_config(),
+        preroll_ms=v.pre_roll_ms,
+        vad_start_ms=v.start_ms,
+        barge_in_ms=v.barge_in_ms,
+        vad_stop_ms=v.stop_silence_ms,
+        no_speech_timeout_s=t.no_speech_timeout_s,
+        max_turn_s=config.session.max_turn_s,
+        response_timeout_s=config.session.response_timeout_s,
+        listening_cue=a.cues_enabled,
+        done_cue=a.cues_enabled,
+    )
+    if link is None:
+        from hark.link import WebSocketLink
+
+        link = WebSocketLink(
+            backend_url=config.backend.url,
+            device_token=token,
+            model=config.realtime.model,
+            realtime_url=config.realtime.url,
+            open_timeout_s=config.realtime.connect_timeout_s,
+            http_timeout_s=config.backend.timeout_s,
+            max_session_age_s=config.session.rotate_after_s,
+            replay_budget_chars=config.session.replay_budget_chars,
+            history_max_items=config.history.max_items,
+        )
+    history = History(
+        path=config.history.path if config.history.enabled else None,
+        max_items=config.history.max_items,
+        enabled=config.history.enabled,
+    )
+    closers.append(history.close)
+    opened.append(history.close)
+    if config.history.enabled:
+        link.seed_history(history.items_for_replay())
+
+    interval_s = watchdog_interval_s()
+    app = App(
+        Conversation(settings),
+        link,
+        mic,
+        speaker,
+        indicator,
+        triggers,
+        notifier,
+        runner,
+        watchdog_interval_s=interval_s / 2 if interval_s else None,
+    )
+    holder["app"] = app
+    guardrails = GuardrailMonitor(agent_provider=lambda: runner.agent)
+    deciding = [False]
+
+    def approvals(event: Any) -> bool:
+        """While a tool waits for approval, a press approves it and a long press refuses."""
+        if isinstance(event, ButtonReleased) and deciding[0]:
+            deciding[0] = False
+            return True
+        if not runner.pending_approvals():
+            return False
+        if isinstance(event, ButtonPressed):
+            deciding[0] = True
+            return runner.approve()
+        if isinstance(event, ButtonLongPressed):
+            deciding[0] = True
+            return runner.reject()
+        return False
+
+    def observe(event: Any, commands: Any) -> None:
+        history.observe(event)
+        runner.observe(event)
+        tripped = guardrails.feed(event)
+        if tripped is not None:
+            app.interrupt(say=tripped.fallback)
+
+    app.add_interceptor(approvals)
+    app.add_listener(observe)
+    return Daemon(app, closers)

@@ -1,0 +1,253 @@
+"""``hark doctor``: independent checks of config, token, backend, audio and GPIO, each with a fix.
+
+Each check reports rather than raises, so one failure never hides the others; the
+result is also blinked and spoken for a screenless device. It must not change any
+state (no config written, no pin left open) and must not decide exit codes (the CLI does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hark.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Check:
+    """One ``hark doctor`` line: what was checked, the outcome, and how to fix a failure."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def doctor_checks(config_path: str) -> list[Check]:
+    """Config, token, backend (a real key is minted), audio devices, GPIO; each independent."""
+    from hark.config import ConfigError, load, read_token
+
+    checks: list[Check] = []
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        fix = f"edit {config_path} (see docs/config.md)"
+        checks.append(Check("config", False, "; ".join(exc.problems), fix))
+        return checks
+    checks.append(Check("config", True, f"{config_path} is valid"))
+    try:
+        token: str | None = read_token(config.backend.token_file)
+        checks.append(Check("token", True, f"{config.backend.token_file} (mode ok)"))
+    except ConfigError as exc:
+        token = None
+        problem = exc.problems[0].removeprefix("backend.token_file: ")
+        checks.append(Check("token", False, problem, "see docs/config.md, 'The device token'"))
+    checks.append(_check_backend(config, token))
+    checks += _check_audio(config)
+    checks += _check_gpio(config)
+    return checks
+
+
+def _check_backend(config: Config, token: str | None) -> Check:
+    if token is None:
+        return Check("backend", False, "not tried (no usable token)", "fix the token first")
+    import time
+
+    from hark.keys import KeyFetchError, KeySource, LinkConfigError
+
+    try:
+        source = KeySource(config.backend.url, token, None, config.backend.timeout_s)
+        grant = source.fetch_blocking()
+    except LinkConfigError as exc:
+        return Check("backend", False, str(exc), "fix backend.url")
+    except KeyFetchError as exc:
+        fixes = {
+            "network": "check the network (ping the backend host) and backend.url",
+            "unauthorised": "the device token was refused (revoked or wrong): on the backend "
+            "run `hark-backend device rotate NAME` and install the new token",
+            "config": "backend.url is probably wrong (it must be the client_secrets endpoint)",
+            "server": "the backend or OpenAI is failing: see the backend's log",
+        }
+        return Check("backend", False, str(exc), fixes.get(exc.kind, ""))
+    left_s = grant.expires_at - time.time()
+    return Check("backend", True, f"minted a Realtime key (valid {left_s:.0f} s)")
+
+
+def _check_audio(config: Config) -> list[Check]:
+    try:
+        import pyaudio
+
+        from hark import soundcard
+    except ImportError as exc:
+        return [Check("audio", False, f"audio support missing: {exc}", "reinstall hark[device]")]
+    soundcard.quiet_alsa()
+    checks: list[Check] = []
+    try:
+        pa = pyaudio.PyAudio()
+    except Exception as exc:
+        return [Check("audio", False, f"PortAudio failed: {exc}", "check `aplay -l`")]
+    try:
+        for direction, wanted in (
+            ("input", config.audio.input_device),
+            ("output", config.audio.output_device),
+        ):
+            key = f"audio.{direction}_device"
+            try:
+                device = soundcard.find_device(pa, wanted, direction)  # type: ignore[arg-type]
+            except Exception as exc:
+                first = str(exc).splitlines()[0]
+                checks.append(
+                    Check(
+                        f"audio {direction}",
+                        False,
+                        first,
+                        f"set {key} to a name or index from `hark devices` (is the user in "
+                        "group audio? is the card plugged in?)",
+                    )
+                )
+                continue
+            checks.append(
+                Check(
+                    f"audio {direction}",
+                    True,
+                    f"[{device.index}] {device.name} ({device.default_rate_hz} Hz)",
+                )
+            )
+    finally:
+        pa.terminate()
+    return checks
+
+
+def _check_gpio(config: Config) -> list[Check]:
+    pins: list[tuple[str, int]] = []
+    if config.trigger.mode in ("button", "both") and config.gpio.button_pin is not None:
+        pins.append(("button", config.gpio.button_pin))
+    if config.gpio.led_pin is not None:
+        pins.append(("LED", config.gpio.led_pin))
+    for i, pin in enumerate(config.gpio.rgb_pins or ()):
+        pins.append((f"RGB {'rgb'[i]}", pin))
+    for output in config.agent.outputs:
+        pins.append((f"output {output.name!r}", output.pin))
+    if not pins:
+        return [Check("gpio", True, "no pins configured")]
+    try:
+        from gpiozero import DigitalInputDevice
+    except ImportError as exc:
+        return [Check("gpio", False, f"gpiozero missing: {exc}", "reinstall hark[device]")]
+    checks: list[Check] = []
+    for what, pin in pins:
+        try:
+            device = DigitalInputDevice(pin)
+            device.close()
+            checks.append(Check(f"gpio {what}", True, f"GPIO{pin} opens"))
+        except Exception as exc:
+            checks.append(
+                Check(
+                    f"gpio {what}",
+                    False,
+                    f"GPIO{pin}: {exc}",
+                    "on a Pi: add the user to group gpio and install python3-lgpio; "
+                    "elsewhere: GPIOZERO_PIN_FACTORY=mock",
+                )
+            )
+    return checks
+
+
+def doctor_announce(config_path: str, failed: list[Check]) -> None:
+    """Say the result on a screenless device: blink the LED and speak through the speaker."""
+    from hark.config import ConfigError, load
+
+    try:
+        config = load(config_path)
+    except ConfigError:
+        return
+    text = (
+        "All checks passed."
+        if not failed
+        else f"{len(failed)} checks failed. First: {failed[0].name}."
+    )
+    with contextlib.suppress(Exception):
+        _blink(config, ok=not failed)
+    with contextlib.suppress(Exception):
+        _speak(config, text)
+
+
+def _blink(config: Config, *, ok: bool) -> None:
+    if config.gpio.led_pin is None:
+        return
+    import time
+
+    from gpiozero import LED
+
+    led = LED(config.gpio.led_pin, active_high=config.gpio.led_active_high)
+    try:
+        on_s, off_s, n = (0.5, 0.3, 2) if ok else (0.1, 0.1, 10)
+        for _ in range(n):
+            led.on()
+            time.sleep(on_s)
+            led.off()
+            time.sleep(off_s)
+    finally:
+        led.close()
+
+
+def _speak(config: Config, text: str) -> None:
+    """espeak-ng into a WAV, played on the configured output (best effort)."""
+    import shutil
+    import subprocess
+    import tempfile
+    import wave
+
+    import numpy as np
+    import pyaudio
+    import soxr
+
+    from hark import soundcard
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "say.wav"
+        subprocess.run([espeak, "-w", str(path), text], check=True, timeout=30)
+        with wave.open(str(path)) as w:
+            rate_hz = w.getframerate()
+            data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    pa = pyaudio.PyAudio()
+    try:
+        device = soundcard.find_device(pa, config.audio.output_device, "output")
+        out_rate = config.audio.output_rate_hz or device.default_rate_hz
+        samples = soxr.resample(data.astype(np.float32) / 32768, rate_hz, out_rate)
+        samples = np.clip(samples * config.audio.volume, -1, 1)
+        stream = pa.open(
+            format=pyaudio.paInt16,
+            channels=1,
+            rate=out_rate,
+            output=True,
+            output_device_index=device.index,
+        )
+        try:
+            stream.write((samples * 32767).astype(np.int16).tobytes())
+        finally:
+            stream.close()
+    finally:
+        pa.terminate()
+
+
+def print_report(checks: list[Check]) -> list[Check]:
+    """One line per check (failures with their fix); returns the failed checks."""
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = "ok  " if c.ok else "FAIL"
+        print(f"{mark} {c.name:<{width}}  {c.detail}")
+        if not c.ok and c.fix:
+            print(f"     {'':<{width}}  fix: {c.fix}")
+    failed = [c for c in checks if not c.ok]
+    print("all checks passed" if not failed else f"{len(failed)} check(s) failed")
+    return failed
