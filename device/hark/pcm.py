@@ -1,23 +1,25 @@
-"""PCM arithmetic for the audio path: framing, resampling, gain, fades, durations, pre-roll, VAD.
+"""PCM arithmetic for the audio path: framing, resampling, gain, fades, durations, VAD.
 
 Everything here is pure computation on 16-bit little-endian mono samples (bytes or
 ``numpy.int16`` arrays) so both the real sound card and the WAV fakes share it and it can
 be tested without a device.  It must not import asyncio, PyAudio or anything that does
 I/O, and it must not use ``audioop`` (gone in Python 3.13, which Raspberry Pi OS Trixie
-ships).
+ships).  The VAD hysteresis and the pre-roll live in ``hark.vadgate`` (pure Python, for
+the core); they are re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Iterable
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 import webrtcvad
+
+from hark.vadgate import GateChange as GateChange
+from hark.vadgate import PreRoll as PreRoll
+from hark.vadgate import VadGate as VadGate
 
 log = logging.getLogger(__name__)
 
@@ -251,36 +253,6 @@ def resample(pcm: bytes, in_rate_hz: int, out_rate_hz: int, quality: str = "HQ")
     return out.astype(np.int16).tobytes()
 
 
-# --------------------------------------------------------------------------- pre-roll
-
-
-class PreRoll:
-    """The last ``duration_ms`` of frames, so a turn opened by VAD keeps its first syllable.
-
-    webrtcvad and the ``VadGate`` hysteresis need a few frames before they say "speech";
-    those frames are already in here when the gate opens.
-    """
-
-    def __init__(self, duration_ms: int, frame_ms: int = 20) -> None:
-        self.duration_ms = duration_ms
-        self._frames: deque[bytes] = deque(maxlen=max(1, duration_ms // frame_ms))
-
-    def push(self, frame: bytes) -> None:
-        self._frames.append(frame)
-
-    def take(self) -> list[bytes]:
-        """Everything held, oldest first; the buffer is empty afterwards."""
-        frames = list(self._frames)
-        self._frames.clear()
-        return frames
-
-    def clear(self) -> None:
-        self._frames.clear()
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-
 # --------------------------------------------------------------------------- VAD
 
 
@@ -306,63 +278,3 @@ class Vad:
     def is_speech(self, frame: bytes) -> bool:
         """``frame`` must be exactly ``frame_bytes`` long at ``rate_hz``."""
         return bool(self._vad.is_speech(frame, self.rate_hz))
-
-
-GateChange = Literal["opened", "closed"]
-
-
-class VadGate:
-    """Start/stop hysteresis over per-frame VAD verdicts.
-
-    Opens when ``open_voiced`` of the last ``open_window`` frames were voiced (one cough
-    or click does not open a turn); closes after ``close_silence_ms`` without a voiced
-    frame (a pause between words does not end it).
-    """
-
-    def __init__(
-        self,
-        frame_ms: int = 20,
-        open_voiced: int = 4,
-        open_window: int = 6,
-        close_silence_ms: int = 700,
-    ) -> None:
-        if not 1 <= open_voiced <= open_window:
-            raise ValueError("need 1 <= open_voiced <= open_window")
-        self.frame_ms = frame_ms
-        self.open_voiced = open_voiced
-        self.open_window = open_window
-        self.close_silence_ms = close_silence_ms
-        self._recent: deque[bool] = deque(maxlen=open_window)
-        self._voiced_in_window = 0
-        self._silence_ms = 0
-        self.is_open = False
-
-    def update(self, voiced: bool) -> GateChange | None:
-        """Feed one frame's verdict; return the transition it caused, if any."""
-        if len(self._recent) == self._recent.maxlen and self._recent[0]:
-            self._voiced_in_window -= 1
-        self._recent.append(voiced)
-        self._voiced_in_window += voiced
-        if not self.is_open:
-            if self._voiced_in_window >= self.open_voiced:
-                self.is_open = True
-                self._silence_ms = 0
-                return "opened"
-            return None
-        self._silence_ms = 0 if voiced else self._silence_ms + self.frame_ms
-        if self._silence_ms >= self.close_silence_ms:
-            self.is_open = False
-            self._recent.clear()
-            self._voiced_in_window = 0
-            return "closed"
-        return None
-
-    def feed(self, verdicts: Iterable[bool]) -> list[GateChange]:
-        """``update`` over many frames; the transitions in order."""
-        return [c for v in verdicts if (c := self.update(v)) is not None]
-
-    def reset(self) -> None:
-        self._recent.clear()
-        self._voiced_in_window = 0
-        self._silence_ms = 0
-        self.is_open = False

@@ -9,8 +9,9 @@ import pytest
 from hark.capture import CaptureChain
 from hark.cues import read_wav
 from hark.echo import ECHO_RATE_HZ, EchoGate, EchoReference, StreamClock
-from hark.pcm import MODEL_RATE_HZ, VadGate, resample
+from hark.pcm import MODEL_RATE_HZ, resample
 from hark.testing import speech_wav, synthetic_speech
+from hark.vadgate import VadGate
 
 FRAME = MODEL_RATE_HZ // 50  # 20 ms at 24 kHz
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hark.echo import EchoGate, EchoReference
 from hark.events import Event, MicFrame
-from hark.pcm import VadGate
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav
+from hark.vadgate import VadGate
 
 from tests.audio_rig import PulseRig, pulse_available
 from tests.device.test_soundcard_pulse import until

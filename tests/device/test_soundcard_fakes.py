@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from hark.cues import CUES, load_cues, tone
 from hark.events import Event, MicFrame, PlaybackStopped
-from hark.pcm import VadGate
 from hark.testing import (
     WavMicrophone,
     WavSpeaker,
@@ -21,6 +20,7 @@ from hark.testing import (
     synthetic_speech,
     write_wav,
 )
+from hark.vadgate import VadGate
 
 
 def test_production_code_does_not_import_testing() -> None:

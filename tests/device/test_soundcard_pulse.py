@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hark.events import DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
-from hark.pcm import VadGate, resample
+from hark.pcm import resample
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav
+from hark.vadgate import VadGate
 
 from tests.audio_rig import PulseRig, best_alignment, pulse_available, read_wav_samples
 
