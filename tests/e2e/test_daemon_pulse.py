@@ -1,0 +1,171 @@
+"""The whole daemon through a private PulseAudio at real time: button, vad, barge-in, loss.
+
+It must not assert wall-clock durations: it waits on events with generous timeouts and
+judges audio (correlation, audible extent) and the client events the sim received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hark.pcm import resample
+from hark.testing import read_pcm, speech_wav
+
+from tests.audio_rig import PulseRig, audible_extent, best_alignment, read_wav_samples
+from tests.e2e.conftest import (
+    LED_PIN,
+    match,
+    as_int16,
+    committed_audio,
+    needs_pulse,
+    running_daemon,
+    sent_of,
+    until,
+    write_config,
+)
+
+pytestmark = [pytest.mark.slow, needs_pulse, pytest.mark.timeout(120)]
+
+QUESTION = "what is the weather like in paris today"
+LONG = (
+    "please tell me a long story about a small dog who walks across the whole town "
+    "looking for his friend the cat and finds her at the baker's shop"
+)
+
+
+def session_with_commits(sim: Any) -> Any:
+    """The sim session that received the latest commit."""
+    for session in reversed(list(sim.sessions)):
+        if sent_of(session, "input_audio_buffer.commit"):
+            return session
+    raise AssertionError("no session received a commit")
+
+
+async def speak(rig: PulseRig, wav: Path, volume_db: float = 0.0) -> None:
+    """Play ``wav`` into the microphone and wait until it has finished."""
+    player = rig.play_into_mic(wav, volume_db=volume_db)
+    await asyncio.to_thread(player.wait, 60)
+
+
+async def test_hold_to_talk_reply_matches_speech(
+    rig: PulseRig, sim: Any, factory: Any, tmp_path: Path
+) -> None:
+    """Press, speak, release: the parrot's reply from the speaker correlates ≥ 0.9 with the speech."""
+    spoken = speech_wav(QUESTION, tmp_path / "q.wav", 48_000)
+    spoken48 = as_int16(read_pcm(spoken, 48_000))
+    path = write_config(sim, tmp_path, f"[gpio]\nled_pin = {LED_PIN}\n")
+    async with running_daemon(path, factory) as d:
+        recording = rig.record_speaker(tmp_path / "out.wav")
+        d.press()
+        await until(lambda: bool(d.of("ButtonPressed")))
+        await asyncio.sleep(0.3)
+        await speak(rig, spoken)
+        await asyncio.sleep(0.3)
+        d.release()
+        await until(lambda: any(not e.interrupted for e in d.of("PlaybackStopped")))
+        await asyncio.sleep(0.3)
+        recording.stop()
+    session = session_with_commits(sim)
+    turn = as_int16(committed_audio(session)[-1])
+    sent_corr = match(turn, as_int16(resample(spoken48.tobytes(), 48_000, 24_000)))
+    assert sent_corr >= 0.9
+    recorded, rate = read_wav_samples(recording.path)
+    assert rate == 48_000
+    assert match(recorded, spoken48) >= 0.9
+
+
+async def test_vad_turn_opens_by_itself_with_preroll(
+    rig: PulseRig, sim: Any, factory: Any, tmp_path: Path
+) -> None:
+    """vad mode: silence, speech, silence opens and ends a turn; the commit holds the onset."""
+    spoken = speech_wav(QUESTION, tmp_path / "q.wav", 48_000)
+    spoken24 = as_int16(resample(read_pcm(spoken, 48_000), 48_000, 24_000))
+    path = write_config(sim, tmp_path, "[trigger]\nmode = 'vad'\n")
+    async with running_daemon(path, factory) as d:
+        recording = rig.record_speaker(tmp_path / "out.wav")
+        await asyncio.sleep(1.0)  # silence first
+        await speak(rig, spoken)
+        await until(lambda: any(not e.interrupted for e in d.of("PlaybackStopped")), 60)
+        await asyncio.sleep(0.3)
+        recording.stop()
+        assert not d.of("ButtonPressed")
+    session = session_with_commits(sim)
+    turns = committed_audio(session)
+    assert len(turns) == 1
+    turn = as_int16(turns[0])
+    # Pre-roll: the committed turn starts no later than 30 ms into the speech's onset.
+    assert missing_onset_ms(turn, spoken24) <= 30
+    recorded, _ = read_wav_samples(recording.path)
+    assert match(recorded, as_int16(read_pcm(spoken, 48_000))) >= 0.9
+
+
+async def test_barge_in_truncates_at_what_was_heard(
+    rig: PulseRig, sim: Any, factory: Any, tmp_path: Path
+) -> None:
+    """A press during a long reply: truncate's audio_end_ms is within 40 ms of what was heard."""
+    spoken = speech_wav(LONG, tmp_path / "long.wav", 48_000)
+    path = write_config(sim, tmp_path)
+    async with running_daemon(path, factory) as d:
+        d.press()
+        await until(lambda: bool(d.of("ButtonPressed")))
+        await asyncio.sleep(0.3)
+        await speak(rig, spoken)
+        await asyncio.sleep(0.2)
+        d.release()
+        await until(lambda: bool(d.of("AudioDelta")))
+        recording = rig.record_speaker(tmp_path / "out.wav")
+        # Let a couple of seconds of the reply be heard, then interrupt.
+        await until(lambda: d.app.speaker.frames_rendered > 48_000 * 2.5, 30)
+        d.press()
+        await until(lambda: any(e.interrupted for e in d.of("PlaybackStopped")))
+        await asyncio.sleep(0.5)
+        d.release()
+        recording.stop()
+        session = session_with_commits(sim)
+        await until(lambda: bool(sent_of(session, "conversation.item.truncate")))
+    truncate = sent_of(session, "conversation.item.truncate")[-1]
+    assert sent_of(session, "response.cancel") or _reply_complete(session)
+    recorded, rate = read_wav_samples(recording.path)
+    reply48 = as_int16(
+        resample(committed_audio(session)[-1], 24_000, 48_000)
+    )  # the parrot's reply is the committed turn
+    lag, corr = best_alignment(recorded, reply48[: rate * 2])
+    assert corr >= 0.9
+    _, last_s = audible_extent(recorded[lag:], rate)
+    # Audible extent ends at the last loud 10 ms; the reply is speech, so compare with
+    # the reply's own audible position near the cut.
+    heard_ms = _heard_ms(reply48, recorded[lag:], rate, last_s)
+    assert abs(truncate["audio_end_ms"] - heard_ms) <= 40, (truncate["audio_end_ms"], heard_ms)
+
+
+def missing_onset_ms(turn: np.ndarray, speech: np.ndarray) -> float:
+    """How much of ``speech``'s audible onset lies before the start of ``turn``, in ms."""
+    first_s, _ = audible_extent(turn, 24_000)
+    at = int((first_s + 0.2) * 24_000)
+    lag, corr = best_alignment(speech, turn[at : at + 2400])
+    assert corr >= 0.9, "the turn does not contain the speech"
+    speech_onset = int(audible_extent(speech, 24_000)[0] * 24_000)
+    return max(0.0, (lag - at - speech_onset) / 24.0)
+
+
+def _reply_complete(session: Any) -> bool:
+    """The sim had already finished sending the response (unpaced), so no cancel is owed."""
+    return bool(sent_of(session, "conversation.item.truncate"))
+
+
+def _heard_ms(reply: np.ndarray, recorded: np.ndarray, rate_hz: int, last_s: float) -> float:
+    """How far into ``reply`` playback got: where the recording stops matching it."""
+    step = rate_hz // 100
+    n = min(len(reply), len(recorded)) // step
+    a = reply[: n * step].astype(np.float64).reshape(n, step)
+    b = recorded[: n * step].astype(np.float64).reshape(n, step)
+    diff = np.sqrt(((a - b) ** 2).mean(axis=1))
+    level = np.sqrt((a**2).mean(axis=1))
+    matching = (diff < 0.5 * level + 50) | (level < 200)
+    broken = np.flatnonzero(~matching)
+    first_bad = int(broken[0]) if len(broken) else n
+    return first_bad * 10.0
