@@ -15,6 +15,16 @@ the device only while it shows "listening"):
 - SPEAKING: reply audio is playing.
 - ERROR: a fault (link, device) until it clears, or a transient error for
   ``error_hold_s``.
+
+While a tool waits for the owner's approval (``approval_pending``, set by the glue),
+the LED shows "connecting" (the "waiting for something" blink; the mic is not
+streaming, so not "listening"), a "listening" cue asks for the press, the buttons
+belong to the glue's interceptor and the response timeout is suspended.
+
+Voice activity goes through ``hark.vadgate`` only: ``Settings.open_gate()`` opens a
+turn from rest, ``Settings.barge_in_gate()`` (stricter: an echo margin) interrupts a
+reply, the gate's close-on-silence ends a local turn, and ``Settings.preroll()`` keeps
+the first syllable.  The echo tests build the same gates from ``Settings()``.
 """
 
 from __future__ import annotations
@@ -91,6 +101,7 @@ from hark.events import (
     UserTranscript,
     WireCommand,
 )
+from hark.vadgate import PreRoll, VadGate
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +165,15 @@ class Settings:
     rotate_after_s: float = 50 * 60.0
     session: SessionConfig = field(default_factory=SessionConfig)
     preroll_ms: int = 300
-    vad_start_ms: int = 60  # voiced audio that opens a turn
-    barge_in_ms: int = 150  # voiced audio that interrupts a reply (stricter: echo)
+    vad_frame_ms: int = 20  # the length of one MicFrame (hark.capture.FRAME_MS)
+    # Voiced audio within (voiced + slack) ms that opens a turn (4 of 6 frames)...
+    vad_start_ms: int = 80
+    vad_slack_ms: int = 40
+    # ...and that interrupts a reply: stricter, an echo margin (8 of 10 frames).
+    barge_in_ms: int = 160
+    barge_in_slack_ms: int = 40
     vad_stop_ms: int = 700  # silence that ends a turn (local end of turn)
+    end_quiet_s: float = 2.0  # wake VAD deaf after an ended conversation (the goodbye's tail)
     no_speech_timeout_s: float = 5.0  # a tap turn with no voice at all closes
     max_turn_s: float = 30.0
     response_timeout_s: float = 15.0
@@ -172,6 +189,32 @@ class Settings:
             raise ValueError("preroll_ms must cover vad_start_ms and barge_in_ms")
         if self.min_commit_ms < 100:
             raise ValueError("min_commit_ms below 100 ms makes the server refuse commits")
+        if min(self.vad_frame_ms, self.vad_start_ms, self.barge_in_ms) <= 0:
+            raise ValueError("vad_frame_ms, vad_start_ms and barge_in_ms must be positive")
+        if min(self.vad_slack_ms, self.barge_in_slack_ms) < 0:
+            raise ValueError("vad_slack_ms and barge_in_slack_ms cannot be negative")
+
+    def open_gate(self) -> VadGate:
+        """The gate that opens a turn from rest (IDLE, CONNECTING, ERROR) and ends it."""
+        return VadGate.from_ms(
+            self.vad_start_ms,
+            self.vad_start_ms + self.vad_slack_ms,
+            self.vad_stop_ms,
+            self.vad_frame_ms,
+        )
+
+    def barge_in_gate(self) -> VadGate:
+        """The stricter gate that interrupts a reply (THINKING, SPEAKING): echo margin."""
+        return VadGate.from_ms(
+            self.barge_in_ms,
+            self.barge_in_ms + self.barge_in_slack_ms,
+            self.vad_stop_ms,
+            self.vad_frame_ms,
+        )
+
+    def preroll(self) -> PreRoll:
+        """The pre-roll buffer a voice-opened turn starts with."""
+        return PreRoll(self.preroll_ms, self.vad_frame_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +231,9 @@ class TranscriptLine:
 class _Turn:
     source: TurnSource
     opened_at: float
+    gate: VadGate  # open once speech was heard; closing on silence ends a local turn
     audio_ms: float = 0.0
     voiced_seen: bool = False
-    silence_ms: float = 0.0
     server_speech: bool = False
 
 
@@ -233,9 +276,15 @@ class Conversation:
         self._outbox: list[WireCommand] = []
         # input
         self._turn: _Turn | None = None
-        self._preroll: deque[bytes] = deque()
-        self._preroll_ms = 0.0
-        self._voiced_ms = 0.0
+        self._open_gate = settings.open_gate()
+        self._barge_gate = settings.barge_in_gate()
+        self._gate: VadGate | None = None  # the trigger gate fed last (reset on a switch)
+        self._preroll = settings.preroll()
+        self._quiet_until = float("-inf")  # wake VAD deaf until then (end_after_reply)
+        self._end_requested = False
+        self._approval_pending = False
+        self._deferred: list[Command] = []  # from the approval_pending setter
+        self._now = 0.0  # the latest time seen, for the approval_pending setter
         # output
         self._response_id: str | None = None
         self._response_expected = False
@@ -245,7 +294,9 @@ class Conversation:
         self._tool_calls: dict[str, str] = {}  # call_id -> response_id
         self._playing: set[str] = set()
         self._received_ms: dict[str, float] = {}
-        self._truncate_pending = False
+        # Interrupted items awaiting the speaker's PlaybackStopped: item id -> received ms.
+        # Survives _settle and new turns (a quick tap can end before the speaker reports).
+        self._truncates: dict[str, float] = {}
         # time
         self._response_deadline: float | None = None
         self._error_until: float | None = None
@@ -262,6 +313,8 @@ class Conversation:
 
     def status_text(self) -> str:
         text = self.phase.value
+        if self._approval_pending:
+            text += "; waiting for approval"
         if self.last_error:
             text += f"; last error: {self.last_error}"
         return text
@@ -276,11 +329,13 @@ class Conversation:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Feed one event; return what the adapters must do, in order."""
+        self._now = now
         handler = None if self._stopped else _TABLE.get((self.phase, type(event)))
+        deferred, self._deferred = self._deferred, []
         if handler is None:
             self.ignored_counts[type(event).__name__] += 1
-            return []
-        return handler(self, event, now)
+            return deferred
+        return deferred + handler(self, event, now)
 
     def deadline(self) -> float | None:
         """When the next ``Tick`` is due (same clock as ``now``), or None."""
@@ -292,8 +347,8 @@ class Conversation:
             times.append(turn.opened_at + s.max_turn_s)
             if self._no_speech_applies(turn):
                 times.append(turn.opened_at + s.no_speech_timeout_s)
-        if self.phase is Phase.THINKING and self._response_deadline is not None:
-            times.append(self._response_deadline)
+        if (due := self._response_deadline_due()) is not None:
+            times.append(due)
         if self.phase is Phase.ERROR and self._error_until is not None:
             times.append(self._error_until)
         if self.phase is Phase.IDLE and self._linked:
@@ -317,6 +372,50 @@ class Conversation:
             cmds += self._request_response(CreateResponse(instructions=instructions), now)
         return cmds + self._settle(now)
 
+    @property
+    def approval_pending(self) -> bool:
+        """A tool waits for the owner's press; the glue's interceptor owns the button."""
+        return self._approval_pending
+
+    @approval_pending.setter
+    def approval_pending(self, pending: bool) -> None:
+        # Without ``now`` there is no caller to hand commands to: they go out with the
+        # next event.  ``set_approval_pending`` (via ``App.call``) is immediate.
+        self._deferred += self.set_approval_pending(pending, self._now)
+
+    def set_approval_pending(self, pending: bool, now: float) -> list[Command]:
+        """Enter or leave "waiting for approval": LED, cue, buttons, response timeout.
+
+        While pending, presses and long presses in THINKING/SPEAKING do nothing here
+        (the glue turns them into approve/reject) and ``response_timeout_s`` is
+        suspended, so the core never gives up before the runner's approval timeout.
+        """
+        if self._stopped or pending == self._approval_pending:
+            return []
+        self._approval_pending = pending
+        cmds: list[Command] = []
+        if pending:
+            cmds.append(PlayCue("listening"))
+        elif self.phase is Phase.THINKING:
+            self._response_deadline = now + self.settings.response_timeout_s
+        cmds.insert(0, SetLed(self._led()))
+        cmds.append(ReportStatus(self.status_text()))
+        return cmds
+
+    def end_after_reply(self, now: float) -> list[Command]:
+        """End the conversation once the current reply has played (the "end" tool).
+
+        Then: the "done" cue, IDLE, ``Disconnect`` under the on-demand policy, and the
+        wake VAD deaf for ``end_quiet_s`` so the goodbye's tail cannot open a turn.
+        A new turn the user opens before that cancels the request.
+        """
+        if self._stopped:
+            return []
+        self._end_requested = True
+        if self.phase in (Phase.THINKING, Phase.SPEAKING, Phase.LISTENING):
+            return []  # _settle finishes it when the reply is over
+        return self._settle(now)
+
     def update_session(self, config: SessionConfig) -> list[Command]:
         """Switch instructions, tools or voice live (handoffs): one ``session.update``.
 
@@ -328,6 +427,17 @@ class Conversation:
 
     # ------------------------------------------------------------------ helpers
 
+    def _led(self) -> LedPattern:
+        if self._approval_pending and self.phase in (Phase.THINKING, Phase.SPEAKING):
+            return "connecting"  # waiting on someone; not "listening": the mic is closed
+        return _LED[self.phase]
+
+    def _response_deadline_due(self) -> float | None:
+        """The response timeout, unless suspended by a pending approval."""
+        if self.phase is not Phase.THINKING or self._approval_pending:
+            return None
+        return self._response_deadline
+
     def _go(self, phase: Phase, force_status: bool = False) -> list[Command]:
         if phase is self.phase and not force_status:
             return []
@@ -335,7 +445,7 @@ class Conversation:
         self.phase = phase
         if phase is not Phase.THINKING:
             self._response_deadline = None
-        cmds: list[Command] = [SetLed(_LED[phase])] if changed else []
+        cmds: list[Command] = [SetLed(self._led())] if changed else []
         cmds.append(ReportStatus(self.status_text()))
         return cmds
 
@@ -362,9 +472,24 @@ class Conversation:
             self.turns_completed += 1
         self._received_ms.clear()
         self._last_activity = now
+        cmds = self._end_conversation(now) if self._end_requested else []
         if self.phase is Phase.ERROR and self._error_until is not None and now < self._error_until:
-            return []
-        return self._go(self._rest_phase())
+            return cmds
+        return cmds + self._go(self._rest_phase())
+
+    def _end_conversation(self, now: float) -> list[Command]:
+        """The reply asked for by ``end_after_reply`` is over: cue, deaf wake VAD, hang up."""
+        self._end_requested = False
+        self._quiet_until = now + self.settings.end_quiet_s
+        self._gate = None
+        self._preroll.clear()
+        cmds: list[Command] = [PlayCue("done")]
+        if self.settings.session_policy == "on_demand" and self._linked:
+            self._linked = False
+            self._disconnecting = True
+            self._session_started_at = None
+            cmds.append(Disconnect("conversation ended"))
+        return cmds
 
     def _busy(self) -> bool:
         """A response exists (or is about to) on the server."""
@@ -409,8 +534,11 @@ class Conversation:
         cmds: list[Command] = []
         if self._playing:
             cmds.append(StopPlayback())
+            for item in self._playing:
+                self._truncates[item] = self._received_ms.get(item, 0.0)
+            while len(self._truncates) > 8:  # a speaker that never reported
+                del self._truncates[next(iter(self._truncates))]
             self._playing.clear()
-            self._truncate_pending = True
         rid = self._response_id
         if rid is not None and rid not in self._cancelled:
             self._cancel_response(rid)
@@ -424,31 +552,28 @@ class Conversation:
         self._pending_create = None
         return cmds
 
-    def _push_preroll(self, pcm: bytes, ms: float) -> None:
-        self._preroll.append(pcm)
-        self._preroll_ms += ms
-        while self._preroll and self._preroll_ms - len(self._preroll[0]) / PCM_BYTES_PER_MS >= (
-            self.settings.preroll_ms
-        ):
-            self._preroll_ms -= len(self._preroll.popleft()) / PCM_BYTES_PER_MS
-
-    def _open_turn(self, source: TurnSource, now: float, preroll: bool) -> list[Command]:
+    def _open_turn(self, source: TurnSource, now: float, gate: VadGate | None) -> list[Command]:
+        """Open a turn; ``gate`` is the voice gate that opened it (its pre-roll goes first)."""
         cmds: list[Command] = []
         if not self._linked and not self._connecting:
             self._connecting = True
             self._disconnecting = False
             cmds.append(Connect())
-        turn = self._turn = _Turn(source, now)
-        self._voiced_ms = 0.0
+        if gate is None:  # a button turn: speech has yet to be heard
+            gate = self._open_gate
+            gate.reset()
+        # The turn owns the gate now; the trigger gates start afresh after it.
+        self._gate = None
+        self._end_requested = False  # the user wants to go on
+        turn = self._turn = _Turn(source, now, gate, voiced_seen=gate.is_open)
         cmds += self._go(Phase.LISTENING)
         if self.settings.listening_cue:
             cmds.append(PlayCue("listening"))
-        if preroll and self._preroll:
-            turn.audio_ms = self._preroll_ms
-            turn.voiced_seen = True
-            cmds += self._wire(SendAudio(b"".join(self._preroll)))
-        self._preroll.clear()
-        self._preroll_ms = 0.0
+        held_ms = self._preroll.held_ms
+        frames = self._preroll.take()
+        if turn.voiced_seen and frames:
+            turn.audio_ms = held_ms
+            cmds += self._wire(SendAudio(b"".join(frames)))
         return cmds
 
     def _end_turn(self, now: float) -> list[Command]:
@@ -473,8 +598,8 @@ class Conversation:
             cmds = self._wire(ClearAudio())
         return cmds + self._settle(now)
 
-    def _barge_in(self, source: TurnSource, now: float, preroll: bool) -> list[Command]:
-        return self._interrupt() + self._open_turn(source, now, preroll)
+    def _barge_in(self, source: TurnSource, now: float, gate: VadGate | None) -> list[Command]:
+        return self._interrupt() + self._open_turn(source, now, gate)
 
     def _fail(self, now: float, message: str) -> list[Command]:
         """A transient error: abort what is going on, error LED and cue, back to rest later."""
@@ -502,7 +627,7 @@ class Conversation:
         if self._playing:
             cmds.append(StopPlayback())
         self._playing.clear()
-        self._truncate_pending = False
+        self._truncates.clear()
         had_work = self._turn is not None or self._busy() or bool(self._tool_calls)
         self._turn = None
         self._response_id = None
@@ -518,12 +643,18 @@ class Conversation:
     def _no_speech_applies(self, turn: _Turn) -> bool:
         return turn.source != "hold" and not turn.voiced_seen and not turn.server_speech
 
-    def _vad_trigger(self, ev: MicFrame, threshold_ms: int) -> bool:
-        """Feed the pre-roll and the start hysteresis; True when voice should open a turn."""
-        ms = len(ev.pcm) / PCM_BYTES_PER_MS
-        self._push_preroll(ev.pcm, ms)
-        self._voiced_ms = self._voiced_ms + ms if ev.voiced else 0.0
-        return self._voiced_ms >= threshold_ms
+    def _frames_in(self, ev: MicFrame) -> int:
+        """Gate updates for one MicFrame (capture sends one ``vad_frame_ms`` frame each)."""
+        return max(1, round(len(ev.pcm) / PCM_BYTES_PER_MS / self.settings.vad_frame_ms))
+
+    def _vad_trigger(self, ev: MicFrame, gate: VadGate) -> bool:
+        """Feed the pre-roll and ``gate``; True when voice should open a turn."""
+        if gate is not self._gate:  # switched between the open and barge-in gates
+            gate.reset()
+            self._gate = gate
+        self._preroll.push(ev.pcm, len(ev.pcm) / PCM_BYTES_PER_MS)
+        changes = [gate.update(ev.voiced) for _ in range(self._frames_in(ev))]
+        return "opened" in changes
 
     # ------------------------------------------------------------------ handlers: triggers
 
@@ -531,7 +662,7 @@ class Conversation:
         if any(device != LINK_DEVICE for device in self._faults):
             return [PlayCue("error"), ReportStatus(self.status_text())]
         # With only the link failing, a press is also a retry (on demand: nobody else connects).
-        return self._open_turn(self.settings.button_mode, now, preroll=False)
+        return self._open_turn(self.settings.button_mode, now, None)
 
     def _press_in_turn(self, ev: ButtonPressed, now: float) -> list[Command]:
         turn = self._turn
@@ -542,7 +673,10 @@ class Conversation:
         return []
 
     def _press_barge_in(self, ev: ButtonPressed, now: float) -> list[Command]:
-        return self._barge_in(self.settings.button_mode, now, preroll=False)
+        if self._approval_pending:  # the glue's interceptor approves; nothing here
+            self.ignored_counts["approval:ButtonPressed"] += 1
+            return []
+        return self._barge_in(self.settings.button_mode, now, None)
 
     def _release(self, ev: ButtonReleased, now: float) -> list[Command]:
         turn = self._turn
@@ -562,18 +696,25 @@ class Conversation:
         return self._drop_turn(turn, now)
 
     def _long_press_busy(self, ev: ButtonLongPressed, now: float) -> list[Command]:
+        if self._approval_pending:  # the glue's interceptor rejects; nothing here
+            self.ignored_counts["approval:ButtonLongPressed"] += 1
+            return []
         return self._interrupt() + self._settle(now)
 
     def _frame_idle(self, ev: MicFrame, now: float) -> list[Command]:
         if not self._vad or self._faults:
             return []
-        if self._vad_trigger(ev, self.settings.vad_start_ms):
-            return self._open_turn("vad", now, preroll=True)
+        if now < self._quiet_until:  # the goodbye's tail: neither a turn nor pre-roll
+            self._gate = None
+            self._preroll.clear()
+            return []
+        if self._vad_trigger(ev, self._open_gate):
+            return self._open_turn("vad", now, self._open_gate)
         return []
 
     def _frame_busy(self, ev: MicFrame, now: float) -> list[Command]:
-        if self._vad and self._vad_trigger(ev, self.settings.barge_in_ms):
-            return self._barge_in("vad", now, preroll=True)
+        if self._vad and self._vad_trigger(ev, self._barge_gate):
+            return self._barge_in("vad", now, self._barge_gate)
         return []
 
     def _frame_in_turn(self, ev: MicFrame, now: float) -> list[Command]:
@@ -582,17 +723,10 @@ class Conversation:
         ms = len(ev.pcm) / PCM_BYTES_PER_MS
         turn.audio_ms += ms
         cmds = self._wire(SendAudio(ev.pcm))
-        if ev.voiced:
+        changes = [turn.gate.update(ev.voiced) for _ in range(self._frames_in(ev))]
+        if "opened" in changes:
             turn.voiced_seen = True
-            turn.silence_ms = 0.0
-        else:
-            turn.silence_ms += ms
-        if (
-            turn.source != "hold"
-            and not self._server_vad
-            and turn.voiced_seen
-            and turn.silence_ms >= self.settings.vad_stop_ms
-        ):
+        if "closed" in changes and turn.source != "hold" and not self._server_vad:
             cmds += self._end_turn(now)
         return cmds
 
@@ -714,12 +848,16 @@ class Conversation:
     def _playback_stopped(self, ev: PlaybackStopped, now: float) -> list[Command]:
         cmds: list[Command] = []
         item = ev.item_id
-        if ev.interrupted and self._truncate_pending:
-            self._truncate_pending = False
-            if item is not None and item in self._received_ms:
+        if ev.interrupted and self._truncates:
+            if item is not None and item in self._truncates:
                 # Clamp to what arrived: a longer audio_end_ms is a server error (5.4).
-                heard_ms = max(0, min(ev.played_ms, int(self._received_ms[item])))
+                heard_ms = max(0, min(ev.played_ms, int(self._truncates[item])))
                 cmds += self._wire(Truncate(item, heard_ms))
+            self._truncates.clear()  # the speaker stopped everything it had
+        elif item is None:
+            self._truncates.clear()
+        else:
+            self._truncates.pop(item, None)  # it had finished anyway: nothing to cut
         if item is None or ev.interrupted:
             self._playing.clear()
         else:
@@ -824,7 +962,7 @@ class Conversation:
                 return self._end_turn(now)
             if self._no_speech_applies(turn) and now >= turn.opened_at + s.no_speech_timeout_s:
                 return self._drop_turn(turn, now)
-        thinking_until = self._response_deadline if self.phase is Phase.THINKING else None
+        thinking_until = self._response_deadline_due()
         if thinking_until is not None and now >= thinking_until:
             return self._fail(now, f"no reply within {s.response_timeout_s:g} s")
         error_until = self._error_until if self.phase is Phase.ERROR else None

@@ -224,8 +224,9 @@ def test_vad_ignores_voice_in_button_mode_and_below_the_start_threshold() -> Non
     """Button mode: frames never open turns; vad mode: a blip under vad_start_ms doesn't."""
     conv = linked()
     play(conv, [(1.0, voiced(), []) for _ in range(20)])
-    conv = linked(trigger_mode="vad", vad_start_ms=60)
-    play(conv, [(1.0, f, []) for f in [voiced(), voiced(), quiet(), voiced(), quiet()]])
+    conv = linked(trigger_mode="vad", vad_start_ms=60, vad_slack_ms=40)  # 3 of 5 frames
+    blips = [voiced(), voiced(), quiet(), quiet(), quiet(), voiced(), quiet(), quiet(), voiced()]
+    play(conv, [(1.0, f, []) for f in blips])
     assert conv.phase is Phase.IDLE
 
 
