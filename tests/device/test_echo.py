@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hark.capture import CaptureChain
+from hark.conversation import Settings
 from hark.cues import read_wav
 from hark.echo import ECHO_RATE_HZ, EchoGate, EchoReference, StreamClock
 from hark.pcm import MODEL_RATE_HZ, resample
 from hark.testing import speech_wav, synthetic_speech
-from hark.vadgate import VadGate
 
 FRAME = MODEL_RATE_HZ // 50  # 20 ms at 24 kHz
 
@@ -70,10 +70,11 @@ def simulate(
 def test_own_voice_never_opens_the_gate(
     voices: tuple[np.ndarray, np.ndarray], delay_ms: int
 ) -> None:
-    """Our reply coming back 20-60 ms late at -6 dB never opens a VadGate."""
+    """Our reply coming back 20-60 ms late at -6 dB opens neither of the daemon's gates."""
     reply, _ = voices
     voiced, _, gate = simulate(reply, None, delay_ms, -6.0)
-    assert VadGate().feed(voiced) == []
+    assert Settings().barge_in_gate().feed(voiced) == []  # no self-interruption
+    assert Settings().open_gate().feed(voiced) == []  # no new turn (the laxer gate)
     assert gate.stats.checked > 20
 
 
@@ -81,17 +82,17 @@ def test_without_the_gate_the_echo_would_open_it(voices: tuple[np.ndarray, np.nd
     """Control: the same echo with no gate is called speech (so the gate is what helps)."""
     reply, _ = voices
     voiced, _, _ = simulate(reply, None, 40, -6.0, gate=False)
-    assert "opened" in VadGate().feed(voiced)
+    assert "opened" in Settings().barge_in_gate().feed(voiced)
 
 
 @pytest.mark.parametrize("delay_ms", [20, 60])
 def test_user_over_the_echo_opens_the_gate(
     voices: tuple[np.ndarray, np.ndarray], delay_ms: int
 ) -> None:
-    """A user speaking at normal level over the echo opens the gate while they speak."""
+    """A user speaking at normal level over the echo opens the barge-in gate while they speak."""
     reply, user = voices
     voiced, is_user, _ = simulate(reply, user, delay_ms, -6.0)
-    gate = VadGate()
+    gate = Settings().barge_in_gate()
     opened_at = [i for i, v in enumerate(voiced) if gate.update(v) == "opened"]
     assert opened_at, "the user was not heard"
     assert is_user[opened_at[0]]

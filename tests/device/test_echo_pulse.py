@@ -11,11 +11,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from hark.conversation import Settings
 from hark.echo import EchoGate, EchoReference
 from hark.events import Event, MicFrame
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav
-from hark.vadgate import VadGate
 
 from tests.audio_rig import PulseRig, pulse_available
 from tests.device.test_soundcard_pulse import until
@@ -71,9 +71,10 @@ async def test_own_voice_is_gated_and_the_user_is_heard(
             await asyncio.gather(*tasks, return_exceptions=True)
     assert other == [] or all(type(e).__name__ == "PlaybackStopped" for e in other)
     assert gate.stats.echo_by_correlation > 20, "the echo never reached the mic"
-    own = VadGate()
-    assert own.feed(f.voiced for f in frames[start:user_at]) == []
-    heard = VadGate()
+    # The daemon's own gates: barge-in while speaking, and the laxer one that opens turns.
+    assert Settings().barge_in_gate().feed(f.voiced for f in frames[start:user_at]) == []
+    assert Settings().open_gate().feed(f.voiced for f in frames[start:user_at]) == []
+    heard = Settings().barge_in_gate()
     opened = [
         i
         for i, f in enumerate(frames[user_at : user_end + 10])
