@@ -657,3 +657,292 @@ def test_on_demand_short_press_while_connecting_sends_nothing() -> None:
     play(conv, [(1.1, ButtonReleased(0.1), [SetLed("connecting")])])
     link_up = [UpdateSession(SessionConfig()), SetLed("idle")]
     play(conv, [(1.5, LinkUp("sess_1", None), link_up)])
+
+
+# ---------------------------------------------------------------------- one VAD hysteresis
+
+V, Q = True, False
+GATE_PATTERNS = [
+    [V],
+    [V, V, V],
+    [V, V, V, V],
+    [V, Q, V, V, V],
+    [V, Q, Q, V, Q, V, Q, V],
+    [V, V, Q, V, V, Q, V, V, V, V],
+    [V] * 7 + [Q] + [V],
+    [V] * 12,
+    [Q, V] * 10,
+]
+
+
+def first_open(gate_feed: list[str | None]) -> int | None:
+    return next((i for i, change in enumerate(gate_feed) if change == "opened"), None)
+
+
+@pytest.mark.parametrize("pattern", GATE_PATTERNS)
+def test_voice_opens_a_turn_exactly_when_settings_open_gate_opens(pattern: list[bool]) -> None:
+    """From rest the core opens a turn on the very frame Settings().open_gate() opens."""
+    conv = linked(trigger_mode="vad")
+    gate = Settings().open_gate()
+    expected = first_open([gate.update(v) for v in pattern])
+    opened = None
+    for i, v in enumerate(pattern):
+        conv.handle(MicFrame(pcm(FRAME_MS, 1), v), 1.0)
+        if conv.phase is Phase.LISTENING:
+            opened = i
+            break
+    assert opened == expected
+
+
+@pytest.mark.parametrize("pattern", GATE_PATTERNS)
+def test_voice_barges_in_exactly_when_settings_barge_in_gate_opens(pattern: list[bool]) -> None:
+    """While speaking the core barges in on the frame Settings().barge_in_gate() opens."""
+    conv = linked(trigger_mode="vad")
+    to_speaking(conv)
+    gate = Settings().barge_in_gate()
+    expected = first_open([gate.update(v) for v in pattern])
+    opened = None
+    for i, v in enumerate(pattern):
+        conv.handle(MicFrame(pcm(FRAME_MS, 1), v), 2.0)
+        if conv.phase is Phase.LISTENING:
+            opened = i
+            break
+    assert opened == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "open_voiced", "open_window", "barge_voiced", "barge_window", "close_ms"),
+    [
+        ({}, 4, 6, 8, 10, 700),
+        ({"vad_start_ms": 60, "vad_slack_ms": 0}, 3, 3, 8, 10, 700),
+        ({"barge_in_ms": 200, "barge_in_slack_ms": 100, "vad_stop_ms": 500}, 4, 6, 10, 15, 500),
+    ],
+)
+def test_settings_build_the_gates_from_milliseconds(
+    overrides: dict[str, int],
+    open_voiced: int,
+    open_window: int,
+    barge_voiced: int,
+    barge_window: int,
+    close_ms: int,
+) -> None:
+    """Thresholds stay in ms in Settings; the gates count 20 ms frames."""
+    s = Settings(**overrides)
+    o, b = s.open_gate(), s.barge_in_gate()
+    assert (o.open_voiced, o.open_window, o.close_silence_ms) == (
+        open_voiced,
+        open_window,
+        close_ms,
+    )
+    assert (b.open_voiced, b.open_window, b.close_silence_ms) == (
+        barge_voiced,
+        barge_window,
+        close_ms,
+    )
+    assert s.preroll().duration_ms == s.preroll_ms
+
+
+@pytest.mark.parametrize(
+    ("tail", "ends"),
+    [
+        ([Q] * 34, False),  # 680 ms of silence: a pause
+        ([Q] * 35, True),  # 700 ms: the gate closes, the turn ends
+        ([Q] * 20 + [V] + [Q] * 34, False),  # a voiced frame restarts the silence count
+    ],
+)
+def test_local_end_of_turn_is_the_gate_closing(tail: list[bool], ends: bool) -> None:
+    """A voice turn ends when its gate closes after vad_stop_ms of silence, not before."""
+    conv = linked(trigger_mode="vad")
+    for f in SPEECH:
+        conv.handle(f, 1.0)
+    assert conv.phase is Phase.LISTENING
+    for v in tail:
+        conv.handle(MicFrame(pcm(FRAME_MS), v), 1.5)
+    assert (conv.phase is Phase.THINKING) == ends
+
+
+# ---------------------------------------------------------------------- quick-tap truncate
+
+
+@pytest.mark.parametrize(
+    ("played_ms", "truncate_ms"),
+    [(150, 150), (250, 200), (0, 0)],
+)
+def test_quick_tap_keeps_the_truncate_until_the_speaker_reports(
+    played_ms: int, truncate_ms: int
+) -> None:
+    """Press and release before PlaybackStopped: the truncate still goes out, clamped."""
+    conv = linked()
+    to_speaking(conv, delta_ms=100)  # 200 ms received
+    play(
+        conv,
+        [
+            (
+                2.0,
+                ButtonPressed(),
+                [
+                    StopPlayback(),
+                    CancelResponse("resp_1"),
+                    SetLed("listening"),
+                    PlayCue("listening"),
+                ],
+            ),
+            (2.05, ButtonReleased(0.05), [SetLed("idle")]),  # too short: nothing committed
+            (
+                2.06,
+                PlaybackStopped("item_a", played_ms, interrupted=True),
+                [Truncate("item_a", truncate_ms)],
+            ),
+            (2.07, PlaybackStopped("item_a", played_ms, interrupted=True), []),  # once only
+        ],
+    )
+
+
+def test_pending_truncate_survives_a_new_turn_and_commit() -> None:
+    """A barge-in turn committed before the speaker reports still truncates the old item."""
+    conv = linked()
+    to_speaking(conv, delta_ms=100)
+    conv.handle(ButtonPressed(), 2.0)
+    for f in SPEECH:
+        conv.handle(f, 2.1)
+    conv.handle(ButtonReleased(0.3), 2.3)
+    assert conv.phase is Phase.THINKING
+    play(conv, [(2.4, PlaybackStopped("item_a", 120, interrupted=True), [Truncate("item_a", 120)])])
+
+
+# ---------------------------------------------------------------------- tool approval
+
+
+def to_tool_call(conv: Conversation) -> None:
+    """A committed turn whose response asked for a tool (phase THINKING)."""
+    conv.handle(ButtonPressed(), 1.0)
+    for f in SPEECH:
+        conv.handle(f, 1.0)
+    conv.handle(ButtonReleased(0.2), 1.2)
+    conv.handle(ResponseCreated("resp_1"), 1.3)
+    conv.handle(FunctionCallRequested("resp_1", "item_f", "call_1", "light", "{}"), 1.4)
+    assert conv.phase is Phase.THINKING
+
+
+def test_approval_pending_owns_the_button_and_suspends_the_timeout() -> None:
+    """While approval is pending: waiting LED and cue, buttons inert, no response timeout."""
+    conv = linked(response_timeout_s=15.0)
+    to_tool_call(conv)
+    cmds = [c for c in conv.set_approval_pending(True, 2.0) if not isinstance(c, ReportStatus)]
+    assert cmds == [SetLed("connecting"), PlayCue("listening")]
+    assert conv.approval_pending and "approval" in conv.status_text()
+    assert conv.deadline() is None
+    play(
+        conv,
+        [
+            (3.0, ButtonPressed(), []),
+            (3.1, ButtonReleased(0.1), []),
+            (5.0, ButtonLongPressed(), []),
+            (40.0, Tick(), []),  # well past response_timeout_s: still waiting
+        ],
+    )
+    assert conv.phase is Phase.THINKING
+    cmds = [c for c in conv.set_approval_pending(False, 41.0) if not isinstance(c, ReportStatus)]
+    assert cmds == [SetLed("thinking")]
+    assert conv.deadline() == pytest.approx(56.0)
+    play(
+        conv,
+        [
+            (
+                42.0,
+                ToolFinished("call_1", '{"ok": true}'),
+                [
+                    CreateItem(
+                        Item(
+                            id="",
+                            type="function_call_output",
+                            call_id="call_1",
+                            output='{"ok": true}',
+                        )
+                    ),
+                ],
+            )
+        ],
+    )
+
+
+def test_approval_pending_property_defers_its_commands_to_the_next_event() -> None:
+    """Setting the plain property works too: the LED change goes out with the next event."""
+    conv = linked()
+    to_tool_call(conv)
+    conv.approval_pending = True
+    got = [c for c in conv.handle(ButtonPressed(), 2.0) if not isinstance(c, ReportStatus)]
+    assert got == [SetLed("connecting"), PlayCue("listening")]
+    conv.approval_pending = False
+    got = [c for c in conv.handle(Tick(), 3.0) if not isinstance(c, ReportStatus)]
+    assert got == [SetLed("thinking")]
+
+
+# ---------------------------------------------------------------------- end of conversation
+
+
+@pytest.mark.parametrize(
+    ("policy", "after_reply"),
+    [
+        ("always", [PlayCue("done"), SetLed("idle")]),
+        ("on_demand", [PlayCue("done"), Disconnect("conversation ended"), SetLed("idle")]),
+    ],
+)
+def test_end_after_reply_waits_for_the_goodbye_then_ends(
+    policy: str, after_reply: list[Command]
+) -> None:
+    """The end tool: the goodbye plays out, then done cue, idle, and on demand a disconnect."""
+    conv = linked(session_policy=policy, trigger_mode="both", end_quiet_s=2.0)
+    to_tool_call(conv)
+    assert conv.end_after_reply(2.0) == []
+    bye = pcm(100, 7)
+    play(
+        conv,
+        [
+            (
+                2.1,
+                ToolFinished("call_1", "{}"),
+                [
+                    CreateItem(
+                        Item(id="", type="function_call_output", call_id="call_1", output="{}")
+                    ),
+                ],
+            ),
+            (2.2, ResponseDone("resp_1", "completed"), [CreateResponse()]),
+            (2.3, ResponseCreated("resp_2"), []),
+            (
+                2.4,
+                AudioDelta("resp_2", "item_b", 0, bye),
+                [Play("item_b", bye), SetLed("speaking")],
+            ),
+            (2.5, AudioDone("resp_2", "item_b"), [FinishPlayback("item_b")]),
+            (2.6, ResponseDone("resp_2", "completed"), []),
+            (2.7, PlaybackStopped("item_b", 100, interrupted=False), after_reply),
+        ],
+    )
+    assert conv.phase is Phase.IDLE
+    # The goodbye's tail within end_quiet_s opens nothing; voice after it does.
+    play(conv, [(3.0 + i * 0.02, f, []) for i, f in enumerate(SPEECH)])
+    conv.handle(LinkUp("sess_2", None), 4.0)
+    for f in SPEECH:
+        conv.handle(f, 4.8)
+    assert conv.phase is Phase.LISTENING
+
+
+def test_end_after_reply_when_idle_ends_at_once_and_a_new_turn_cancels_it() -> None:
+    """Nothing playing: the end is immediate; a turn opened first cancels the request."""
+    conv = linked(session_policy="on_demand")
+    cmds = [c for c in conv.end_after_reply(1.0) if not isinstance(c, ReportStatus)]
+    assert cmds == [PlayCue("done"), Disconnect("conversation ended")]
+    conv = linked()
+    to_tool_call(conv)
+    conv.end_after_reply(2.0)
+    conv.handle(ButtonPressed(), 2.1)  # the user goes on: barge-in over the pending reply
+    assert conv.phase is Phase.LISTENING
+    for f in SPEECH:
+        conv.handle(f, 2.2)
+    conv.handle(ButtonReleased(0.3), 2.4)
+    conv.handle(ResponseDone("resp_1", "cancelled"), 2.5)
+    conv.handle(ResponseCreated("resp_2"), 2.6)
+    done = conv.handle(ResponseDone("resp_2", "completed"), 2.7)
+    assert PlayCue("done") not in done and Disconnect("conversation ended") not in done
