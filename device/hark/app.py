@@ -177,6 +177,7 @@ class App:
         self._listeners: list[Listener] = []
         self._interceptors: list[Interceptor] = []
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
+        self._state_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stuck_deadline: float | None = None
 
@@ -248,7 +249,11 @@ class App:
         self.call(lambda now: self.conversation.interrupt(now, say))
 
     async def run_until(self, predicate: Callable[[Event], bool], timeout_s: float) -> Event:
-        """Wait until an event, once handled, satisfies ``predicate``; return that event."""
+        """Wait until an event handled *from now on* satisfies ``predicate``; return it.
+
+        Events handled before the call are not seen: to wait for a state that may
+        already hold (linked, idle, a counter grown), use ``wait_for``.
+        """
         loop = asyncio.get_running_loop()
         waiter: tuple[Callable[[Event], bool], asyncio.Future[Event]] = (
             predicate,
@@ -260,10 +265,33 @@ class App:
         finally:
             self._waiters.remove(waiter)
 
-    async def wait_turn_completed(self, timeout_s: float) -> None:
-        """Wait for the next reply to finish playing (``conversation.turns_completed`` grows)."""
-        seen = self.conversation.turns_completed
-        await self.run_until(lambda _: self.conversation.turns_completed > seen, timeout_s)
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> None:
+        """Wait until ``condition()`` holds: checked at once, then after every item handled.
+
+        For state (``conv.phase is Phase.IDLE and conv.connected``), free of the race
+        ``run_until`` has with events that were handled before it was called.
+        Raises ``TimeoutError`` after ``timeout_s``.
+        """
+        if condition():
+            return
+        waiter: tuple[Callable[[], bool], asyncio.Future[None]] = (
+            condition,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._state_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout_s)
+        finally:
+            self._state_waiters.remove(waiter)
+
+    async def wait_turn_completed(self, timeout_s: float, after: int | None = None) -> None:
+        """Wait until ``conversation.turns_completed`` exceeds ``after``.
+
+        ``after`` defaults to the count at the call (the next reply); pass the count
+        read before triggering the turn so a reply that ends quickly is not missed.
+        """
+        seen = self.conversation.turns_completed if after is None else after
+        await self.wait_for(lambda: self.conversation.turns_completed > seen, timeout_s)
 
     # ------------------------------------------------------------------ the loop
 
@@ -332,6 +360,7 @@ class App:
             return
         if isinstance(item, _Call):
             self._execute(item.fn(now))
+            self._check_state_waiters()
             return
         if isinstance(item, ShutdownRequested) and not self._stopping:
             self._stopping = True
@@ -355,6 +384,17 @@ class App:
             try:
                 if predicate(item):
                     future.set_result(item)
+            except Exception as exc:
+                future.set_exception(exc)
+        self._check_state_waiters()
+
+    def _check_state_waiters(self) -> None:
+        for condition, future in self._state_waiters:
+            if future.done():
+                continue
+            try:
+                if condition():
+                    future.set_result(None)
             except Exception as exc:
                 future.set_exception(exc)
 
@@ -484,3 +524,6 @@ class App:
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(RuntimeError("the app stopped"))
+        for _, state_future in self._state_waiters:
+            if not state_future.done():
+                state_future.set_exception(RuntimeError("the app stopped"))

@@ -307,6 +307,11 @@ class Conversation:
     # ------------------------------------------------------------------ public
 
     @property
+    def connected(self) -> bool:
+        """The Realtime session is up (``LinkUp`` seen, no ``LinkDown`` since)."""
+        return self._linked
+
+    @property
     def transcript(self) -> list[TranscriptLine]:
         """The latest utterances, oldest first."""
         return list(self._transcript)

@@ -265,11 +265,10 @@ async def test_whole_hold_to_talk_turn_through_the_app() -> None:
     rig = Rig()
     await rig.app.start()
     assert rig.notifier.times("ready")
-    await until(lambda: rig.conv.phase is Phase.IDLE)
-    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
-    await asyncio.sleep(0)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    seen = rig.conv.turns_completed
     rig.button.fire(*hold_to_talk())
-    await done
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
     wire = [type(c).__name__ for c in rig.link.sent]
     assert wire == ["UpdateSession", *["SendAudio"] * 10, "CommitAudio", "CreateResponse"]
     assert [i for i, _ in rig.speaker.played] == ["item_1", "item_1"]
@@ -291,10 +290,10 @@ async def test_barge_in_truncates_to_what_the_speaker_reports() -> None:
     """A press while the reply plays stops the speaker and truncates to its played_ms."""
     rig = Rig()
     await rig.app.start()
-    await until(lambda: rig.conv.phase is Phase.IDLE)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
     rig.speaker.finish = lambda item_id: None  # type: ignore[method-assign]  # keep playing
     rig.button.fire(*hold_to_talk())
-    await until(lambda: rig.conv.phase is Phase.SPEAKING)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.SPEAKING, 5.0)
     rig.button.fire(ButtonPressed())
     await until(lambda: any(type(c).__name__ == "Truncate" for c in rig.link.sent))
     truncate = next(c for c in rig.link.sent if type(c).__name__ == "Truncate")
@@ -312,11 +311,10 @@ async def test_tool_call_runs_on_the_runner_and_the_reply_follows() -> None:
 
     rig = Rig(tool_call=True, tools=Lamp())
     await rig.app.start()
-    await until(lambda: rig.conv.phase is Phase.IDLE)
-    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
-    await asyncio.sleep(0)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    seen = rig.conv.turns_completed
     rig.button.fire(*hold_to_talk())
-    await done
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
     outputs = [c for c in rig.link.sent if isinstance(c, CreateItem)]
     assert [o.item.output for o in outputs] == ['{"lamp": true}']
     assert sum(isinstance(c, CreateResponse) for c in rig.link.sent) == 2
@@ -338,11 +336,10 @@ async def test_crashing_adapter_is_restarted_and_the_loop_stays_up() -> None:
     assert [e.device for e in lost] == ["microphone"] and "device unplugged" in lost[0].message
     assert rig.mic.runs == 3 and rig.app.restarts["microphone"] == 2
     assert rig.speaker.cues == ["error"]
-    await until(lambda: rig.conv.phase is Phase.IDLE)
-    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
-    await asyncio.sleep(0)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    seen = rig.conv.turns_completed
     rig.button.fire(*hold_to_talk())
-    await done  # the loop still serves turns
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)  # the loop still serves turns
     await rig.app.shutdown()
 
 
@@ -393,7 +390,7 @@ async def test_shutdown_turns_the_led_off_and_stops_everything() -> None:
     """Shutdown goes through the core: playback stopped, link closed, LED off, adapters stopped."""
     rig = Rig()
     await rig.app.start()
-    await until(lambda: rig.conv.phase is Phase.IDLE)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
     await rig.app.shutdown()
     assert rig.indicator.shown[-1] == "off" and rig.indicator.closed
     assert "disconnect:shutdown" in rig.link.calls
@@ -407,14 +404,14 @@ async def test_interrupt_hook_stops_the_reply_and_says_the_fallback() -> None:
     """app.interrupt(say=…) stops playback and asks for the fallback line once cancelled."""
     rig = Rig()
     await rig.app.start()
-    await until(lambda: rig.conv.phase is Phase.IDLE)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
     rig.speaker.finish = lambda item_id: None  # type: ignore[method-assign]
     rig.link._respond = lambda: None  # type: ignore[method-assign]  # the test plays the server
     rig.button.fire(*hold_to_talk())
     await until(lambda: isinstance(rig.link.sent[-1], CreateResponse))
     rig.app.post(ResponseCreated("resp_9"))
     rig.app.post(AudioDelta("resp_9", "item_9", 0, REPLY))
-    await until(lambda: rig.conv.phase is Phase.SPEAKING)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.SPEAKING, 5.0)
     rig.app.interrupt(say="I can't talk about that.")
     await until(lambda: rig.speaker.stops == 1)
     rig.app.post(ResponseDone("resp_9", "cancelled"))
@@ -441,7 +438,7 @@ async def test_interceptor_consumes_events_before_the_core() -> None:
     """An interceptor (e.g. tool approval) takes a press away from the core until removed."""
     rig = Rig()
     await rig.app.start()
-    await until(lambda: rig.conv.phase is Phase.IDLE)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
     approvals: list[Event] = []
 
     def approve(event: Event) -> bool:
@@ -456,7 +453,7 @@ async def test_interceptor_consumes_events_before_the_core() -> None:
     assert rig.conv.phase is Phase.IDLE
     remove()
     rig.button.fire(ButtonPressed())
-    await until(lambda: rig.conv.phase is Phase.LISTENING)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.LISTENING, 5.0)
     rig.app.update_session(SessionConfig(instructions="new agent"))
     await until(lambda: rig.link.sent[-1] == UpdateSession(SessionConfig(instructions="new agent")))
     await rig.app.shutdown()
@@ -471,10 +468,81 @@ async def test_an_adapter_method_raising_is_logged_and_the_loop_goes_on() -> Non
 
     rig.speaker.play = broken  # type: ignore[method-assign]
     await rig.app.start()
-    await until(lambda: rig.conv.phase is Phase.IDLE)
-    done = asyncio.create_task(rig.app.wait_turn_completed(timeout_s=5.0))
-    await asyncio.sleep(0)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    seen = rig.conv.turns_completed
     rig.button.fire(*hold_to_talk())
-    await done
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
     assert rig.app.command_errors == 2
+    await rig.app.shutdown()
+
+
+async def test_wait_for_sees_a_state_reached_before_the_call() -> None:
+    """wait_for returns at once when the state already holds (LinkUp handled long ago)."""
+    rig = Rig()
+    await rig.app.start()
+    await until(lambda: any(isinstance(e, LinkUp) for e in rig.events))
+    await asyncio.sleep(0.01)  # LinkUp is long handled: run_until(LinkUp) would now hang
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    with pytest.raises(TimeoutError):
+        await rig.app.wait_for(lambda: rig.conv.phase is Phase.SPEAKING, 0.05)
+    seen = rig.conv.turns_completed
+    rig.button.fire(*hold_to_talk())
+    await asyncio.sleep(0.05)  # the turn may well be over before we wait: no miss
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
+    assert rig.conv.turns_completed == seen + 1
+    await rig.app.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("policy", "link_calls"),
+    [("always", ["connect"]), ("on_demand", ["connect", "disconnect:conversation ended"])],
+)
+async def test_end_after_reply_through_the_app(policy: str, link_calls: list[str]) -> None:
+    """The end tool's glue: app.call(end_after_reply) ends after the goodbye, then idle."""
+
+    class EndTool:
+        def __init__(self, app: App, conv: Conversation) -> None:
+            self.app, self.conv = app, conv
+
+        async def run(self, call_id: str, name: str, arguments: str) -> str:
+            self.app.call(lambda now: self.conv.end_after_reply(now))
+            return "{}"
+
+    rig = Rig(Settings(session_policy=policy), tool_call=True)  # type: ignore[arg-type]
+    rig.app.tools = EndTool(rig.app, rig.conv)
+    await rig.app.start()
+    seen = rig.conv.turns_completed
+    rig.button.fire(*hold_to_talk())
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE, 5.0)
+    assert rig.speaker.cues == ["listening", "done", "done"]  # commit, then the end
+    assert [i for i, _ in rig.speaker.played] == ["item_2", "item_2"]  # the goodbye played
+    assert rig.link.calls == link_calls
+    await rig.app.shutdown()
+
+
+async def test_approval_pending_set_through_app_call_keeps_presses_from_the_core() -> None:
+    """With approval pending (set in inbox order), a press during THINKING does not barge in."""
+    approved = asyncio.Event()
+
+    class Approved:
+        async def run(self, call_id: str, name: str, arguments: str) -> str:
+            await approved.wait()
+            return "{}"
+
+    rig = Rig(tool_call=True, tools=Approved())
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    seen = rig.conv.turns_completed
+    rig.button.fire(*hold_to_talk())
+    await rig.app.wait_for(lambda: any(isinstance(e, FunctionCallRequested) for e in rig.events), 5)
+    rig.app.call(lambda now: rig.conv.set_approval_pending(True, now))
+    await rig.app.wait_for(lambda: rig.conv.approval_pending, 5.0)
+    assert rig.indicator.shown[-1] == "connecting"
+    rig.button.fire(ButtonPressed(), ButtonReleased(0.1))
+    await until(lambda: isinstance(rig.events[-1], ButtonReleased))
+    assert rig.conv.phase is Phase.THINKING
+    rig.app.call(lambda now: rig.conv.set_approval_pending(False, now))
+    approved.set()
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
     await rig.app.shutdown()
