@@ -283,6 +283,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="do not speak or blink the result")
     p.set_defaults(func=cmd_doctor)
 
+    # `hark provision ARGS` is forwarded whole to hark.provision (see main); listed here
+    # for `hark --help` only.
+    sub.add_parser("provision", help="prepare a Raspberry Pi OS card (see docs/provisioning.md)")
+
     p = sub.add_parser("history", help="print the conversation history")
     with_config(p)
     p.add_argument("--last", type=int, default=0, help="only the last N items")
@@ -292,6 +296,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``hark`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["provision"]:  # its own parser, options and exit codes
+        from hark.provision import main as provision
+
+        return provision(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)

@@ -186,6 +186,7 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
         ButtonPressed,
         ButtonReleased,
         CommitAudio,
+        LinkDown,
         LinkUp,
         MicFrame,
         PlaybackStopped,
@@ -196,9 +197,12 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     app = daemon.app
     marks: dict[str, float] = {}
     last_phase = [""]
+    linked = [False]
 
     def watch(event: Any, commands: Sequence[Any]) -> None:
         now = time.monotonic()
+        if isinstance(event, LinkUp | LinkDown):
+            linked[0] = isinstance(event, LinkUp)
         phase = app.conversation.phase.value
         if phase != last_phase[0]:
             last_phase[0] = phase
@@ -218,7 +222,8 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     await app.start()
     say(f"ready   (READY=1 after {1000 * (time.monotonic() - started):.0f} ms)")
     try:
-        await app.run_until(lambda e: isinstance(e, LinkUp), 20)
+        if not linked[0]:  # LinkUp may have been handled while start() returned
+            await app.run_until(lambda e: isinstance(e, LinkUp), 20)
         say("link    session open")
         app.post(ButtonPressed())
         pressed = time.monotonic()

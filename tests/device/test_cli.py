@@ -563,3 +563,14 @@ def test_failed_wiring_releases_pins(tmp_path: Path) -> None:
     Button(17, pin_factory=factory).close()  # GPIOPinInUse if the failed build kept it
     LED(27, pin_factory=factory).close()
     factory.close()
+
+
+def test_provision_is_forwarded(capsys: pytest.CaptureFixture[str]) -> None:
+    """`hark provision ...` hands its whole argv to hark.provision (its own help and codes)."""
+    with pytest.raises(SystemExit) as listed:
+        cli.main(["--help"])
+    assert listed.value.code == 0
+    assert "provision" in capsys.readouterr().out
+    assert cli.main(["provision", "--help"]) == 0
+    assert "usage: hark provision" in capsys.readouterr().out
+    assert cli.main(["provision"]) == 2  # its target and options are required

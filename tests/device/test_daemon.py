@@ -1,0 +1,260 @@
+"""hark.daemon's own glue over the real stack: handoffs, button approvals, end of conversation.
+
+Each test builds the daemon with ``build_app`` (WAV audio from ``hark.demo``) against
+``hark_sim``'s script brain on loopback and drives it with typed turns and posted
+button events, as the GPIO button would post them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hark.agent import RealtimeAgent
+from hark.config import parse
+from hark.daemon import Daemon
+from hark.demo import build_with_fake_audio
+from hark.events import (
+    ButtonLongPressed,
+    ButtonPressed,
+    ButtonReleased,
+    LinkDown,
+    LinkUp,
+    ShutdownRequested,
+    TextRequested,
+)
+from hark.tools import function_tool
+from hark_sim import SimConfig, SimHandle, start_sim
+
+pytestmark = pytest.mark.slow
+
+# ----------------------------------------------------------------- agents (loaded by agent.object)
+
+helper = RealtimeAgent(name="Helper", instructions="You are the helper.")
+front = RealtimeAgent(name="Front", instructions="You are the front desk.", handoffs=[helper])
+
+
+@function_tool(needs_approval=True)
+def unlock_door() -> str:
+    """Unlock the front door."""
+    return "unlocked"
+
+
+door = RealtimeAgent(name="Door", instructions="You guard the door.", tools=[unlock_door])
+
+# ----------------------------------------------------------------- helpers
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait for a condition (the timeout only guards against a hang)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SimHandle]:
+    """hark_sim with the test's script brain, no pacing."""
+    script = tmp_path / "scenario.toml"
+    script.write_text(textwrap.dedent(request.param))
+    with start_sim(
+        SimConfig(api_key="sk-test-daemon", brain="script", script=script, realtime_factor=0)
+    ) as sim:
+        yield sim
+
+
+def build(sim: SimHandle, extra: str, pin_factory: Any = None) -> Daemon:
+    config = parse(
+        f'[backend]\nurl = "{sim.base_url}/realtime/client_secrets"\n'
+        f'[realtime]\nurl = "{sim.ws_url}"\n[history]\nenabled = false\n' + textwrap.dedent(extra)
+    )
+    return build_with_fake_audio(config, sim.api_key, None, pin_factory=pin_factory)
+
+
+class Running:
+    """A started daemon app that records every handled event."""
+
+    def __init__(self, daemon: Daemon, *, wait_link: bool = True) -> None:
+        self.daemon = daemon
+        self.wait_link = wait_link
+        self.app = daemon.app
+        self.events: list[Any] = []
+        self.app.add_listener(lambda event, commands: self.events.append(event))
+
+    async def __aenter__(self) -> Running:
+        await self.app.start()
+        if self.wait_link:
+            await until(lambda: any(isinstance(e, LinkUp) for e in self.events))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.app.post(ShutdownRequested())
+        await asyncio.wait_for(self.app.wait_stopped(), 10)
+        self.daemon.close()
+
+    async def say(self, text: str) -> None:
+        seen = self.app.conversation.turns_completed
+        self.app.post(TextRequested(text))
+        await until(lambda: self.app.conversation.turns_completed > seen)
+
+
+def outputs(sim: SimHandle) -> list[str]:
+    return [
+        e["item"]["output"]
+        for e in sim.sessions[0].received
+        if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
+    ]
+
+
+# ----------------------------------------------------------------- handoffs
+
+HANDOFF = """
+    [[turns]]
+    calls = [{ name = "transfer_to_helper", arguments = {} }]
+    after = "Helper here."
+"""
+
+
+@pytest.mark.parametrize("scripted", [HANDOFF], indirect=True, ids=["script"])
+async def test_handoff_sends_one_update_keeping_server_vad(scripted: SimHandle) -> None:
+    """In vad mode with server end of turn, a handoff's one session.update keeps server VAD."""
+    daemon = build(
+        scripted,
+        """
+        [trigger]
+        mode = "vad"
+        end_of_turn = "server"
+        [agent]
+        object = "tests.device.test_daemon:front"
+        """,
+    )
+    async with Running(daemon) as running:
+        await running.say("Get me the helper.")
+        conversation = running.app.conversation
+        assert conversation.session_config.instructions == "You are the helper."
+    received = list(scripted.sessions[0].received)
+    transfer_at = next(
+        n
+        for n, e in enumerate(received)
+        if e["type"] == "conversation.item.create"
+        and e["item"].get("type") == "function_call_output"
+    )
+    call_at = max(
+        n
+        for n, e in enumerate(received[:transfer_at])
+        if e["type"] != "session.update" and e["type"] != "input_audio_buffer.append"
+    )
+    updates = [e for e in received[call_at:transfer_at] if e["type"] == "session.update"]
+    assert len(updates) == 1
+    session = updates[0]["session"]
+    assert session["instructions"] == "You are the helper."
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert json.loads(outputs(scripted)[0]) == {"assistant": "Helper"}
+    assert daemon.runner is not None and daemon.runner.agent.name == "Helper"
+
+
+# ----------------------------------------------------------------- approval by button
+
+APPROVAL = """
+    [[turns]]
+    calls = [{ name = "unlock_door", arguments = {} }]
+    after = "Result: {output}"
+
+    [[turns]]
+    calls = [{ name = "unlock_door", arguments = {} }]
+    after = "Result: {output}"
+"""
+
+
+@pytest.mark.parametrize("scripted", [APPROVAL], indirect=True, ids=["script"])
+async def test_button_approves_then_long_press_refuses(scripted: SimHandle) -> None:
+    """A short press approves a waiting tool, a long press refuses; the core never sees them."""
+    from gpiozero.pins.mock import MockFactory
+
+    factory = MockFactory()
+    daemon = build(
+        scripted,
+        """
+        [trigger]
+        mode = "button"
+        long_press_s = 0.3
+        [gpio]
+        button_pin = 17
+        bounce_s = 0
+        [agent]
+        object = "tests.device.test_daemon:door"
+        """,
+        pin_factory=factory,
+    )
+    pin = factory.pin(17)
+    try:
+        async with Running(daemon) as running:
+            app, conversation = running.app, running.app.conversation
+            pending = lambda: getattr(conversation, "approval_pending", False)  # noqa: E731
+
+            seen = conversation.turns_completed
+            app.post(TextRequested("Open the door."))
+            await until(pending)
+            pin.drive_low()  # pressed ...
+            pin.drive_high()  # ... and released at once: approve
+            await until(lambda: conversation.turns_completed > seen)
+            assert not pending()
+
+            seen = conversation.turns_completed
+            app.post(TextRequested("Open it again."))
+            await until(pending)
+            pin.drive_low()  # held past long_press_s: refuse
+            await until(lambda: not pending())
+            pin.drive_high()
+            await until(lambda: conversation.turns_completed > seen)
+            # Consumed by the approval interceptor: no button event reached the core.
+            assert not any(
+                isinstance(e, ButtonPressed | ButtonReleased | ButtonLongPressed)
+                for e in running.events
+            )
+    finally:
+        factory.close()
+    assert outputs(scripted)[0] == "unlocked"
+    assert json.loads(outputs(scripted)[1]) == {
+        "error": "the user declined to run unlock_door; it was not run"
+    }
+
+
+# ----------------------------------------------------------------- end of conversation
+
+GOODBYE = """
+    [[turns]]
+    calls = [{ name = "end_conversation", arguments = {} }]
+    after = "Goodbye."
+"""
+
+
+@pytest.mark.parametrize("scripted", [GOODBYE], indirect=True, ids=["script"])
+async def test_end_conversation_tool_disconnects_after_the_goodbye(scripted: SimHandle) -> None:
+    """The end_conversation tool: the goodbye plays, then IDLE and (on demand) Disconnect."""
+    from hark.conversation import Phase
+
+    daemon = build(
+        scripted,
+        """
+        [trigger]
+        mode = "vad"
+        [session]
+        policy = "on_demand"
+        idle_disconnect_s = 600
+        [agent]
+        tools = ["end_conversation"]
+        """,
+    )
+    async with Running(daemon, wait_link=False) as running:
+        await running.say("That's all, thanks.")
+        await until(lambda: any(isinstance(e, LinkDown) for e in running.events))
+        assert running.app.conversation.phase is Phase.IDLE
+        spoken = [line.text for line in running.app.conversation.transcript]
+    assert spoken[-1] == "Goodbye."
+    assert json.loads(outputs(scripted)[0])
