@@ -186,8 +186,6 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
         ButtonPressed,
         ButtonReleased,
         CommitAudio,
-        LinkDown,
-        LinkUp,
         MicFrame,
         PlaybackStopped,
         ShutdownRequested,
@@ -197,12 +195,9 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     app = daemon.app
     marks: dict[str, float] = {}
     last_phase = [""]
-    linked = [False]
 
     def watch(event: Any, commands: Sequence[Any]) -> None:
         now = time.monotonic()
-        if isinstance(event, LinkUp | LinkDown):
-            linked[0] = isinstance(event, LinkUp)
         phase = app.conversation.phase.value
         if phase != last_phase[0]:
             last_phase[0] = phase
@@ -222,8 +217,8 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     await app.start()
     say(f"ready   (READY=1 after {1000 * (time.monotonic() - started):.0f} ms)")
     try:
-        if not linked[0]:  # LinkUp may have been handled while start() returned
-            await app.run_until(lambda e: isinstance(e, LinkUp), 20)
+        # State, not an event: LinkUp may have been handled before start() returned.
+        await app.wait_for(lambda: app.conversation.connected, 20)
         say("link    session open")
         app.post(ButtonPressed())
         pressed = time.monotonic()
@@ -240,10 +235,11 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
             10 + 2 * question_ms / 1000,
         )
         say(f"mic     spoke {question_ms / 1000:.2f} s of audio")
+        done = app.conversation.turns_completed
         app.post(ButtonReleased(held_s=time.monotonic() - pressed))
         released = time.monotonic()
         say("button  released")
-        await app.wait_turn_completed(60)
+        await app.wait_turn_completed(60, after=done)
     except TimeoutError:
         say("FAILED: no complete reply within the time limit")
         return False
@@ -290,8 +286,9 @@ async def _say(daemon: Daemon, text: str, timeout_s: float) -> bool:
     app = daemon.app
     await app.start()
     try:
+        done = app.conversation.turns_completed
         app.post(TextRequested(text))
-        await app.wait_turn_completed(timeout_s + 60)
+        await app.wait_turn_completed(timeout_s + 60, after=done)
         return True
     except TimeoutError:
         print("hark say: no reply (see the log)", file=sys.stderr)

@@ -24,7 +24,6 @@ from hark.events import (
     ButtonPressed,
     ButtonReleased,
     LinkDown,
-    LinkUp,
     ShutdownRequested,
     TextRequested,
 )
@@ -89,7 +88,7 @@ class Running:
     async def __aenter__(self) -> Running:
         await self.app.start()
         if self.wait_link:
-            await until(lambda: any(isinstance(e, LinkUp) for e in self.events))
+            await self.app.wait_for(lambda: self.app.conversation.connected, 30)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -100,7 +99,7 @@ class Running:
     async def say(self, text: str) -> None:
         seen = self.app.conversation.turns_completed
         self.app.post(TextRequested(text))
-        await until(lambda: self.app.conversation.turns_completed > seen)
+        await self.app.wait_turn_completed(30, after=seen)
 
 
 def outputs(sim: SimHandle) -> list[str]:
