@@ -19,7 +19,10 @@ the device only while it shows "listening"):
 While a tool waits for the owner's approval (``approval_pending``, set by the glue),
 the LED shows "connecting" (the "waiting for something" blink; the mic is not
 streaming, so not "listening"), a "listening" cue asks for the press, the buttons
-belong to the glue's interceptor and the response timeout is suspended.
+belong to the glue's interceptor and the response timeout is suspended (voice can
+still barge in).  ``end_after_reply`` (the "end the conversation" tool) lets the
+current reply finish, then plays "done", rests (on demand: hangs up) and keeps the wake
+VAD deaf for ``end_quiet_s``.
 
 Voice activity goes through ``hark.vadgate`` only: ``Settings.open_gate()`` opens a
 turn from rest, ``Settings.barge_in_gate()`` (stricter: an echo margin) interrupts a
