@@ -47,6 +47,15 @@ def sim() -> Iterator[Any]:
 
 
 @pytest.fixture
+def paced_sim() -> Iterator[Any]:
+    """hark_sim streaming reply audio at twice real time (still arriving while heard)."""
+    from hark_sim import SimConfig, start_sim
+
+    with start_sim(SimConfig(api_key="sk-test-e2e", brain="parrot", realtime_factor=0.5)) as handle:
+        yield handle
+
+
+@pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseRig]:
     """A private PulseAudio; PortAudio in this process talks to it."""
     with PulseRig(tmp_path) as r:
@@ -81,7 +90,7 @@ def write_config(sim: Any, tmp: Path, extra: str = "", *, device: str = "pulse")
     path.write_text(
         f'[backend]\nurl = "{sim.base_url}/realtime/client_secrets"\ntoken_file = "token"\n'
         f'[realtime]\nurl = "{sim.ws_url}"\n'
-        '[history]\nenabled = false\n'
+        "[history]\nenabled = false\n"
         f'[audio]\ninput_device = "{device}"\noutput_device = "{device}"\ncues_enabled = false\n'
         + extra
     )
