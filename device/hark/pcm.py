@@ -5,7 +5,7 @@ Everything here is pure computation on 16-bit little-endian mono samples (bytes 
 be tested without a device.  It must not import asyncio, PyAudio or anything that does
 I/O, and it must not use ``audioop`` (gone in Python 3.13, which Raspberry Pi OS Trixie
 ships).  The VAD hysteresis and the pre-roll live in ``hark.vadgate`` (pure Python, for
-the core); they are re-exported here for existing callers.
+the core).
 """
 
 from __future__ import annotations
@@ -16,10 +16,6 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 import webrtcvad
-
-from hark.vadgate import GateChange as GateChange
-from hark.vadgate import PreRoll as PreRoll
-from hark.vadgate import VadGate as VadGate
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hark import pcm
-from hark.pcm import Framer, PreRoll, Resampler, Vad, VadGate
+from hark.pcm import Framer, Resampler, Vad
+from hark.vadgate import PreRoll, VadGate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import wave
 from pathlib import Path
 
-import hark
 import numpy as np
 import pytest
 from hark.cues import CUES, load_cues, tone
@@ -21,20 +19,6 @@ from hark.testing import (
     write_wav,
 )
 from hark.vadgate import VadGate
-
-
-def test_production_code_does_not_import_testing() -> None:
-    """No module of the hark package imports hark.testing (the CLI, the composition root,
-    may: it picks the fakes for ``hark demo``)."""
-    root = Path(hark.__file__).parent
-    for path in root.glob("*.py"):
-        if path.name in ("testing.py", "cli.py"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                assert node.module != "hark.testing", path
-            if isinstance(node, ast.Import):
-                assert all(a.name != "hark.testing" for a in node.names), path
 
 
 def test_speech_wav_makes_voiced_audio(tmp_path: Path) -> None:
