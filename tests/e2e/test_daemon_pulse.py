@@ -151,3 +151,79 @@ def missing_onset_ms(turn: np.ndarray, speech: np.ndarray) -> float:
     assert corr >= 0.9, "the turn does not contain the speech"
     speech_onset = int(audible_extent(speech, 24_000)[0] * 24_000)
     return max(0.0, (lag - at - speech_onset) / 24.0)
+
+
+async def test_echo_never_barges_in_but_the_user_does(
+    rig: PulseRig, sim: Any, factory: Any, tmp_path: Path
+) -> None:
+    """Speaker looped into the mic (-6 dB, 40 ms): our voice opens nothing; the user's does."""
+    question = speech_wav(QUESTION, tmp_path / "q.wav", 48_000)
+    long_question = speech_wav(LONG, tmp_path / "long.wav", 48_000)
+    path = write_config(sim, tmp_path, "[trigger]\nmode = 'vad'\n")
+    async with running_daemon(path, factory) as d:
+        rig.loopback(latency_ms=40, volume_db=-6)
+        await asyncio.sleep(1.0)
+        await speak(rig, question)
+        await until(lambda: any(not e.interrupted for e in d.of("PlaybackStopped")), 60)
+        await asyncio.sleep(1.0)
+        session = session_with_commits(sim)
+        assert len(sent_of(session, "input_audio_buffer.commit")) == 1
+        assert not sent_of(session, "conversation.item.truncate")
+        assert not sent_of(session, "response.cancel")
+        assert not any(e.interrupted for e in d.of("PlaybackStopped"))
+
+        # Second half: a long reply, and the user talks over it at normal level.
+        await speak(rig, long_question)
+        await until(lambda: len(sent_of(session, "input_audio_buffer.commit")) == 2, 60)
+        await until(lambda: len(d.of("AudioDelta")) > 0 and _second_reply(d) is not None, 30)
+        item_id = _second_reply(d)
+        await until(lambda: d.app.speaker.played_ms_now(item_id) > 1500, 30)
+        await speak(rig, question)
+        await until(lambda: any(e.interrupted for e in d.of("PlaybackStopped")), 30)
+        await until(lambda: bool(sent_of(session, "conversation.item.truncate")), 30)
+
+
+def _second_reply(d: Any) -> str | None:
+    """The item id of the second reply's audio, once it arrives."""
+    ids: list[str] = []
+    for delta in d.of("AudioDelta"):
+        if delta.item_id not in ids:
+            ids.append(delta.item_id)
+    return ids[1] if len(ids) > 1 else None
+
+
+async def test_devices_vanish_mid_turn_and_come_back(
+    rig: PulseRig, sim: Any, factory: Any, tmp_path: Path
+) -> None:
+    """PulseAudio dies mid-turn: DeviceLost, error LED; it returns, and the next turn works."""
+    spoken = speech_wav(QUESTION, tmp_path / "q.wav", 48_000)
+    path = write_config(sim, tmp_path, f"[gpio]\nled_pin = {LED_PIN}\n")
+    async with running_daemon(path, factory) as d:
+        d.press()
+        await until(lambda: bool(d.of("ButtonPressed")))
+        rig.play_into_mic(spoken)
+        await asyncio.sleep(0.5)
+        rig.crash()
+        await until(lambda: bool(d.of("DeviceLost")))
+        await until(lambda: d.app.indicator.pattern == "error")
+        d.release()
+        rig.start()
+        await until(
+            lambda: len(d.of("DeviceRestored")) >= len({e.device for e in d.of("DeviceLost")}), 60
+        )
+        await until(lambda: d.app.indicator.pattern != "error")
+        await asyncio.sleep(0.5)
+        finished = len([e for e in d.of("PlaybackStopped") if not e.interrupted])
+        recording = rig.record_speaker(tmp_path / "out.wav")
+        d.press()
+        await asyncio.sleep(0.3)
+        await speak(rig, spoken)
+        await asyncio.sleep(0.3)
+        d.release()
+        await until(
+            lambda: len([e for e in d.of("PlaybackStopped") if not e.interrupted]) > finished, 60
+        )
+        await asyncio.sleep(0.3)
+        recording.stop()
+    recorded, _ = read_wav_samples(recording.path)
+    assert match(recorded, as_int16(read_pcm(spoken, 48_000))) >= 0.9
