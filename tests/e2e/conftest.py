@@ -22,13 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hark.daemon import build_app
 
 from tests.audio_rig import PulseRig, pulse_available
-
-try:  # being moved out of the CLI module
-    from hark.daemon import build_app  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - before the move
-    from hark.cli import build_app
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +204,7 @@ def as_int16(pcm: bytes) -> np.ndarray:
 
 
 def match(recorded: np.ndarray, reference: np.ndarray) -> float:
-    """Normalised correlation of ``reference`` at its best place in ``recorded`` (either may lead)."""
+    """Normalised correlation of ``reference`` at its best place in ``recorded`` (either leads)."""
     from tests.audio_rig import best_alignment
 
     pad = np.zeros(len(reference), dtype=np.int16)

@@ -18,9 +18,9 @@ from hark.testing import read_pcm, speech_wav
 from tests.audio_rig import PulseRig, audible_extent, best_alignment, read_wav_samples
 from tests.e2e.conftest import (
     LED_PIN,
-    match,
     as_int16,
     committed_audio,
+    match,
     needs_pulse,
     running_daemon,
     sent_of,
@@ -54,7 +54,7 @@ async def speak(rig: PulseRig, wav: Path, volume_db: float = 0.0) -> None:
 async def test_hold_to_talk_reply_matches_speech(
     rig: PulseRig, sim: Any, factory: Any, tmp_path: Path
 ) -> None:
-    """Press, speak, release: the parrot's reply from the speaker correlates ≥ 0.9 with the speech."""
+    """Press, speak, release: the reply heard from the speaker correlates ≥ 0.9 with the speech."""
     spoken = speech_wav(QUESTION, tmp_path / "q.wav", 48_000)
     spoken48 = as_int16(read_pcm(spoken, 48_000))
     path = write_config(sim, tmp_path, f"[gpio]\nled_pin = {LED_PIN}\n")
