@@ -200,8 +200,17 @@ async def _turns(sim: Any, rig: Any, tmp: Path, speech: Path) -> None:
     )
 
 
-def _idle_rss_mib(sim: Any, rig: Any, tmp: Path) -> float:
-    """VmRSS of a `hark run` subprocess on the rig's PulseAudio, idle for 4 s after start."""
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_rss_mib(sim: Any, rig: Any, tmp: Path) -> tuple[float, float]:
+    """VmRSS of a `hark run` subprocess on the rig's PulseAudio after 4 s idle; CPU ms/s then.
+
+    Idle still means the microphone stream runs (capture, resample, VAD every frame),
+    so the CPU figure is the daemon-only cost of a second of captured audio.
+    """
     (tmp / "token").write_text(sim.api_key)
     (tmp / "token").chmod(0o600)
     path = tmp / "hark.toml"
@@ -215,10 +224,13 @@ def _idle_rss_mib(sim: Any, rig: Any, tmp: Path) -> float:
     )
     try:
         time.sleep(4.0)
+        cpu0, wall0 = _proc_cpu_s(proc.pid), time.monotonic()
+        time.sleep(5.0)
+        cpu_ms_per_s = (_proc_cpu_s(proc.pid) - cpu0) / (time.monotonic() - wall0) * 1000
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+                return int(line.split()[1]) / 1024, cpu_ms_per_s
+        return float("nan"), cpu_ms_per_s
     finally:
         proc.terminate()
         try:
@@ -247,8 +259,12 @@ def main() -> None:
         tmp = Path(tmp_name)
         speech = speech_wav(PHRASE, tmp / "q.wav", 48_000)
         asyncio.run(_turns(sim, rig, tmp, speech))
+        rss_mib, idle_cpu_ms = _idle_rss_mib(sim, rig, tmp)
         print(
-            f"   daemon idle VmRSS (`hark run`, PulseAudio devices): "
-            f"{_idle_rss_mib(sim, rig, tmp):.1f} MiB (target ≤ 50)"
+            f"   daemon idle VmRSS (`hark run`, PulseAudio devices): {rss_mib:.1f} MiB (target ≤ 50)"
+        )
+        print(
+            f"   `hark run` idle CPU (mic stream capturing, resampling, VAD): "
+            f"{idle_cpu_ms:.1f} ms per second of audio"
         )
     logging.disable(logging.NOTSET)
