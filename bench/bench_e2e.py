@@ -261,7 +261,7 @@ def main() -> None:
         asyncio.run(_turns(sim, rig, tmp, speech))
         rss_mib, idle_cpu_ms = _idle_rss_mib(sim, rig, tmp)
         print(
-            f"   daemon idle VmRSS (`hark run`, PulseAudio devices): {rss_mib:.1f} MiB (target ≤ 50)"
+            f"   daemon idle VmRSS (`hark run`, PulseAudio devices): {rss_mib:.1f} MiB (target 50)"
         )
         print(
             f"   `hark run` idle CPU (mic stream capturing, resampling, VAD): "
