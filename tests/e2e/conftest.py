@@ -125,11 +125,14 @@ class Running:
         self.notes = notes
         self.events: list[tuple[float, Any]] = []
         self.commands: list[tuple[float, Any]] = []
+        self.mic_frames = 0
         self.app.add_listener(self._observe)
 
     def _observe(self, event: Any, commands: Any) -> None:
         now = time.monotonic()
-        if type(event).__name__ != "MicFrame":
+        if type(event).__name__ == "MicFrame":
+            self.mic_frames += 1
+        else:
             self.events.append((now, event))
         self.commands.extend((now, c) for c in commands)
 
@@ -168,6 +171,10 @@ async def running_daemon(path: Path, factory: Any) -> AsyncIterator[Running]:
         await until(lambda: any(m.startswith("STATUS=idle") for m in notes.messages) or task.done())
         if task.done():
             task.result()
+        # PulseAudio's ALSA plugin stalls a new capture stream for ~1.6 s and drops what
+        # was said meanwhile: start once two seconds of frames have flowed.
+        mark = running.mic_frames
+        await until(lambda: running.mic_frames >= mark + 100 or task.done())
         yield running
     finally:
         daemon.shutdown()

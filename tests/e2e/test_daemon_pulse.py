@@ -71,8 +71,9 @@ async def test_hold_to_talk_reply_matches_speech(
         recording.stop()
     session = session_with_commits(sim)
     turn = as_int16(committed_audio(session)[-1])
-    sent_corr = match(turn, as_int16(resample(spoken48.tobytes(), 48_000, 24_000)))
-    assert sent_corr >= 0.9
+    spoken24 = as_int16(resample(spoken48.tobytes(), 48_000, 24_000))
+    assert match(turn, spoken24) >= 0.9
+    assert missing_onset_ms(turn, spoken24) <= 30  # everything after the press was sent
     recorded, rate = read_wav_samples(recording.path)
     assert rate == 48_000
     assert match(recorded, spoken48) >= 0.9
