@@ -308,14 +308,11 @@ class VadConfig(_Section):
     aggressiveness: int = Field(
         default=2, ge=0, le=3, description="webrtcvad mode, 0 (lenient) to 3 (strict)."
     )
-    frame_ms: Literal[10, 20, 30] = Field(
-        default=30, description="webrtcvad frame length, milliseconds (10, 20 or 30)."
-    )
     start_ms: int = Field(
-        default=60, ge=10, le=2000, description="Voiced audio needed to open a turn, ms."
+        default=80, ge=10, le=2000, description="Voiced audio needed to open a turn, ms."
     )
     barge_in_ms: int = Field(
-        default=150,
+        default=160,
         ge=10,
         le=2000,
         description="Voiced audio needed to interrupt a reply (stricter: echo), ms.",

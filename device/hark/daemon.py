@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import asyncio
 
     from hark.config import Config
+    from hark.conversation import Settings
+    from hark.events import SessionConfig
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +304,31 @@ def cue_files(config: Config) -> dict[Any, Path | str]:
     return files
 
 
+def conversation_settings(config: Config, session: SessionConfig) -> Settings:
+    """The core's settings from the config: the one mapping, so tests can hold it."""
+    from hark.conversation import Settings
+
+    t, v, a = config.trigger, config.vad, config.audio
+    return Settings(
+        trigger_mode=t.mode,
+        button_mode=t.button,
+        end_of_turn=t.end_of_turn,
+        session_policy=config.session.policy,
+        idle_disconnect_s=config.session.idle_disconnect_s,
+        rotate_after_s=config.session.rotate_after_s,
+        session=session,
+        preroll_ms=v.pre_roll_ms,
+        vad_start_ms=v.start_ms,
+        barge_in_ms=v.barge_in_ms,
+        vad_stop_ms=v.stop_silence_ms,
+        no_speech_timeout_s=t.no_speech_timeout_s,
+        max_turn_s=config.session.max_turn_s,
+        response_timeout_s=config.session.response_timeout_s,
+        listening_cue=a.cues_enabled,
+        done_cue=a.cues_enabled,
+    )
+
+
 def build_app(
     config: Config,
     token: str,
@@ -358,7 +385,7 @@ def _wire(
     from hark import builtin_tools
     from hark.agent import ToolRunner, agent_from_config
     from hark.app import App
-    from hark.conversation import Conversation, Settings
+    from hark.conversation import Conversation
     from hark.events import SessionConfig
     from hark.guardrails import GuardrailMonitor
     from hark.history import History
@@ -437,24 +464,7 @@ def _wire(
         transcription_language=config.realtime.language,
     )
     runner = ToolRunner(agent, base=base, default_timeout_s=config.agent.tool_timeout_s)
-    settings = Settings(
-        trigger_mode=t.mode,
-        button_mode=t.button,
-        end_of_turn=t.end_of_turn,
-        session_policy=config.session.policy,
-        idle_disconnect_s=config.session.idle_disconnect_s,
-        rotate_after_s=config.session.rotate_after_s,
-        session=runner.session_config(),
-        preroll_ms=v.pre_roll_ms,
-        vad_start_ms=v.start_ms,
-        barge_in_ms=v.barge_in_ms,
-        vad_stop_ms=v.stop_silence_ms,
-        no_speech_timeout_s=t.no_speech_timeout_s,
-        max_turn_s=config.session.max_turn_s,
-        response_timeout_s=config.session.response_timeout_s,
-        listening_cue=a.cues_enabled,
-        done_cue=a.cues_enabled,
-    )
+    settings = conversation_settings(config, runner.session_config())
     if link is None:
         from hark.link import WebSocketLink
 

@@ -257,3 +257,21 @@ async def test_end_conversation_tool_disconnects_after_the_goodbye(scripted: Sim
         spoken = [line.text for line in running.app.conversation.transcript]
     assert spoken[-1] == "Goodbye."
     assert json.loads(outputs(scripted)[0])
+
+
+def _gate_shape(gate: Any) -> tuple[int, int, int, int]:
+    return (gate.frame_ms, gate.open_voiced, gate.open_window, gate.close_silence_ms)
+
+
+def test_default_config_runs_the_gates_the_echo_tests_prove() -> None:
+    """A config with no [vad] section gives the core exactly Settings()' gates and pre-roll."""
+    from hark.conversation import Settings
+    from hark.daemon import conversation_settings
+    from hark.events import SessionConfig
+
+    config = parse('[backend]\nurl = "https://keys.example.com/v1/realtime/client_secrets"\n')
+    daemon_settings = conversation_settings(config, SessionConfig())
+    tested = Settings()
+    assert _gate_shape(daemon_settings.open_gate()) == _gate_shape(tested.open_gate())
+    assert _gate_shape(daemon_settings.barge_in_gate()) == _gate_shape(tested.barge_in_gate())
+    assert daemon_settings.preroll_ms == tested.preroll_ms
