@@ -246,13 +246,15 @@ def test_upstream_401_is_a_distinct_502_and_logged_loudly(
 def test_upstream_down_is_503(backend: Backend) -> None:
     """An unreachable upstream answers 503 upstream_unavailable with Retry-After."""
     token = backend.add("kitchen")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]  # closed again: nobody listens there
-    dead = SimpleNamespace(base_url=f"http://127.0.0.1:{dead_port}/v1", api_key="sk-unused")
-    settings = backend_settings(backend.registry.url, dead)
-    with run_backend(settings) as server, httpx.Client(base_url=server.url) as http:
-        response = http.post(MINT, json={}, headers={"Authorization": f"Bearer {token}"})
+    # Bound but never listening: connections are refused, and the port cannot be handed
+    # to another server meanwhile (a freed port was, once: to this test's own backend).
+    with socket.socket() as dead_socket:
+        dead_socket.bind(("127.0.0.1", 0))
+        dead_port = dead_socket.getsockname()[1]
+        dead = SimpleNamespace(base_url=f"http://127.0.0.1:{dead_port}/v1", api_key="sk-unused")
+        settings = backend_settings(backend.registry.url, dead)
+        with run_backend(settings) as server, httpx.Client(base_url=server.url) as http:
+            response = http.post(MINT, json={}, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 503
     assert error_of(response)["code"] == "upstream_unavailable"
     assert response.headers["retry-after"] == "1"
