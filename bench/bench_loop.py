@@ -196,6 +196,44 @@ async def _measure() -> dict[str, list[float]]:
     return figures
 
 
+FRAMES = 5000
+FRAME_GAP_S = 0.001  # each frame its own wake-up, as at 50 frames/s (not one batch)
+
+
+def _post_frames(post: Post, frames: int) -> None:
+    for _ in range(frames):
+        post(MicFrame(FRAME, False))
+        time.sleep(FRAME_GAP_S)
+
+
+async def _frame_cost_us() -> float:
+    """Process CPU per MicFrame posted from a thread through App, less the bare poster's."""
+    conv = Conversation(Settings())
+    app = App(conv, _Link(_Marks()), _Idle(), _Speaker(_Marks()), _Indicator(), [_Idle()])
+    app.add_listener(lambda _event, _commands: None)
+    await app.start()
+    await app.wait_for(lambda: conv.connected and conv.phase is Phase.IDLE, timeout_s=5.0)
+    loop = asyncio.get_running_loop()
+
+    started = time.process_time()
+    await loop.run_in_executor(None, _post_frames, lambda _event: None, FRAMES)
+    bare_s = time.process_time() - started
+
+    seen = 0
+
+    def count(event: Event, _commands: object) -> None:
+        nonlocal seen
+        seen += isinstance(event, MicFrame)
+
+    app.add_listener(count)
+    started = time.process_time()
+    await loop.run_in_executor(None, _post_frames, app.post, FRAMES)
+    await app.wait_for(lambda: seen >= FRAMES, timeout_s=10.0)
+    through_s = time.process_time() - started
+    await app.shutdown()
+    return (through_s - bare_s) / FRAMES * 1e6
+
+
 def main() -> None:
     figures = asyncio.run(_measure())
     rows: list[tuple[str, str, float]] = [
@@ -210,6 +248,11 @@ def main() -> None:
             f"   {label}: p50 {p50:.3f} ms, p95 {p95:.3f} ms "
             f"(target p95 ≤ {target_ms:g} ms, n={len(figures[key])})"
         )
+    frame_us = asyncio.run(_frame_cost_us())
+    report(
+        f"   CPU per MicFrame through App (post from a thread → core → listeners): "
+        f"{frame_us:.1f} µs (= {frame_us * 50 / 1000:.2f} ms/s at 50 frames/s, n={FRAMES})"
+    )
 
 
 if __name__ == "__main__":
