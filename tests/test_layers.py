@@ -16,6 +16,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "config": {"hark.*"},
     "vadgate": {"asyncio", "numpy", "hark.*"},
     "pcm": {"asyncio", "pyaudio"},
+    "replay": {"asyncio", "websockets", "hark.conversation", "hark.soundcard", "hark.gpio"},
     "keys": {"hark.conversation", "hark.soundcard", "hark.gpio", "hark.app"},
     "realtime": {"asyncio", "websockets"},
     "conversation": {

@@ -18,14 +18,8 @@ import pydantic
 import pytest
 from hark import events as ev
 from hark.keys import Backoff
-from hark.link import (
-    Entry,
-    TranscriptLog,
-    TurnTracker,
-    WebSocketLink,
-    rotation_due,
-    select_replay,
-)
+from hark.link import WebSocketLink
+from hark.replay import Entry, TranscriptLog, TurnTracker, rotation_due, select_replay
 from hark_sim import SimConfig, SimHandle, start_sim
 from openai.types.realtime import RealtimeClientEvent
 from websockets.asyncio.server import ServerConnection, serve
