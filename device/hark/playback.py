@@ -43,10 +43,10 @@ class PlaybackBuffer:
     """Device-rate mono audio waiting to be played, and what happened to it.
 
     ``fade_ms`` is the ramp at every start and end of audio (after silence, an
-    underrun, or the end of an item); ``stop()`` ramps to silence over one render
-    chunk.  ``latency_frames`` is the device's reported output latency: a finished
-    item is reported only once that much more has been rendered, and
-    ``played_ms_now`` subtracts it.
+    underrun, or the end of an item); ``stop()`` ramps to silence over the same
+    ``fade_ms`` at the start of the next render chunk.  ``latency_frames`` is the
+    device's reported output latency: a finished item is reported only once that much
+    more has been rendered, and ``played_ms_now`` subtracts it.
     """
 
     def __init__(
@@ -232,14 +232,18 @@ class PlaybackBuffer:
         return out, True
 
     def _render_stop(self, frames: int) -> tuple[Samples, bool]:
-        """One chunk: whatever was audible, ramped to silence (the rest of the chunk silent)."""
+        """One chunk: whatever was audible, ramped to silence over ``fade_ms``, then silence.
+
+        The ramp is the same length as every other fade (no click), not the whole chunk,
+        so the speaker is quiet ``fade_ms`` into the next chunk rather than at its end.
+        """
         self._stop_requested = False
         seg, self._fading = self._fading, None
         self._tail_was_audio = False
         out = np.zeros(frames, dtype=np.int16)
         if seg is None:
             return out, False
-        take = min(frames, len(seg.samples) - seg.offset)
+        take = min(frames, self._fade_frames, len(seg.samples) - seg.offset)
         out[:take] = ramp(seg.samples[seg.offset : seg.offset + take], 1.0, 0.0)
         if seg.item_id is not None and seg.item_id in self._items:
             self._current = seg.item_id

@@ -37,15 +37,16 @@ def test_finished_item_is_reported_after_drain_and_latency() -> None:
 
 
 def test_stop_fades_within_one_chunk_and_reports_what_was_handed() -> None:
-    """stop() ramps to silence in the next chunk and reports the frames handed so far."""
-    buf = PlaybackBuffer(RATE)
+    """stop() ramps to silence over fade_ms of the next chunk and reports what was handed."""
+    buf = PlaybackBuffer(RATE, fade_ms=5)
     buf.enqueue("a", loud(1000))
     _out, _ = render_all(buf, 10)  # 200 ms played
     buf.stop()
     data, events = buf.render(CHUNK, 0.2)
     fade = np.frombuffer(data, np.int16)
-    assert events == [PlaybackStopped("a", 220, interrupted=True)]
-    assert fade[0] > 9_000 and abs(int(fade[-1])) < 50
+    assert events == [PlaybackStopped("a", 205, interrupted=True)]  # 200 ms + the 5 ms fade
+    assert fade[0] > 9_000 and abs(int(fade[RATE * 5 // 1000 - 1])) < 100
+    assert not fade[RATE * 5 // 1000 :].any()  # silent from 5 ms into the chunk
     assert np.max(np.abs(np.diff(fade.astype(int)))) < 100  # no click
     after, events = render_all(buf, 3)
     assert not after.any() and events == []
