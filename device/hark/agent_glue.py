@@ -1,6 +1,6 @@
 """The agent layer hooked into a running app: handoffs, tool approval, end of conversation.
 
-It also feeds every handled event to the history, the tool runner and the guardrails.
+It also feeds every handled event but mic frames to the history, the tool runner and the guardrails.
 It must not build adapters or the app (that is ``hark.daemon``); it only registers
 callbacks, an interceptor and a listener on what it is given.
 """
@@ -11,7 +11,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hark.events import ButtonLongPressed, ButtonPressed, ButtonReleased, ToolFinished
+from hark.events import (
+    ButtonLongPressed,
+    ButtonPressed,
+    ButtonReleased,
+    MicFrame,
+    ToolFinished,
+)
 
 if TYPE_CHECKING:
     from hark.agent import PendingApproval, RealtimeAgent, ToolRunner
@@ -102,7 +108,12 @@ class AgentGlue:
         return False
 
     def observe(self, event: Event, commands: Sequence[Command]) -> None:
-        """Every handled event: history, runner (voice lock), guardrails, approval timeouts."""
+        """Every handled event: history, runner (voice lock), guardrails, approval timeouts.
+
+        Mic frames (50 a second) go to none of them: all three ignore audio input.
+        """
+        if isinstance(event, MicFrame):
+            return
         self.history.observe(event)
         self.runner.observe(event)
         if isinstance(event, ToolFinished) and event.call_id in self._waiting:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -64,6 +65,7 @@ _WIRE = (
     UpdateSession,
 )
 _YIELD_EVERY = 32  # events handled back to back before letting adapter tasks run
+_STUCK_RETRY_S = 0.05  # the core did not move its deadline after a Tick: tick again this late
 
 
 class Notifier(Protocol):
@@ -167,7 +169,12 @@ class App:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.restarts: dict[str, int] = {}
         self.command_errors = 0
-        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        # A plain deque woken once per batch: asyncio.Queue.get and a timeout per item cost
+        # more than the core does for a MicFrame (50 a second, all day).
+        self._inbox: deque[_Item] = deque()
+        self._wake: asyncio.Future[None] | None = None  # set while the loop waits for items
+        self._timer: asyncio.TimerHandle | None = None  # the core's deadline, re-armed on change
+        self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._main: asyncio.Task[None] | None = None
@@ -180,6 +187,7 @@ class App:
         self._state_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stuck_deadline: float | None = None
+        self._stuck_retry_at = 0.0
 
     # ------------------------------------------------------------------ public
 
@@ -187,10 +195,10 @@ class App:
         """Hand an event to the loop; safe from any thread, cheap, never blocks."""
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
-            self._inbox.put_nowait(event)
+            self._put(event)
             return
         with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening
-            loop.call_soon_threadsafe(self._inbox.put_nowait, event)
+            loop.call_soon_threadsafe(self._put, event)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -298,9 +306,23 @@ class App:
     def _post_item(self, item: _Item) -> None:
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
-            self._inbox.put_nowait(item)
+            self._put(item)
         else:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, item)
+            loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: _Item) -> None:
+        """On the loop: queue ``item``; wake the loop only if it is waiting."""
+        self._inbox.append(item)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _deadline_due(self) -> None:
+        self._timer = self._timer_at = None
+        self._wake_up()
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -323,35 +345,49 @@ class App:
             self._ready.set()
             if self.watchdog_interval_s:
                 self._spawn(self._watchdog(self.watchdog_interval_s), name="hark-watchdog")
-            handled = 0
-            while not self._stopped:
-                item = await self._next(loop)
-                self._dispatch(item, loop.time())
+            await self._drain(loop)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            await self._wind_down()
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Handle inbox items until stopped; a Tick whenever the inbox is empty past the deadline.
+
+        Items always go before a Tick.  One wake-up handles every item queued by then, and
+        the core's deadline is read once per wake-up, its timer re-armed only when it moves.
+        """
+        inbox = self._inbox
+        handled = 0
+        while not self._stopped:
+            if inbox:
+                self._dispatch(inbox.popleft(), loop.time())
                 handled += 1
                 if handled % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
-        finally:
-            await self._wind_down()
-
-    async def _next(self, loop: asyncio.AbstractEventLoop) -> _Item:
-        """The next inbox item, or a Tick when the core's deadline comes first."""
-        try:
-            return self._inbox.get_nowait()
-        except asyncio.QueueEmpty:
-            pass
-        deadline = self.conversation.deadline()
-        if deadline is not None and deadline == self._stuck_deadline:
-            deadline = loop.time() + 0.05  # the core did not move its deadline: don't spin
-        if deadline is None:
-            return await self._inbox.get()
-        delay = deadline - loop.time()
-        if delay > 0:
+                continue
+            now = loop.time()
+            deadline = self.conversation.deadline()
+            if deadline is not None and deadline == self._stuck_deadline:
+                deadline = self._stuck_retry_at  # the core did not move it: don't spin
+            if deadline is not None and deadline <= now:
+                self._dispatch(Tick(), now)
+                continue
+            if deadline != self._timer_at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer_at = deadline
+                self._timer = (
+                    None if deadline is None else loop.call_at(deadline, self._deadline_due)
+                )
+            self._wake = wake = loop.create_future()
             try:
-                async with asyncio.timeout(delay):
-                    return await self._inbox.get()
-            except TimeoutError:
-                pass
-        return Tick()
+                await wake
+            finally:
+                self._wake = None
+            if self._timer_at is None and deadline is not None and not inbox:
+                self._dispatch(Tick(), loop.time())  # the timer fired (maybe a hair early)
 
     def _dispatch(self, item: _Item, now: float) -> None:
         if isinstance(item, _Heartbeat):
@@ -372,6 +408,7 @@ class App:
         if isinstance(item, Tick):
             after = self.conversation.deadline()
             self._stuck_deadline = after if after is not None and after == before else None
+            self._stuck_retry_at = now + _STUCK_RETRY_S
         self._execute(commands)
         for listener in self._listeners:
             try:
@@ -498,7 +535,7 @@ class App:
             started = loop.time()
             if beat is None or beat.done.done():
                 beat = _Heartbeat(loop.create_future())
-                self._inbox.put_nowait(beat)
+                self._put(beat)
             done, _ = await asyncio.wait({beat.done}, timeout=interval_s)
             if done:
                 stalled = False

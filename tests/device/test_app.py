@@ -546,3 +546,40 @@ async def test_approval_pending_set_through_app_call_keeps_presses_from_the_core
     approved.set()
     await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
     await rig.app.shutdown()
+
+
+async def test_events_posted_from_a_thread_are_handled_in_order() -> None:
+    """A burst posted from another thread reaches the core and listeners whole and in order."""
+    rig = Rig()
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    frames = [MicFrame(bytes([i % 256]) * 960, False) for i in range(500)]
+    rig.button.fire(*frames)
+    await until(lambda: sum(isinstance(e, MicFrame) for e in rig.events) >= len(frames))
+    assert [e for e in rig.events if isinstance(e, MicFrame)] == frames
+    await rig.app.shutdown()
+
+
+async def test_core_deadline_fires_while_mic_frames_keep_flowing() -> None:
+    """The max-turn deadline ends a held turn although frames arrive all the while."""
+    rig = Rig(Settings(max_turn_s=0.2))
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            rig.app.post(MicFrame(FRAME, True))
+            time.sleep(0.002)
+
+    rig.button.fire(ButtonPressed())
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        await rig.app.wait_for(lambda: rig.conv.phase is Phase.LISTENING, 5.0)
+        await rig.app.wait_for(lambda: rig.conv.phase is not Phase.LISTENING, 5.0)
+    finally:
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+    assert any(isinstance(c, CommitAudio) for c in rig.link.sent)
+    await rig.app.shutdown()
