@@ -78,6 +78,7 @@ class PlaybackBuffer:
         self._echo_resampler: Resampler | None = None
         if echo_reference is not None and rate_hz % ECHO_RATE_HZ:
             self._echo_resampler = Resampler(rate_hz, ECHO_RATE_HZ, quality="QQ")
+        self._silence = b""  # the idle chunk, reused
         self.rendered_frames = 0
         self.started_s: dict[str, float] = {}
         """perf_counter when each item's first frame was rendered (for latency figures)."""
@@ -165,6 +166,8 @@ class PlaybackBuffer:
         ``dac_start_s`` is when the first of them will be heard (monotonic), for the
         echo reference.
         """
+        if not (self._segments or self._reports or self._stop_requested):
+            return self._render_idle(frames, dac_start_s), []
         events: list[PlaybackStopped] = []
         with self._lock:
             if self._stop_requested:
@@ -187,6 +190,22 @@ class PlaybackBuffer:
             self._record_echo(out, audio, dac_start_s)
         data = upmix(out, self.channels).tobytes()
         return data, events
+
+    def _render_idle(self, frames: int, dac_start_s: float) -> bytes:
+        """Nothing queued, nothing to report: a cached silent buffer, no numpy work.
+
+        The unlocked check in ``render`` may miss an ``enqueue`` racing with it; that
+        audio then starts one chunk later, as if it had arrived a moment later.
+        """
+        silence = self._silence
+        if len(silence) != frames * self.channels * 2:
+            silence = self._silence = bytes(frames * self.channels * 2)
+        self._tail_was_audio = False
+        self._applied_volume = self._volume
+        self.rendered_frames += frames
+        if self.echo_reference is not None:
+            self.echo_reference.record_silence(frames * ECHO_RATE_HZ // self.rate_hz, dac_start_s)
+        return silence
 
     def _pull(self, frames: int) -> tuple[Samples, bool]:
         out = np.zeros(frames, dtype=np.int16)

@@ -161,3 +161,17 @@ def test_two_items_back_to_back_are_reported_in_order() -> None:
         PlaybackStopped("a", 50, interrupted=False),
         PlaybackStopped("b", 70, interrupted=False),
     ]
+
+
+def test_idle_render_is_silent_and_still_feeds_the_echo_reference() -> None:
+    """An idle speaker hands out silence, keeps counting frames and tells the echo reference."""
+    ref = EchoReference()
+    buf = PlaybackBuffer(RATE, echo_reference=ref)
+    data, events = buf.render(CHUNK, 1.0)
+    assert data == bytes(CHUNK * 2) and events == []
+    assert buf.rendered_frames == CHUNK
+    assert ref.window(1.0, 1.02) is not None  # the ring's anchor moved to this chunk
+    assert not ref.active(1.1, 0.5)  # silence is not loud
+    buf.enqueue("a", loud(40))
+    out, _ = render_all(buf, 2)
+    assert out[0] == 0 and out[CHUNK // 2] == 10_000  # audio after idle fades in
