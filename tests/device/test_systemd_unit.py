@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.systemd_analyze import exposure, needs_analyze, verify_output
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "hark.service"
-
-needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
-)
 
 
 def directives() -> dict[str, list[str]]:
@@ -50,34 +46,15 @@ def test_unit_declares_the_contract() -> None:
 @needs_analyze
 def test_verify_clean(tmp_path: Path) -> None:
     """`systemd-analyze verify` reports nothing (ExecStart pointed at a binary that exists)."""
-    copy = tmp_path / "hark.service"
-    text = UNIT.read_text().replace("/opt/hark/venv/bin/hark", shutil.which("true") or "/bin/true")
-    copy.write_text(text)
-    result = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 0, output
+    code, output = verify_output(UNIT, "/opt/hark/venv/bin/hark", tmp_path)
+    assert code == 0, output
     assert "hark.service" not in output, output
 
 
 @needs_analyze
 def test_security_exposure_at_most_2() -> None:
     """`systemd-analyze security --offline=true` scores the unit ≤ 2.0 (0 best, 10 worst)."""
-    result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    match = re.search(r"Overall exposure level for hark\.service: ([0-9.]+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    score = float(match.group(1))
+    score = exposure(UNIT)
     print(f"systemd-analyze security: {score}")
     assert score <= 2.0
 
