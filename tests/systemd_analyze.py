@@ -1,4 +1,4 @@
-"""`systemd-analyze verify` and `security --offline` on a unit file, for both units' tests."""
+"""Reading a unit file, `systemd-analyze verify` and `security --offline`, for both units' tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,16 @@ import pytest
 needs_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
 )
+
+
+def directives(unit: Path) -> dict[str, list[str]]:
+    """Every ``Key=value`` of the unit, in order, by key."""
+    out: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
 
 
 def verify_output(unit: Path, exec_path: str, tmp_path: Path) -> tuple[int, str]:

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.systemd_analyze import exposure, needs_analyze, verify_output
+from tests.systemd_analyze import directives, exposure, needs_analyze, verify_output
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "hark-backend.service"
 EXEC = "/opt/hark/venv/bin/hark-backend"
 
 
-def directives() -> dict[str, list[str]]:
-    """Every ``Key=value`` of the unit, in order, by key."""
-    out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key.strip(), []).append(value.strip())
-    return out
-
-
 def test_unit_declares_the_contract() -> None:
     """Loopback serve, the SQLite state dir, the key as a credential, no restart on EX_CONFIG."""
-    d = directives()
+    d = directives(UNIT)
     (exec_start,) = d["ExecStart"]
     assert exec_start.startswith(f"{EXEC} serve ")
     assert "--host 127.0.0.1" in exec_start
@@ -44,7 +34,7 @@ def test_cli_accepts_the_units_arguments() -> None:
     """The ExecStart flags are ones ``hark-backend serve`` knows."""
     from hark_backend.cli import build_parser
 
-    (exec_start,) = directives()["ExecStart"]
+    (exec_start,) = directives(UNIT)["ExecStart"]
     args = build_parser().parse_args(exec_start.split()[1:])
     assert (args.host, args.port) == ("127.0.0.1", 8080)
 

@@ -7,24 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.systemd_analyze import exposure, needs_analyze, verify_output
+from tests.systemd_analyze import directives, exposure, needs_analyze, verify_output
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "hark.service"
 
 
-def directives() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key.strip(), []).append(value.strip())
-    return out
-
-
 def test_unit_declares_the_contract() -> None:
     """Notify type, watchdog, restart policy, EX_CONFIG not restarted, the service user."""
-    d = directives()
+    d = directives(UNIT)
     assert d["Type"] == ["notify"]
     assert d["NotifyAccess"] == ["main"]
     assert d["ExecStart"] == ["/opt/hark/venv/bin/hark run --config /etc/hark/hark.toml"]
