@@ -188,6 +188,7 @@ class App:
         self._background: set[asyncio.Task[None]] = set()
         self._stuck_deadline: float | None = None
         self._stuck_retry_at = 0.0
+        self._mic_streaming = False  # what the mic was last told (deliver_every_frame)
 
     # ------------------------------------------------------------------ public
 
@@ -396,6 +397,7 @@ class App:
             return
         if isinstance(item, _Call):
             self._execute(item.fn(now))
+            self._sync_mic()
             self._check_state_waiters()
             return
         if isinstance(item, ShutdownRequested) and not self._stopping:
@@ -410,6 +412,7 @@ class App:
             self._stuck_deadline = after if after is not None and after == before else None
             self._stuck_retry_at = now + _STUCK_RETRY_S
         self._execute(commands)
+        self._sync_mic()
         for listener in self._listeners:
             try:
                 listener(item, commands)
@@ -424,6 +427,13 @@ class App:
             except Exception as exc:
                 future.set_exception(exc)
         self._check_state_waiters()
+
+    def _sync_mic(self) -> None:
+        """Frames one by one while a turn streams; idle frames may come in batches."""
+        streaming = self.conversation.streaming
+        if streaming is not self._mic_streaming:
+            self._mic_streaming = streaming
+            self.mic.deliver_every_frame(streaming)
 
     def _check_state_waiters(self) -> None:
         for condition, future in self._state_waiters:

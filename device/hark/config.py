@@ -285,7 +285,17 @@ class AudioConfig(_Section):
         default=None, ge=8000, le=192000, description="Playback rate, Hz; default the device's."
     )
     buffer_ms: int = Field(
-        default=20, ge=5, le=200, description="PyAudio buffer length, milliseconds."
+        default=20,
+        ge=5,
+        le=200,
+        description="Playback buffer (one speaker callback), ms: a barge-in stops within one.",
+    )
+    capture_buffer_ms: int = Field(
+        default=40,
+        ge=10,
+        le=200,
+        description="Capture buffer (one microphone callback), ms: longer costs less CPU, "
+        "and voice is noticed up to that much later.",
     )
     volume: float = Field(
         default=1.0, ge=0.0, le=1.5, description="Software gain for replies and cues (0 to 1.5)."

@@ -315,6 +315,11 @@ class Conversation:
         return self._linked
 
     @property
+    def streaming(self) -> bool:
+        """A turn is open: every mic frame goes to the server as it comes."""
+        return self._turn is not None
+
+    @property
     def transcript(self) -> list[TranscriptLine]:
         """The latest utterances, oldest first."""
         return list(self._transcript)

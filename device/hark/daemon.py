@@ -423,7 +423,7 @@ def _wire(
                 rate_hz=a.capture_rate_hz,
                 vad_aggressiveness=v.aggressiveness,
                 echo_gate=gate,
-                buffer_ms=a.buffer_ms,
+                buffer_ms=a.capture_buffer_ms,
             )
     if triggers is None:
         triggers = []

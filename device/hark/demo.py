@@ -45,6 +45,9 @@ class SilentMicrophone:
 
         await asyncio.Event().wait()
 
+    def deliver_every_frame(self, on: bool) -> None:
+        """Nothing is posted either way."""
+
 
 @contextlib.contextmanager
 def _demo_backend(sim: Any, tmp: Path) -> Iterator[tuple[str, str, str]]:

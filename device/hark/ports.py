@@ -43,6 +43,14 @@ class Microphone(Protocol):
     async def run(self, post: Post) -> None:
         """Capture until cancelled; on device loss post ``DeviceLost`` and retry."""
 
+    def deliver_every_frame(self, on: bool) -> None:
+        """On while a turn streams: post each frame as it comes.
+
+        Off (the default), a microphone may hold unvoiced frames back and post them
+        together (fewer wake-ups of the loop while nobody talks); a voiced frame is
+        always posted at once, with the held ones before it, in order.
+        """
+
 
 class Speaker(Protocol):
     """Plays 24 kHz reply audio and cues; knows how much was really heard."""

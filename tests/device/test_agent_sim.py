@@ -55,6 +55,9 @@ class SilentMic:
     async def run(self, post: Post) -> None:
         await forever()
 
+    def deliver_every_frame(self, on: bool) -> None:
+        pass
+
 
 class Led:
     def __init__(self) -> None:

@@ -153,6 +153,10 @@ class FakeMic:
         self.crashes = crashes
         self.runs = 0
         self.cancelled = False
+        self.every_frame: list[bool] = []  # what the app told it, in order
+
+    def deliver_every_frame(self, on: bool) -> None:
+        self.every_frame.append(on)
 
     async def run(self, post: Post) -> None:
         self.runs += 1
@@ -283,6 +287,7 @@ async def test_whole_hold_to_talk_turn_through_the_app() -> None:
     ]
     assert rig.conv.transcript[-1].text == "Hello there."
     assert rig.notifier.statuses[-1] == "idle"
+    assert rig.mic.every_frame == [True, False]  # frame by frame only while the turn streamed
     await rig.app.shutdown()
 
 

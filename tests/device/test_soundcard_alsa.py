@@ -57,6 +57,7 @@ async def capture(rate_hz, want):
         else:
             out.setdefault("mic_events", []).append(repr(e))
     mic = soundcard.SoundcardMicrophone("filein", rate_hz=rate_hz)
+    mic.deliver_every_frame(True)  # as in a turn: nothing held back at the file's end
     task = asyncio.create_task(mic.run(post))
     await asyncio.wait_for(done.wait(), 20)
     task.cancel()
@@ -143,7 +144,8 @@ def capture24(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     """One probe: listing, selection and a 24 kHz capture of known bytes."""
     tmp = tmp_path_factory.mktemp("alsa24")
     rng = np.random.default_rng(7)
-    data = rng.integers(-20000, 20000, 24_000 // 50 * 25, dtype=np.int16).tobytes()
+    # 26 frames: the 40 ms capture buffer reads two at a time, the test wants 25
+    data = rng.integers(-20000, 20000, 24_000 // 50 * 26, dtype=np.int16).tobytes()
     return probe(tmp, data, "capture24", "25"), data
 
 

@@ -87,6 +87,7 @@ async def test_speech_into_the_mic_yields_voiced_frames(rig: PulseRig, tmp_path:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert rec.events == []
+    assert mic.posts < len(rec.frames) // 2, "idle frames were not batched"
     assert all(len(f.pcm) == 960 for f in rec.frames)
     assert not any(f.voiced for f in quiet)
     voiced = [i for i, f in enumerate(rec.frames) if f.voiced and i >= started]
@@ -95,6 +96,36 @@ async def test_speech_into_the_mic_yields_voiced_frames(rig: PulseRig, tmp_path:
     assert abs(span_ms - speech_ms) < 400  # webrtcvad trims onsets and adds hangover
     gate = VadGate()
     assert [c for f in rec.frames if (c := gate.update(f.voiced))][:1] == ["opened"]
+
+
+async def test_mic_posts_every_frame_while_a_turn_streams(rig: PulseRig) -> None:
+    """Told a turn streams, the mic posts each frame as it comes; idle, in batches, in order."""
+    rec = Recorder()
+    mic = SoundcardMicrophone("pulse", rate_hz=48_000, hold_ms=100)
+    batches: list[tuple[bool, int]] = []  # (streaming, frames) per wake-up asked for
+    send = mic._send
+
+    def counted(events: list[Event]) -> None:
+        batches.append((mic._every_frame, len(events)))
+        send(events)
+
+    mic._send = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(mic.run(rec))
+    try:
+        await until(lambda: len(rec.frames) >= 25)
+        mic.deliver_every_frame(True)
+        mark = len(rec.frames)
+        await until(lambda: len(rec.frames) >= mark + 25)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    idle = [n for streaming, n in batches if not streaming]
+    streamed = [n for streaming, n in batches if streaming]
+    # 40 ms chunks complete two 20 ms frames each, give or take one (the resampler's
+    # output varies around its average)
+    assert len(idle) >= 3 and all(5 <= n <= 7 for n in idle)  # silence: ~100 ms a wake-up
+    # streaming: what each chunk completed, after whatever was held when it switched
+    assert len(streamed) >= 8 and max(streamed[1:]) <= 3
 
 
 async def test_reply_played_matches_recording(rig: PulseRig, tmp_path: Path) -> None:
