@@ -68,9 +68,7 @@ def downmix(pcm: bytes, channels: int) -> Samples:
     samples = as_samples(pcm)
     if channels == 1:
         return samples
-    frames = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)
-    mono: Samples = (frames @ _box(channels)).astype(np.int16)
-    return mono
+    return _average_runs(samples[: len(samples) - len(samples) % channels], channels)
 
 
 def upmix(samples: Samples, channels: int) -> Samples:
@@ -145,20 +143,22 @@ def decimate(samples: Samples, factor: int) -> Samples:
     """
     if factor == 1:
         return samples
-    n = len(samples) - len(samples) % factor
-    # a matrix-vector product is ~5x faster than .mean(axis=1) on 20 ms frames
-    low: Samples = (samples[:n].reshape(-1, factor) @ _box(factor)).astype(np.int16)
-    return low
+    return _average_runs(samples[: len(samples) - len(samples) % factor], factor)
 
 
-_BOXES: dict[int, npt.NDArray[np.float32]] = {}
+def _average_runs(samples: Samples, n: int) -> Samples:
+    """Mean of each run of ``n`` samples (``len(samples)`` a multiple of ``n``).
 
-
-def _box(factor: int) -> npt.NDArray[np.float32]:
-    box = _BOXES.get(factor)
-    if box is None:
-        box = _BOXES[factor] = np.full(factor, 1.0 / factor, dtype=np.float32)
-    return box
+    Strided adds in int32, no BLAS: this runs once per audio callback, with caches cold
+    from 20-40 ms of sleep, where a matrix-vector product costs ~80 µs (BLAS dispatch
+    evicted) and these few ufuncs ~20.
+    """
+    acc = samples[0::n].astype(np.int32)
+    for k in range(1, n):
+        acc += samples[k::n]
+    acc //= n
+    out: Samples = acc.astype(np.int16)
+    return out
 
 
 # --------------------------------------------------------------------------- framing

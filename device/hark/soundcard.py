@@ -50,6 +50,8 @@ Direction = Literal["input", "output"]
 MIC_RATES_HZ = (48_000, 24_000, 16_000, 44_100, 32_000)
 """Capture rates tried after the device's own default; 48 kHz is what most USB mics do."""
 SPEAKER_RATES_HZ = (48_000, 24_000, 44_100, 32_000, 16_000)
+WATCH_INTERVAL_S = 0.5
+"""How often a stream's health (alive, callbacks arriving) is checked."""
 
 
 class DeviceNotFound(LookupError):  # noqa: N818 (the name the CLI and config errors use)
@@ -473,9 +475,13 @@ class _StreamAdapter:
             log.warning("%s: closing the stream failed: %s", self.label, exc)
 
     async def _watch(self, opened: _Opened) -> str:
-        """Return (with the reason) when the stream has died or stalled."""
+        """Return (with the reason) when the stream has died or stalled.
+
+        Polled twice a second: losing a device is noticed within half a second, and the
+        two streams' watchers cost the loop 4 wake-ups a second, not 20.
+        """
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(WATCH_INTERVAL_S)
             if self._callback_error:
                 return self._callback_error
             try:
