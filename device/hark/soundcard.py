@@ -135,7 +135,10 @@ def _release_alsa_probes() -> None:
     plugins and what they link (the a52/lavrate plugins pull in libavcodec and its
     codecs): about 10 MiB of resident memory kept for nothing.  ``snd_config_update_
     free_global`` drops the parsed configuration and unloads unused plugins (PortAudio's
-    own ``Pa_Terminate`` calls it); open streams hold their own references.
+    own ``Pa_Terminate`` calls it).  Called after the device scan and before this
+    adapter opens its stream, which then re-reads the configuration and loads only its
+    own plugin: called while the new stream was starting, it broke ALSA's ``file``
+    plugin in 3 runs out of 10 (it keeps pointers into the configuration).
     """
     lib = _libasound()
     if lib is not None:
@@ -410,6 +413,7 @@ class _StreamAdapter:
             self._last_callback_s = time.monotonic()
             self._frames_seen = 0
             self._callback_error = None
+            _release_alsa_probes()
             stream = pa.open(
                 rate=rate,
                 channels=channels,
@@ -430,7 +434,6 @@ class _StreamAdapter:
             self._opened = _Opened(pa, stream, dev, rate, channels, float(latency_s))
             self._configure(float(latency_s))
             stream.start_stream()
-            _release_alsa_probes()
             return self._opened
         except BaseException:
             pa.terminate()
