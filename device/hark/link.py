@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 REPLAY_PREFIX = "hark_rp"
+MAX_FRAMES_PER_APPEND = 10
+"""Audio frames merged into one append at most (200 ms, 6.4 KB of base64 per frame)."""
 """Ids of replayed items and their events, so their echoes are not posted again."""
 
 # --------------------------------------------------------------------------- the link
@@ -137,7 +139,9 @@ class WebSocketLink:
         self._rotate_requested = False
         self._next_rotation_try_s = 0.0
         self._current: _Session | None = None
-        self._queue: collections.deque[tuple[ev.WireCommand, str]] = collections.deque()
+        # (command, its JSON); audio is encoded by the sender, merged with the frames
+        # queued right behind it
+        self._queue: collections.deque[tuple[ev.WireCommand, str | None]] = collections.deque()
         self._queue_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -180,7 +184,8 @@ class WebSocketLink:
             )
             self._count_drop(command)
             return
-        self._queue.append((command, realtime.encode(command)))
+        encoded = None if isinstance(command, ev.SendAudio) else realtime.encode(command)
+        self._queue.append((command, encoded))
         self._queue_ready.set()
         self.turns.on_sent(command, time.monotonic())
 
@@ -441,15 +446,36 @@ class WebSocketLink:
                 await self._queue_ready.wait()
                 continue
             command, text = self._queue.popleft()
+            commands = [command]
+            if text is None:
+                text = self._audio_append(commands)
             async with self._send_lock:
                 session = self._current
                 if session is None:
-                    self._count_drop(command)
+                    for dropped in commands:
+                        self._count_drop(dropped)
                     continue
                 try:
                     await session.ws.send(text)
                 except ConnectionClosed:
-                    self._count_drop(command)
+                    for dropped in commands:
+                        self._count_drop(dropped)
+
+    def _audio_append(self, commands: list[ev.WireCommand]) -> str:
+        """One ``input_audio_buffer.append`` for ``commands[0]`` and the audio queued behind it.
+
+        The mic hands over two or more frames per wake-up; one message for them halves
+        the encoding, framing and socket writes while a turn streams.
+        """
+        queue = self._queue
+        while (
+            queue
+            and isinstance(queue[0][0], ev.SendAudio)
+            and len(commands) < MAX_FRAMES_PER_APPEND
+        ):
+            commands.append(queue.popleft()[0])
+        pcm = b"".join(c.pcm for c in commands if isinstance(c, ev.SendAudio))
+        return realtime.encode(ev.SendAudio(pcm))
 
     async def _close(self, session: _Session, reason: str) -> None:
         try:

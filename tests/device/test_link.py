@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.server
 import json
@@ -18,7 +19,7 @@ import pydantic
 import pytest
 from hark import events as ev
 from hark.keys import Backoff
-from hark.link import WebSocketLink
+from hark.link import MAX_FRAMES_PER_APPEND, WebSocketLink
 from hark.replay import Entry, TranscriptLog, TurnTracker, rotation_due, select_replay
 from hark_sim import SimConfig, SimHandle, start_sim
 from openai.types.realtime import RealtimeClientEvent
@@ -811,6 +812,16 @@ async def test_parrot_round_trip_is_byte_exact(sim):
     assert sim.sessions[0].key_kind == "ephemeral"
     for event in sim.sessions[0].received:
         CLIENT_EVENT.validate_python(event)
+    # Frames queued back to back leave as one append (the mic hands over two or more at
+    # a time), in order, never more than MAX_FRAMES_PER_APPEND in one.
+    sizes = [
+        len(base64.b64decode(e["audio"]))
+        for e in sim.sessions[0].received
+        if e["type"] == "input_audio_buffer.append"
+    ]
+    assert sum(sizes) == len(pcm)
+    assert len(sizes) < len(pcm) // FRAME_BYTES
+    assert max(sizes) <= MAX_FRAMES_PER_APPEND * FRAME_BYTES
 
 
 async def test_rotation_carries_history_into_the_new_sim_session(sim):
