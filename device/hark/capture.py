@@ -62,23 +62,30 @@ class CaptureChain:
         self.frames_out = 0
         self.voiced_frames = 0
         self.echo_frames = 0
+        self._in_total = 0  # samples fed to the resampler (per channel) since the last reset
+        self._out_total = 0  # samples it gave back
 
     def reset(self) -> None:
         """Forget partial frames and filter state (after a device reopen)."""
         self._resampler.reset()
         self._framer.clear()
+        self._in_total = self._out_total = 0
 
     def process(self, chunk: bytes, adc_end_s: float) -> list[MicFrame]:
         """Frames completed by ``chunk``; its last sample was captured at ``adc_end_s``."""
         samples = downmix(chunk, self.channels) if self.channels > 1 else as_samples(chunk)
         pcm24 = apply_gain(self._resampler.process(samples), self.gain)
+        self._in_total += len(samples)
+        self._out_total += len(pcm24)
         frames = self._framer.push(pcm24.tobytes())
         if not frames:
             return []
         out: list[MicFrame] = []
         frame_s = FRAME_MS / 1000
-        # The framer may hold a partial frame back; its samples came after these frames.
+        # The framer may hold a partial frame back, and soxr a varying few ms (0-40 ms
+        # at 48 kHz in 40 ms chunks): their samples came after these frames.
         held_s = self._framer.pending_bytes / 2 / MODEL_RATE_HZ
+        held_s += self._in_total / self.in_rate_hz - self._out_total / MODEL_RATE_HZ
         first_start_s = adc_end_s - held_s - len(frames) * frame_s
         for i, frame in enumerate(frames):
             low = decimate(as_samples(frame), self._decimation)

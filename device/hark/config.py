@@ -339,7 +339,11 @@ class VadConfig(_Section):
         "clearly louder than our own (known) output.",
     )
     echo_margin_db: float = Field(
-        default=6.0, ge=0, le=40, description="How much louder than the echo the user must be, dB."
+        default=0.0,
+        ge=0,
+        le=40,
+        description="How much louder than our expected echo the user's voice (what a copy of "
+        "our output leaves unexplained) must be, dB.",
     )
     echo_delay_max_ms: int = Field(
         default=350,

@@ -2,10 +2,12 @@
 
 The speaker records what it hands to the device (``EchoReference.record``, at 8 kHz,
 stamped with the monotonic time it reaches the DAC); the microphone asks
-``EchoGate.is_echo`` for each voiced frame.  A frame is our own echo when it is mostly
-explained by a delayed, scaled copy of the reference (normalised cross-correlation over
-plausible delays), or when it is no louder than the echo level learned so far.  This is
-a gate, not a canceller: in a reverberant room a real AEC (PulseAudio/PipeWire
+``EchoGate.is_echo`` for each voiced frame.  The gate finds the echo's delay by
+normalised cross-correlation over plausible delays and learns its level; from then on a
+frame is our own echo when it is no louder than the echo expected there, or when the
+best-matching delayed, scaled copy of the reference explains it well enough that what
+is left (the user's voice, if any) is no louder than that expected echo.  This is a
+gate, not a canceller: in a reverberant room a real AEC (PulseAudio/PipeWire
 ``echo-cancel``, see docs/audio.md) does better, and the gate then simply stays quiet.
 
 It must not import asyncio or PyAudio, and must stay cheap: it runs on the capture
@@ -35,7 +37,18 @@ Floats = npt.NDArray[np.float32]
 WIDE_SEARCH_EVERY = 4
 """After a failed full delay search, the next one waits this many checked frames."""
 RECHECK_EVERY = 8
-"""Frames the level test may decide alone before the correlation re-checks the delay."""
+"""Frames the level shortcut may decide alone before the correlation re-checks the delay."""
+NARROW_S = 0.03
+"""Half width of the search around the tracked delay: covers how far the capture stamps
+wander (bursty callbacks, the two sound clocks drifting apart)."""
+LEVEL_SHORTCUT = 10 ** (2 / 10)
+"""Once locked, a frame at most 2 dB over the expected echo is echo without a search."""
+CONFIDENT = 0.8
+"""ρ² of a match sure enough to learn the delay and echo level from (or to re-lock on)."""
+MATCH_MEANINGFUL = 0.2
+"""ρ² above which the best match's lag is trusted to say where the echo is."""
+UNLOCKED_MARGIN_DB = 6.0
+"""Extra level margin before the delay is known (the expected echo is then a guess)."""
 
 
 class EchoReference:
@@ -104,6 +117,7 @@ class EchoGateStats:
     checked: int = 0
     echo_by_correlation: int = 0
     echo_by_level: int = 0
+    echo_by_residual: int = 0
     passed: int = 0
 
 
@@ -114,8 +128,9 @@ class EchoGate:
     (negative allows for latency figures a driver under-reports).  ``correlation``
     is the ρ² above which a frame counts as a copy of the reference.
     ``echo_level_db`` is the starting guess of how loud the echo is relative to what
-    we played (learned from confident echo frames afterwards); ``margin_db`` is how
-    much louder than that expected echo the mic must be to count as the user.
+    we played (learned from confident echo frames afterwards).  ``margin_db`` is how
+    much louder than the expected echo the user's voice must be: the part of the mic
+    signal that the best-matching copy of the reference leaves unexplained.
     ``floor_dbfs``: while playback is recent, quieter voiced frames (webrtcvad's
     hangover after a word) are never the user.
     """
@@ -128,7 +143,7 @@ class EchoGate:
         max_delay_ms: int = 350,
         correlation: float = 0.55,
         echo_level_db: float = -6.0,
-        margin_db: float = 6.0,
+        margin_db: float = 0.0,
         floor_dbfs: float = -50.0,
         tail_ms: int = 400,
     ) -> None:
@@ -138,6 +153,7 @@ class EchoGate:
         self.correlation = correlation
         self._coupling = 10 ** (echo_level_db / 10)  # power ratio echo / reference
         self._margin = 10 ** (margin_db / 10)
+        self._unlocked_margin = 10 ** ((margin_db + UNLOCKED_MARGIN_DB) / 10)
         self._floor = (32768 * 10 ** (floor_dbfs / 20)) ** 2  # mean power
         self.tail_s = tail_ms / 1000 + self.max_delay_s
         self._delay_s: float | None = None  # tracked echo delay, once confidently seen
@@ -157,10 +173,13 @@ class EchoGate:
     def is_echo(self, mic: Samples, adc_start_s: float) -> bool:
         """True if ``mic`` (8 kHz, captured from ``adc_start_s``) is explained by playback.
 
-        Echo when the frame is no louder than the echo expected from the reference
-        (cheap: one dot product), or when it correlates with a delayed copy of it.  The
-        correlation only runs when the level test says "user", while the delay is not
-        yet known, and on every ``RECHECK_EVERY``-th frame to keep following it.
+        Once the delay is known: echo when the frame is no louder than the echo expected
+        there (cheap: one dot product); otherwise the best-matching delayed, scaled copy
+        of the reference near that delay is taken out, and what it leaves unexplained
+        (the user's voice, if any) must be ``margin_db`` louder than the expected echo.
+        Deciding on that residual rather than on the raw level is what lets a user who
+        is only a few dB louder than the echo through, while the echo itself (which a
+        copy of the reference typically explains to within -10 dB) stays out.
         """
         if not self.reference.active(adc_start_s, self.tail_s):
             return False
@@ -171,43 +190,81 @@ class EchoGate:
             self.stats.echo_by_level += 1
             return True
         frame_s = len(x) / ECHO_RATE_HZ
-        quiet = e_mic <= self._expected_echo_energy(adc_start_s, frame_s, len(x)) * self._margin
+        expected = self._expected_echo_energy(adc_start_s, frame_s, len(x))
+        if self._delay_s is None:
+            return self._is_echo_unlocked(x, e_mic, expected, adc_start_s, frame_s)
         self._since_recheck += 1
-        if quiet and self._delay_s is not None and self._since_recheck < RECHECK_EVERY:
+        if e_mic <= expected * LEVEL_SHORTCUT and self._since_recheck < RECHECK_EVERY:
             self.stats.echo_by_level += 1
             return True
         self._since_recheck = 0
-        if self._correlates(x, e_mic, adc_start_s, frame_s):
+        rho2, lag_s, e_ref = self._search(x, e_mic, adc_start_s, frame_s, self._delay_s, NARROW_S)
+        self._learn(rho2, lag_s, e_mic, e_ref)
+        if rho2 >= self.correlation:
             self.stats.echo_by_correlation += 1
             return True
-        if quiet:
+        # The capture stamps wander by tens of ms, so the echo expected at the tracked
+        # delay may miss a word's edge; where the best match means something, the
+        # reference stretch it found bounds the echo too.
+        if rho2 >= MATCH_MEANINGFUL:
+            expected = max(expected, self._coupling * e_ref)
+        if e_mic * (1.0 - max(rho2, 0.0)) <= expected * self._margin:
+            self.stats.echo_by_residual += 1
+            return True
+        if self._moved(x, e_mic, adc_start_s, frame_s):
+            self.stats.echo_by_correlation += 1
+            return True
+        self.stats.passed += 1
+        return False
+
+    def _is_echo_unlocked(
+        self, x: Floats, e_mic: float, expected: float, t0: float, frame_s: float
+    ) -> bool:
+        """Before the delay is known: a full correlation search, else a cautious level test."""
+        rho2, lag_s, e_ref = -1.0, 0.0, 0.0
+        self._since_wide += 1
+        if self._since_wide >= WIDE_SEARCH_EVERY:
+            # The full delay search is the expensive part; while it keeps failing (the user
+            # is talking, or nothing is echoed) run it on every few frames only.
+            rho2, lag_s, e_ref = self._search(x, e_mic, t0, frame_s, *self._wide())
+            self._since_wide = 0 if rho2 < self.correlation else WIDE_SEARCH_EVERY
+            self._learn(rho2, lag_s, e_mic, e_ref)
+        if rho2 >= self.correlation:
+            self.stats.echo_by_correlation += 1
+            return True
+        if e_mic <= expected * self._unlocked_margin:
             self.stats.echo_by_level += 1
             return True
         self.stats.passed += 1
         return False
 
-    def _correlates(self, x: Floats, e_mic: float, t0: float, frame_s: float) -> bool:
-        """Is ``x`` a delayed copy of the reference?  Learns delay and level when sure."""
-        rho2, lag_s, e_ref = -1.0, 0.0, 0.0
-        if self._delay_s is not None:  # narrow search around the tracked delay first
-            rho2, lag_s, e_ref = self._search(x, e_mic, t0, frame_s, self._delay_s, 0.03)
+    def _moved(self, x: Floats, e_mic: float, t0: float, frame_s: float) -> bool:
+        """Has the echo delay jumped out of the tracked window?  A confident full search says.
+
+        Run on every few unexplained frames only (the expensive part); a user talking
+        over the echo rarely matches any delay with ρ² ≥ 0.8, a copy of the reference does.
+        """
         self._since_wide += 1
-        if rho2 < self.correlation and self._since_wide >= WIDE_SEARCH_EVERY:
-            # The full delay search is the expensive part; while it keeps failing (the user
-            # is talking over the echo) run it on every few frames only: the delay does
-            # not move that fast, and the level test covers the frames between.
-            centre = (self.min_delay_s + self.max_delay_s) / 2
-            half = (self.max_delay_s - self.min_delay_s) / 2
-            wide = self._search(x, e_mic, t0, frame_s, centre, half)
-            if wide[0] > rho2:
-                rho2, lag_s, e_ref = wide
-            self._since_wide = 0 if rho2 < self.correlation else WIDE_SEARCH_EVERY
-        if rho2 < self.correlation:
+        if self._since_wide < WIDE_SEARCH_EVERY:
             return False
-        if rho2 >= 0.8 and e_ref > 0:  # confident: learn the delay and the echo level
-            self._delay_s = lag_s if self._delay_s is None else 0.8 * self._delay_s + 0.2 * lag_s
-            self._coupling = 0.9 * self._coupling + 0.1 * (e_mic / e_ref)
-        return True
+        self._since_wide = 0
+        rho2, lag_s, e_ref = self._search(x, e_mic, t0, frame_s, *self._wide())
+        self._learn(rho2, lag_s, e_mic, e_ref)
+        return rho2 >= CONFIDENT
+
+    def _learn(self, rho2: float, lag_s: float, e_mic: float, e_ref: float) -> None:
+        """A confident match teaches the delay (a jump out of the window is taken at once)
+        and the echo level: the whole frame's energy over the reference's, so reverberation
+        the copy does not explain counts as echo too."""
+        if rho2 < CONFIDENT or e_ref <= 0:
+            return
+        d = self._delay_s
+        self._delay_s = lag_s if d is None or abs(lag_s - d) > NARROW_S else 0.8 * d + 0.2 * lag_s
+        self._coupling = 0.9 * self._coupling + 0.1 * (e_mic / e_ref)
+
+    def _wide(self) -> tuple[float, float]:
+        """(centre, half width) of the full delay range."""
+        return (self.min_delay_s + self.max_delay_s) / 2, (self.max_delay_s - self.min_delay_s) / 2
 
     def _search(
         self, x: Floats, e_mic: float, t0: float, frame_s: float, centre_s: float, half_s: float

@@ -8,12 +8,14 @@ it at normal level must.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hark.conversation import Settings
 from hark.echo import EchoGate, EchoReference
 from hark.events import Event, MicFrame
+from hark.pcm import Samples
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav
 
@@ -29,6 +31,46 @@ REPLY = (
     "The forecast for Paris is sunny this morning, with clouds later in the afternoon "
     "and a light breeze from the west, and temperatures around twenty degrees."
 )
+
+
+class TracingGate(EchoGate):
+    """The gate, noting which rule decided each checked frame, for the failure message.
+
+    ``trace`` holds (frames posted so far, verdict): U the user, c/l/r echo by
+    correlation, level or residual.
+    """
+
+    CODES = "clrU"  # in EchoGateStats field order after ``checked``
+
+    def __init__(self, reference: EchoReference, frames: list[MicFrame]) -> None:
+        super().__init__(reference)
+        self.trace: list[tuple[int, str]] = []
+        self._frames = frames
+
+    def is_echo(self, mic: Samples, adc_start_s: float) -> bool:
+        before = dataclasses.astuple(self.stats)
+        echo = super().is_echo(mic, adc_start_s)
+        after = dataclasses.astuple(self.stats)
+        changed = [i for i in range(1, len(after)) if after[i] != before[i]]
+        if changed:
+            self.trace.append((len(self._frames), self.CODES[changed[0] - 1]))
+        return echo
+
+    def explain(self, frames: list[MicFrame], start: int, user_at: int, user_end: int) -> str:
+        def voiced(lo: int, hi: int) -> str:
+            return "".join("V" if f.voiced else "." for f in frames[lo:hi])
+
+        def verdicts(lo: int, hi: int) -> str:
+            return "".join(code for at, code in self.trace if lo <= at < hi)
+
+        return (
+            f"\ngate: {self.stats}, delay {self.delay_ms} ms, "
+            f"echo level {self.echo_level_db:.1f} dB"
+            f"\nreply only, voiced:   {voiced(start, user_at)}"
+            f"\nuser speaking, voiced: {voiced(user_at, user_end + 10)}"
+            f"\n  gate verdicts (U user; echo by c correlation, l level, r residual): "
+            f"{verdicts(user_at, user_end + 10)}"
+        )
 
 
 @pytest.mark.parametrize("latency_ms", [20, 60])
@@ -48,7 +90,7 @@ async def test_own_voice_is_gated_and_the_user_is_heard(
         for key, value in rig.env.items():
             monkeypatch.setenv(key, value)
         reference = EchoReference()
-        gate = EchoGate(reference)
+        gate = TracingGate(reference, frames)
         mic = SoundcardMicrophone("pulse", rate_hz=48_000, echo_gate=gate)
         speaker = SoundcardSpeaker("pulse", rate_hz=48_000, echo_reference=reference)
         tasks = [asyncio.create_task(mic.run(post)), asyncio.create_task(speaker.run(post))]
@@ -69,15 +111,17 @@ async def test_own_voice_is_gated_and_the_user_is_heard(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-    assert other == [] or all(type(e).__name__ == "PlaybackStopped" for e in other)
-    assert gate.stats.echo_by_correlation > 20, "the echo never reached the mic"
+    why = gate.explain(frames, start, user_at, user_end)
+    assert other == [] or all(type(e).__name__ == "PlaybackStopped" for e in other), why
+    assert gate.stats.echo_by_correlation > 20, "the echo never reached the mic" + why
     # The daemon's own gates: barge-in while speaking, and the laxer one that opens turns.
-    assert Settings().barge_in_gate().feed(f.voiced for f in frames[start:user_at]) == []
-    assert Settings().open_gate().feed(f.voiced for f in frames[start:user_at]) == []
+    reply_only = [f.voiced for f in frames[start:user_at]]
+    assert Settings().barge_in_gate().feed(reply_only) == [], "our own voice barged in" + why
+    assert Settings().open_gate().feed(reply_only) == [], "our own voice opened a turn" + why
     heard = Settings().barge_in_gate()
     opened = [
         i
         for i, f in enumerate(frames[user_at : user_end + 10])
         if heard.update(f.voiced) == "opened"
     ]
-    assert opened, "the user's voice over the echo was not heard"
+    assert opened, "the user's voice over the echo was not heard" + why
