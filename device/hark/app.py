@@ -33,6 +33,7 @@ from hark.events import (
     Disconnect,
     Event,
     FinishPlayback,
+    MicDemand,
     Play,
     PlayCue,
     ReportStatus,
@@ -188,7 +189,7 @@ class App:
         self._background: set[asyncio.Task[None]] = set()
         self._stuck_deadline: float | None = None
         self._stuck_retry_at = 0.0
-        self._mic_streaming = False  # what the mic was last told (deliver_every_frame)
+        self._mic_demand: MicDemand | None = None  # what the mic was last told
 
     # ------------------------------------------------------------------ public
 
@@ -340,6 +341,7 @@ class App:
             self._spawn(self._supervise(name, run), name=f"hark-{name}")
         try:
             self._execute(self.conversation.start(loop.time()))
+            self._sync_mic()
             # One pass of the loop lets every adapter open its device (or report it missing).
             await asyncio.sleep(0)
             self.notifier.ready()
@@ -429,11 +431,11 @@ class App:
         self._check_state_waiters()
 
     def _sync_mic(self) -> None:
-        """Frames one by one while a turn streams; idle frames may come in batches."""
-        streaming = self.conversation.streaming
-        if streaming is not self._mic_streaming:
-            self._mic_streaming = streaming
-            self.mic.deliver_every_frame(streaming)
+        """Tell the mic how its frames are wanted whenever the core's need changes."""
+        demand = self.conversation.mic_demand
+        if demand != self._mic_demand:
+            self._mic_demand = demand
+            self.mic.set_demand(demand)
 
     def _check_state_waiters(self) -> None:
         for condition, future in self._state_waiters:

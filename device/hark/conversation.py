@@ -72,6 +72,7 @@ from hark.events import (
     LinkFailed,
     LinkFailure,
     LinkUp,
+    MicDemand,
     MicFrame,
     Play,
     PlaybackStopped,
@@ -318,6 +319,13 @@ class Conversation:
     def streaming(self) -> bool:
         """A turn is open: every mic frame goes to the server as it comes."""
         return self._turn is not None
+
+    @property
+    def mic_demand(self) -> MicDemand:
+        """Every frame while a turn streams; voice triggers need the rest, push to talk not."""
+        if self._turn is not None:
+            return "every"
+        return "batched" if self._vad else "off"
 
     @property
     def transcript(self) -> list[TranscriptLine]:

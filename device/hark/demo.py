@@ -20,6 +20,7 @@ from hark.daemon import Daemon, NoIndicator, build_app, cue_files
 
 if TYPE_CHECKING:
     from hark.config import Config
+    from hark.events import MicDemand
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class SilentMicrophone:
 
         await asyncio.Event().wait()
 
-    def deliver_every_frame(self, on: bool) -> None:
+    def set_demand(self, demand: MicDemand) -> None:
         """Nothing is posted either way."""
 
 

@@ -496,6 +496,9 @@ class PlayCue:
     cue: Cue
 
 
+MicDemand = Literal["off", "batched", "every"]
+"""What the core needs from the mic: nothing, frames (no hurry), every frame at once."""
+
 LedPattern = Literal["off", "idle", "connecting", "listening", "thinking", "speaking", "error"]
 
 

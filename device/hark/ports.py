@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from hark.events import Cue, Event, Item, LedPattern, WireCommand
+from hark.events import Cue, Event, Item, LedPattern, MicDemand, WireCommand
 
 Post = Callable[[Event], None]
 """Hand an event to the loop; safe to call from any thread."""
@@ -43,12 +43,14 @@ class Microphone(Protocol):
     async def run(self, post: Post) -> None:
         """Capture until cancelled; on device loss post ``DeviceLost`` and retry."""
 
-    def deliver_every_frame(self, on: bool) -> None:
-        """On while a turn streams: post each frame as it comes.
+    def set_demand(self, demand: MicDemand) -> None:
+        """How frames are wanted (the app says so whenever it changes).
 
-        Off (the default), a microphone may hold unvoiced frames back and post them
-        together (fewer wake-ups of the loop while nobody talks); a voiced frame is
-        always posted at once, with the held ones before it, in order.
+        ``"every"`` while a turn streams: post each frame as it comes.  ``"batched"``
+        (the default; voice may open a turn or barge in): unvoiced frames may be held
+        back and posted together, fewer wake-ups of the loop while nobody talks, but a
+        voiced frame goes at once with the held ones before it.  ``"off"`` (push to
+        talk, no turn open): nothing is wanted, and the audio need not be processed.
         """
 
 

@@ -37,7 +37,15 @@ from hark import ports
 from hark.capture import FRAME_MS, CaptureChain
 from hark.cues import load_cues
 from hark.echo import EchoGate, EchoReference, StreamClock
-from hark.events import Cue, DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
+from hark.events import (
+    Cue,
+    DeviceLost,
+    DeviceRestored,
+    Event,
+    MicDemand,
+    MicFrame,
+    PlaybackStopped,
+)
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
 from hark.playback import PlaybackBuffer
 from hark.ports import Post
@@ -369,6 +377,11 @@ class _StreamAdapter:
         self.reopens = 0
 
     @property
+    def frames_seen(self) -> int:
+        """Frames the device has handed over or taken since the stream last opened."""
+        return self._frames_seen
+
+    @property
     def label(self) -> str:
         kind = "microphone" if self.direction == "input" else "speaker"
         return f"{kind} {self.device if self.device not in (None, '') else 'default'}"
@@ -568,6 +581,8 @@ class SoundcardMicrophone(_StreamAdapter):
     a capture rate (None: the device's default, else 48/24/16/44.1/32 kHz).
     ``vad_aggressiveness``: webrtcvad 0–3.  ``gain``: software gain.  ``echo_gate``:
     share the speaker's ``EchoReference`` through one (see ``hark.echo``).
+    ``set_demand("off")`` (push to talk, no turn open) leaves the stream running (a
+    press must not wait for a device to start) but skips all processing.
     ``buffer_ms``: PortAudio buffer (one callback per buffer; each wake-up of the
     capture thread costs far more than the samples it carries, so 40 ms by default:
     half the CPU of 20 ms, voice noticed ≤ 20 ms later).  ``hold_ms``: while no
@@ -601,12 +616,13 @@ class SoundcardMicrophone(_StreamAdapter):
         self._latency_s = 0.0
         self.overflows = 0
         self._hold_frames = max(1, hold_ms // FRAME_MS)
-        self._every_frame = False
+        self._demand: MicDemand = "batched"
+        self._resume = False  # audio was skipped: the chain's filter state is stale
         self._held: list[Event] = []
         self.posts = 0  # loop wake-ups asked for (one per batch)
 
-    def deliver_every_frame(self, on: bool) -> None:
-        self._every_frame = on
+    def set_demand(self, demand: MicDemand) -> None:
+        self._demand = demand
 
     def _prepare(self, rate_hz: int, channels: int) -> None:
         self._held = []  # idle frames from a lost stream: nothing waits for them
@@ -629,14 +645,22 @@ class SoundcardMicrophone(_StreamAdapter):
             self.overflows += 1
         chain = self.chain
         if in_data and chain is not None:
-            adc_start_s = self._clock.stamp(frame_count, time.monotonic())
+            adc_start_s = self._clock.stamp(frame_count, time.monotonic())  # every chunk
+            demand = self._demand
+            if demand == "off":  # push to talk, no turn: the stream runs, nothing is done
+                self._resume = True
+                return (None, pyaudio.paContinue)
+            if self._resume:
+                self._resume = False
+                self._held = []
+                chain.reset()
             adc_end_s = adc_start_s + frame_count / chain.in_rate_hz
             frames: list[MicFrame] = chain.process(in_data, adc_end_s)
             if frames:
                 held = self._held
                 held += frames
                 if (
-                    self._every_frame
+                    demand == "every"
                     or len(held) >= self._hold_frames
                     or any(f.voiced for f in frames)
                 ):

@@ -27,7 +27,7 @@ from hark import ports
 from hark.capture import FRAME_MS, CaptureChain
 from hark.cues import load_cues, read_wav
 from hark.echo import EchoGate, EchoReference, now_s
-from hark.events import Cue
+from hark.events import Cue, MicDemand
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
 from hark.playback import PlaybackBuffer
 from hark.ports import Post
@@ -79,7 +79,7 @@ class WavMicrophone:
         """Queue ``ms`` of silence (e.g. between utterances)."""
         self._queue.append(np.zeros(self.rate_hz * ms // 1000, dtype=np.int16))
 
-    def deliver_every_frame(self, on: bool) -> None:
+    def set_demand(self, demand: MicDemand) -> None:
         """Every frame is posted as it is "heard" anyway (tests want exact timing)."""
 
     @property

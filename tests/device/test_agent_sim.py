@@ -55,7 +55,7 @@ class SilentMic:
     async def run(self, post: Post) -> None:
         await forever()
 
-    def deliver_every_frame(self, on: bool) -> None:
+    def set_demand(self, demand: str) -> None:
         pass
 
 

@@ -153,10 +153,10 @@ class FakeMic:
         self.crashes = crashes
         self.runs = 0
         self.cancelled = False
-        self.every_frame: list[bool] = []  # what the app told it, in order
+        self.demands: list[str] = []  # what the app told it, in order
 
-    def deliver_every_frame(self, on: bool) -> None:
-        self.every_frame.append(on)
+    def set_demand(self, demand: str) -> None:
+        self.demands.append(demand)
 
     async def run(self, post: Post) -> None:
         self.runs += 1
@@ -287,7 +287,8 @@ async def test_whole_hold_to_talk_turn_through_the_app() -> None:
     ]
     assert rig.conv.transcript[-1].text == "Hello there."
     assert rig.notifier.statuses[-1] == "idle"
-    assert rig.mic.every_frame == [True, False]  # frame by frame only while the turn streamed
+    # push to talk: no frames wanted but while the turn streamed, and then every one
+    assert rig.mic.demands == ["off", "every", "off"]
     await rig.app.shutdown()
 
 

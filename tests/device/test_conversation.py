@@ -220,6 +220,21 @@ def test_vad_turn_sends_the_preroll_first() -> None:
     assert conv.phase is Phase.THINKING
 
 
+@pytest.mark.parametrize(
+    ("mode", "idle", "speaking"),
+    [("button", "off", "off"), ("vad", "batched", "batched"), ("both", "batched", "batched")],
+)
+def test_mic_demand_follows_what_the_frames_are_for(mode: str, idle: str, speaking: str) -> None:
+    """Every frame while a turn streams; otherwise frames only where voice can trigger."""
+    conv = linked(trigger_mode=mode)
+    assert conv.mic_demand == idle
+    conv.handle(ButtonPressed(), 1.0)
+    assert conv.mic_demand == "every"
+    speaking_conv = linked(trigger_mode=mode)
+    to_speaking(speaking_conv)
+    assert speaking_conv.mic_demand == speaking
+
+
 def test_vad_ignores_voice_in_button_mode_and_below_the_start_threshold() -> None:
     """Button mode: frames never open turns; vad mode: a blip under vad_start_ms doesn't."""
     conv = linked()

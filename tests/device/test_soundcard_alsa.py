@@ -57,7 +57,7 @@ async def capture(rate_hz, want):
         else:
             out.setdefault("mic_events", []).append(repr(e))
     mic = soundcard.SoundcardMicrophone("filein", rate_hz=rate_hz)
-    mic.deliver_every_frame(True)  # as in a turn: nothing held back at the file's end
+    mic.set_demand("every")  # as in a turn: nothing held back at the file's end
     task = asyncio.create_task(mic.run(post))
     await asyncio.wait_for(done.wait(), 20)
     task.cancel()

@@ -98,29 +98,35 @@ async def test_speech_into_the_mic_yields_voiced_frames(rig: PulseRig, tmp_path:
     assert [c for f in rec.frames if (c := gate.update(f.voiced))][:1] == ["opened"]
 
 
-async def test_mic_posts_every_frame_while_a_turn_streams(rig: PulseRig) -> None:
-    """Told a turn streams, the mic posts each frame as it comes; idle, in batches, in order."""
+async def test_mic_posts_as_the_core_wants_its_frames(rig: PulseRig) -> None:
+    """Frames come in batches when not urgent, each at once while a turn streams, none when off."""
     rec = Recorder()
     mic = SoundcardMicrophone("pulse", rate_hz=48_000, hold_ms=100)
-    batches: list[tuple[bool, int]] = []  # (streaming, frames) per wake-up asked for
+    batches: list[tuple[str, int]] = []  # (demand, frames) per wake-up asked for
     send = mic._send
 
     def counted(events: list[Event]) -> None:
-        batches.append((mic._every_frame, len(events)))
+        batches.append((mic._demand, len(events)))
         send(events)
 
     mic._send = counted  # type: ignore[method-assign]
     task = asyncio.create_task(mic.run(rec))
     try:
         await until(lambda: len(rec.frames) >= 25)
-        mic.deliver_every_frame(True)
+        mic.set_demand("off")
+        off_at = len(batches)
+        callbacks = mic._frames_seen
+        await until(lambda: mic._frames_seen > callbacks + 48_000 // 2)  # half a second
+        off_posts = len(batches) - off_at
+        mic.set_demand("every")
         mark = len(rec.frames)
         await until(lambda: len(rec.frames) >= mark + 25)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    idle = [n for streaming, n in batches if not streaming]
-    streamed = [n for streaming, n in batches if streaming]
+    assert off_posts <= 1  # one batch may have been on its way
+    idle = [n for demand, n in batches if demand == "batched"]
+    streamed = [n for demand, n in batches if demand == "every"]
     # 40 ms chunks complete two 20 ms frames each, give or take one (the resampler's
     # output varies around its average)
     assert len(idle) >= 3 and all(5 <= n <= 7 for n in idle)  # silence: ~100 ms a wake-up

@@ -172,9 +172,13 @@ async def running_daemon(path: Path, factory: Any) -> AsyncIterator[Running]:
         if task.done():
             task.result()
         # PulseAudio's ALSA plugin stalls a new capture stream for ~1.6 s and drops what
-        # was said meanwhile: start once two seconds of frames have flowed.
-        mark = running.mic_frames
-        await until(lambda: running.mic_frames >= mark + 100 or task.done())
+        # was said meanwhile: start once two seconds of audio have been captured (push to
+        # talk posts no frames while idle, so count what the device delivered).
+        mic = daemon.app.mic
+        mark = mic.frames_seen
+        await until(
+            lambda: mic.frames_seen >= mark + 2 * (mic.opened_rate_hz or 48_000) or task.done()
+        )
         yield running
     finally:
         daemon.shutdown()
