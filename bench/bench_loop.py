@@ -26,6 +26,7 @@ from hark.events import (
     Item,
     LedPattern,
     LinkUp,
+    MicDemand,
     MicFrame,
     PlaybackStopped,
     ResponseCreated,
@@ -126,6 +127,9 @@ class _Speaker:
 class _Idle:
     async def run(self, post: Post) -> None:
         await asyncio.Event().wait()
+
+    def set_demand(self, demand: MicDemand) -> None:
+        pass
 
 
 class _Indicator:
