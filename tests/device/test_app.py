@@ -566,6 +566,29 @@ async def test_events_posted_from_a_thread_are_handled_in_order() -> None:
     await rig.app.shutdown()
 
 
+async def test_a_post_from_a_plain_loop_callback_is_handled_at_once() -> None:
+    """The mic's batch arrives as a loop callback (no task): handled there, in order, and
+    what its commands post (the speaker's PlaybackStopped) follows it."""
+    rig = Rig()
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    seen = rig.conv.turns_completed
+    phases: list[Phase] = []
+
+    def batch() -> None:
+        rig.app.post(ButtonPressed())
+        phases.append(rig.conv.phase)  # already handled, before this callback returns
+        for event in hold_to_talk()[1:]:
+            rig.app.post(event)
+
+    asyncio.get_running_loop().call_soon(batch)
+    await rig.app.wait_turn_completed(timeout_s=5.0, after=seen)
+    assert phases == [Phase.LISTENING]
+    wire = [type(c).__name__ for c in rig.link.sent]
+    assert wire == ["UpdateSession", *["SendAudio"] * 10, "CommitAudio", "CreateResponse"]
+    await rig.app.shutdown()
+
+
 async def test_core_deadline_fires_while_mic_frames_keep_flowing() -> None:
     """The max-turn deadline ends a held turn although frames arrive all the while."""
     rig = Rig(Settings(max_turn_s=0.2))
