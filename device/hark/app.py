@@ -190,7 +190,8 @@ class App:
         self._stuck_deadline: float | None = None
         self._stuck_retry_at = 0.0
         self._deadline_armed = False  # a timer is set for the core's deadline
-        self._dispatching = False  # _put is handling items (nested posts only queue)
+        self._dispatching = False  # _put_now is handling items (nested posts only queue)
+        self._failure: Exception | None = None  # raised by _put_now, for the drain task
         self._mic_demand: MicDemand | None = None  # what the mic was last told
 
     # ------------------------------------------------------------------ public
@@ -332,7 +333,8 @@ class App:
         item here is as safe as in the drain task, and saves a pass of the event loop
         per post (the mic posts 25 times a second, all day).  Posts made while it
         dispatches are queued and handled after, in order; a burst beyond
-        ``_YIELD_EVERY`` is left to the drain task.
+        ``_YIELD_EVERY`` is left to the drain task.  An exception (a bug) is not the
+        poster's: it is raised in the drain task, as if it had been handled there.
         """
         self._inbox.append(item)
         wake, loop = self._wake, self._loop
@@ -348,6 +350,9 @@ class App:
                 self._dispatch(inbox.popleft(), loop.time())
             if inbox or self._stopped or self._rearm(loop):
                 self._wake_up()  # more to do: the drain task takes over
+        except Exception as exc:
+            self._failure = exc
+            self._wake_up()
         finally:
             self._dispatching = False
 
@@ -411,6 +416,9 @@ class App:
                 await wake
             finally:
                 self._wake = None
+            if (failure := self._failure) is not None:
+                self._failure = None
+                raise failure
             if self._timer_at is None and self._deadline_armed and not inbox:
                 self._dispatch(Tick(), loop.time())  # the timer fired (maybe a hair early)
 

@@ -589,6 +589,33 @@ async def test_a_post_from_a_plain_loop_callback_is_handled_at_once() -> None:
     await rig.app.shutdown()
 
 
+async def test_a_bug_while_handling_a_post_fails_the_app_not_the_poster() -> None:
+    """A handler's exception (here an interceptor's bug) ends the app as it always did,
+    but never raises into the adapter that posted (the mic's callback goes on)."""
+    rig = Rig()
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    bad = MicFrame(b"\x01" * 960, False)
+
+    def buggy(event: Event) -> bool:
+        if event is bad:
+            raise RuntimeError("interceptor bug")
+        return False
+
+    rig.app.add_interceptor(buggy)
+    posted: list[Event] = []
+
+    def batch() -> None:
+        for event in [bad, MicFrame(b"\x02" * 960, False)]:
+            rig.app.post(event)
+            posted.append(event)
+
+    asyncio.get_running_loop().call_soon(batch)
+    with pytest.raises(RuntimeError, match="interceptor bug"):
+        await asyncio.wait_for(rig.app.wait_stopped(), 5.0)
+    assert len(posted) == 2
+
+
 async def test_core_deadline_fires_while_mic_frames_keep_flowing() -> None:
     """The max-turn deadline ends a held turn although frames arrive all the while."""
     rig = Rig(Settings(max_turn_s=0.2))
