@@ -316,11 +316,6 @@ class Conversation:
         return self._linked
 
     @property
-    def streaming(self) -> bool:
-        """A turn is open: every mic frame goes to the server as it comes."""
-        return self._turn is not None
-
-    @property
     def mic_demand(self) -> MicDemand:
         """Every frame while a turn streams; voice triggers need the rest, push to talk not."""
         if self._turn is not None:

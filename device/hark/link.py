@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 REPLAY_PREFIX = "hark_rp"
+"""Ids of replayed items and their events, so their echoes are not posted again."""
 MAX_FRAMES_PER_APPEND = 10
 """Audio frames merged into one append at most (200 ms, 6.4 KB of base64 per frame)."""
-"""Ids of replayed items and their events, so their echoes are not posted again."""
 
 # --------------------------------------------------------------------------- the link
 
