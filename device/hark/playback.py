@@ -131,6 +131,7 @@ class PlaybackBuffer:
             self._fading = head
             self._segments.clear()
             self._stop_requested = True
+            self._mark_stopped()
 
     def played_ms_now(self, item_id: str) -> int:
         """What the listener has heard of ``item_id`` so far (handed minus latency)."""
@@ -156,6 +157,7 @@ class PlaybackBuffer:
             self._stop_requested = False
             self._fading = None
             self._tail_was_audio = False
+            self._mark_stopped()
             return self._interrupt_current()
 
     # ------------------------------------------------------------------ device side
@@ -212,6 +214,9 @@ class PlaybackBuffer:
         pos = 0
         while pos < frames and self._segments:
             seg = self._segments[0]
+            if seg.item_id is not None and seg.item_id not in self._items:
+                self._segments.popleft()  # cannot happen (stop() marks); never crash here
+                continue
             take = min(frames - pos, len(seg.samples) - seg.offset)
             out[pos : pos + take] = seg.samples[seg.offset : seg.offset + take]
             seg.offset += take
@@ -269,6 +274,13 @@ class PlaybackBuffer:
             self._items[seg.item_id].handed_frames += take
         return out, take > 0
 
+    def _mark_stopped(self) -> None:
+        """Items not yet drained are over: from now on their late deltas and finish() are
+        dropped, while audio for items first seen after this (the next reply) plays."""
+        for item in self._items:
+            if item not in self._dead and not self._reported(item):
+                self._dead.append(item)
+
     def _interrupt_current(self) -> list[PlaybackStopped]:
         item = self._current
         self._current = None
@@ -276,13 +288,13 @@ class PlaybackBuffer:
             item = self._reports[-1][0]  # drained, latency not yet out: still audible
         if item is not None:
             self._reports = [r for r in self._reports if r[0] != item]
-        # Items not yet drained are dead: their late deltas and finish() are dropped.
-        for other in [i for i in self._items if i != item and not self._reported(i)]:
-            self._dead.append(other)
+        # The other stopped items go quietly; those queued since the stop stay.
+        for other in [i for i in self._items if i != item and i in self._dead]:
             del self._items[other]
         if item is None:
             return [PlaybackStopped(None, 0, interrupted=True)]
-        self._dead.append(item)
+        if item not in self._dead:
+            self._dead.append(item)
         played = self._items.pop(item).handed_frames
         return [PlaybackStopped(item, round(frames_to_ms(played, self.rate_hz)), True)]
 

@@ -175,3 +175,22 @@ def test_idle_render_is_silent_and_still_feeds_the_echo_reference() -> None:
     buf.enqueue("a", loud(40))
     out, _ = render_all(buf, 2)
     assert out[0] == 0 and out[CHUNK // 2] == 10_000  # audio after idle fades in
+
+
+def test_reply_queued_between_stop_and_render_plays() -> None:
+    """A new item (a guardrail's fallback) queued right after stop() plays and is reported;
+    a late delta for the stopped item, queued in the same gap, is dropped."""
+    buf = PlaybackBuffer(RATE)
+    buf.enqueue("a", loud(500))
+    render_all(buf, 2)
+    buf.stop()
+    buf.enqueue("a", loud(100, 7_000))  # late delta of the stopped item
+    buf.enqueue("b", loud(60, 5_000))
+    buf.finish("b")
+    out, events = render_all(buf, 6)
+    assert events == [
+        PlaybackStopped("a", 45, interrupted=True),
+        PlaybackStopped("b", 60, interrupted=False),
+    ]
+    assert np.count_nonzero(out == 7_000) <= 1  # (the fade passes through it once)
+    assert np.count_nonzero(out == 5_000) > CHUNK
