@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from hark.pcm import Samples
+from hark.pcm import Resampler, Samples, decimate
 
 log = logging.getLogger(__name__)
 
@@ -54,40 +55,53 @@ UNLOCKED_MARGIN_DB = 6.0
 class EchoReference:
     """A ring of what the speaker played recently, at 8 kHz, anchored in monotonic time.
 
-    Written from the speaker's callback thread, read from the microphone's; a lock
-    guards the ring (both sides hold it for microseconds).  The output stream runs
-    continuously, silence included, so the ring is contiguous and only the anchor
-    (the DAC time of its newest sample) moves with each write.
+    Written from the speaker's callback thread, read from the microphone's.  Writing
+    only queues the chunk (a few µs under a lock): the speaker wakes 50 times a second
+    and the gate looks only at voiced frames while playback is recent, so the
+    conversion to 8 kHz and the ring update are done by the reader, for everything
+    queued at once, when it asks for a ``window``.  The output stream runs continuously,
+    silence included, so the ring is contiguous and only the anchor (the DAC time of
+    its newest sample) moves with each write.
     """
 
     def __init__(self, history_ms: int = 1_000) -> None:
         self._ring = np.zeros(ECHO_RATE_HZ * history_ms // 1000, dtype=np.float32)
-        self._end_s = -1e9  # DAC time just after the newest sample
+        self._end_s = -1e9  # DAC time just after the ring's newest sample
         self._last_loud_s = -1e9  # DAC time of the end of the last non-silent write
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the queue (both threads, microseconds)
+        self._ring_lock = threading.Lock()  # guards the ring (readers only)
+        # (samples or None for silence, their rate, length at 8 kHz, DAC start time)
+        self._queued: deque[tuple[Samples | None, int, int, float]] = deque()
+        self._queued_8k = 0
+        self._resampler: Resampler | None = None  # for played rates that are not 8k multiples
 
     def record(self, samples: Samples, dac_start_s: float, loud: bool = True) -> None:
         """Append ``samples`` (8 kHz) that reach the DAC at ``dac_start_s`` (monotonic)."""
-        n = len(samples)
-        if n == 0:
-            return
-        ring = self._ring
-        with self._lock:
-            if n >= len(ring):
-                ring[:] = samples[-len(ring) :]
-            else:
-                ring[:-n] = ring[n:]
-                ring[-n:] = samples
-            self._end_s = dac_start_s + n / ECHO_RATE_HZ
-            if loud:
-                self._last_loud_s = self._end_s
+        self._queue(samples, ECHO_RATE_HZ, len(samples), dac_start_s, loud)
+
+    def record_played(self, samples: Samples, rate_hz: int, dac_start_s: float) -> None:
+        """Append audible ``samples`` at the device's ``rate_hz`` (converted when read)."""
+        self._queue(samples, rate_hz, len(samples) * ECHO_RATE_HZ // rate_hz, dac_start_s, True)
 
     def record_silence(self, frames: int, dac_start_s: float) -> None:
-        """Silence was played (idle stream): cheaper than ``record`` with zeros."""
-        if self._last_loud_s < self._end_s - len(self._ring) / ECHO_RATE_HZ:
-            self._end_s = dac_start_s + frames / ECHO_RATE_HZ  # ring is all zeros already
+        """``frames`` (at 8 kHz) of silence were played (the idle stream)."""
+        self._queue(None, ECHO_RATE_HZ, frames, dac_start_s, False)
+
+    def _queue(
+        self, samples: Samples | None, rate_hz: int, n8k: int, dac_start_s: float, loud: bool
+    ) -> None:
+        if n8k == 0:
             return
-        self.record(np.zeros(frames, dtype=np.int16), dac_start_s, loud=False)
+        end_s = dac_start_s + n8k / ECHO_RATE_HZ
+        with self._lock:
+            queued = self._queued
+            queued.append((samples, rate_hz, n8k, dac_start_s))
+            self._queued_8k += n8k
+            # Whatever the ring's length of newer audio covers will never be read.
+            while self._queued_8k - queued[0][2] >= len(self._ring):
+                self._queued_8k -= queued.popleft()[2]
+            if loud:
+                self._last_loud_s = end_s
 
     def active(self, at_s: float, tail_s: float) -> bool:
         """Was anything audible played within ``tail_s`` before ``at_s``?"""
@@ -99,7 +113,8 @@ class EchoReference:
         if n <= 0:
             return None
         out = np.zeros(n, dtype=np.float32)
-        with self._lock:
+        with self._ring_lock:
+            self._fold()
             ring = self._ring
             # index of start_s within the ring: ring[-1] is at self._end_s - 1/rate
             first = len(ring) - round((self._end_s - start_s) * ECHO_RATE_HZ)
@@ -108,6 +123,34 @@ class EchoReference:
                 return None
             out[lo - first : hi - first] = ring[lo:hi]
         return out
+
+    def _fold(self) -> None:
+        """Convert what was queued to 8 kHz and shift it into the ring (reader side)."""
+        with self._lock:
+            if not self._queued:
+                return
+            queued, self._queued, self._queued_8k = self._queued, deque(), 0
+        parts: list[npt.NDArray[np.float32] | Samples] = []
+        for samples, rate_hz, n8k, _ in queued:
+            if samples is None:
+                parts.append(np.zeros(n8k, dtype=np.float32))
+            elif rate_hz % ECHO_RATE_HZ == 0:
+                parts.append(decimate(samples, rate_hz // ECHO_RATE_HZ))
+            else:
+                rs = self._resampler
+                if rs is None or rs.in_rate_hz != rate_hz:
+                    rs = self._resampler = Resampler(rate_hz, ECHO_RATE_HZ, quality="QQ")
+                parts.append(rs.process(samples))
+        new = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        ring = self._ring
+        m = len(new)
+        if m >= len(ring):
+            ring[:] = new[-len(ring) :]
+        elif m:
+            ring[:-m] = ring[m:]
+            ring[-m:] = new
+        last_start_s, last_n8k = queued[-1][3], queued[-1][2]
+        self._end_s = last_start_s + last_n8k / ECHO_RATE_HZ
 
 
 @dataclass

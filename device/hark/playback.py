@@ -21,7 +21,7 @@ import numpy as np
 
 from hark.echo import ECHO_RATE_HZ, EchoReference
 from hark.events import PlaybackStopped
-from hark.pcm import Resampler, Samples, apply_gain, decimate, frames_to_ms, ramp, upmix
+from hark.pcm import Samples, apply_gain, frames_to_ms, ramp, upmix
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,6 @@ class PlaybackBuffer:
         self._volume = volume
         self._applied_volume = volume
         self._tail_was_audio = False
-        self._echo_resampler: Resampler | None = None
-        if echo_reference is not None and rate_hz % ECHO_RATE_HZ:
-            self._echo_resampler = Resampler(rate_hz, ECHO_RATE_HZ, quality="QQ")
         self._silence = b""  # the idle chunk, reused
         self.rendered_frames = 0
         self.started_s: dict[str, float] = {}
@@ -327,12 +324,7 @@ class PlaybackBuffer:
     def _record_echo(self, out: Samples, audio: bool, dac_start_s: float) -> None:
         ref = self.echo_reference
         assert ref is not None
-        n8k = len(out) * ECHO_RATE_HZ // self.rate_hz
-        if not audio:
-            ref.record_silence(n8k, dac_start_s)
-            return
-        if self._echo_resampler is not None:
-            low = self._echo_resampler.process(out)
+        if audio:
+            ref.record_played(out, self.rate_hz, dac_start_s)  # converted when the gate reads
         else:
-            low = decimate(out, self.rate_hz // ECHO_RATE_HZ)
-        ref.record(low, dac_start_s)
+            ref.record_silence(len(out) * ECHO_RATE_HZ // self.rate_hz, dac_start_s)

@@ -224,3 +224,32 @@ def test_reply_wav_fixture_is_speech(tmp_path: Path) -> None:
     """The test voices are long enough to mean something."""
     audio = read_wav(speech_wav("hello there", tmp_path / "h.wav"), MODEL_RATE_HZ)
     assert len(audio) > MODEL_RATE_HZ // 2
+
+
+def test_echo_reference_converts_played_audio_when_read() -> None:
+    """Played 48 kHz audio reads back as its 8 kHz version, silence as zeros, at its DAC time."""
+    ref = EchoReference()
+    tone = (8_000 * np.sin(np.arange(960) * 2 * np.pi * 300 / 48_000)).astype(np.int16)
+    ref.record_silence(160, 4.98)
+    ref.record_played(tone, 48_000, 5.0)
+    ref.record_silence(160, 5.02)
+    assert ref.active(5.1, 0.2) and not ref.active(6.0, 0.2)
+    window = ref.window(4.98, 5.04)
+    assert window is not None and len(window) == 480
+    assert not window[:160].any() and not window[320:].any()
+    expected = tone.reshape(-1, 6).astype(np.int32).sum(axis=1) // 6
+    assert np.allclose(window[160:320], expected, atol=1)
+
+
+def test_echo_reference_queue_stays_bounded_while_nobody_reads() -> None:
+    """Hours of idle playback with no voiced frame to check keep at most a ring's worth queued."""
+    ref = EchoReference(history_ms=200)
+    loud = np.full(960, 6_000, dtype=np.int16)
+    for i in range(5_000):
+        if i % 50 == 0 or i == 4_990:
+            ref.record_played(loud, 48_000, i * 0.02)
+        else:
+            ref.record_silence(160, i * 0.02)
+    assert ref._queued_8k <= 1_600 + 160
+    window = ref.window(4_999 * 0.02 - 0.18, 5_000 * 0.02)
+    assert window is not None and window.max() == 6_000  # i = 4990 was loud
