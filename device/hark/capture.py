@@ -1,15 +1,23 @@
 """The capture chain: device-rate chunks in, 20 ms ``MicFrame``s at 24 kHz with a VAD verdict out.
 
-Shared by the PyAudio microphone and the WAV-backed fake so both behave the same:
-downmix → resample to 24 kHz (soxr, streaming) → gain → 20 ms frames → decimate to
-8 kHz → webrtcvad → echo gate.  It runs on whatever thread delivers the audio (the
-PortAudio callback thread for the real mic), so it must not block, must not touch the
-event loop and must not import asyncio or PyAudio; callers post the frames it returns.
+Shared by the PyAudio microphone and the WAV-backed fake so both behave the same.  Where
+webrtcvad takes the device's rate (8/16/32/48 kHz, the usual case): downmix → gain →
+webrtcvad and the echo gate on 20 ms device-rate frames at once → resample to 24 kHz
+(soxr, streaming) only when the frames are handed out.  Other rates (44.1 kHz): resample
+first, then VAD on the 24 kHz frames decimated to 8 kHz.
+
+Each wake-up of the capture thread costs far more than the samples it carries (caches
+are cold after 40 ms of sleep), so while nothing streams (``hold=True``) unvoiced audio
+is kept raw and resampled in one call per ``hold_ms``; a voiced frame releases
+everything at once.  It runs on whatever thread delivers the audio (the PortAudio
+callback thread for the real mic), so it must not block, must not touch the event loop
+and must not import asyncio or PyAudio; callers post the frames it returns.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import numpy as np
 
@@ -17,8 +25,10 @@ from hark.echo import ECHO_RATE_HZ, EchoGate
 from hark.events import MicFrame
 from hark.pcm import (
     MODEL_RATE_HZ,
+    VAD_RATES_HZ,
     Framer,
     Resampler,
+    Samples,
     Vad,
     apply_gain,
     as_samples,
@@ -34,11 +44,12 @@ FRAME_MS = 20
 
 
 class CaptureChain:
-    """Turns captured chunks into ``MicFrame``s; keeps resampler and framing state between calls.
+    """Turns captured chunks into ``MicFrame``s; keeps resampler, framing and hold state.
 
     ``gain`` is software gain for quiet mics (1.0 costs nothing).  ``echo_gate``, when
     given, turns voiced frames that are our own playback into unvoiced ones (see
-    ``hark.echo``).
+    ``hark.echo``).  ``hold_ms``: the most unvoiced audio ``process(..., hold=True)``
+    keeps back before handing it out.
     """
 
     def __init__(
@@ -50,15 +61,28 @@ class CaptureChain:
         gain: float = 1.0,
         echo_gate: EchoGate | None = None,
         resample_quality: str = "MQ",
+        hold_ms: int = 100,
     ) -> None:
         self.in_rate_hz = in_rate_hz
         self.channels = channels
         self.gain = gain
         self.echo_gate = echo_gate
+        # webrtcvad downsamples to 8 kHz itself (in C): at a rate it takes, VAD and gate
+        # need no resampling, and the 24 kHz stream is only made when it is handed out.
+        self.direct = in_rate_hz in VAD_RATES_HZ and in_rate_hz % ECHO_RATE_HZ == 0
+        vad_rate_hz = in_rate_hz if self.direct else ECHO_RATE_HZ
+        self._vad = Vad(vad_aggressiveness, vad_rate_hz, FRAME_MS)
+        self._decimation = (in_rate_hz if self.direct else MODEL_RATE_HZ) // ECHO_RATE_HZ
         self._resampler = Resampler(in_rate_hz, MODEL_RATE_HZ, quality=resample_quality)
         self._framer = Framer(ms_to_bytes(FRAME_MS, MODEL_RATE_HZ))
-        self._vad = Vad(vad_aggressiveness, ECHO_RATE_HZ, FRAME_MS)
-        self._decimation = MODEL_RATE_HZ // ECHO_RATE_HZ
+        self._vad_framer = Framer(ms_to_bytes(FRAME_MS, in_rate_hz))
+        self.hold_ms = hold_ms
+        self._hold_samples = max(1, in_rate_hz * hold_ms // 1000)
+        self._verdicts: deque[bool] = deque()  # direct: verdicts of frames not yet handed out
+        self._last_verdict = False
+        self._raw: list[Samples] = []  # direct: device-rate audio not yet resampled
+        self._raw_samples = 0
+        self._held: list[MicFrame] = []  # via 24 kHz: frames kept back while holding
         self.frames_out = 0
         self.voiced_frames = 0
         self.echo_frames = 0
@@ -66,38 +90,100 @@ class CaptureChain:
         self._out_total = 0  # samples it gave back
 
     def reset(self) -> None:
-        """Forget partial frames and filter state (after a device reopen)."""
+        """Forget partial frames, held audio and filter state (after a gap or a reopen)."""
         self._resampler.reset()
         self._framer.clear()
+        self._vad_framer.clear()
+        self._verdicts.clear()
+        self._raw, self._raw_samples, self._held = [], 0, []
         self._in_total = self._out_total = 0
 
-    def process(self, chunk: bytes, adc_end_s: float) -> list[MicFrame]:
-        """Frames completed by ``chunk``; its last sample was captured at ``adc_end_s``."""
+    def process(self, chunk: bytes, adc_end_s: float, hold: bool = False) -> list[MicFrame]:
+        """Frames completed by ``chunk``; its last sample was captured at ``adc_end_s``.
+
+        ``hold``: nothing streams, so unvoiced audio may wait up to ``hold_ms`` (returns
+        ``[]`` meanwhile) and leave in one batch; a voiced frame never waits.
+        """
         samples = downmix(chunk, self.channels) if self.channels > 1 else as_samples(chunk)
-        pcm24 = apply_gain(self._resampler.process(samples), self.gain)
+        if self.gain != 1.0:
+            samples = apply_gain(samples, self.gain)
+        if not self.direct:
+            return self._via_model_rate(samples, adc_end_s, hold)
+        voiced = self._judge(samples, adc_end_s)
+        self._raw.append(samples)
+        self._raw_samples += len(samples)
+        if hold and not voiced and self._raw_samples < self._hold_samples:
+            return []
+        raw = self._raw[0] if len(self._raw) == 1 else np.concatenate(self._raw)
+        self._raw, self._raw_samples = [], 0
+        frames = self._framer.push(self._resampler.process(raw).tobytes())
+        verdicts = self._verdicts
+        out: list[MicFrame] = []
+        for frame in frames:
+            # soxr holds a few ms back, so the 24 kHz frames trail the judged ones by up
+            # to two; each takes the oldest verdict not yet handed out.
+            if verdicts:
+                self._last_verdict = verdicts.popleft()
+            out.append(MicFrame(frame, self._last_verdict))
+        self.frames_out += len(out)
+        return out
+
+    def _judge(self, samples: Samples, adc_end_s: float) -> bool:
+        """VAD (and the echo gate) on the device-rate frames ``samples`` completes."""
+        frames = self._vad_framer.push(samples.tobytes())
+        if not frames:
+            return False
+        frame_s = FRAME_MS / 1000
+        first_start_s = (
+            adc_end_s - self._vad_framer.pending_bytes / 2 / self.in_rate_hz - len(frames) * frame_s
+        )
+        any_voiced = False
+        for i, frame in enumerate(frames):
+            voiced = self._vad.is_speech(frame)
+            if voiced and self.echo_gate is not None:
+                low = decimate(as_samples(frame), self._decimation)
+                voiced = not self._is_echo(low, first_start_s + i * frame_s)
+            self.voiced_frames += voiced
+            self._verdicts.append(voiced)
+            any_voiced |= voiced
+        return any_voiced
+
+    def _is_echo(self, low: Samples, start_s: float) -> bool:
+        """The gate's verdict on a voiced frame (8 kHz, captured from ``start_s``)."""
+        gate = self.echo_gate
+        if gate is None or not gate.is_echo(low, start_s):
+            return False
+        self.echo_frames += 1
+        return True
+
+    def _via_model_rate(self, samples: Samples, adc_end_s: float, hold: bool) -> list[MicFrame]:
+        """Rates webrtcvad does not take: resample every chunk, VAD at 8 kHz from 24 kHz."""
+        pcm24 = self._resampler.process(samples)
         self._in_total += len(samples)
         self._out_total += len(pcm24)
         frames = self._framer.push(pcm24.tobytes())
-        if not frames:
+        held = self._held
+        if frames:
+            frame_s = FRAME_MS / 1000
+            # The framer may hold a partial frame back, and soxr a varying few ms: their
+            # samples came after these frames.
+            held_s = self._framer.pending_bytes / 2 / MODEL_RATE_HZ
+            held_s += self._in_total / self.in_rate_hz - self._out_total / MODEL_RATE_HZ
+            first_start_s = adc_end_s - held_s - len(frames) * frame_s
+            for i, frame in enumerate(frames):
+                low = decimate(as_samples(frame), self._decimation)
+                voiced = self._vad.is_speech(low.tobytes())
+                if voiced:
+                    voiced = not self._is_echo(low, first_start_s + i * frame_s)
+                self.voiced_frames += voiced
+                held.append(MicFrame(frame, voiced))
+        if not held:
             return []
-        out: list[MicFrame] = []
-        frame_s = FRAME_MS / 1000
-        # The framer may hold a partial frame back, and soxr a varying few ms (0-40 ms
-        # at 48 kHz in 40 ms chunks): their samples came after these frames.
-        held_s = self._framer.pending_bytes / 2 / MODEL_RATE_HZ
-        held_s += self._in_total / self.in_rate_hz - self._out_total / MODEL_RATE_HZ
-        first_start_s = adc_end_s - held_s - len(frames) * frame_s
-        for i, frame in enumerate(frames):
-            low = decimate(as_samples(frame), self._decimation)
-            voiced = self._vad.is_speech(low.tobytes())
-            gate = self.echo_gate
-            if voiced and gate is not None and gate.is_echo(low, first_start_s + i * frame_s):
-                voiced = False
-                self.echo_frames += 1
-            self.voiced_frames += voiced
-            out.append(MicFrame(frame, voiced))
-        self.frames_out += len(out)
-        return out
+        if hold and not any(f.voiced for f in held) and len(held) * FRAME_MS < self.hold_ms:
+            return []
+        self._held = []
+        self.frames_out += len(held)
+        return held
 
 
 def silence_frame() -> bytes:

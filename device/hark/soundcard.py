@@ -26,7 +26,7 @@ import ctypes.util
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import pyaudio
 
 from hark import ports
-from hark.capture import FRAME_MS, CaptureChain
+from hark.capture import CaptureChain
 from hark.cues import load_cues
 from hark.echo import EchoGate, EchoReference, StreamClock
 from hark.events import (
@@ -405,7 +405,7 @@ class _StreamAdapter:
         """Runs on the loop when the device is unusable (died, or failed to open)."""
 
     # plumbing
-    def _send(self, events: list[Event]) -> None:
+    def _send(self, events: Sequence[Event]) -> None:
         """Hand events to the loop from the PortAudio thread (one wake-up per chunk)."""
         loop, post = self._loop, self._post
         if loop is None or post is None:
@@ -566,7 +566,7 @@ class _StreamAdapter:
             await self._close()
 
 
-def _post_all(post: Post, events: list[Event]) -> None:
+def _post_all(post: Post, events: Sequence[Event]) -> None:
     for event in events:
         post(event)
 
@@ -586,8 +586,9 @@ class SoundcardMicrophone(_StreamAdapter):
     ``buffer_ms``: PortAudio buffer (one callback per buffer; each wake-up of the
     capture thread costs far more than the samples it carries, so 40 ms by default:
     half the CPU of 20 ms, voice noticed ≤ 20 ms later).  ``hold_ms``: while no
-    turn streams, unvoiced frames are posted in batches of up to this much audio (a
-    voiced frame goes at once): idle, the loop wakes 10 times a second instead of 50.
+    turn streams, unvoiced audio is resampled and posted in batches of up to this much
+    (a voiced frame goes at once): idle, the loop wakes 10 times a second instead of 50
+    and soxr runs once per batch (see ``CaptureChain``).
     """
 
     direction: Direction = "input"
@@ -615,17 +616,15 @@ class SoundcardMicrophone(_StreamAdapter):
         self.chain: CaptureChain | None = None
         self._latency_s = 0.0
         self.overflows = 0
-        self._hold_frames = max(1, hold_ms // FRAME_MS)
+        self.hold_ms = hold_ms
         self._demand: MicDemand = "batched"
         self._resume = False  # audio was skipped: the chain's filter state is stale
-        self._held: list[Event] = []
         self.posts = 0  # loop wake-ups asked for (one per batch)
 
     def set_demand(self, demand: MicDemand) -> None:
         self._demand = demand
 
     def _prepare(self, rate_hz: int, channels: int) -> None:
-        self._held = []  # idle frames from a lost stream: nothing waits for them
         self._clock = StreamClock(rate_hz, "input")
         self.chain = CaptureChain(
             rate_hz,
@@ -633,6 +632,7 @@ class SoundcardMicrophone(_StreamAdapter):
             vad_aggressiveness=self.vad_aggressiveness,
             gain=self.gain,
             echo_gate=self.echo_gate,
+            hold_ms=self.hold_ms,
         )
 
     def _configure(self, latency_s: float) -> None:
@@ -652,21 +652,12 @@ class SoundcardMicrophone(_StreamAdapter):
                 return (None, pyaudio.paContinue)
             if self._resume:
                 self._resume = False
-                self._held = []
                 chain.reset()
             adc_end_s = adc_start_s + frame_count / chain.in_rate_hz
-            frames: list[MicFrame] = chain.process(in_data, adc_end_s)
+            frames: list[MicFrame] = chain.process(in_data, adc_end_s, hold=demand != "every")
             if frames:
-                held = self._held
-                held += frames
-                if (
-                    demand == "every"
-                    or len(held) >= self._hold_frames
-                    or any(f.voiced for f in frames)
-                ):
-                    self._held = []
-                    self.posts += 1
-                    self._send(held)
+                self.posts += 1
+                self._send(frames)
         return (None, pyaudio.paContinue)
 
 
