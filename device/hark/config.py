@@ -279,10 +279,22 @@ class AudioConfig(_Section):
         default=None, description="Speaker: a name substring or index; default the system's."
     )
     capture_rate_hz: int | None = Field(
-        default=None, ge=8000, le=192000, description="Capture rate, Hz; default the device's."
+        default=None,
+        ge=8000,
+        le=192000,
+        description=(
+            "Capture rate, Hz; default the device's own if a multiple of 8 kHz, "
+            "else the first of 48, 24, 16, 32, 44.1 kHz it takes."
+        ),
     )
     output_rate_hz: int | None = Field(
-        default=None, ge=8000, le=192000, description="Playback rate, Hz; default the device's."
+        default=None,
+        ge=8000,
+        le=192000,
+        description=(
+            "Playback rate, Hz; default the device's own if a multiple of 8 kHz, "
+            "else the first of 48, 24, 32, 16, 44.1 kHz it takes."
+        ),
     )
     buffer_ms: int = Field(
         default=20,

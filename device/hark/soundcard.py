@@ -55,9 +55,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Direction = Literal["input", "output"]
 
-MIC_RATES_HZ = (48_000, 24_000, 16_000, 44_100, 32_000)
-"""Capture rates tried after the device's own default; 48 kHz is what most USB mics do."""
-SPEAKER_RATES_HZ = (48_000, 24_000, 44_100, 32_000, 16_000)
+MIC_RATES_HZ = (48_000, 24_000, 16_000, 32_000, 44_100)
+"""Capture rates in order of preference.  48 kHz is what most USB mics and HATs do, and
+webrtcvad takes it (and 16/32 kHz) directly, so the mic's chain resamples only what it
+hands out; 24 kHz is the model's own rate.  A device's default comes first when it is a
+multiple of 8 kHz, else last: ALSA's plug and pulse devices report 44.1 kHz, which would
+cost a fractional resampler on every chunk."""
+SPEAKER_RATES_HZ = (48_000, 24_000, 32_000, 16_000, 44_100)
 WATCH_INTERVAL_S = 0.5
 """How often a stream's health (alive, callbacks arriving) is checked."""
 
@@ -270,7 +274,13 @@ def choose_format(
 ) -> tuple[int, int]:
     """(rate_hz, channels) the device accepts: mono if it can, else stereo to downmix."""
     preferred = MIC_RATES_HZ if direction == "input" else SPEAKER_RATES_HZ
-    rates = [rate_hz] if rate_hz else [device.default_rate_hz, *preferred]
+    default = device.default_rate_hz
+    if rate_hz:
+        rates = [rate_hz]
+    elif default % 8_000 == 0:
+        rates = [default, *preferred]
+    else:
+        rates = [*preferred, default]
     max_channels = device.max_input_channels if direction == "input" else device.max_output_channels
     for rate in dict.fromkeys(rates):
         for channels in (1, 2):
@@ -578,7 +588,8 @@ class SoundcardMicrophone(_StreamAdapter):
     """Captures from a PortAudio input and posts a ``MicFrame`` (24 kHz, 20 ms) per frame.
 
     ``device``: index, name substring, or None for the default.  ``rate_hz``: force
-    a capture rate (None: the device's default, else 48/24/16/44.1/32 kHz).
+    a capture rate (None: the device's default if a multiple of 8 kHz, else the first of
+    ``MIC_RATES_HZ`` it takes).
     ``vad_aggressiveness``: webrtcvad 0–3.  ``gain``: software gain.  ``echo_gate``:
     share the speaker's ``EchoReference`` through one (see ``hark.echo``).
     ``set_demand("off")`` (push to talk, no turn open) leaves the stream running (a
