@@ -109,7 +109,8 @@ class CaptureChain:
             samples = apply_gain(samples, self.gain)
         if not self.direct:
             return self._via_model_rate(samples, adc_end_s, hold)
-        voiced = self._judge(samples, adc_end_s)
+        plain = self.channels == 1 and self.gain == 1.0
+        voiced = self._judge(chunk if plain else samples.tobytes(), adc_end_s)
         self._raw.append(samples)
         self._raw_samples += len(samples)
         if hold and not voiced and self._raw_samples < self._hold_samples:
@@ -128,9 +129,9 @@ class CaptureChain:
         self.frames_out += len(out)
         return out
 
-    def _judge(self, samples: Samples, adc_end_s: float) -> bool:
-        """VAD (and the echo gate) on the device-rate frames ``samples`` completes."""
-        frames = self._vad_framer.push(samples.tobytes())
+    def _judge(self, pcm: bytes, adc_end_s: float) -> bool:
+        """VAD (and the echo gate) on the device-rate frames ``pcm`` completes."""
+        frames = self._vad_framer.push(pcm)
         if not frames:
             return False
         frame_s = FRAME_MS / 1000

@@ -180,8 +180,8 @@ class Framer:
     def push(self, chunk: bytes) -> list[bytes]:
         """Append ``chunk``; return every complete frame now available, oldest first."""
         n = self.frame_bytes
-        if not self._pending and len(chunk) == n:
-            return [bytes(chunk)]  # the common case: the device already delivers frames
+        if not self._pending and len(chunk) % n == 0:  # the common case: whole frames
+            return [bytes(chunk[i : i + n]) for i in range(0, len(chunk), n)]
         self._pending += chunk
         whole = len(self._pending) - len(self._pending) % n
         frames = [bytes(self._pending[i : i + n]) for i in range(0, whole, n)]
