@@ -113,7 +113,9 @@ class CaptureChain:
         voiced = self._judge(chunk if plain else samples.tobytes(), adc_end_s)
         self._raw.append(samples)
         self._raw_samples += len(samples)
-        if hold and not voiced and self._raw_samples < self._hold_samples:
+        # A voiced verdict whose audio soxr still held at the last release goes now too.
+        pending_voice = voiced or True in self._verdicts
+        if hold and not pending_voice and self._raw_samples < self._hold_samples:
             return []
         raw = self._raw[0] if len(self._raw) == 1 else np.concatenate(self._raw)
         self._raw, self._raw_samples = [], 0

@@ -51,13 +51,18 @@ def test_holding_changes_when_frames_leave_not_what_they_are(tmp_path: Path, rat
         waited = 0 if batch else waited + CHUNK_MS
         assert waited < 100
     assert sum(1 for b in held[:12] if b) <= 4  # the first 480 ms: silence, 3 chunks a batch
-    # A chunk in which the VAD heard voice is never held.
+    # A chunk in which the VAD heard voice is never held, and a voiced verdict is handed
+    # out at the latest with the next chunk (soxr may still hold its audio at first).
     chain = CaptureChain(rate_hz, hold_ms=100)
     step = rate_hz * CHUNK_MS // 1000 * 2
+    judged_before, handed = 0, 0
     for i in range(0, len(pcm) - step + 1, step):
         before = chain.voiced_frames
         frames = chain.process(pcm[i : i + step], 10.0, hold=True)
         assert frames or chain.voiced_frames == before
+        handed += sum(f.voiced for f in frames)
+        assert handed >= judged_before
+        judged_before = before
 
 
 def test_device_rate_vad_hears_what_the_24k_path_hears(tmp_path: Path) -> None:
