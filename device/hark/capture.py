@@ -7,8 +7,8 @@ webrtcvad and the echo gate on 20 ms device-rate frames at once → resample to 
 first, then VAD on the 24 kHz frames decimated to 8 kHz.
 
 Each wake-up of the capture thread costs far more than the samples it carries (caches
-are cold after 40 ms of sleep), so while nothing streams (``hold=True``) unvoiced audio
-is kept raw and resampled in one call per ``hold_ms``; a voiced frame releases
+are cold after 40 ms of sleep), so where the core can wait (see ``process``) audio is
+kept raw and resampled in one call per ``hold_ms``; a frame the core needs now releases
 everything at once.  It runs on whatever thread delivers the audio (the PortAudio
 callback thread for the real mic), so it must not block, must not touch the event loop
 and must not import asyncio or PyAudio; callers post the frames it returns.
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterable
 
 import numpy as np
 
 from hark.echo import ECHO_RATE_HZ, EchoGate
-from hark.events import MicFrame
+from hark.events import MicDemand, MicFrame
 from hark.pcm import (
     MODEL_RATE_HZ,
     VAD_RATES_HZ,
@@ -48,8 +49,8 @@ class CaptureChain:
 
     ``gain`` is software gain for quiet mics (1.0 costs nothing).  ``echo_gate``, when
     given, turns voiced frames that are our own playback into unvoiced ones (see
-    ``hark.echo``).  ``hold_ms``: the most unvoiced audio ``process(..., hold=True)``
-    keeps back before handing it out.
+    ``hark.echo``).  ``hold_ms``: the most audio ``process`` keeps back before handing
+    it out.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class CaptureChain:
         self._raw_samples = 0
         self._held: list[MicFrame] = []  # via 24 kHz: frames kept back while holding
         self.frames_out = 0
+        self.judged_frames = 0
         self.voiced_frames = 0
         self.echo_frames = 0
         self._in_total = 0  # samples fed to the resampler (per channel) since the last reset
@@ -98,24 +100,28 @@ class CaptureChain:
         self._raw, self._raw_samples, self._held = [], 0, []
         self._in_total = self._out_total = 0
 
-    def process(self, chunk: bytes, adc_end_s: float, hold: bool = False) -> list[MicFrame]:
+    def process(
+        self, chunk: bytes, adc_end_s: float, demand: MicDemand = "every"
+    ) -> list[MicFrame]:
         """Frames completed by ``chunk``; its last sample was captured at ``adc_end_s``.
 
-        ``hold``: nothing streams, so unvoiced audio may wait up to ``hold_ms`` (returns
-        ``[]`` meanwhile) and leave in one batch; a voiced frame never waits.
+        ``demand`` (see ``hark.ports.Microphone.set_demand``): ``"batched"`` lets unvoiced
+        audio, ``"speech"`` voiced audio, wait up to ``hold_ms`` (``[]`` meanwhile) and
+        leave in one batch; a frame of the other kind releases everything at once.
+        ``"every"`` (and ``"off"``) hold nothing back.
         """
         samples = downmix(chunk, self.channels) if self.channels > 1 else as_samples(chunk)
         if self.gain != 1.0:
             samples = apply_gain(samples, self.gain)
         if not self.direct:
-            return self._via_model_rate(samples, adc_end_s, hold)
+            return self._via_model_rate(samples, adc_end_s, demand)
         plain = self.channels == 1 and self.gain == 1.0
-        voiced = self._judge(chunk if plain else samples.tobytes(), adc_end_s)
+        self._judge(chunk if plain else samples.tobytes(), adc_end_s)
         self._raw.append(samples)
         self._raw_samples += len(samples)
-        # A voiced verdict whose audio soxr still held at the last release goes now too.
-        pending_voice = voiced or True in self._verdicts
-        if hold and not pending_voice and self._raw_samples < self._hold_samples:
+        # The verdicts not yet handed out include any whose audio soxr still held at the
+        # last release: an urgent one among them goes now too.
+        if self._may_wait(demand, self._verdicts) and self._raw_samples < self._hold_samples:
             return []
         raw = self._raw[0] if len(self._raw) == 1 else np.concatenate(self._raw)
         self._raw, self._raw_samples = [], 0
@@ -131,16 +137,24 @@ class CaptureChain:
         self.frames_out += len(out)
         return out
 
-    def _judge(self, pcm: bytes, adc_end_s: float) -> bool:
+    @staticmethod
+    def _may_wait(demand: MicDemand, verdicts: Iterable[bool]) -> bool:
+        """Whether frames with these verdicts may be held back under ``demand``."""
+        if demand == "batched":
+            return True not in verdicts
+        if demand == "speech":
+            return False not in verdicts
+        return False
+
+    def _judge(self, pcm: bytes, adc_end_s: float) -> None:
         """VAD (and the echo gate) on the device-rate frames ``pcm`` completes."""
         frames = self._vad_framer.push(pcm)
         if not frames:
-            return False
+            return
         frame_s = FRAME_MS / 1000
         first_start_s = (
             adc_end_s - self._vad_framer.pending_bytes / 2 / self.in_rate_hz - len(frames) * frame_s
         )
-        any_voiced = False
         for i, frame in enumerate(frames):
             voiced = self._vad.is_speech(frame)
             if voiced and self.echo_gate is not None:
@@ -148,8 +162,7 @@ class CaptureChain:
                 voiced = not self._is_echo(low, first_start_s + i * frame_s)
             self.voiced_frames += voiced
             self._verdicts.append(voiced)
-            any_voiced |= voiced
-        return any_voiced
+        self.judged_frames += len(frames)
 
     def _is_echo(self, low: Samples, start_s: float) -> bool:
         """The gate's verdict on a voiced frame (8 kHz, captured from ``start_s``)."""
@@ -159,7 +172,9 @@ class CaptureChain:
         self.echo_frames += 1
         return True
 
-    def _via_model_rate(self, samples: Samples, adc_end_s: float, hold: bool) -> list[MicFrame]:
+    def _via_model_rate(
+        self, samples: Samples, adc_end_s: float, demand: MicDemand
+    ) -> list[MicFrame]:
         """Rates webrtcvad does not take: resample every chunk, VAD at 8 kHz from 24 kHz."""
         pcm24 = self._resampler.process(samples)
         self._in_total += len(samples)
@@ -180,9 +195,11 @@ class CaptureChain:
                     voiced = not self._is_echo(low, first_start_s + i * frame_s)
                 self.voiced_frames += voiced
                 held.append(MicFrame(frame, voiced))
+            self.judged_frames += len(frames)
         if not held:
             return []
-        if hold and not any(f.voiced for f in held) and len(held) * FRAME_MS < self.hold_ms:
+        verdicts = (f.voiced for f in held)
+        if self._may_wait(demand, verdicts) and len(held) * FRAME_MS < self.hold_ms:
             return []
         self._held = []
         self.frames_out += len(held)

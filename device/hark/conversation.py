@@ -317,9 +317,10 @@ class Conversation:
 
     @property
     def mic_demand(self) -> MicDemand:
-        """Every frame while a turn streams; voice triggers need the rest, push to talk not."""
+        """Every frame while a button's turn streams, the silence at once in a voice turn;
+        voice triggers need the rest, push to talk not."""
         if self._turn is not None:
-            return "every"
+            return "speech" if self._turn.source == "vad" else "every"
         return "batched" if self._vad else "off"
 
     @property

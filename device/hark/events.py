@@ -496,8 +496,9 @@ class PlayCue:
     cue: Cue
 
 
-MicDemand = Literal["off", "batched", "every"]
-"""What the core needs from the mic: nothing, frames (no hurry), every frame at once."""
+MicDemand = Literal["off", "batched", "speech", "every"]
+"""What the core needs from the mic: nothing; frames where only voice is urgent; frames
+where only silence is urgent (a turn that ends on it); every frame at once."""
 
 LedPattern = Literal["off", "idle", "connecting", "listening", "thinking", "speaking", "error"]
 

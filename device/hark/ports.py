@@ -46,11 +46,13 @@ class Microphone(Protocol):
     def set_demand(self, demand: MicDemand) -> None:
         """How frames are wanted (the app says so whenever it changes).
 
-        ``"every"`` while a turn streams: post each frame as it comes.  ``"batched"``
-        (the default; voice may open a turn or barge in): unvoiced frames may be held
-        back and posted together, fewer wake-ups of the loop while nobody talks, but a
-        voiced frame goes at once with the held ones before it.  ``"off"`` (push to
-        talk, no turn open): nothing is wanted, and the audio need not be processed.
+        ``"every"`` while a button's turn streams: post each frame as it comes (the
+        release commits what has arrived).  ``"speech"`` while a turn that ends on
+        silence streams: voiced frames may be held back and posted together, but an
+        unvoiced one goes at once with those before it (the end of the turn is never
+        late).  ``"batched"`` (the default; voice may open a turn or barge in): the
+        reverse, unvoiced frames may wait, a voiced one goes at once.  ``"off"`` (push
+        to talk, no turn open): nothing is wanted, and the audio need not be processed.
         """
 
 

@@ -665,7 +665,7 @@ class SoundcardMicrophone(_StreamAdapter):
                 self._resume = False
                 chain.reset()
             adc_end_s = adc_start_s + frame_count / chain.in_rate_hz
-            frames: list[MicFrame] = chain.process(in_data, adc_end_s, hold=demand != "every")
+            frames: list[MicFrame] = chain.process(in_data, adc_end_s, demand)
             if frames:
                 self.posts += 1
                 self._send(frames)

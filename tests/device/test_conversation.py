@@ -235,6 +235,14 @@ def test_mic_demand_follows_what_the_frames_are_for(mode: str, idle: str, speaki
     assert speaking_conv.mic_demand == speaking
 
 
+def test_a_voice_turn_wants_its_silence_at_once_not_every_frame() -> None:
+    """A turn voice opened ends on silence: the mic may hold speech back, never silence."""
+    conv = linked(trigger_mode="vad")
+    for _ in range(10):
+        conv.handle(voiced(), 1.0)
+    assert conv.phase is Phase.LISTENING and conv.mic_demand == "speech"
+
+
 def test_vad_ignores_voice_in_button_mode_and_below_the_start_threshold() -> None:
     """Button mode: frames never open turns; vad mode: a blip under vad_start_ms doesn't."""
     conv = linked()
