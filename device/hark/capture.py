@@ -156,21 +156,22 @@ class CaptureChain:
             adc_end_s - self._vad_framer.pending_bytes / 2 / self.in_rate_hz - len(frames) * frame_s
         )
         for i, frame in enumerate(frames):
-            voiced = self._vad.is_speech(frame)
-            if voiced and self.echo_gate is not None:
-                low = decimate(as_samples(frame), self._decimation)
-                voiced = not self._is_echo(low, first_start_s + i * frame_s)
-            self.voiced_frames += voiced
-            self._verdicts.append(voiced)
-        self.judged_frames += len(frames)
+            self._verdicts.append(self._verdict(frame, first_start_s + i * frame_s))
 
-    def _is_echo(self, low: Samples, start_s: float) -> bool:
-        """The gate's verdict on a voiced frame (8 kHz, captured from ``start_s``)."""
+    def _verdict(self, vad_pcm: bytes, start_s: float, low: Samples | None = None) -> bool:
+        """webrtcvad on one frame (captured from ``start_s``), unless the echo gate says it
+        is our own playback.  ``low``: the frame at 8 kHz, if already made."""
+        self.judged_frames += 1
+        voiced = self._vad.is_speech(vad_pcm)
         gate = self.echo_gate
-        if gate is None or not gate.is_echo(low, start_s):
-            return False
-        self.echo_frames += 1
-        return True
+        if voiced and gate is not None:
+            if low is None:
+                low = decimate(as_samples(vad_pcm), self._decimation)
+            if gate.is_echo(low, start_s):
+                self.echo_frames += 1
+                voiced = False
+        self.voiced_frames += voiced
+        return voiced
 
     def _via_model_rate(
         self, samples: Samples, adc_end_s: float, demand: MicDemand
@@ -190,12 +191,9 @@ class CaptureChain:
             first_start_s = adc_end_s - held_s - len(frames) * frame_s
             for i, frame in enumerate(frames):
                 low = decimate(as_samples(frame), self._decimation)
-                voiced = self._vad.is_speech(low.tobytes())
-                if voiced:
-                    voiced = not self._is_echo(low, first_start_s + i * frame_s)
-                self.voiced_frames += voiced
-                held.append(MicFrame(frame, voiced))
-            self.judged_frames += len(frames)
+                held.append(
+                    MicFrame(frame, self._verdict(low.tobytes(), first_start_s + i * frame_s, low))
+                )
         if not held:
             return []
         verdicts = (f.voiced for f in held)

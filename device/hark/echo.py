@@ -1,7 +1,7 @@
 """The echo gate: tells the user's voice from our own playback coming back through the mic.
 
-The speaker records what it hands to the device (``EchoReference.record``, at 8 kHz,
-stamped with the monotonic time it reaches the DAC); the microphone asks
+The speaker records what it hands to the device (``EchoReference.record_played``,
+stamped with the monotonic time it reaches the DAC, kept at 8 kHz); the microphone asks
 ``EchoGate.is_echo`` for each voiced frame.  The gate finds the echo's delay by
 normalised cross-correlation over plausible delays and learns its level; from then on a
 frame is our own echo when it is no louder than the echo expected there, or when the

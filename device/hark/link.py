@@ -46,7 +46,7 @@ DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 REPLAY_PREFIX = "hark_rp"
 """Ids of replayed items and their events, so their echoes are not posted again."""
 MAX_FRAMES_PER_APPEND = 10
-"""Audio frames merged into one append at most (200 ms, 6.4 KB of base64 per frame)."""
+"""Audio frames merged into one append at most (200 ms: 12.8 KB of base64)."""
 
 # --------------------------------------------------------------------------- the link
 

@@ -596,10 +596,10 @@ class SoundcardMicrophone(_StreamAdapter):
     press must not wait for a device to start) but skips all processing.
     ``buffer_ms``: PortAudio buffer (one callback per buffer; each wake-up of the
     capture thread costs far more than the samples it carries, so 40 ms by default:
-    half the CPU of 20 ms, voice noticed ≤ 20 ms later).  ``hold_ms``: while no
-    turn streams, unvoiced audio is resampled and posted in batches of up to this much
-    (a voiced frame goes at once): idle, the loop wakes 10 times a second instead of 50
-    and soxr runs once per batch (see ``CaptureChain``).
+    half the CPU of 20 ms, voice noticed ≤ 20 ms later).  ``hold_ms``: where the demand
+    allows (see ``set_demand``), audio is resampled and posted in batches of up to this
+    much: idle, the loop wakes 10 times a second instead of 25 and soxr runs once per
+    batch (see ``CaptureChain``).
     """
 
     direction: Direction = "input"
