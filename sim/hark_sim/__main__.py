@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ping-interval-s", type=float, default=defaults.ping_interval_s, help="WebSocket pings"
     )
+    p.add_argument("--ssl-certfile", type=Path, default=None, help="serve https/wss (PEM)")
+    p.add_argument("--ssl-keyfile", type=Path, default=None, help="its key, if not in the PEM")
     p.add_argument("--log-level", default="INFO", help="logging level")
     return p
 
@@ -71,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         ping_interval_s=args.ping_interval_s,
         host=args.host,
         port=args.port,
+        tls_certfile=args.ssl_certfile,
+        tls_keyfile=args.ssl_keyfile,
     )
-    log.info("hark-sim on http://%s:%d/v1 brain=%s", cfg.host, cfg.port, cfg.brain)
+    scheme = "https" if cfg.tls_certfile else "http"
+    log.info("hark-sim on %s://%s:%d/v1 brain=%s", scheme, cfg.host, cfg.port, cfg.brain)
     uvicorn.Server(uvicorn_config(cfg, SimState(cfg), log_level="warning")).run()
     return 0
 

@@ -66,6 +66,9 @@ class SimConfig:
     ``realtime_factor`` scales the pacing of audio deltas: a 100 ms chunk is followed by
     a pause of ``0.1 * realtime_factor`` seconds (1.0 = real time, 0.5 = twice as fast,
     0 = as fast as possible).
+
+    ``tls_certfile`` (PEM, the key in it or in ``tls_keyfile``) serves https:// and
+    wss://, for testing a client's certificate checks; the URLs follow.
     """
 
     api_key: str = DEFAULT_API_KEY
@@ -78,3 +81,5 @@ class SimConfig:
     port: int = 0
     audio_chunk_ms: int = 100
     faults: Faults = field(default_factory=Faults)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None

@@ -39,6 +39,8 @@ def uvicorn_config(cfg: SimConfig, state: SimState, log_level: str = "warning") 
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=2,
+        ssl_certfile=cfg.tls_certfile,
+        ssl_keyfile=cfg.tls_keyfile,
     )
 
 
@@ -110,7 +112,8 @@ class SimHandle:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        scheme = "https" if self.config.tls_certfile else "http"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -118,7 +121,8 @@ class SimHandle:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}/v1/realtime"
+        scheme = "wss" if self.config.tls_certfile else "ws"
+        return f"{scheme}://{self.config.host}:{self.port}/v1/realtime"
 
     @property
     def api_key(self) -> str:
