@@ -54,6 +54,13 @@ def doctor_checks(config_path: str) -> list[Check]:
     return checks
 
 
+TLS_FIX = (
+    "check the clock (timedatectl: a Pi has no clock battery, NTP must sync first) and that "
+    "backend.url names the host its certificate is for; a private CA goes in "
+    "SSL_CERT_FILE (systemctl edit hark: Environment=SSL_CERT_FILE=/path/ca.pem)"
+)
+
+
 def _check_backend(config: Config, token: str | None) -> Check:
     if token is None:
         return Check("backend", False, "not tried (no usable token)", "fix the token first")
@@ -74,6 +81,8 @@ def _check_backend(config: Config, token: str | None) -> Check:
             "config": "backend.url is probably wrong (it must be the client_secrets endpoint)",
             "server": "the backend or OpenAI is failing: see the backend's log",
         }
+        if exc.tls:
+            return Check("backend", False, str(exc), TLS_FIX)
         return Check("backend", False, str(exc), fixes.get(exc.kind, ""))
     left_s = grant.expires_at - time.time()
     return Check("backend", True, f"minted a Realtime key (valid {left_s:.0f} s)")

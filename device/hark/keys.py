@@ -8,6 +8,7 @@ keys (one key per connect attempt) and must never log a key or the device token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -67,6 +68,30 @@ def check_url(url: str, secure: str, plain: str, what: str) -> urllib.parse.Spli
     )
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The verifying TLS context for the key backend and the Realtime socket, made once.
+
+    Loading the system's CA store costs tens of milliseconds of CPU on a Pi Zero and
+    about a megabyte: it happens on the first https/wss connection (callers run it in
+    a worker thread, never on the event loop), and a device that only talks to loopback
+    never pays it. ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are honoured, as OpenSSL does.
+    """
+    return ssl.create_default_context()
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """A certificate check failure said for an owner, or None if ``exc`` is not one.
+
+    A Pi has no clock battery: until NTP has synced, every certificate can look
+    expired or not yet valid, and that is the first thing to check.
+    """
+    if not isinstance(exc, ssl.SSLCertVerificationError):
+        return None
+    reason = exc.verify_message or exc.reason or str(exc)
+    return f"TLS certificate check failed ({reason}); is the clock right (timedatectl)?"
+
+
 def session_url(realtime_url: str, model: str) -> str:
     """``<realtime url>?model=<model>``, keeping any query the URL already has."""
     parts = check_url(realtime_url, "wss", "ws", "realtime URL")
@@ -86,11 +111,16 @@ class KeyGrant(pydantic.BaseModel):
 
 
 class KeyFetchError(Exception):
-    """The backend did not give us a key; ``status`` is the HTTP status, None if unreachable."""
+    """The backend did not give us a key; ``status`` is the HTTP status, None if unreachable.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    ``tls`` marks a refused certificate: retried like any network failure (the clock
+    may yet sync), but ``hark doctor`` gives it its own fix.
+    """
+
+    def __init__(self, message: str, status: int | None = None, *, tls: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.tls = tls
 
     @property
     def kind(self) -> FailureKind:
@@ -141,10 +171,12 @@ class KeySource:
                 "Accept": "application/json",
             },
         )
-        context = ssl.create_default_context()
+        parts = urllib.parse.urlsplit(self.backend_url)
+        handlers: list[urllib.request.BaseHandler] = []
+        if parts.scheme == "https":
+            handlers.append(urllib.request.HTTPSHandler(context=tls_context()))
         # No proxies for loopback (the simulator, tests); honour the environment otherwise.
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=context)]
-        if is_loopback_host(urllib.parse.urlsplit(self.backend_url).hostname):
+        if is_loopback_host(parts.hostname):
             handlers.append(urllib.request.ProxyHandler({}))
         opener = urllib.request.build_opener(*handlers)
         try:
@@ -155,7 +187,9 @@ class KeySource:
             raise KeyFetchError(f"key backend answered {exc.code}: {detail}", exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise KeyFetchError(f"key backend unreachable: {reason}") from None
+            said = tls_failure(reason) if isinstance(reason, BaseException) else None
+            message = f"key backend unreachable: {said or reason}"
+            raise KeyFetchError(message, tls=said is not None) from None
         if len(raw) > MAX_RESPONSE_BYTES:
             raise KeyFetchError("key backend response too large", 502)
         try:

@@ -36,6 +36,8 @@ from hark.keys import (
     classify_status,
     is_loopback_host,
     session_url,
+    tls_context,
+    tls_failure,
 )
 from hark.ports import Post
 from hark.replay import TranscriptLog, TurnTracker, rotation_due
@@ -116,7 +118,9 @@ class WebSocketLink:
     ) -> None:
         self._url = session_url(realtime_url, model)
         self._keys = KeySource(backend_url, device_token, key_request_body, http_timeout_s)
-        self._loopback = is_loopback_host(urllib.parse.urlsplit(self._url).hostname)
+        parts = urllib.parse.urlsplit(self._url)
+        self._loopback = is_loopback_host(parts.hostname)
+        self._plain = parts.scheme == "ws"
         self._policy = RetryPolicy(backoff or Backoff(), rand)
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
@@ -247,6 +251,9 @@ class WebSocketLink:
         except KeyFetchError as exc:
             raise _AttemptFailedError(Failure(exc.kind, str(exc))) from None
         try:
+            tls: dict[str, Any] = {}
+            if not self._plain:  # the CA store loads once, in a worker thread
+                tls["ssl"] = await asyncio.to_thread(tls_context)
             ws = await connect(
                 self._url,
                 additional_headers={"Authorization": f"Bearer {grant.value}"},
@@ -258,6 +265,7 @@ class WebSocketLink:
                 ping_timeout=self._ping_timeout_s,
                 close_timeout=2.0,
                 max_size=16 * 1024 * 1024,
+                **tls,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -267,7 +275,8 @@ class WebSocketLink:
         except InvalidURI as exc:
             raise _AttemptFailedError(Failure("config", f"bad realtime URL: {exc}")) from None
         except (InvalidHandshake, OSError, TimeoutError) as exc:
-            raise _AttemptFailedError(Failure("network", f"cannot connect: {exc!r}")) from None
+            said = tls_failure(exc) or repr(exc)
+            raise _AttemptFailedError(Failure("network", f"cannot connect: {said}")) from None
         error: ev.ServerError | None = None
         created: ev.SessionCreated | None = None
         try:

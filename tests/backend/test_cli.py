@@ -212,7 +212,7 @@ def test_a_full_run_never_logs_tokens_or_keys(
 def _wait_for_port(log_path: Path, proc: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+        match = re.search(r"listening on https?://127\.0\.0\.1:(\d+)", log_path.read_text())
         if match:
             return int(match.group(1))
         if proc.poll() is not None:
@@ -231,3 +231,48 @@ def _wait_healthy(http: httpx.Client) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("serve never became healthy")
+
+
+def test_serve_over_tls_to_a_device(
+    sqlite_url: str,
+    tmp_path: Path,
+    sim_with_secret_key: Any,
+    pki: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``serve --ssl-certfile``: a device that trusts the CA gets a key over https."""
+    from hark import keys
+
+    upstream = sim_with_secret_key
+    token = cli("device", "add", "kitchen", "--db", sqlite_url).stdout.strip().splitlines()[-1]
+    key_file = tmp_path / "openai-key"
+    key_file.write_text(upstream.api_key)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hark_backend", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--db", sqlite_url, "--openai-base-url", upstream.base_url,
+             "--openai-key-file", str(key_file),
+             "--ssl-certfile", str(pki.cert), "--ssl-keyfile", str(pki.key)],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        port = _wait_for_port(log_path, proc)
+        assert f"https://127.0.0.1:{port}" in log_path.read_text()
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        keys.tls_context.cache_clear()
+        source = keys.KeySource(f"https://127.0.0.1:{port}{MINT}", token, None, 10.0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                grant = source.fetch_blocking()
+                break
+            except keys.KeyFetchError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert grant.value.startswith("ek_")
+    finally:
+        keys.tls_context.cache_clear()
+        proc.terminate()
+        proc.wait(20)

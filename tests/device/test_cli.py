@@ -483,6 +483,45 @@ def test_doctor_against_sim(sim: Any, tmp_path: Path) -> None:
     assert "chmod 600" in result.stdout
 
 
+@pytest.mark.slow
+def test_tls_to_backend_and_realtime_checks_the_certificate(pki: Any, tmp_path: Path) -> None:
+    """Over https and wss, the device talks only to a server its CA store vouches for.
+
+    Trusted (``SSL_CERT_FILE`` names the test CA): `hark say` gets a key and a spoken reply
+    through TLS. Not trusted (the system's store): `hark doctor` names the certificate
+    check and the clock as the thing to look at, and no key is sent anywhere.
+    """
+    from hark_sim import SimConfig, start_sim
+
+    tls = SimConfig(
+        api_key="sk-test-tls", realtime_factor=0, tls_certfile=pki.cert, tls_keyfile=pki.key
+    )
+    with start_sim(tls) as sim:
+        assert sim.ws_url.startswith("wss://127.0.0.1:")
+        path = _sim_config(sim, tmp_path)
+        trusted = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", SSL_CERT_FILE=str(pki.ca))
+        said = subprocess.run(
+            [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(path), "hi"],
+            env=trusted,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert said.returncode == 0, said.stderr
+        assert "hi" in said.stdout
+        assert len(sim.sessions) == 1
+        minted = len(sim.state.keys)
+
+        untrusted = {k: v for k, v in trusted.items() if not k.startswith("SSL_CERT_")}
+        result = hark("doctor", "--quiet", "--config", path, env=untrusted)
+        assert result.returncode == cli.EX_UNAVAILABLE
+        assert "FAIL backend" in result.stdout
+        assert "TLS certificate check failed" in result.stdout
+        assert "timedatectl" in result.stdout
+        assert len(sim.state.keys) == minted  # the token never left an unverified handshake
+
+
 async def test_sigterm_turns_the_led_off(sim: Any, tmp_path: Path) -> None:
     """The real wiring under the supervisor: the LED shows idle, and SIGTERM leaves it off."""
     import functools
