@@ -87,6 +87,22 @@ def _run_once(
     return ready_s, linked_s, rss
 
 
+LIBRARIES = (
+    "asyncio, ssl, numpy, soxr, pyaudio, websockets.asyncio.client, pydantic.main, webrtcvad, "
+    "systemd.daemon, systemd.journal, gpiozero, urllib.request"
+)
+"""What `hark run` imports from outside hark: the floor under its resident memory."""
+
+
+def _import_rss_mib(modules: str | None) -> float:
+    """VmRSS of a fresh interpreter after importing ``modules`` (None: nothing)."""
+    code = (f"import {modules}\n" if modules else "") + (
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout) / 1024
+
+
 def _compiled_copy(tmp: Path) -> Path:
     """A copy of the hark package with its bytecode written next to it, as a wheel installs
     it (first on PYTHONPATH, it shadows the editable checkout)."""
@@ -136,7 +152,9 @@ def main() -> None:
         )
         results = [_run_once(config, tmp, measure_rss=(i == RUNS - 1)) for i in range(RUNS)]
         compiled = {"PYTHONPATH": str(_compiled_copy(tmp))}
-        installed = [_run_once(config, tmp, False, compiled)[0] for _ in range(RUNS)]
+        installed_runs = [_run_once(config, tmp, i == RUNS - 1, compiled) for i in range(RUNS)]
+    installed = [r[0] for r in installed_runs]
+    installed_rss = installed_runs[-1][2]
     ready = [r[0] for r in results]
     linked = [r[1] for r in results]
     rss = results[-1][2]
@@ -154,6 +172,15 @@ def main() -> None:
     print(
         f"   hark run: idle VmRSS after {IDLE_S:.0f} s        {rss.get('VmRSS', 0):.1f} MiB "
         f"(anon {rss.get('RssAnon', 0):.1f}, file {rss.get('RssFile', 0):.1f}; target <= 50 MiB)"
+    )
+    print(
+        f"   hark run: idle VmRSS, bytecode        {installed_rss.get('VmRSS', 0):.1f} MiB "
+        f"(anon {installed_rss.get('RssAnon', 0):.1f}, file {installed_rss.get('RssFile', 0):.1f})"
+    )
+    bare, libraries = _import_rss_mib(None), _import_rss_mib(LIBRARIES)
+    print(
+        f"   floor: python alone {bare:.1f} MiB; + the libraries hark run imports "
+        f"(numpy, pydantic, websockets, gpiozero, ...; none of hark) {libraries:.1f} MiB"
     )
     print(
         f"   hark run: SIGTERM -> exit              median {statistics.median(stops):.3f} s, "
