@@ -105,6 +105,7 @@ class DeviceList:
 
 
 _alsa_handler: Any = None
+_jack_handler: Any = None
 _asound: ctypes.CDLL | bool | None = None
 _PORTAUDIO = threading.Lock()
 """Pa_Initialize/Pa_Terminate and stream open/close are not thread-safe: one at a time."""
@@ -123,10 +124,22 @@ def _libasound() -> ctypes.CDLL | None:
 
 
 def quiet_alsa() -> None:
-    """Silence libasound's probe chatter on stderr (it is not an error), unless debugging."""
-    global _alsa_handler
+    """Silence libasound's and JACK's probe chatter on stderr (not errors), unless debugging.
+
+    Debian's PortAudio links JACK, whose client library prints five lines to the journal
+    each time PortAudio starts and no JACK server runs (a device reopening after a
+    USB hiccup would repeat them). Its error and info hooks take a no-op, as ALSA's does.
+    """
+    global _alsa_handler, _jack_handler
     if _alsa_handler is not None or log.isEnabledFor(logging.DEBUG):
         return
+    try:
+        jack = ctypes.CDLL("libjack.so.0")  # already loaded with PortAudio, if it links it
+        _jack_handler = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(lambda _: None)
+        jack.jack_set_error_function(_jack_handler)
+        jack.jack_set_info_function(_jack_handler)
+    except (OSError, AttributeError):  # no JACK: nothing to silence
+        pass
     lib = _libasound()
     if lib is None:
         return

@@ -132,6 +132,7 @@ def probe(tmp_path: Path, capture: bytes, *args: str) -> dict[str, Any]:
     lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
     assert lines, f"probe failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     data: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    data["stderr"] = result.stderr
     return data
 
 
@@ -156,6 +157,13 @@ def test_portaudio_lists_the_file_pcms(capture24: tuple[dict[str, Any], bytes]) 
     assert {"filein", "default"} <= set(out["inputs"])
     assert {"fileout", "default"} <= set(out["outputs"])
     assert "inputs:" in out["listing"] and "Hz" in out["listing"]
+
+
+def test_portaudio_starts_without_chatter(capture24: tuple[dict[str, Any], bytes]) -> None:
+    """No JACK or ALSA probe noise reaches stderr (the journal) when PortAudio starts."""
+    out, _ = capture24
+    assert "jack" not in out["stderr"].lower()
+    assert "ALSA lib" not in out["stderr"]
 
 
 def test_devices_are_selected_by_name_index_or_default(
