@@ -154,17 +154,8 @@ def test_a_full_run_never_logs_tokens_or_keys(
     """Everything ``serve`` writes during a full run (debug level) holds no token or key."""
     upstream = sim_with_secret_key
     token = cli("device", "add", "kitchen", "--db", sqlite_url).stdout.strip().splitlines()[-1]
-    key_file = tmp_path / "openai-key"
-    key_file.write_text(upstream.api_key)
     log_path = tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hark_backend", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--db", sqlite_url, "--openai-base-url", upstream.base_url,
-             "--openai-key-file", str(key_file), "--log-level", "debug", "--rate-limit", "100/60"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+    proc = _serve(sqlite_url, upstream, log_path, "--log-level", "debug", "--rate-limit", "100/60")
     secrets_seen: list[str] = [token, upstream.api_key]
     try:
         port = _wait_for_port(log_path, proc)
@@ -209,6 +200,21 @@ def test_a_full_run_never_logs_tokens_or_keys(
         assert secret[8:30] not in log_text  # no fragment of it either
 
 
+def _serve(db_url: str, upstream: Any, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``hark-backend serve`` on an ephemeral port, its OpenAI key from a file, logging to
+    ``log_path`` (``OPENAI_API_KEY`` is not inherited: the file must be what counts)."""
+    key_file = log_path.with_name("openai-key")
+    key_file.write_text(upstream.api_key)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    with log_path.open("w") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hark_backend", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--db", db_url, "--openai-base-url", upstream.base_url,
+             "--openai-key-file", str(key_file), *extra],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+
 def _wait_for_port(log_path: Path, proc: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -243,19 +249,10 @@ def test_serve_over_tls_to_a_device(
     """``serve --ssl-certfile``: a device that trusts the CA gets a key over https."""
     from hark import keys
 
-    upstream = sim_with_secret_key
     token = cli("device", "add", "kitchen", "--db", sqlite_url).stdout.strip().splitlines()[-1]
-    key_file = tmp_path / "openai-key"
-    key_file.write_text(upstream.api_key)
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hark_backend", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--db", sqlite_url, "--openai-base-url", upstream.base_url,
-             "--openai-key-file", str(key_file),
-             "--ssl-certfile", str(pki.cert), "--ssl-keyfile", str(pki.key)],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    tls = ("--ssl-certfile", str(pki.cert), "--ssl-keyfile", str(pki.key))
+    proc = _serve(sqlite_url, sim_with_secret_key, log_path, *tls)
     try:
         port = _wait_for_port(log_path, proc)
         assert f"https://127.0.0.1:{port}" in log_path.read_text()

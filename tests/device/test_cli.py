@@ -394,19 +394,23 @@ def test_run_under_notify_socket_with_reload_and_stop(sim: Any, tmp_path: Path) 
     assert "reload refused" in output
 
 
-@pytest.mark.slow
-def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
-    """`hark say TEXT` sends a text turn, prints the reply, and `hark history` shows both."""
-    path = _sim_config(sim, tmp_path)
-    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
-    result = subprocess.run(
-        [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(path), "hi"],
+def _say_hi(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`hark say hi` with WAV-backed audio, as a person would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(config), "hi"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
+    """`hark say TEXT` sends a text turn, prints the reply, and `hark history` shows both."""
+    path = _sim_config(sim, tmp_path)
+    result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
     assert result.returncode == 0, result.stderr
     assert "hi" in result.stdout  # the parrot brain answers "You said: hi"
     history = hark("history", "--config", path)
@@ -500,14 +504,7 @@ def test_tls_to_backend_and_realtime_checks_the_certificate(pki: Any, tmp_path: 
         assert sim.ws_url.startswith("wss://127.0.0.1:")
         path = _sim_config(sim, tmp_path)
         trusted = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", SSL_CERT_FILE=str(pki.ca))
-        said = subprocess.run(
-            [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(path), "hi"],
-            env=trusted,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        said = _say_hi(path, trusted)
         assert said.returncode == 0, said.stderr
         assert "hi" in said.stdout
         assert len(sim.sessions) == 1
