@@ -20,13 +20,17 @@ from hark.pcm import resample
 from hark.testing import read_pcm, speech_wav
 
 from tests.audio_rig import alsa_file_env
-from tests.e2e.conftest import as_int16, committed_audio, match, sent_of, write_config
+from tests.e2e.conftest import as_int16, committed_audio, coverage, match, sent_of, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 def test_vad_turn_on_named_alsa_file_devices(sim: Any, tmp_path: Path) -> None:
-    """filein/fileout chosen by name: speech in the capture file comes back in the output file."""
+    """filein/fileout chosen by name: speech in the capture file comes back in the output file.
+
+    The reply may come out in pieces (an unpaced sink outruns a busy loop): it must
+    reproduce 90 % of the spoken audio's energy, each piece at correlation ≥ 0.9.
+    """
     spoken = read_pcm(speech_wav("what time is it", tmp_path / "q.wav", 48_000), 48_000)
     silence = bytes(48_000 * 2)
     capture = silence + spoken + silence * 3
@@ -53,7 +57,7 @@ def test_vad_turn_on_named_alsa_file_devices(sim: Any, tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             sessions = [s for s in list(sim.sessions) if sent_of(s, "input_audio_buffer.commit")]
-            if sessions and match(_audible(out), reference) >= 0.9:
+            if sessions and coverage(_audible(out), reference) >= 0.9:
                 break
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()[0]
@@ -68,19 +72,23 @@ def test_vad_turn_on_named_alsa_file_devices(sim: Any, tmp_path: Path) -> None:
     assert sessions, output
     turn = as_int16(committed_audio(sessions[0])[0])
     assert match(turn, as_int16(resample(spoken, 48_000, 24_000))) >= 0.9
-    assert match(_audible(out), reference) >= 0.9, output[-6000:]
+    assert coverage(_audible(out), reference) >= 0.9, output[-6000:]
 
 
 def _audible(out: Path) -> np.ndarray:
-    """The output file without its runs of digital silence.
+    """The output file from its first to its last non-zero sample.
 
-    An unpaced file PCM drains the jitter buffer faster than replies arrive, so the
-    reply may come out in pieces with exact zeros between them; what was played is
-    the pieces in order.
+    The unpaced file PCM writes silence as fast as it is asked (gigabytes in a minute):
+    the file is mapped, not read, and scanned a second of audio at a time.
     """
-    if not out.exists():
+    if not out.exists() or out.stat().st_size < 2:
         return np.zeros(0, np.int16)
-    data = out.read_bytes()
-    samples = np.frombuffer(data[: len(data) // 2 * 2], np.int16)
-    frames = samples[: len(samples) // 480 * 480].reshape(-1, 480)  # 10 ms at 48 kHz
-    return frames[np.any(frames != 0, axis=1)].reshape(-1)
+    samples = np.memmap(out, np.int16, mode="r", shape=(out.stat().st_size // 2,))
+    found = [
+        i + np.flatnonzero(samples[i : i + 48_000])
+        for i in range(0, len(samples), 48_000)
+        if samples[i : i + 48_000].any()
+    ]
+    if not found:
+        return np.zeros(0, np.int16)
+    return np.array(samples[found[0][0] : found[-1][-1] + 1])
