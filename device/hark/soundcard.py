@@ -324,18 +324,29 @@ def choose_format(
     )
 
 
-async def _off_loop(fn: Callable[[], T], timeout_s: float) -> T:
-    """Run blocking PortAudio work on a daemon thread; a wedged driver only costs a thread."""
+async def _off_loop(
+    fn: Callable[[], T], timeout_s: float, discard: Callable[[T], None] | None = None
+) -> T:
+    """Run blocking PortAudio work on a daemon thread; a wedged driver only costs a thread.
+
+    A result that arrives after the caller gave up (timed out, or cancelled) goes to
+    ``discard`` (on the loop, or on the thread once the loop is gone), so a stream
+    opened too late is closed instead of left running with the device held.
+    ``asyncio.timeout``, not ``wait_for``: Python 3.11's ``wait_for`` returns the
+    result and swallows a cancel that lands in the same loop pass, and the adapter
+    then ran on after it was told to stop.
+    """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[T] = loop.create_future()
 
     def settle(result: T | None, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)  # type: ignore[arg-type]
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
+        elif exc is None and discard is not None:
+            discard(result)  # type: ignore[arg-type]
 
     def runner() -> None:
         try:
@@ -344,11 +355,15 @@ async def _off_loop(fn: Callable[[], T], timeout_s: float) -> T:
             with contextlib.suppress(RuntimeError):  # the loop is gone; nobody is waiting
                 loop.call_soon_threadsafe(settle, None, exc)
             return
-        with contextlib.suppress(RuntimeError):
+        try:
             loop.call_soon_threadsafe(settle, result, None)
+        except RuntimeError:  # the loop is gone
+            if discard is not None:
+                discard(result)
 
     threading.Thread(target=runner, name="hark-audio-io", daemon=True).start()
-    return await asyncio.wait_for(fut, timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await fut
 
 
 # --------------------------------------------------------------------------- stream base
@@ -502,6 +517,15 @@ class _StreamAdapter:
             opened.stream.close()
         opened.pa.terminate()
 
+    def _abandoned(self, opened: _Opened) -> None:
+        """A stream whose open finished after ``run`` gave up on it: close it off the loop."""
+        if self._opened is not opened:
+            return  # ``_close`` took it already
+        self._opened = None
+        threading.Thread(
+            target=self._close_blocking, args=(opened,), name="hark-audio-io", daemon=True
+        ).start()
+
     async def _close(self) -> None:
         opened, self._opened = self._opened, None
         if opened is None:
@@ -546,7 +570,9 @@ class _StreamAdapter:
         try:
             while True:
                 try:
-                    opened = await _off_loop(self._open_blocking, self.open_timeout_s)
+                    opened = await _off_loop(
+                        self._open_blocking, self.open_timeout_s, self._abandoned
+                    )
                 except (OSError, LookupError, TimeoutError, ValueError) as exc:
                     message = str(exc) or type(exc).__name__
                     if not lost:
