@@ -64,7 +64,7 @@ class Recorder:
 
 
 async def settle_speaker(speaker: SoundcardSpeaker) -> None:
-    """PulseAudio's ALSA plugin stalls briefly after a stream starts; wait until it flows."""
+    """The rig's null sink renders in 2 s blocks at first (docs/audio.md); wait until it flows."""
     await until(lambda: speaker.frames_rendered > 48_000 // 2)
 
 

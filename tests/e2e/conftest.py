@@ -139,6 +139,19 @@ class Running:
     def of(self, name: str) -> list[Any]:
         return [e for _, e in self.events if type(e).__name__ == name]
 
+    async def mic_flowing(self, give_up: Callable[[], bool] = lambda: False) -> None:
+        """Wait until the capture stream (opened or reopened) has delivered two seconds.
+
+        The rig's microphone is a PulseAudio null sink's monitor, which renders in 2 s
+        blocks until a stream asks for less: a capture stream's first callback comes
+        ~1.8 s after it starts, and what was played into the sink meanwhile never
+        reaches it. A hardware-timed source (``module-sine-source``, an ALSA card) has
+        no such gap, so this is the rig's, not the product's: speak once it flows.
+        Push to talk posts no frames while idle, so count what the device delivered.
+        """
+        mic = self.app.mic  # frames_seen counts from the stream's latest (re)open
+        await until(lambda: mic.frames_seen >= 2 * (mic.opened_rate_hz or 48_000) or give_up())
+
     def press(self) -> None:
         self.factory.pin(BUTTON_PIN).drive_low()
 
@@ -171,14 +184,7 @@ async def running_daemon(path: Path, factory: Any) -> AsyncIterator[Running]:
         await until(lambda: any(m.startswith("STATUS=idle") for m in notes.messages) or task.done())
         if task.done():
             task.result()
-        # PulseAudio's ALSA plugin stalls a new capture stream for ~1.6 s and drops what
-        # was said meanwhile: start once two seconds of audio have been captured (push to
-        # talk posts no frames while idle, so count what the device delivered).
-        mic = daemon.app.mic
-        mark = mic.frames_seen
-        await until(
-            lambda: mic.frames_seen >= mark + 2 * (mic.opened_rate_hz or 48_000) or task.done()
-        )
+        await running.mic_flowing(lambda: task.done())
         yield running
     finally:
         daemon.shutdown()
@@ -226,8 +232,9 @@ def coverage(recorded: np.ndarray, reference: np.ndarray, *, gap: int = 480) -> 
     """Share of ``reference``'s energy that pieces of ``recorded`` reproduce (each ≥ 0.9).
 
     For sinks that play in pieces: an unpaced file PCM drains the jitter buffer faster
-    than a busy loop refills it, so a reply can come out as runs of audio split by exact
-    zeros (``gap`` or more samples), each faded in and out. Joining the runs shifts the
+    than a busy loop refills it, and a PulseAudio stream starved of CPU underruns (the
+    server plays silence meanwhile), so a reply can come out as runs of audio split by
+    exact zeros (``gap`` or more samples). Joining the runs shifts the
     later ones by a few ms and one correlation over the whole no longer measures the
     audio; each run is aligned on its own instead. Runs under 20 ms at 48 kHz are ignored.
     """

@@ -1,7 +1,9 @@
 """The whole daemon through a private PulseAudio at real time: button, vad, barge-in, loss.
 
 It must not assert wall-clock durations: it waits on events with generous timeouts and
-judges audio (correlation, audible extent) and the client events the sim received.
+judges audio and the client events the sim received. A reply is judged piece by piece
+(``coverage``): a speaker stream starved of CPU underruns, and PulseAudio plays silence
+in the gap, which shifts the rest of the reply.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tests.e2e.conftest import (
     LED_PIN,
     as_int16,
     committed_audio,
+    coverage,
     match,
     needs_pulse,
     running_daemon,
@@ -76,7 +79,7 @@ async def test_hold_to_talk_reply_matches_speech(
     assert missing_onset_ms(turn, spoken24) <= 30  # everything after the press was sent
     recorded, rate = read_wav_samples(recording.path)
     assert rate == 48_000
-    assert match(recorded, spoken48) >= 0.9
+    assert coverage(recorded, spoken48) >= 0.9
 
 
 async def test_vad_turn_opens_by_itself_with_preroll(
@@ -101,7 +104,7 @@ async def test_vad_turn_opens_by_itself_with_preroll(
     # Pre-roll: the committed turn starts no later than 30 ms into the speech's onset.
     assert missing_onset_ms(turn, spoken24) <= 30
     recorded, _ = read_wav_samples(recording.path)
-    assert match(recorded, as_int16(read_pcm(spoken, 48_000))) >= 0.9
+    assert coverage(recorded, as_int16(read_pcm(spoken, 48_000))) >= 0.9
 
 
 async def test_barge_in_truncates_at_what_was_heard(
@@ -213,7 +216,7 @@ async def test_devices_vanish_mid_turn_and_come_back(
             lambda: len(d.of("DeviceRestored")) >= len({e.device for e in d.of("DeviceLost")}), 60
         )
         await until(lambda: d.app.indicator.pattern != "error")
-        await asyncio.sleep(0.5)
+        await d.mic_flowing()
         finished = len([e for e in d.of("PlaybackStopped") if not e.interrupted])
         recording = rig.record_speaker(tmp_path / "out.wav")
         d.press()
@@ -227,4 +230,4 @@ async def test_devices_vanish_mid_turn_and_come_back(
         await asyncio.sleep(0.3)
         recording.stop()
     recorded, _ = read_wav_samples(recording.path)
-    assert match(recorded, as_int16(read_pcm(spoken, 48_000))) >= 0.9
+    assert coverage(recorded, as_int16(read_pcm(spoken, 48_000))) >= 0.9
