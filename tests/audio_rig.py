@@ -335,3 +335,45 @@ def audible_extent(
     if len(loud) == 0:
         return 0.0, 0.0
     return loud[0] / 100, (loud[-1] + 1) / 100
+
+
+def pieces(samples: np.ndarray, gap: int = 48, min_len: int = 960) -> list[tuple[int, int]]:
+    """(start, end) of the runs of ``samples`` split by ``gap`` or more exact zeros.
+
+    A sink that ran dry fills the gap with digital silence (PulseAudio after an
+    underrun; the file PCM between runs), which speech never contains. Runs shorter
+    than ``min_len`` samples are left out.
+    """
+    nonzero = np.flatnonzero(samples)
+    if len(nonzero) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(nonzero) > gap)
+    starts = np.r_[nonzero[0], nonzero[cuts + 1]]
+    ends = np.r_[nonzero[cuts], nonzero[-1]] + 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True) if b - a >= min_len]
+
+
+def place(piece: np.ndarray, reference: np.ndarray) -> tuple[int, float]:
+    """(where ``piece`` starts in ``reference``, correlation); either may overhang the other."""
+    pad = np.zeros(len(piece), dtype=np.int16)
+    lag, score = best_alignment(np.concatenate([pad, reference, pad]), piece)
+    return lag - len(pad), score
+
+
+def coverage(recorded: np.ndarray, reference: np.ndarray, *, gap: int = 480) -> float:
+    """Share of ``reference``'s energy that pieces of ``recorded`` reproduce (each ≥ 0.9).
+
+    For sinks that play in pieces: an unpaced file PCM drains the jitter buffer faster
+    than a busy loop refills it, and a PulseAudio stream starved of CPU underruns (the
+    server plays silence meanwhile), so a reply can come out as runs of audio split by
+    exact zeros (``gap`` or more samples). Joining the runs shifts the later ones and
+    one correlation over the whole no longer measures the audio; each run is aligned
+    on its own instead. Runs under 20 ms at 48 kHz are ignored.
+    """
+    ref = reference.astype(np.float64)
+    covered = np.zeros(len(ref), dtype=bool)
+    for start, end in pieces(recorded, gap):
+        at, score = place(recorded[start:end], reference)
+        if score >= 0.9:
+            covered[max(0, at) : max(0, at + end - start)] = True
+    return float((ref[covered] ** 2).sum() / ((ref**2).sum() or 1.0))

@@ -19,7 +19,13 @@ from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav
 from hark.vadgate import VadGate
 
-from tests.audio_rig import PulseRig, best_alignment, pulse_available, read_wav_samples
+from tests.audio_rig import (
+    PulseRig,
+    coverage,
+    pieces,
+    pulse_available,
+    read_wav_samples,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -158,8 +164,8 @@ async def test_reply_played_matches_recording(rig: PulseRig, tmp_path: Path) -> 
     assert stopped == [PlaybackStopped("item_1", len(pcm) // 48, interrupted=False)]
     recorded, rate = read_wav_samples(recording.path)
     expected = np.frombuffer(resample(pcm, 24_000, rate), np.int16)
-    _, corr = best_alignment(recorded, expected)
-    assert corr >= 0.9
+    # Piece by piece: a stream starved of CPU underruns and PulseAudio plays silence.
+    assert coverage(recorded, expected, gap=48) >= 0.9
 
 
 async def test_barge_in_played_ms_matches_the_recording(rig: PulseRig, tmp_path: Path) -> None:
@@ -187,7 +193,10 @@ async def test_barge_in_played_ms_matches_the_recording(rig: PulseRig, tmp_path:
     assert stopped.item_id == "item_2"
     recorded, rate = read_wav_samples(recording.path)
     loud = np.flatnonzero(np.abs(recorded.astype(int)) > 30)
-    heard_ms = (loud[-1] - loud[0] + 1) * 1000 / rate
+    # What was heard is the tone's samples, not underrun gaps (exact zeros ≥ 1 ms).
+    span = recorded[loud[0] : loud[-1] + 1]
+    heard = sum(b - a for a, b in pieces(span, gap=48, min_len=1))
+    heard_ms = heard * 1000 / rate
     print("barge-in: played_ms", stopped.played_ms, "recording", round(heard_ms, 1))
     assert abs(stopped.played_ms - heard_ms) <= 40
 

@@ -226,35 +226,3 @@ def match(recorded: np.ndarray, reference: np.ndarray) -> float:
 
     pad = np.zeros(len(reference), dtype=np.int16)
     return best_alignment(np.concatenate([pad, recorded, pad]), reference)[1]
-
-
-def coverage(recorded: np.ndarray, reference: np.ndarray, *, gap: int = 480) -> float:
-    """Share of ``reference``'s energy that pieces of ``recorded`` reproduce (each ≥ 0.9).
-
-    For sinks that play in pieces: an unpaced file PCM drains the jitter buffer faster
-    than a busy loop refills it, and a PulseAudio stream starved of CPU underruns (the
-    server plays silence meanwhile), so a reply can come out as runs of audio split by
-    exact zeros (``gap`` or more samples). Joining the runs shifts the
-    later ones by a few ms and one correlation over the whole no longer measures the
-    audio; each run is aligned on its own instead. Runs under 20 ms at 48 kHz are ignored.
-    """
-    from tests.audio_rig import best_alignment
-
-    ref = reference.astype(np.float64)
-    covered = np.zeros(len(ref), dtype=bool)
-    pad = np.zeros(len(reference), dtype=np.int16)
-    padded = np.concatenate([pad, reference, pad])
-    nonzero = np.flatnonzero(recorded)
-    if len(nonzero) == 0:
-        return 0.0
-    cuts = np.flatnonzero(np.diff(nonzero) > gap)
-    starts = np.r_[nonzero[0], nonzero[cuts + 1]]
-    ends = np.r_[nonzero[cuts], nonzero[-1]] + 1
-    for start, end in zip(starts, ends, strict=True):
-        piece = recorded[start:end]
-        if len(piece) < 960 or len(piece) > len(padded):
-            continue
-        lag, score = best_alignment(padded, piece)
-        if score >= 0.9:
-            covered[max(0, lag - len(ref)) : max(0, lag - len(ref) + len(piece))] = True
-    return float((ref[covered] ** 2).sum() / ((ref**2).sum() or 1.0))

@@ -19,8 +19,8 @@ import pytest
 from hark.pcm import resample
 from hark.testing import read_pcm, speech_wav
 
-from tests.audio_rig import alsa_file_env
-from tests.e2e.conftest import as_int16, committed_audio, coverage, match, sent_of, write_config
+from tests.audio_rig import alsa_file_env, coverage
+from tests.e2e.conftest import as_int16, committed_audio, match, sent_of, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
