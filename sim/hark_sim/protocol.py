@@ -134,8 +134,11 @@ def deep_merge(base: JSON, update: JSON) -> JSON:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            if key == "turn_detection" and value.get("type") != out[key].get("type"):
-                out[key] = _fresh_turn_detection(value)
+            if "type" in value and value["type"] != out[key].get("type"):
+                # Another member of a tagged union (a format, a turn detection):
+                # nothing of the old one carries over.
+                fresh = key == "turn_detection"
+                out[key] = _fresh_turn_detection(value) if fresh else copy.deepcopy(value)
             else:
                 out[key] = deep_merge(out[key], value)
         elif key == "turn_detection" and isinstance(value, dict):

@@ -22,12 +22,14 @@ class ProtocolError(Exception):
         code: str | None,
         param: str | None = None,
         close_code: int | None = None,
+        event_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
         self.close_code = close_code
+        self.event_id = event_id  # the failing client event's, when it is known here
 
 
 _JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string"}

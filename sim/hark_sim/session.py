@@ -179,6 +179,19 @@ class RealtimeSession(TurnsMixin):
             raise ProtocolError(
                 "Invalid 'audio': not valid base64.", "invalid_value", "audio"
             ) from exc
+        if len(pcm) % 2 and self.input_format() == "audio/pcm":
+            # UNCONFIRMED what the real server does with half a PCM16 sample (no capture
+            # shows it). This is the closest documented answer: the error OpenAI gave for
+            # audio it could not take ("Expected base64-encoded audio bytes (mono PCM16 at
+            # 24kHz) but got an invalid value", Azure-Samples/aoai-realtime-audio-sdk#95),
+            # non-fatal, and nothing of the event is appended.
+            raise ProtocolError(
+                "Invalid 'audio'. Expected base64-encoded audio bytes (mono PCM16 at 24kHz) "
+                f"but got an invalid value: {len(pcm)} bytes is not a whole number of "
+                "16-bit samples.",
+                "invalid_value",
+                "audio",
+            )
         await self.append_audio(pcm)
 
     async def on_input_audio_buffer_commit(self, event: JSON) -> None:
