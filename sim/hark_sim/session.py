@@ -148,6 +148,7 @@ class RealtimeSession(TurnsMixin):
             raise ProtocolError(
                 "Missing required parameter: 'session'.", "missing_required_parameter", "session"
             )
+        self._refuse_unknown_fields(session)
         check_session(session)
         if "model" in session and session["model"] != self.config["model"]:
             raise ProtocolError(
@@ -164,6 +165,21 @@ class RealtimeSession(TurnsMixin):
         self.config = protocol.deep_merge(self.config, update)
         self.reconfigure_turns()
         self.out.put({"type": "session.updated", "session": copy.deepcopy(self.config)})
+
+    def _refuse_unknown_fields(self, session: Any) -> None:
+        """The ``unknown_session_fields`` fault: fields this server pretends not to know."""
+        for dotted in sorted(self.sim.faults.unknown_session_fields):
+            node = session
+            for key in dotted.split("."):
+                if not isinstance(node, dict) or key not in node:
+                    break
+                node = node[key]
+            else:
+                raise ProtocolError(
+                    f"Unknown parameter: 'session.{dotted}'.",
+                    "unknown_parameter",
+                    f"session.{dotted}",
+                )
 
     # ---- input audio buffer ---------------------------------------------------------
 

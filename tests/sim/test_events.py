@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from hark_sim import SimHandle, audio
 
 from tests.sim.helpers import MANUAL_TURNS, audio_of, b64, connect, manual_turn, types_of
@@ -75,12 +76,35 @@ async def test_session_type_and_rate_are_checked(sim: SimHandle) -> None:
         assert err["param"] == "session.audio.input.format.rate"
 
 
-async def test_beta_session_shape_is_fatal(sim: SimHandle) -> None:
-    """A beta session field (top-level voice) gets beta_api_shape_disabled and close 4000."""
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("modalities", ["audio", "text"]),
+        ("turn_detection", {"type": "server_vad"}),
+        ("input_audio_format", "pcm16"),
+        ("voice", "alloy"),
+    ],
+)
+async def test_beta_session_fields_are_unknown_parameters(
+    sim: SimHandle, field: str, value: object
+) -> None:
+    """A beta-era session field is unknown_parameter naming it, as GA answers; the socket stays.
+
+    Close 4000 is for the OpenAI-Beta header (see test_handshake), not for a field.
+    """
     async with connect(sim) as c:
-        await c.send({"type": "session.update", "session": {"type": "realtime", "voice": "alloy"}})
-        assert (await c.error())["code"] == "beta_api_shape_disabled"
-        assert await c.close_code() == 4000
+        session = {"type": "realtime", "instructions": "changed", field: value}
+        await c.send({"type": "session.update", "event_id": "beta", "session": session})
+        err = await c.error()
+        assert err["code"] == "unknown_parameter"
+        assert err["param"] == f"session.{field}"
+        assert err["message"] == f"Unknown parameter: 'session.{field}'."
+        assert err["event_id"] == "beta"
+        await c.send({"type": "session.update", "session": {"type": "realtime"}})
+        updated = (await c.until("session.updated"))[-1]["session"]
+        assert updated["instructions"] != "changed"  # the whole update was discarded
+    assert sim.sessions[0].wait_closed()
+    assert sim.sessions[0].closed_code == 1000  # closed by the client, not the server
 
 
 async def test_bad_frames_are_not_fatal(sim: SimHandle) -> None:
