@@ -21,9 +21,11 @@ DEFAULT_INSTRUCTIONS = (
     "(This is hark_sim, an offline stand-in; it does not understand you.)"
 )
 
-# The client event types the GA server accepts (its own invalid_value message lists them).
+# The client event types the GA server accepts (its own invalid_value message lists them;
+# it also lists session.input_audio_buffer.append, which only translation sessions use).
 CLIENT_EVENT_TYPES = (
     "session.update",
+    "session.close",
     "input_audio_buffer.append",
     "input_audio_buffer.commit",
     "input_audio_buffer.clear",

@@ -35,6 +35,7 @@ MIN_COMMIT_MS = 100
 # Top-level fields each client event may carry besides ``type`` and ``event_id``.
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "session.update": frozenset({"session"}),
+    "session.close": frozenset(),
     "input_audio_buffer.append": frozenset({"audio"}),
     "input_audio_buffer.commit": frozenset(),
     "input_audio_buffer.clear": frozenset(),
@@ -99,7 +100,7 @@ class RealtimeSession(TurnsMixin):
 
     def on_audio_written(self, item_id: str, pcm: bytes) -> None:
         item = self.find(item_id)
-        if item is not None:
+        if item is not None and not item.cut:
             item.audio += pcm
         self.spoke = True
 
@@ -165,6 +166,21 @@ class RealtimeSession(TurnsMixin):
         self.config = protocol.deep_merge(self.config, update)
         self.reconfigure_turns()
         self.out.put({"type": "session.updated", "session": copy.deepcopy(self.config)})
+
+    async def on_session_close(self, event: JSON) -> None:
+        """End the session gracefully: the reply in flight finishes, then close 1000.
+
+        openai documents ``session.close`` only for translation sessions ("flushes pending
+        input audio and emits any remaining output before closing the session"), yet the
+        GA realtime server lists it among the types it accepts. What it does for a realtime
+        session is UNCONFIRMED; this follows the documented meaning. No ``session.closed``
+        is sent: that event exists only in the translation server events.
+        """
+        task = self._response_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        log.info("session %s: closed by session.close", self.record.id)
+        self.closing = (1000, "session.close")
 
     def _refuse_unknown_fields(self, session: Any) -> None:
         """The ``unknown_session_fields`` fault: fields this server pretends not to know."""
@@ -327,6 +343,7 @@ class RealtimeSession(TurnsMixin):
                 "audio_end_ms",
             )
         item.audio = item.audio[: end_ms * audio.BYTES_PER_MS]
+        item.cut = True
         content[event["content_index"]]["transcript"] = ""
         self.out.put(
             {
