@@ -179,11 +179,27 @@ def usage(
     }
 
 
+def transcription_usage(model: str, audio_ms: int, transcript: str) -> JSON:
+    """Input transcription usage: whisper-1 is billed by duration, the gpt-4o transcribe
+    models in tokens (captured: ``{"type": "tokens", ...}`` from gpt-4o-mini-transcribe)."""
+    if model == "whisper-1":
+        return {"type": "duration", "seconds": round(audio_ms / 1000, 3)}
+    audio_tokens = max(1, audio_ms // 100)
+    text_tokens = max(1, len(transcript) // 4)
+    return {
+        "type": "tokens",
+        "total_tokens": audio_tokens + text_tokens,
+        "input_tokens": audio_tokens,
+        "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+        "output_tokens": text_tokens,
+    }
+
+
 def rate_limits_event(tokens_used: int) -> JSON:
+    """As captured: one limit, ``tokens`` (the SDK also allows ``requests``; never seen)."""
     return {
         "type": "rate_limits.updated",
         "rate_limits": [
-            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
             {
                 "name": "tokens",
                 "limit": 40000,

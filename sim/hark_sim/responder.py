@@ -166,7 +166,6 @@ class ResponseRun:
             "status": "in_progress",
             "role": "assistant",
             "content": [],
-            "object": "realtime.item",
         }
         conv = ConvItem(item)
         previous = self._begin_item(index, conv)
@@ -253,7 +252,6 @@ class ResponseRun:
             "name": call.name,
             "call_id": call_id,
             "arguments": "",
-            "object": "realtime.item",
         }
         previous = self._begin_item(index, ConvItem(item))
         ids = {**self._ids(item_id, index), "call_id": call_id}

@@ -262,7 +262,7 @@ class RealtimeSession(TurnsMixin):
                 "previous_item_id",
             )
         item.setdefault("id", new_id("item"))
-        item["object"] = "realtime.item"
+        item.pop("object", None)  # GA items come back without it (captured traffic)
         item["status"] = "completed"
         pcm = b""
         for part in item.get("content", []) or []:
