@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -22,7 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hark_sim import protocol
+from hark_sim import jsonin, protocol
 from hark_sim.brains import make_brain
 from hark_sim.config import KNOWN_MODELS, SimConfig
 from hark_sim.outbox import Link, Outbox, SessionRecord
@@ -79,9 +78,9 @@ async def client_secrets(request: Request) -> JSONResponse:
         return _fail(400, protocol.BETA_MESSAGE, "beta_api_shape_disabled")
     raw = await request.body()
     try:
-        body: Any = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        return _fail(400, "We could not parse the JSON body of your request.", "invalid_json")
+        body: Any = jsonin.parse(raw) if raw.strip() else {}
+    except ProtocolError as err:
+        return _fail(400, err.message, err.code, err.param)
     if not isinstance(body, dict):
         return _fail(400, "Invalid body: expected a JSON object.", "invalid_type")
     if BETA_SESSION_FIELDS & set(body) or {"model", "instructions"} & set(body):
@@ -274,11 +273,9 @@ async def _receive_loop(ws: WebSocket, session: RealtimeSession, record: Session
             )
             continue
         try:
-            event = json.loads(text)
-        except ValueError:
-            session.out.put(
-                error_event("Invalid JSON: the message could not be parsed.", "invalid_json")
-            )
+            event = jsonin.parse(text, "Invalid JSON: the message could not be parsed.")
+        except ProtocolError as err:
+            session.emit_error(err, err.event_id)
             continue
         record.received.append(event)
         await session.handle(event)

@@ -57,6 +57,8 @@ class ConvItem:
 
     data: dict[str, Any]
     audio: bytes = b""
+    # Truncated by the client: audio a still-streaming reply sends later is not kept.
+    cut: bool = False
 
 
 class Brain(Protocol):

@@ -47,6 +47,11 @@ class Faults:
       and right before every ``response.created``.
     - ``unknown_events``: write one event of an unknown type (``sim.unknown_event``) at
       the same two points.
+    - ``unknown_session_fields``: dotted paths under ``session`` (``"tool_choice"``,
+      ``"audio.input.noise_reduction"``) this server does not know, like one that has
+      dropped or not yet shipped a field: a ``session.update`` carrying one is refused
+      whole with ``unknown_parameter`` naming it (``session.tool_choice``), the socket
+      stays open and the session keeps its previous config.
 
     ``SimHandle.drop_connections()`` drops every open connection at once, at any time.
     """
@@ -57,6 +62,7 @@ class Faults:
     stall_after_audio_deltas: int | None = None
     malformed_json: bool = False
     unknown_events: bool = False
+    unknown_session_fields: set[str] = field(default_factory=set)
 
 
 @dataclass

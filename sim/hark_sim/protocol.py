@@ -21,9 +21,11 @@ DEFAULT_INSTRUCTIONS = (
     "(This is hark_sim, an offline stand-in; it does not understand you.)"
 )
 
-# The client event types the GA server accepts (its own invalid_value message lists them).
+# The client event types the GA server accepts (its own invalid_value message lists them;
+# it also lists session.input_audio_buffer.append, which only translation sessions use).
 CLIENT_EVENT_TYPES = (
     "session.update",
+    "session.close",
     "input_audio_buffer.append",
     "input_audio_buffer.commit",
     "input_audio_buffer.clear",
@@ -134,8 +136,11 @@ def deep_merge(base: JSON, update: JSON) -> JSON:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            if key == "turn_detection" and value.get("type") != out[key].get("type"):
-                out[key] = _fresh_turn_detection(value)
+            if "type" in value and value["type"] != out[key].get("type"):
+                # Another member of a tagged union (a format, a turn detection):
+                # nothing of the old one carries over.
+                fresh = key == "turn_detection"
+                out[key] = _fresh_turn_detection(value) if fresh else copy.deepcopy(value)
             else:
                 out[key] = deep_merge(out[key], value)
         elif key == "turn_detection" and isinstance(value, dict):
@@ -174,11 +179,27 @@ def usage(
     }
 
 
+def transcription_usage(model: str, audio_ms: int, transcript: str) -> JSON:
+    """Input transcription usage: whisper-1 is billed by duration, the gpt-4o transcribe
+    models in tokens (captured: ``{"type": "tokens", ...}`` from gpt-4o-mini-transcribe)."""
+    if model == "whisper-1":
+        return {"type": "duration", "seconds": round(audio_ms / 1000, 3)}
+    audio_tokens = max(1, audio_ms // 100)
+    text_tokens = max(1, len(transcript) // 4)
+    return {
+        "type": "tokens",
+        "total_tokens": audio_tokens + text_tokens,
+        "input_tokens": audio_tokens,
+        "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+        "output_tokens": text_tokens,
+    }
+
+
 def rate_limits_event(tokens_used: int) -> JSON:
+    """As captured: one limit, ``tokens`` (the SDK also allows ``requests``; never seen)."""
     return {
         "type": "rate_limits.updated",
         "rate_limits": [
-            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
             {
                 "name": "tokens",
                 "limit": 40000,

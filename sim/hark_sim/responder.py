@@ -114,7 +114,8 @@ class ResponseRun:
     def _ids(self, item_id: str, index: int) -> JSON:
         return {"response_id": self.id, "item_id": item_id, "output_index": index}
 
-    def _begin_item(self, index: int, item: JSON) -> str | None:
+    def _begin_item(self, index: int, conv: ConvItem) -> str | None:
+        item = conv.data
         self.out.put(
             {
                 "type": "response.output_item.added",
@@ -123,7 +124,7 @@ class ResponseRun:
                 "item": protocol.public_item(item),
             }
         )
-        previous = self._add_item(ConvItem(item)) if self.setup.conversation_id else None
+        previous = self._add_item(conv) if self.setup.conversation_id else None
         if self.setup.conversation_id:
             self.out.put(
                 {
@@ -165,34 +166,40 @@ class ResponseRun:
             "status": "in_progress",
             "role": "assistant",
             "content": [],
-            "object": "realtime.item",
         }
-        previous = self._begin_item(index, item)
+        conv = ConvItem(item)
+        previous = self._begin_item(index, conv)
         ids = {**self._ids(item_id, index), "content_index": 0}
-        empty_part = (
-            {"type": "text", "text": ""} if text_only else {"type": "audio", "transcript": ""}
-        )
+        key = "text" if text_only else "transcript"
+        empty_part = {"type": "text" if text_only else "audio", key: ""}
         self.out.put({"type": "response.content_part.added", **ids, "part": empty_part})
-        said = await self._stream(ids, speech.text, pcm, text_only)
+        # The item holds its content part from here on and the text as it streams, so a
+        # client may truncate it mid-reply (the Agents SDK's interrupt() does).
+        content: JSON = {"type": "output_text" if text_only else "output_audio", key: ""}
+        item["content"] = [content]
+        said = await self._stream(ids, speech.text, pcm, text_only, content, conv)
         self.output_chars += len(said)
         if text_only:
             self.out.put({"type": "response.output_text.done", **ids, "text": said})
-            part: JSON = {"type": "text", "text": said}
-            content: JSON = {"type": "output_text", "text": said}
         else:
             self.out.put({"type": "response.output_audio.done", **ids})
             self.out.put(
                 {"type": "response.output_audio_transcript.done", **ids, "transcript": said}
             )
-            part = {"type": "audio", "transcript": said}
-            content = {"type": "output_audio", "transcript": said}
+        part = {**empty_part, key: said}
         self.out.put({"type": "response.content_part.done", **ids, "part": part})
-        item["content"] = [content]
+        if not conv.cut:
+            content[key] = said
         item["status"] = "completed" if self.cancel_reason is None else "incomplete"
         self._end_item(index, item, previous)
 
-    async def _stream(self, ids: JSON, text: str, pcm: bytes, text_only: bool) -> str:
-        """Interleave transcript (or text) deltas with paced audio deltas; returns text sent."""
+    async def _stream(
+        self, ids: JSON, text: str, pcm: bytes, text_only: bool, content: JSON, conv: ConvItem
+    ) -> str:
+        """Interleave transcript (or text) deltas with paced audio deltas; returns text sent.
+
+        ``content`` (the item's part) follows the text until the client cuts ``conv``.
+        """
         chunk_bytes = max(2, self.sim.audio_chunk_ms * audio.BYTES_PER_MS)
         words = [w + " " for w in text.split(" ")]
         words[-1] = words[-1][:-1]
@@ -220,6 +227,8 @@ class ResponseRun:
             sent_words = upto
             if delta:
                 said += delta
+                if not conv.cut:
+                    content["text" if text_only else "transcript"] = said
                 self.out.put({"type": delta_type, **ids, "delta": delta})
             chunk = pcm[i * chunk_bytes : (i + 1) * chunk_bytes]
             if chunk:
@@ -243,9 +252,8 @@ class ResponseRun:
             "name": call.name,
             "call_id": call_id,
             "arguments": "",
-            "object": "realtime.item",
         }
-        previous = self._begin_item(index, item)
+        previous = self._begin_item(index, ConvItem(item))
         ids = {**self._ids(item_id, index), "call_id": call_id}
         step = max(1, len(call.arguments) // 3)
         for i in range(0, len(call.arguments), step):

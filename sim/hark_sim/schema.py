@@ -22,12 +22,14 @@ class ProtocolError(Exception):
         code: str | None,
         param: str | None = None,
         close_code: int | None = None,
+        event_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
         self.close_code = close_code
+        self.event_id = event_id  # the failing client event's, when it is known here
 
 
 _JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a decimal", str: "a string"}
@@ -282,7 +284,10 @@ SESSION = Obj(
     required=("type",),
 )
 
-# Fields only the retired beta shape had, anywhere at the top of ``session``.
+# Fields only the retired beta shape had at the top of ``session``. In a GA
+# ``session.update`` they are just unknown parameters (``unknown_parameter`` naming
+# ``session.<field>``, non-fatal); only ``client_secrets`` bodies shaped like the beta
+# ``/v1/realtime/sessions`` request (these fields at the top level) are refused as beta.
 BETA_SESSION_FIELDS = frozenset(
     {
         "modalities",
@@ -310,8 +315,6 @@ def check_max_output_tokens(value: Any, path: str) -> None:
 
 def check_session(session: Any, path: str = "session") -> None:
     """Raise ``ProtocolError`` unless ``session`` is a valid GA realtime session config."""
-    if isinstance(session, Mapping) and BETA_SESSION_FIELDS & set(session):
-        raise beta_error()
     SESSION.check(session, path)
     if "max_output_tokens" in session:
         check_max_output_tokens(session["max_output_tokens"], f"{path}.max_output_tokens")

@@ -35,6 +35,7 @@ MIN_COMMIT_MS = 100
 # Top-level fields each client event may carry besides ``type`` and ``event_id``.
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "session.update": frozenset({"session"}),
+    "session.close": frozenset(),
     "input_audio_buffer.append": frozenset({"audio"}),
     "input_audio_buffer.commit": frozenset(),
     "input_audio_buffer.clear": frozenset(),
@@ -99,7 +100,7 @@ class RealtimeSession(TurnsMixin):
 
     def on_audio_written(self, item_id: str, pcm: bytes) -> None:
         item = self.find(item_id)
-        if item is not None:
+        if item is not None and not item.cut:
             item.audio += pcm
         self.spoke = True
 
@@ -148,6 +149,7 @@ class RealtimeSession(TurnsMixin):
             raise ProtocolError(
                 "Missing required parameter: 'session'.", "missing_required_parameter", "session"
             )
+        self._refuse_unknown_fields(session)
         check_session(session)
         if "model" in session and session["model"] != self.config["model"]:
             raise ProtocolError(
@@ -165,6 +167,36 @@ class RealtimeSession(TurnsMixin):
         self.reconfigure_turns()
         self.out.put({"type": "session.updated", "session": copy.deepcopy(self.config)})
 
+    async def on_session_close(self, event: JSON) -> None:
+        """End the session gracefully: the reply in flight finishes, then close 1000.
+
+        openai documents ``session.close`` only for translation sessions ("flushes pending
+        input audio and emits any remaining output before closing the session"), yet the
+        GA realtime server lists it among the types it accepts. What it does for a realtime
+        session is UNCONFIRMED; this follows the documented meaning. No ``session.closed``
+        is sent: that event exists only in the translation server events.
+        """
+        task = self._response_task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        log.info("session %s: closed by session.close", self.record.id)
+        self.closing = (1000, "session.close")
+
+    def _refuse_unknown_fields(self, session: Any) -> None:
+        """The ``unknown_session_fields`` fault: fields this server pretends not to know."""
+        for dotted in sorted(self.sim.faults.unknown_session_fields):
+            node = session
+            for key in dotted.split("."):
+                if not isinstance(node, dict) or key not in node:
+                    break
+                node = node[key]
+            else:
+                raise ProtocolError(
+                    f"Unknown parameter: 'session.{dotted}'.",
+                    "unknown_parameter",
+                    f"session.{dotted}",
+                )
+
     # ---- input audio buffer ---------------------------------------------------------
 
     async def on_input_audio_buffer_append(self, event: JSON) -> None:
@@ -179,6 +211,19 @@ class RealtimeSession(TurnsMixin):
             raise ProtocolError(
                 "Invalid 'audio': not valid base64.", "invalid_value", "audio"
             ) from exc
+        if len(pcm) % 2 and self.input_format() == "audio/pcm":
+            # UNCONFIRMED what the real server does with half a PCM16 sample (no capture
+            # shows it). This is the closest documented answer: the error OpenAI gave for
+            # audio it could not take ("Expected base64-encoded audio bytes (mono PCM16 at
+            # 24kHz) but got an invalid value", Azure-Samples/aoai-realtime-audio-sdk#95),
+            # non-fatal, and nothing of the event is appended.
+            raise ProtocolError(
+                "Invalid 'audio'. Expected base64-encoded audio bytes (mono PCM16 at 24kHz) "
+                f"but got an invalid value: {len(pcm)} bytes is not a whole number of "
+                "16-bit samples.",
+                "invalid_value",
+                "audio",
+            )
         await self.append_audio(pcm)
 
     async def on_input_audio_buffer_commit(self, event: JSON) -> None:
@@ -217,7 +262,7 @@ class RealtimeSession(TurnsMixin):
                 "previous_item_id",
             )
         item.setdefault("id", new_id("item"))
-        item["object"] = "realtime.item"
+        item.pop("object", None)  # GA items come back without it (captured traffic)
         item["status"] = "completed"
         pcm = b""
         for part in item.get("content", []) or []:
@@ -298,6 +343,7 @@ class RealtimeSession(TurnsMixin):
                 "audio_end_ms",
             )
         item.audio = item.audio[: end_ms * audio.BYTES_PER_MS]
+        item.cut = True
         content[event["content_index"]]["transcript"] = ""
         self.out.put(
             {

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from typing import Any
 
-from hark_sim import audio
+from hark_sim import audio, protocol
 from hark_sim.brains import ConvItem
 from hark_sim.outbox import Outbox, SessionRecord
 from hark_sim.protocol import JSON, new_id
@@ -125,7 +125,6 @@ class TurnsMixin:
             "status": "completed",
             "role": "user",
             "content": [{"type": "input_audio", "transcript": None}],
-            "object": "realtime.item",
         }
         previous = self.add_item(ConvItem(item, pcm))
         self.out.put(
@@ -141,7 +140,8 @@ class TurnsMixin:
         self.out.put({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
         seconds = len(pcm) / audio.BYTES_PER_MS / 1000
         log.info("session %s: user turn committed (%.2f s)", self.record.id, seconds)
-        if self.config["audio"]["input"].get("transcription"):
+        transcription = self.config["audio"]["input"].get("transcription")
+        if transcription:
             text = f"({seconds:.2f} seconds of audio)"
             ids: dict[str, Any] = {"item_id": item_id, "content_index": 0}
             self.out.put(
@@ -152,7 +152,9 @@ class TurnsMixin:
                     "type": "conversation.item.input_audio_transcription.completed",
                     **ids,
                     "transcript": text,
-                    "usage": {"type": "duration", "seconds": round(seconds, 3)},
+                    "usage": protocol.transcription_usage(
+                        str(transcription.get("model") or ""), len(pcm) // audio.BYTES_PER_MS, text
+                    ),
                 }
             )
 

@@ -57,12 +57,35 @@ def undeclared_fields(event_type: str, model: BaseModel) -> list[str]:
     ]
 
 
+def unlike_captures(event: dict[str, Any]) -> list[str]:
+    """Where ``event`` differs from real GA traffic in ways openai's models allow.
+
+    The models declare ``object`` on items and any rate-limit ``name``; the captures in
+    the protocol notes show items without ``object`` and one rate limit, ``tokens``.
+    """
+    found: list[str] = []
+    response = event.get("response")
+    items = [event.get("item")]
+    if isinstance(response, dict):
+        items += list(response.get("output") or [])
+    for item in items:
+        if isinstance(item, dict) and "object" in item:
+            found.append(f"an item with object={item['object']!r}")
+    names = [limit.get("name") for limit in event.get("rate_limits") or []]
+    if event["type"] == "rate_limits.updated" and names != ["tokens"]:
+        found.append(f"rate limits {names}, not ['tokens']")
+    return found
+
+
 def check_server_event(event: dict[str, Any]) -> None:
-    """Fail unless ``event`` is a valid GA server event with no undeclared fields."""
+    """Fail unless ``event`` is a valid GA server event with no undeclared fields,
+    shaped like real traffic."""
     model = SERVER_EVENT.validate_python(event)
     extra = undeclared_fields(event["type"], model)
     assert not extra, f"{event['type']} has undeclared fields {extra}"
     assert str(event["event_id"]).startswith("event_")
+    unlike = unlike_captures(event)
+    assert not unlike, f"{event['type']} is unlike real traffic: {unlike}"
 
 
 def check_client_secret(body: dict[str, Any]) -> None:

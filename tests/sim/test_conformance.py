@@ -13,6 +13,7 @@ from hark_sim import SimHandle, audio
 
 from tests.sim.helpers import (
     MANUAL_TURNS,
+    b64,
     check_client_secret,
     check_server_event,
     connect,
@@ -125,3 +126,92 @@ async def test_session_created_shape(sim: SimHandle) -> None:
     assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert 3500 < session["expires_at"] - sim.sessions[0].started_at <= 3601
+
+
+def test_validator_rejects_shapes_real_traffic_lacks() -> None:
+    """Items with object and a requests rate limit pass openai's models but not the captures."""
+    item = {
+        "id": "item_1",
+        "type": "message",
+        "role": "user",
+        "content": [],
+        "object": "realtime.item",
+    }
+    added = {"type": "conversation.item.added", "event_id": "event_1", "item": item}
+    with pytest.raises(AssertionError, match="object"):
+        check_server_event(added)
+    limits = {
+        "type": "rate_limits.updated",
+        "event_id": "event_2",
+        "rate_limits": [
+            {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.01},
+            {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
+        ],
+    }
+    with pytest.raises(AssertionError, match="requests"):
+        check_server_event(limits)
+
+
+async def test_turn_shapes_match_real_traffic(sim: SimHandle) -> None:
+    """Every item of a turn comes without object; rate_limits.updated carries tokens only."""
+    async with connect(sim) as c:
+        await c.send({"type": "session.update", "session": MANUAL_TURNS})
+        await c.until("session.updated")
+        await c.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "object": "realtime.item",  # clients may send it; it is not echoed
+                    "content": [{"type": "input_text", "text": "hi"}],
+                },
+            }
+        )
+        events = await manual_turn(c, audio.tone(300))
+        events += await c.until("rate_limits.updated")
+        item_id = events[-2]["response"]["output"][0]["id"]
+        await c.send({"type": "conversation.item.retrieve", "item_id": item_id})
+        events += await c.until("conversation.item.retrieved")
+    items = [e["item"] for e in events if "item" in e]
+    items += [i for e in events if e["type"] == "response.done" for i in e["response"]["output"]]
+    assert len(items) >= 8
+    assert not [i for i in items if "object" in i]
+    limits = [e for e in events if e["type"] == "rate_limits.updated"][-1]["rate_limits"]
+    assert [limit["name"] for limit in limits] == ["tokens"]
+
+
+@pytest.mark.parametrize(
+    ("model", "usage_type"),
+    [
+        ("gpt-4o-mini-transcribe", "tokens"),
+        ("gpt-4o-transcribe", "tokens"),
+        ("whisper-1", "duration"),
+    ],
+)
+async def test_transcription_usage_by_model(sim: SimHandle, model: str, usage_type: str) -> None:
+    """gpt-4o(-mini)-transcribe is billed in tokens, as captured; whisper-1 by duration."""
+    session = {
+        "type": "realtime",
+        "audio": {"input": {"turn_detection": None, "transcription": {"model": model}}},
+    }
+    async with connect(sim) as c:
+        await c.send({"type": "session.update", "session": session})
+        await c.until("session.updated")
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(audio.tone(1500))})
+        await c.send({"type": "input_audio_buffer.commit"})
+        done = (await c.until("conversation.item.input_audio_transcription.completed"))[-1]
+    usage = done["usage"]
+    assert usage["type"] == usage_type
+    if usage_type == "tokens":
+        assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+        assert usage["input_token_details"]["audio_tokens"] > 0
+        assert set(usage) == {
+            "type",
+            "total_tokens",
+            "input_tokens",
+            "input_token_details",
+            "output_tokens",
+        }
+    else:
+        assert usage == {"type": "duration", "seconds": 1.5}

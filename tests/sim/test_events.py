@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
+import pytest
 from hark_sim import SimHandle, audio
 
-from tests.sim.helpers import MANUAL_TURNS, audio_of, b64, connect, manual_turn, types_of
+from tests.sim.helpers import (
+    MANUAL_TURNS,
+    Client,
+    audio_of,
+    b64,
+    connect,
+    manual_turn,
+    types_of,
+)
 
 
 async def test_unknown_session_field_discards_whole_update(sim: SimHandle) -> None:
@@ -75,12 +85,35 @@ async def test_session_type_and_rate_are_checked(sim: SimHandle) -> None:
         assert err["param"] == "session.audio.input.format.rate"
 
 
-async def test_beta_session_shape_is_fatal(sim: SimHandle) -> None:
-    """A beta session field (top-level voice) gets beta_api_shape_disabled and close 4000."""
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("modalities", ["audio", "text"]),
+        ("turn_detection", {"type": "server_vad"}),
+        ("input_audio_format", "pcm16"),
+        ("voice", "alloy"),
+    ],
+)
+async def test_beta_session_fields_are_unknown_parameters(
+    sim: SimHandle, field: str, value: object
+) -> None:
+    """A beta-era session field is unknown_parameter naming it, as GA answers; the socket stays.
+
+    Close 4000 is for the OpenAI-Beta header (see test_handshake), not for a field.
+    """
     async with connect(sim) as c:
-        await c.send({"type": "session.update", "session": {"type": "realtime", "voice": "alloy"}})
-        assert (await c.error())["code"] == "beta_api_shape_disabled"
-        assert await c.close_code() == 4000
+        session = {"type": "realtime", "instructions": "changed", field: value}
+        await c.send({"type": "session.update", "event_id": "beta", "session": session})
+        err = await c.error()
+        assert err["code"] == "unknown_parameter"
+        assert err["param"] == f"session.{field}"
+        assert err["message"] == f"Unknown parameter: 'session.{field}'."
+        assert err["event_id"] == "beta"
+        await c.send({"type": "session.update", "session": {"type": "realtime"}})
+        updated = (await c.until("session.updated"))[-1]["session"]
+        assert updated["instructions"] != "changed"  # the whole update was discarded
+    assert sim.sessions[0].wait_closed()
+    assert sim.sessions[0].closed_code == 1000  # closed by the client, not the server
 
 
 async def test_bad_frames_are_not_fatal(sim: SimHandle) -> None:
@@ -317,3 +350,101 @@ async def test_voice_is_fixed_after_first_audio(sim: SimHandle) -> None:
         voice["audio"]["output"]["voice"] = "cedar"  # type: ignore[index]
         await c.send({"type": "session.update", "session": voice})
         assert (await c.error())["code"] == "cannot_update_voice"
+
+
+async def _first_of(c: Client, *kinds: str) -> dict[str, Any]:
+    while True:
+        event = await c.recv()
+        if event["type"] in kinds:
+            return event
+
+
+async def test_truncate_while_the_reply_streams(sim: SimHandle) -> None:
+    """The Agents SDK's interrupt(): truncate the item still streaming, then cancel.
+
+    The assistant item has its audio content part from content_part.added on, so the
+    truncate is checked against the audio written so far and is accepted; audio the
+    reply sends after the cut is not kept, and the transcript stays cleared.
+    """
+    sim.config.realtime_factor = 1.0
+    async with connect(sim) as c:
+        await c.send({"type": "session.update", "session": MANUAL_TURNS})
+        await c.until("session.updated")
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(audio.tone(5000))})
+        await c.send({"type": "input_audio_buffer.commit"})
+        await c.send({"type": "response.create"})
+        for _ in range(3):
+            delta = await _first_of(c, "response.output_audio.delta")
+        item_id = delta["item_id"]
+        await c.send(
+            {
+                "type": "conversation.item.truncate",
+                "event_id": "cut",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": 150,
+            }
+        )
+        answer = await _first_of(c, "conversation.item.truncated", "error")
+        assert answer["type"] == "conversation.item.truncated", answer
+        assert (answer["item_id"], answer["audio_end_ms"]) == (item_id, 150)
+        await c.send({"type": "response.cancel"})
+        done = (await c.until("response.done"))[-1]["response"]
+        assert done["status"] == "cancelled"
+        await c.send({"type": "conversation.item.retrieve", "item_id": item_id})
+        item = (await c.until("conversation.item.retrieved"))[-1]["item"]
+    part = item["content"][0]
+    assert part["type"] == "output_audio" and part["transcript"] == ""
+    assert len(base64.b64decode(part["audio"])) == 150 * audio.BYTES_PER_MS
+
+
+async def test_content_streams_into_the_item(sim: SimHandle) -> None:
+    """While a reply streams, retrieving its item shows the part and the transcript so far."""
+    sim.config.realtime_factor = 1.0
+    async with connect(sim) as c:
+        await c.send({"type": "session.update", "session": MANUAL_TURNS})
+        await c.until("session.updated")
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(audio.tone(3000))})
+        await c.send({"type": "input_audio_buffer.commit"})
+        await c.send({"type": "response.create"})
+        added = await _first_of(c, "response.output_item.added")
+        assert added["item"]["content"] == []  # as captured: empty when the item begins
+        first = await _first_of(c, "response.output_audio_transcript.delta")
+        await c.send({"type": "conversation.item.retrieve", "item_id": first["item_id"]})
+        item = (await c.until("conversation.item.retrieved"))[-1]["item"]
+        assert item["status"] == "in_progress"
+        assert item["content"][0]["type"] == "output_audio"
+        assert item["content"][0]["transcript"].startswith(first["delta"])
+        await c.send({"type": "response.cancel"})
+        await c.until("response.done")
+
+
+async def test_session_close_lets_the_reply_finish_then_closes(sim: SimHandle) -> None:
+    """session.close is a supported client event: the reply in flight ends, then close 1000."""
+    async with connect(sim) as c:
+        await c.send({"type": "session.update", "session": MANUAL_TURNS})
+        await c.until("session.updated")
+        await c.send({"type": "input_audio_buffer.append", "audio": b64(audio.tone(1000))})
+        await c.send({"type": "input_audio_buffer.commit"})
+        await c.send({"type": "response.create"})
+        await c.send({"type": "session.close", "event_id": "bye"})
+        events = await c.until("rate_limits.updated")
+        assert "error" not in types_of(events)
+        assert events[-2]["response"]["status"] == "completed"
+        assert await c.close_code() == 1000
+    assert sim.sessions[0].wait_closed()
+    assert sim.sessions[0].closed_code == 1000
+
+
+async def test_session_close_when_idle(sim: SimHandle) -> None:
+    """session.close with nothing in flight closes at once with 1000."""
+    async with connect(sim) as c:
+        await c.send({"type": "session.close"})
+        assert await c.close_code() == 1000
+
+
+async def test_unknown_type_lists_session_close(sim: SimHandle) -> None:
+    """The supported types the server lists include session.close, as the real one's do."""
+    async with connect(sim) as c:
+        await c.send({"type": "session.nope"})
+        assert "'session.close'" in (await c.error())["message"]

@@ -135,3 +135,22 @@ async def test_drop_connections_now(sim: SimHandle) -> None:
         assert closed.value.rcvd is None
     assert sim.sessions[0].wait_closed()
     assert sim.sessions[0].closed_code == 1006
+
+
+async def test_unknown_session_fields(sim: SimHandle) -> None:
+    """unknown_session_fields: an update carrying one is unknown_parameter; the socket stays."""
+    sim.faults.unknown_session_fields = {"tool_choice", "audio.input.noise_reduction"}
+    async with connect(sim) as c:
+        nr = {"type": "realtime", "audio": {"input": {"noise_reduction": None}}}
+        await c.send({"type": "session.update", "session": nr})
+        err = await c.error()
+        assert (err["code"], err["param"]) == (
+            "unknown_parameter",
+            "session.audio.input.noise_reduction",
+        )
+        update = {"type": "realtime", "instructions": "changed", "tool_choice": "auto"}
+        await c.send({"type": "session.update", "session": update})
+        assert (await c.error())["param"] == "session.tool_choice"
+        await c.send({"type": "session.update", "session": {"type": "realtime"}})
+        session = (await c.until("session.updated"))[-1]["session"]
+        assert session["instructions"] != "changed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from hark_sim import SimConfig, start_sim
 
 from tests.sim.helpers import check_server_event, connect
@@ -97,3 +99,78 @@ def test_cli_script_brain_needs_a_file() -> None:
         [sys.executable, "-m", "hark_sim", "--brain", "script"], capture_output=True, text=True
     )
     assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--port", "99999"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--port", "http"], "--port"),
+        (["--max-session-s", "0"], "--max-session-s"),
+        (["--max-session-s", "nan"], "--max-session-s"),
+        (["--realtime-factor", "-1"], "--realtime-factor"),
+        (["--realtime-factor", "inf"], "--realtime-factor"),
+        (["--ping-interval-s", "-0.5"], "--ping-interval-s"),
+        (["--log-level", "LOUD"], "--log-level"),
+        (["--ssl-certfile", "/nonexistent/cert.pem"], "--ssl-certfile"),
+    ],
+)
+def test_cli_refuses_bad_arguments_in_one_line(args: list[str], named: str) -> None:
+    """A bad flag is one line naming it, exit code 2, and the simulator never starts."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hark_sim", *args], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hark-sim: ") and named in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_port_0_logs_the_port_it_got() -> None:
+    """--port 0 listens on a free port and logs that port, not 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hark_sim", "--port", "0", "--api-key", "sk-cli"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        for line in proc.stdout:  # the process ends (EOF) if it fails to start
+            if "hark-sim on" in line:
+                break
+        match = re.search(r"hark-sim on http://127\.0\.0\.1:(\d+)/v1", line)
+        assert match, line
+        port = int(match.group(1))
+        assert port != 0
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/v1/realtime/client_secrets",
+            headers={"Authorization": "Bearer sk-cli"},
+            json={},
+        )
+        assert resp.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_port_in_use_is_a_clear_error() -> None:
+    """A port already taken: a last line naming it, no traceback, exit code 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "hark_sim", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("hark-sim: cannot listen on ") and f"127.0.0.1:{port}" in last

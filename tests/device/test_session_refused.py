@@ -1,0 +1,128 @@
+"""The server refuses hark's session.update: the device says so, and does not hang.
+
+A Realtime server that does not know a field hark sends (as the GA switch did to every
+beta client) answers ``unknown_parameter`` and keeps the socket open, with the session
+still on the server's defaults. hark_sim's ``unknown_session_fields`` fault plays that
+server; the real app, core and link run against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+from hark.app import App
+from hark.conversation import Conversation, Settings
+from hark.events import SessionConfig, TextRequested
+from hark.keys import Backoff
+from hark.link import WebSocketLink
+from hark.testing import WavSpeaker
+from hark_sim import SimConfig, start_sim
+
+from tests.device.test_agent import load_example
+from tests.device.test_agent_sim import AgentRig, Led, SilentMic, sim_for, until
+
+pytestmark = pytest.mark.slow
+
+
+class Status:
+    """A notifier that keeps every status line (systemd's STATUS=)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def ready(self) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        self.lines.append(text)
+
+    def watchdog(self) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+
+async def test_refused_session_update_is_an_error_the_user_sees(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """unknown_parameter on session.update: logged with the field, error LED and status.
+
+    A typed turn afterwards is not left waiting on a session that runs on the server's
+    defaults: it ends (answered or refused) and the device is back at rest.
+    """
+    caplog.set_level(logging.INFO)
+    sim_cfg = SimConfig(api_key="sk-sim-test", realtime_factor=0.0)
+    sim_cfg.faults.unknown_session_fields = {"tool_choice"}
+    with start_sim(sim_cfg) as sim:
+        link = WebSocketLink(
+            backend_url=sim.base_url + "/realtime/client_secrets",
+            device_token=sim.api_key,
+            realtime_url=sim.ws_url,
+            backoff=Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
+            tick_s=0.02,
+        )
+        settings = Settings(session=SessionConfig(voice="marin"), error_hold_s=0.2)
+        conversation = Conversation(settings)
+        led, status = Led(), Status()
+        app = App(
+            conversation, link, SilentMic(), WavSpeaker(None, speed=0.0), led, notifier=status
+        )
+        await app.start()
+        try:
+            await until(lambda: "error" in led.shown)
+            await until(lambda: any("session.tool_choice" in line for line in status.lines))
+            assert "session.tool_choice" in (conversation.last_error or "")
+            warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert any("session.tool_choice" in r.getMessage() for r in warned)
+
+            seen = conversation.turns_completed
+            shown = len(led.shown)
+            app.post(TextRequested("Are you there?"))
+            await until(
+                lambda: (
+                    conversation.turns_completed > seen
+                    or ("error" in led.shown[shown:] and led.shown[-1] != "thinking")
+                )
+            )
+            await until(lambda: led.shown[-1] in ("idle", "error"))
+        finally:
+            await app.shutdown()
+
+    refused = [e for e in sim.sessions[0].sent if e["type"] == "error"]
+    assert refused and all(e["error"]["param"] == "session.tool_choice" for e in refused)
+    assert not any(e["type"] == "session.updated" for e in sim.sessions[0].sent)
+
+
+HANDOFF = """
+    [[turns]]
+    calls = [{ name = "transfer_to_recipe_helper", arguments = {} }]
+    after = "Recipe helper here."
+
+    [[turns]]
+    say = "Still here."
+"""
+
+
+async def test_refused_handoff_update_mid_turn_does_not_hang(tmp_path: Path) -> None:
+    """A handoff's session.update refused mid-turn: the error shows, the turn ends, and the
+    next turn is answered."""
+    script = tmp_path / "handoff.toml"
+    script.write_text(textwrap.dedent(HANDOFF))
+    with sim_for(script) as sim:
+        async with AgentRig(sim, load_example().agent) as rig:
+            led = rig.app.indicator
+            assert isinstance(led, Led)
+            sim.faults.unknown_session_fields = {"tool_choice"}  # from the handoff on
+            rig.app.post(TextRequested("Help me bake bread."))
+            await until(lambda: "session.tool_choice" in (rig.conversation.last_error or ""))
+            await until(lambda: rig.conversation.phase.value in ("idle", "error"))
+            assert "error" in led.shown
+            sim.faults.unknown_session_fields = set()
+            await rig.say("Are you still there?")  # returns once the reply has played
+            assert led.shown[-1] == "idle"
+    refused = [e for e in sim.sessions[0].sent if e["type"] == "error"]
+    assert [e["error"]["param"] for e in refused][:1] == ["session.tool_choice"]
