@@ -857,7 +857,10 @@ class Conversation:
             self._pending_create = None
             self._response_expected = True
         if ev.status == "failed" and not cancelled:
-            return cmds + self._fail(now, f"the response failed: {ev.reason or 'no reason'}")
+            why = str(ev.error) if ev.error is not None else ev.reason or "no reason given"
+            return cmds + self._fail(now, f"the response failed: {why}")
+        if ev.status == "incomplete":  # cut short: whatever was said stays, no tool ran
+            log.info("response %s incomplete: %s", ev.response_id, ev.reason or "no reason given")
         if self.phase in (Phase.THINKING, Phase.SPEAKING):
             cmds += self._settle(now)
         return cmds

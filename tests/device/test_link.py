@@ -528,6 +528,53 @@ async def test_bad_and_unknown_frames_do_not_stop_the_link(key_server, realtime_
     assert link.decoder.unknown_counts == {"response.audio.delta": 1, "something.new": 1}
 
 
+async def test_only_completed_tool_calls_are_posted(key_server, realtime_server):
+    """Over a real socket: calls cut off by an incomplete or a cancelled response are not
+    posted as FunctionCallRequested (so no tool runs); the completed one is, once."""
+    from tests.device.test_realtime import tool_call_frames
+
+    async def tools(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        frames = [
+            *tool_call_frames(
+                "resp_1",
+                "call_1",
+                '{"seconds": 3',
+                item_status="incomplete",
+                status="incomplete",
+                reason="max_output_tokens",
+            ),
+            *tool_call_frames(
+                "resp_2",
+                "call_2",
+                '{"sec',
+                item_status="incomplete",
+                status="cancelled",
+                reason="turn_detected",
+            ),
+            *tool_call_frames("resp_3", "call_3", '{"seconds": 300}'),
+        ]
+        for frame in frames:
+            await conn.ws.send(json.dumps(frame))
+        await ok(server, conn)
+
+    realtime_server.plan = [tools]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: len(of_type(posted, ev.ResponseDone)) == 3)
+    assert of_type(posted, ev.FunctionCallRequested) == [
+        ev.FunctionCallRequested("resp_3", "item_call_3", "call_3", "set_timer", '{"seconds": 300}')
+    ]
+    assert [d.status for d in of_type(posted, ev.ResponseDone)] == [
+        "incomplete",
+        "cancelled",
+        "completed",
+    ]
+    assert not of_type(posted, ev.ProtocolError)
+    assert link.turns.pending_calls == {"call_3"}  # rotation waits for no cut-off call
+
+
 async def test_audio_is_dropped_and_counted_while_down(key_server, realtime_server):
     """send() never blocks: while down, audio is dropped and counted."""
     link = make_link(key_server, realtime_server)
