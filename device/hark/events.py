@@ -181,12 +181,17 @@ class LinkDown:
 LinkFailure = Literal["unauthorised", "refused", "config", "network", "server"]
 
 
+LinkPart = Literal["realtime", "backend"]
+"""Which half of the link failed: the Realtime server, or the key backend before it."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkFailed:
     """A classified connection failure, for the LED, the cue and the status line."""
 
     kind: LinkFailure
     message: str
+    part: LinkPart = "realtime"
 
 
 # Server events (parsed by ``hark.realtime``).

@@ -478,6 +478,20 @@ def test_a_failed_response_reports_the_servers_error(caplog: pytest.LogCaptureFi
     assert conv.last_error == "the response failed: no reason given"
 
 
+def test_a_key_backend_failure_names_the_key_backend() -> None:
+    """A failure of the key fetch says "key backend" on the status line, not "Realtime server"."""
+    conv = Conversation(Settings())
+    conv.start(0.0)
+    garbage = "the key backend answered 200 but not with a key (not JSON (20 bytes))"
+    conv.handle(LinkFailed("server", garbage, "backend"), 1.0)
+    assert conv.last_error == f"the key backend failed — retrying ({garbage})"
+    assert "Realtime" not in conv.status_text()
+    conv.handle(LinkFailed("server", "closed (1011)"), 2.0)
+    assert conv.last_error == "the Realtime server failed — retrying (closed (1011))"
+    conv.handle(LinkFailed("network", "key backend unreachable: refused", "backend"), 3.0)
+    assert conv.last_error is not None and conv.last_error.startswith("cannot reach the key")
+
+
 def test_guardrail_interrupt_drops_late_deltas_and_says_the_fallback() -> None:
     """interrupt(say=…) is barge-in plus a fallback reply queued behind the cancelled one."""
     conv = linked()
