@@ -324,10 +324,13 @@ class KeySource:
             said = tls_failure(reason) if isinstance(reason, BaseException) else None
             message = f"key backend unreachable: {said or reason}"
             raise KeyFetchError(message, cause="tls" if said else "unreachable") from None
-        except (ValueError, http.client.HTTPException) as exc:
-            # What check_url let through and http.client refused (InvalidURL and the like).
+        except (ValueError, http.client.InvalidURL) as exc:
+            # What check_url let through and http.client refused.
             message = f"key backend URL {self.backend_url!r} cannot be used: {exc}"
             raise KeyFetchError(message, cause="bad_url") from None
+        except http.client.HTTPException as exc:  # a broken answer: IncompleteRead, LineTooLong…
+            message = f"the key backend's answer is broken ({type(exc).__name__})"
+            raise KeyFetchError(message, 502, cause="bad_answer") from None
         if len(raw) > MAX_RESPONSE_BYTES:
             raise KeyFetchError("the key backend's answer is too large", 502, cause="bad_answer")
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import ssl
 import threading
 import time
@@ -257,3 +258,27 @@ def test_a_url_the_http_client_refuses_late_is_still_a_config_error() -> None:
     with pytest.raises(KeyFetchError, match="cannot be used") as refused:
         source.fetch_blocking()
     assert refused.value.kind == "config" and refused.value.cause == "bad_url"
+
+
+def test_a_broken_answer_is_a_backend_failure_not_a_crash() -> None:
+    """Something that is not HTTP on the backend's port is the key backend failing, named;
+    not a traceback (http.client raises its own exceptions, not OSError)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(KeyFetchError) as refused:
+            fetch(f"http://127.0.0.1:{port}{MINT}")
+    finally:
+        thread.join(5)
+        listener.close()
+    assert str(refused.value) == "the key backend's answer is broken (BadStatusLine)"
+    assert refused.value.kind == "server"
