@@ -128,11 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _start_failure(exc: Exception) -> tuple[int, str]:
-    """Exit code and status line: a bad agent object is a config error, a busy pin a
-    missing device (systemd retries 69, not 78); anything else is a crash."""
+    """Exit code and status line: a bad agent object or link URL is a config error, a busy
+    pin a missing device (systemd retries 69, not 78); anything else is a crash."""
     agent = sys.modules.get("hark.agent")
     gpio = sys.modules.get("hark.gpio")
+    keys = sys.modules.get("hark.keys")
     if agent is not None and isinstance(exc, agent.AgentLoadError):
+        return EX_CONFIG, str(exc)
+    if keys is not None and isinstance(exc, keys.LinkConfigError):  # a URL config let through
         return EX_CONFIG, str(exc)
     if gpio is not None and isinstance(exc, gpio.GpioError):
         return EX_UNAVAILABLE, f"GPIO unavailable: {exc}"

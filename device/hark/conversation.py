@@ -123,11 +123,17 @@ BENIGN_ERROR_CODES = frozenset(
 )
 _LINK_FAILURE_TEXT: dict[LinkFailure, str] = {
     "unauthorised": "device not authorised — check the token / backend",
-    "refused": "the backend refused to mint a key — check the backend",
+    "refused": "the Realtime server refused the backend's key — check the backend",
     "config": "link configuration is wrong — check the config",
     "network": "network unreachable — retrying",
     "server": "the Realtime server failed — retrying",
 }
+_BACKEND_FAILURE_TEXT: dict[LinkFailure, str] = {
+    "config": "the key backend is set up wrong — check backend.url",
+    "network": "cannot reach the key backend — retrying",
+    "server": "the key backend failed — retrying",
+}
+"""What the status line says when the key fetch, not the Realtime server, failed."""
 
 TriggerMode = Literal["button", "vad", "both"]
 ButtonMode = Literal["hold", "tap"]
@@ -857,7 +863,10 @@ class Conversation:
             self._pending_create = None
             self._response_expected = True
         if ev.status == "failed" and not cancelled:
-            return cmds + self._fail(now, f"the response failed: {ev.reason or 'no reason'}")
+            why = str(ev.error) if ev.error is not None else ev.reason or "no reason given"
+            return cmds + self._fail(now, f"the response failed: {why}")
+        if ev.status == "incomplete":  # cut short: whatever was said stays, no tool ran
+            log.info("response %s incomplete: %s", ev.response_id, ev.reason or "no reason given")
         if self.phase in (Phase.THINKING, Phase.SPEAKING):
             cmds += self._settle(now)
         return cmds
@@ -930,7 +939,8 @@ class Conversation:
         return cmds + self._settle(now)
 
     def _link_failed(self, ev: LinkFailed, now: float) -> list[Command]:
-        text = f"{_LINK_FAILURE_TEXT[ev.kind]} ({ev.message})"
+        said = _BACKEND_FAILURE_TEXT.get(ev.kind) if ev.part == "backend" else None
+        text = f"{said or _LINK_FAILURE_TEXT[ev.kind]} ({ev.message})"
         cmds = self._reset_session_state()  # cues if a turn or reply was lost
         self._linked = False
         self._faults[LINK_DEVICE] = text

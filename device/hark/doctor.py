@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hark.config import Config
+    from hark.keys import KeyFetchError
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +62,73 @@ TLS_FIX = (
 )
 
 
+KEY_LIFETIME_MAX_S = 7200
+"""OpenAI's longest ``client_secrets`` lifetime (``expires_after.seconds`` is 10..7200)."""
+CLOCK_SLACK_S = 300
+
+
 def _check_backend(config: Config, token: str | None) -> Check:
     if token is None:
         return Check("backend", False, "not tried (no usable token)", "fix the token first")
     import time
 
-    from hark.keys import KeyFetchError, KeySource, LinkConfigError
+    from hark.keys import KeyFetchError, KeySource
 
     try:
         source = KeySource(config.backend.url, token, None, config.backend.timeout_s)
         grant = source.fetch_blocking()
-    except LinkConfigError as exc:
-        return Check("backend", False, str(exc), "fix backend.url")
+    except ValueError as exc:  # LinkConfigError, or a URL the HTTP client refused
+        return Check("backend", False, str(exc), "fix backend.url (see docs/config.md)")
     except KeyFetchError as exc:
-        fixes = {
-            "network": "check the network (ping the backend host) and backend.url",
-            "unauthorised": "the device token was refused (revoked or wrong): on the backend "
-            "run `hark-backend device rotate NAME` and install the new token",
-            "config": "backend.url is probably wrong (it must be the client_secrets endpoint)",
-            "server": "the backend or OpenAI is failing: see the backend's log",
-        }
-        if exc.tls:
-            return Check("backend", False, str(exc), TLS_FIX)
-        return Check("backend", False, str(exc), fixes.get(exc.kind, ""))
+        return Check("backend", False, str(exc), _backend_fix(exc))
     left_s = grant.expires_at - time.time()
+    clock_fix = (
+        "check this device's clock (timedatectl: NTP must have synced) and the backend's; "
+        "a backend's key lifetime is --key-ttl-s"
+    )
+    if left_s <= 0:
+        detail = f"the key the backend minted had already expired ({-left_s:.0f} s ago)"
+        return Check("backend", False, detail, clock_fix)
+    if left_s > KEY_LIFETIME_MAX_S + CLOCK_SLACK_S:
+        detail = (
+            f"the key the backend minted claims {left_s:.0f} s of life, more than OpenAI's "
+            f"{KEY_LIFETIME_MAX_S} s maximum"
+        )
+        return Check("backend", False, detail, clock_fix)
     return Check("backend", True, f"minted a Realtime key (valid {left_s:.0f} s)")
+
+
+def _backend_fix(exc: KeyFetchError) -> str:
+    """The fix for a failed key fetch: by what went wrong, then by failure class."""
+    if exc.cause == "tls":
+        return TLS_FIX
+    if exc.cause == "redirect":
+        return (
+            "set backend.url to the exact client_secrets URL the backend serves (hark never "
+            "follows a redirect with the device token); if nobody moved the backend, find "
+            "out who answers for it"
+        )
+    if exc.cause == "rate_limited":
+        wait = f"{exc.retry_after_s:.0f} s" if exc.retry_after_s is not None else "a minute"
+        return (
+            f"the backend is rate-limiting this device: wait {wait} and try again; if it "
+            "persists, see the backend's --rate-limit (docs/backend.md)"
+        )
+    if exc.cause == "bad_answer":
+        return (
+            "backend.url must be the hark-backend's /v1/realtime/client_secrets endpoint "
+            "(or one that answers like it); see the backend's log"
+        )
+    if exc.cause == "bad_url":
+        return "fix backend.url (see docs/config.md)"
+    fixes = {
+        "network": "check the network (ping the backend host) and backend.url",
+        "unauthorised": "the device token was refused (revoked or wrong): on the backend "
+        "run `hark-backend device rotate NAME` and install the new token",
+        "config": "backend.url is probably wrong (it must be the client_secrets endpoint)",
+        "server": "the backend (or OpenAI behind it) is failing: see the backend's log",
+    }
+    return fixes.get(exc.kind, "")
 
 
 def _check_audio(config: Config) -> list[Check]:

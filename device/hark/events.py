@@ -181,12 +181,17 @@ class LinkDown:
 LinkFailure = Literal["unauthorised", "refused", "config", "network", "server"]
 
 
+LinkPart = Literal["realtime", "backend"]
+"""Which half of the link failed: the Realtime server, or the key backend before it."""
+
+
 @dataclass(frozen=True, slots=True)
 class LinkFailed:
     """A classified connection failure, for the LED, the cue and the status line."""
 
     kind: LinkFailure
     message: str
+    part: LinkPart = "realtime"
 
 
 # Server events (parsed by ``hark.realtime``).
@@ -303,7 +308,8 @@ class TranscriptDone:
 
 @dataclass(frozen=True, slots=True)
 class FunctionCallRequested:
-    """`response.function_call_arguments.done`: the model wants a tool run."""
+    """The model wants a tool run: a `response.output_item.done` whose function_call item
+    is `completed` (its arguments are whole; an interrupted call is never requested)."""
 
     response_id: str
     item_id: str
@@ -313,12 +319,28 @@ class FunctionCallRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseError:
+    """`status_details.error` of a failed response: what went wrong, as the server said it."""
+
+    type: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+    def __str__(self) -> str:
+        said = " ".join(p for p in (self.type, f"({self.code})" if self.code else None) if p)
+        if self.message:
+            return f"{said}: {self.message}" if said else self.message
+        return said or "no details"
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response_id: str
     status: str
     reason: str | None = None
     output_tokens: int = 0
     input_tokens: int = 0
+    error: ResponseError | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.client
 import ipaddress
 import json
 import logging
+import math
 import random
+import re
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import IO, Any, Literal, NoReturn
 
 import pydantic
 
@@ -32,6 +35,10 @@ FailureKind = Literal["network", "server", "auth", "config", "unauthorised"]
 
 MAX_RESPONSE_BYTES = 1 << 20
 """A key response is a few KiB; refuse to buffer anything absurd."""
+MAX_KEY_CHARS = 1024
+"""An ``ek_`` key is a few dozen characters; it goes into a header, so bound it."""
+MAX_RETRY_AFTER_S = 600.0
+"""The longest ``Retry-After`` the link honours (a broken backend must not park it for days)."""
 
 
 class LinkConfigError(ValueError):
@@ -50,9 +57,32 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+_URL_BAD_CHAR = re.compile(r"[^\x21-\x7e]")
+"""Whitespace, control characters and non-ASCII: http.client and websockets refuse them."""
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` with control characters escaped: what a peer sent, safe to log."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+
+
 def check_url(url: str, secure: str, plain: str, what: str) -> urllib.parse.SplitResult:
-    """Allow ``secure://`` anywhere and ``plain://`` only to loopback (the simulator)."""
-    parts = urllib.parse.urlsplit(url)
+    """Allow ``secure://`` anywhere and ``plain://`` only to loopback (the simulator).
+
+    The URL must also be one the HTTP and WebSocket clients can send as it is: no
+    whitespace, control or non-ASCII characters, and a numeric port in range.
+    """
+    bad = _URL_BAD_CHAR.search(url)
+    if bad is not None:
+        raise LinkConfigError(
+            f"{what} {url!r} contains {bad.group()!r} at position {bad.start()}; "
+            "a URL has no spaces, control or non-ASCII characters (percent-encode them)"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise LinkConfigError(f"{what} {url!r} is not a valid URL: {exc}") from None
     if not parts.hostname:
         raise LinkConfigError(f"{what} {url!r} has no host")
     if parts.scheme == secure:
@@ -100,36 +130,89 @@ def session_url(realtime_url: str, model: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
+_KEY_VALUE = re.compile(r"[\x21-\x7e]+")
+
+EXPIRES_AT_RANGE = (1e9, 1e11)
+"""Plausible epoch seconds (2001 to the year 5138): anything else is not a time."""
+
+
 class KeyGrant(pydantic.BaseModel):
-    """The part of a ``client_secrets`` response the device needs."""
+    """The part of a ``client_secrets`` response the device needs, checked before use.
+
+    ``value`` goes into the ``Authorization`` header of the upgrade request: a CR/LF
+    or space in it would let the backend's answer add headers, so only visible ASCII
+    is accepted. Error messages never repeat the value.
+    """
 
     model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
 
-    value: str = pydantic.Field(min_length=1, repr=False)
-    expires_at: float
+    value: str = pydantic.Field(strict=True, repr=False)
+    expires_at: float = pydantic.Field(strict=True, allow_inf_nan=False)
     """Epoch seconds after which the key can no longer open a session."""
+
+    @pydantic.field_validator("value")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        if not 0 < len(value) <= MAX_KEY_CHARS or not _KEY_VALUE.fullmatch(value):
+            raise ValueError(
+                f"must be 1 to {MAX_KEY_CHARS} visible ASCII characters, "
+                "without spaces or control characters"
+            )
+        return value
+
+    @pydantic.field_validator("expires_at")
+    @classmethod
+    def _plausible(cls, value: float) -> float:
+        low, high = EXPIRES_AT_RANGE
+        if not (math.isfinite(value) and low <= value < high):
+            raise ValueError(f"{value!r} is not a plausible time in epoch seconds")
+        return value
+
+
+KeyFetchCause = Literal[
+    "unreachable", "tls", "status", "redirect", "rate_limited", "bad_answer", "bad_url"
+]
+"""What went wrong, for ``hark doctor``'s fix: finer than ``FailureKind``."""
 
 
 class KeyFetchError(Exception):
     """The backend did not give us a key; ``status`` is the HTTP status, None if unreachable.
 
-    ``tls`` marks a refused certificate: retried like any network failure (the clock
-    may yet sync), but ``hark doctor`` gives it its own fix.
+    ``cause`` says what went wrong (a refused certificate is retried like any network
+    failure, since the clock may yet sync, but ``hark doctor`` gives it its own fix);
+    ``retry_after_s`` is the backend's ``Retry-After`` on a 429.
     """
 
-    def __init__(self, message: str, status: int | None = None, *, tls: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        *,
+        cause: KeyFetchCause | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.tls = tls
+        self.cause: KeyFetchCause = cause or ("unreachable" if status is None else "status")
+        self.retry_after_s = retry_after_s
+
+    @property
+    def tls(self) -> bool:
+        """The backend's certificate was refused."""
+        return self.cause == "tls"
 
     @property
     def kind(self) -> FailureKind:
-        """401/403: the device is revoked; other 4xx: our request is wrong; else transient."""
+        """401/403: a revoked device; 3xx, other 4xx, a bad URL: ours is wrong; else transient."""
+        if self.cause == "bad_url":
+            return "config"
+        if self.cause == "bad_answer":
+            return "server"
         if self.status is None:
             return "network"
         if self.status in (401, 403):
             return "unauthorised"
-        if 400 <= self.status < 500 and self.status not in (408, 429):
+        if 300 <= self.status < 500 and self.status not in (408, 429):
             return "config"
         return "server"
 
@@ -140,10 +223,61 @@ def _error_text(body: bytes) -> str:
         data = json.loads(body)
         message = data["error"]["message"]
         if isinstance(message, str):
-            return message[:200]
-    except (ValueError, KeyError, TypeError):
+            return printable(message)
+    except (ValueError, KeyError, TypeError, RecursionError):
         pass
-    return body[:200].decode("utf-8", "replace")
+    return printable(body[:200].decode("utf-8", "replace"))
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the delta form; an HTTP date is ignored), capped."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER_S)
+
+
+def where_to(base_url: str, location: str | None) -> str:
+    """Where a redirect points, as ``scheme://host[:port]`` (never the path or query)."""
+    if not location:
+        return "nowhere (no Location header)"
+    try:
+        parts = urllib.parse.urlsplit(urllib.parse.urljoin(base_url, location.strip()))
+        port = f":{parts.port}" if parts.port else ""
+        host = parts.hostname or "?"
+    except ValueError:
+        return "an unreadable Location"
+    return printable(f"{parts.scheme}://{host}{port}", 120)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Replaces urllib's redirect handler: a 3xx comes back as the ``HTTPError`` it is.
+
+    The request carries the device token; following a ``Location`` would send it to
+    whatever host, port or scheme the answer names.
+    """
+
+    def http_error_302(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Any
+    ) -> None:
+        return None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _not_a_key(raw: bytes, exc: pydantic.ValidationError) -> NoReturn:
+    """A 200 whose body is not a key: say which field and why, never the body itself."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(map(str, error["loc"])) or "body"
+        if error["type"] == "json_invalid":
+            problems.append(f"not JSON ({len(raw)} bytes)")
+        else:
+            problems.append(f"{where}: {error['msg']}")
+    raise KeyFetchError(
+        "the key backend answered 200 but not with a key (" + "; ".join(problems)[:300] + ")",
+        502,
+        cause="bad_answer",
+    )
 
 
 @dataclass(frozen=True)
@@ -172,7 +306,7 @@ class KeySource:
             },
         )
         parts = urllib.parse.urlsplit(self.backend_url)
-        handlers: list[urllib.request.BaseHandler] = []
+        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
         if parts.scheme == "https":
             handlers.append(urllib.request.HTTPSHandler(context=tls_context()))
         # No proxies for loopback (the simulator, tests); honour the environment otherwise.
@@ -183,20 +317,50 @@ class KeySource:
             with opener.open(request, timeout=self.timeout_s) as response:
                 raw = response.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as exc:
-            detail = _error_text(exc.read(4096))
-            raise KeyFetchError(f"key backend answered {exc.code}: {detail}", exc.code) from None
+            with exc:
+                raise self._refusal(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             said = tls_failure(reason) if isinstance(reason, BaseException) else None
             message = f"key backend unreachable: {said or reason}"
-            raise KeyFetchError(message, tls=said is not None) from None
+            raise KeyFetchError(message, cause="tls" if said else "unreachable") from None
+        except (ValueError, http.client.InvalidURL) as exc:
+            # What check_url let through and http.client refused.
+            message = f"key backend URL {self.backend_url!r} cannot be used: {exc}"
+            raise KeyFetchError(message, cause="bad_url") from None
+        except http.client.HTTPException as exc:  # a broken answer: IncompleteRead, LineTooLong…
+            message = f"the key backend's answer is broken ({type(exc).__name__})"
+            raise KeyFetchError(message, 502, cause="bad_answer") from None
         if len(raw) > MAX_RESPONSE_BYTES:
-            raise KeyFetchError("key backend response too large", 502)
+            raise KeyFetchError("the key backend's answer is too large", 502, cause="bad_answer")
         try:
             return KeyGrant.model_validate_json(raw)
         except pydantic.ValidationError as exc:
-            fields = ", ".join(".".join(map(str, e["loc"])) or "body" for e in exc.errors())
-            raise KeyFetchError(f"key backend response is not a key (bad: {fields})", 502) from None
+            _not_a_key(raw, exc)
+
+    def _refusal(self, exc: urllib.error.HTTPError) -> KeyFetchError:
+        """An HTTP error status as a ``KeyFetchError`` that says what the status means."""
+        code = exc.code
+        if 300 <= code < 400:
+            where = where_to(self.backend_url, exc.headers.get("Location"))
+            return KeyFetchError(
+                f"key backend answered {code}, redirecting to {where}; refused: the device "
+                "token is only ever sent to backend.url itself",
+                code,
+                cause="redirect",
+            )
+        detail = _error_text(exc.read(4096))
+        wait_s = retry_after_s(exc.headers.get("Retry-After"))
+        after = f", retry after {wait_s:.0f} s" if wait_s is not None else ""
+        if code == 429:
+            return KeyFetchError(
+                f"key backend is rate-limiting this device (429{after}): {detail}",
+                code,
+                cause="rate_limited",
+                retry_after_s=wait_s,
+            )
+        message = f"key backend answered {code}{after}: {detail}"
+        return KeyFetchError(message, code, retry_after_s=wait_s)
 
     async def fetch(self) -> KeyGrant:
         """A fresh key, fetched off the event loop (urllib blocks)."""
@@ -212,6 +376,9 @@ class Failure:
 
     kind: FailureKind
     message: str
+    retry_after_s: float | None = None
+    """The server's ``Retry-After``: wait at least this long before the next attempt."""
+    part: ev.LinkPart = "realtime"
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +428,9 @@ class RetryPolicy:
         kind: ev.LinkFailure = "refused" if failure.kind == "auth" else failure.kind
         if kind in ("refused", "config", "unauthorised"):
             delay = max(delay, self.backoff.slow_s * (1.0 + self.backoff.jitter * self._rand()))
-        return RetryDecision(ev.LinkFailed(kind, failure.message), delay)
+        if failure.retry_after_s is not None:
+            delay = max(delay, min(failure.retry_after_s, MAX_RETRY_AFTER_S))
+        return RetryDecision(ev.LinkFailed(kind, failure.message, failure.part), delay)
 
     def authorised(self) -> None:
         """A session opened: the key worked, so a later 3000 again earns one quick retry."""
@@ -286,7 +455,10 @@ def classify_close(code: int | None, reason: str, error: ev.ServerError | None) 
 
 
 def classify_status(status: int, message: str) -> Failure:
-    """An HTTP status on the WebSocket upgrade (OpenAI upgrades first, but proxies may not)."""
+    """An HTTP status on the WebSocket upgrade (OpenAI upgrades first, but proxies may not).
+
+    A redirect (3xx, never followed: the request carries the key) is a config error.
+    """
     if status in (401, 403):
         return Failure("auth", message)
     if status >= 500 or status in (408, 429):

@@ -35,9 +35,12 @@ from hark.keys import (
     classify_close,
     classify_status,
     is_loopback_host,
+    printable,
+    retry_after_s,
     session_url,
     tls_context,
     tls_failure,
+    where_to,
 )
 from hark.ports import Post
 from hark.replay import TranscriptLog, TurnTracker, rotation_due
@@ -51,6 +54,18 @@ MAX_FRAMES_PER_APPEND = 10
 """Audio frames merged into one append at most (200 ms: 12.8 KB of base64)."""
 
 # --------------------------------------------------------------------------- the link
+
+
+class _connect_without_redirects(connect):  # noqa: N801  (websockets' class is lower case)
+    """``websockets``' ``connect`` that follows no redirect: the upgrade carries the ``ek_`` key.
+
+    Its default follows up to ``WEBSOCKETS_MAX_REDIRECTS`` (10) of them, keeping the
+    ``Authorization`` header when the new URL has the same origin; here a 3xx is raised
+    as the ``InvalidStatus`` it is.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class _AttemptFailedError(Exception):
@@ -249,12 +264,13 @@ class WebSocketLink:
             self.stats.key_fetches += 1
             grant = await self._keys.fetch()
         except KeyFetchError as exc:
-            raise _AttemptFailedError(Failure(exc.kind, str(exc))) from None
+            failure = Failure(exc.kind, str(exc), exc.retry_after_s, part="backend")
+            raise _AttemptFailedError(failure) from None
         try:
             tls: dict[str, Any] = {}
             if not self._plain:  # the CA store loads once, in a worker thread
                 tls["ssl"] = await asyncio.to_thread(tls_context)
-            ws = await connect(
+            ws = await _connect_without_redirects(
                 self._url,
                 additional_headers={"Authorization": f"Bearer {grant.value}"},
                 user_agent_header="hark",
@@ -268,12 +284,10 @@ class WebSocketLink:
                 **tls,
             )
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise _AttemptFailedError(
-                classify_status(status, f"upgrade refused: HTTP {status}")
-            ) from None
-        except InvalidURI as exc:
-            raise _AttemptFailedError(Failure("config", f"bad realtime URL: {exc}")) from None
+            raise _AttemptFailedError(self._refused_upgrade(exc)) from None
+        except (InvalidURI, ValueError) as exc:
+            message = f"realtime URL {self._url!r} cannot be used: {printable(str(exc))}"
+            raise _AttemptFailedError(Failure("config", message)) from None
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             said = tls_failure(exc) or repr(exc)
             raise _AttemptFailedError(Failure("network", f"cannot connect: {said}")) from None
@@ -304,6 +318,23 @@ class WebSocketLink:
         self.stats.sessions += 1
         log.info("session %s open", created.session_id)
         return _Session(ws, created.session_id, created.expires_at, now_s, deadline_s)
+
+    def _refused_upgrade(self, exc: InvalidStatus) -> Failure:
+        """An HTTP answer instead of the upgrade; a redirect names where it pointed."""
+        status = exc.response.status_code
+        headers = exc.response.headers
+        if 300 <= status < 400:
+            where = where_to(self._url, headers.get("Location"))
+            message = (
+                f"the Realtime server answered the upgrade with {status}, redirecting to "
+                f"{where}; refused: the key is only ever sent to realtime.url itself"
+            )
+            return classify_status(status, message)
+        failure = classify_status(status, f"the Realtime server refused the upgrade: HTTP {status}")
+        if status == 429:
+            wait_s = retry_after_s(headers.get("Retry-After"))
+            return Failure(failure.kind, failure.message, wait_s)
+        return failure
 
     async def _pause(self, delay_s: float) -> None:
         """Sleep before the next attempt; cut short by ``disconnect()``."""

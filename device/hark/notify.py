@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -139,6 +140,46 @@ class _PrefixFormatter(logging.Formatter):
         return f"<{priority_of(record.levelno)}>{super().format(record)}"
 
 
+HEADER_LOGGERS = (
+    "websockets",
+    "websockets.client",
+    "websockets.server",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "hpack",
+)
+"""Third-party loggers that print request headers (``Authorization: Bearer ek_…``) at
+DEBUG. They are pinned at INFO whatever ``[log] level`` says: a key never reaches a log."""
+
+_SECRET = re.compile(r"(?i)(bearer\s+)\S+|\b(?:ek|hark_dt)_[A-Za-z0-9_-]+")
+
+
+def _redact(text: str) -> str:
+    return _SECRET.sub(lambda m: (m.group(1) or "") + "[secret]", text)
+
+
+class SecretFilter(logging.Filter):
+    """The second line of defence: a bearer credential or ``ek_``/``hark_dt_`` token in a
+    message is replaced by ``[secret]`` before the handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # bad arguments: the handler reports that itself
+            return True
+        redacted = _redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def quiet_header_loggers() -> None:
+    """Pin ``HEADER_LOGGERS`` at INFO (their DEBUG lines carry headers, keys included)."""
+    for name in HEADER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def under_systemd(environ: Mapping[str, str] | None = None) -> bool:
     """True when started by systemd (stderr is the journal, or an invocation id is set)."""
     env = os.environ if environ is None else environ
@@ -151,7 +192,8 @@ def setup_logging(level: str = "info", identifier: str = "hark") -> logging.Hand
     Under systemd the ``JournalHandler`` sends structured entries with priorities
     (it maps levels itself); if systemd-python is missing, stderr lines carry
     ``<N>`` priority prefixes instead. Calling again replaces the handler (SIGHUP
-    may change the level).
+    may change the level). Secrets never reach it: see ``quiet_header_loggers`` and
+    ``SecretFilter``.
     """
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_hark", False)]:
@@ -172,6 +214,8 @@ def setup_logging(level: str = "info", identifier: str = "hark") -> logging.Hand
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
     handler._hark = True  # type: ignore[attr-defined]
+    handler.addFilter(SecretFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+    quiet_header_loggers()
     return handler

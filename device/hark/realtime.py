@@ -312,8 +312,18 @@ def _response_done(d: Mapping[str, Any]) -> ev.ResponseDone:
     response = _obj(d, "response")
     details = response.get("status_details")
     reason = None
+    error = None
     if isinstance(details, dict):
         reason = _opt_str(details, "reason")
+        raw_error = details.get("error")
+        if isinstance(raw_error, dict):
+            error = ev.ResponseError(
+                _opt_str(raw_error, "type"),
+                _opt_str(raw_error, "code"),
+                _opt_str(raw_error, "message"),
+            )
+        elif raw_error is not None:
+            raise BadEventError("'status_details.error' must be an object or null")
     elif details is not None:
         raise BadEventError("'status_details' must be an object or null")
     usage = response.get("usage")
@@ -326,6 +336,36 @@ def _response_done(d: Mapping[str, Any]) -> ev.ResponseDone:
         reason=reason,
         output_tokens=_opt_int(usage, "output_tokens"),
         input_tokens=_opt_int(usage, "input_tokens"),
+        error=error,
+    )
+
+
+def _output_item_done(d: Mapping[str, Any]) -> ev.FunctionCallRequested | None:
+    """A finished function call is the one place a tool run is requested.
+
+    `response.function_call_arguments.done` also comes when a response is cancelled,
+    interrupted or cut short, with whatever arguments had streamed; only an item that
+    ended `completed` carries whole arguments. Other item types (messages) are not used.
+    """
+    item = d.get("item")
+    if not isinstance(item, dict) or item.get("type") != "function_call":
+        return None  # messages and MCP items: the events above carry what we need
+    response_id = _str(d, "response_id")
+    status = _opt_str(item, "status")
+    if status != "completed":
+        log.info(
+            "tool call %r in %s ended %s: not run",
+            _opt_str(item, "name"),
+            response_id,
+            status or "without a status",
+        )
+        return None
+    return ev.FunctionCallRequested(
+        response_id,
+        _str(item, "id"),
+        _str(item, "call_id"),
+        _str(item, "name"),
+        _str(item, "arguments"),
     )
 
 
@@ -383,13 +423,7 @@ PARSERS: dict[str, _Parser] = {
     ),
     "response.output_audio_transcript.done": _transcript_done("transcript"),
     "response.output_text.done": _transcript_done("text"),
-    "response.function_call_arguments.done": lambda d: ev.FunctionCallRequested(
-        _str(d, "response_id"),
-        _str(d, "item_id"),
-        _str(d, "call_id"),
-        _str(d, "name"),
-        _str(d, "arguments"),
-    ),
+    "response.output_item.done": _output_item_done,
     "response.done": _response_done,
     "error": _error,
 }
@@ -403,10 +437,10 @@ IGNORED: frozenset[str] = frozenset(
         "conversation.item.input_audio_transcription.failed",
         "conversation.item.input_audio_transcription.segment",
         "response.output_item.added",
-        "response.output_item.done",
         "response.content_part.added",
         "response.content_part.done",
         "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",  # also for cut-off calls: see _output_item_done
         "rate_limits.updated",
         "output_audio_buffer.started",
         "output_audio_buffer.stopped",

@@ -487,6 +487,109 @@ def test_doctor_against_sim(sim: Any, tmp_path: Path) -> None:
     assert "chmod 600" in result.stdout
 
 
+DOCTOR_CLOCK = "timedatectl"
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok", "detail", "fix"),
+    [
+        pytest.param(
+            lambda seen: _key_answer(lifetime_s=600),
+            True,
+            "minted a Realtime key (valid ",
+            "",
+            id="good",
+        ),
+        pytest.param(
+            lambda seen: _key_answer(lifetime_s=-3600),
+            False,
+            "the key the backend minted had already expired (",
+            DOCTOR_CLOCK,
+            id="expired",
+        ),
+        pytest.param(
+            lambda seen: (200, {}, b'{"value": "ek_x", "expires_at": 0}'),
+            False,
+            "the key backend answered 200 but not with a key (expires_at: ",
+            "/v1/realtime/client_secrets endpoint",
+            id="expires-at-zero",
+        ),
+        pytest.param(
+            lambda seen: _key_answer(lifetime_s=86400 * 30),
+            False,
+            "more than OpenAI's 7200 s maximum",
+            DOCTOR_CLOCK,
+            id="far-future",
+        ),
+        pytest.param(
+            lambda seen: (429, {"Retry-After": "30"}, b'{"error": {"message": "slow down"}}'),
+            False,
+            "key backend is rate-limiting this device (429, retry after 30 s): slow down",
+            "the backend is rate-limiting this device: wait 30 s",
+            id="rate-limited",
+        ),
+        pytest.param(
+            lambda seen: (307, {"Location": "https://keys.elsewhere.example:8443/x"}, b""),
+            False,
+            "answered 307, redirecting to https://keys.elsewhere.example:8443; refused",
+            "hark never follows a redirect with the device token",
+            id="redirect",
+        ),
+        pytest.param(
+            lambda seen: (200, {"Content-Type": "text/html"}, b"<html>captive portal</html>"),
+            False,
+            "the key backend answered 200 but not with a key (not JSON (27 bytes))",
+            "/v1/realtime/client_secrets endpoint",
+            id="garbage",
+        ),
+        pytest.param(
+            lambda seen: (503, {}, b'{"error": {"message": "upstream down"}}'),
+            False,
+            "key backend answered 503: upstream down",
+            "the backend (or OpenAI behind it) is failing",
+            id="server-error",
+        ),
+    ],
+)
+def test_doctor_says_what_the_backend_did(answer: Any, ok: bool, detail: str, fix: str) -> None:
+    """Each key-backend outcome gets a message that says what happened and a fix that fits:
+    an expired key is not "ok ... valid -1796168684 s", a 429 is rate limiting (with its
+    Retry-After), a redirect names where it pointed, garbage names the key backend."""
+    from hark.doctor import _check_backend
+
+    from tests.device.test_key_fetch import ScriptedHttp
+
+    with ScriptedHttp(answer) as backend:
+        config = parse(f'[backend]\nurl = "{backend.url()}"\n')
+        check = _check_backend(config, "hark_dt_doctor_secret")
+    assert (check.name, check.ok) == ("backend", ok), check
+    assert detail in check.detail
+    assert fix in check.fix
+    assert "hark_dt_doctor_secret" not in check.detail + check.fix
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/v1/client secrets", "http://127.0.0.1:9/v1\r\nX: 1"]
+)
+def test_doctor_names_a_bad_backend_url_without_a_traceback(url: str) -> None:
+    """A backend URL that config validation let through (space, CR/LF) is a named FAIL."""
+    from hark.doctor import _check_backend
+
+    config = parse('[backend]\nurl = "http://127.0.0.1:9/v1"\n')
+    config = config.model_copy(update={"backend": config.backend.model_copy(update={"url": url})})
+    check = _check_backend(config, "hark_dt_doctor_secret")
+    assert not check.ok
+    assert "key backend URL" in check.detail and "contains" in check.detail
+    assert check.fix.startswith("fix backend.url")
+
+
+def _key_answer(lifetime_s: float) -> tuple[int, dict[str, str], bytes]:
+    import time
+
+    body = json.dumps({"value": "ek_doctor", "expires_at": int(time.time() + lifetime_s)})
+    return 200, {"Content-Type": "application/json"}, body.encode()
+
+
 @pytest.mark.slow
 def test_tls_to_backend_and_realtime_checks_the_certificate(pki: Any, tmp_path: Path) -> None:
     """Over https and wss, the device talks only to a server its CA store vouches for.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hark import realtime
 from hark.conversation import Conversation, Phase, Settings, TranscriptLine
 from hark.events import (
     AudioCommitted,
@@ -40,6 +42,7 @@ from hark.events import (
     ReportStatus,
     ResponseCreated,
     ResponseDone,
+    ResponseError,
     Rotate,
     RunTool,
     SendAudio,
@@ -60,6 +63,8 @@ from hark.events import (
     UpdateSession,
     UserTranscript,
 )
+
+from tests.device.test_realtime import CUT_OFF_CALLS, tool_call_frames
 
 FRAME_MS = 20
 
@@ -427,6 +432,64 @@ def test_tool_finishing_after_response_done_creates_the_response_at_once() -> No
     play(conv, [(1.9, ToolFinished("call_1", "ok"), [CreateItem(output), CreateResponse()])])
     play(conv, [(1.9, ToolFinished("call_1", "again"), [])])
     assert conv.ignored_counts["ToolFinished"] == 1
+
+
+@pytest.mark.parametrize("ending", CUT_OFF_CALLS)
+def test_a_cut_off_tool_call_never_runs(ending: dict[str, Any]) -> None:
+    """Server frames through the codec into the core: a call whose response was cut short
+    (incomplete, cancelled) runs no tool, with any arguments; then a completed call runs."""
+    conv = linked()
+    conv.handle(ButtonPressed(), 1.0)
+    for f in SPEECH:
+        conv.handle(f, 1.0)
+    conv.handle(ButtonReleased(0.2), 1.2)
+    commands: list[Command] = []
+    for frame in tool_call_frames("resp_1", "call_1", '{"seconds": 3', **ending):
+        event = realtime.decode(json.dumps(frame))
+        if event is not None:
+            commands += conv.handle(event, 1.3)
+    assert not [c for c in commands if isinstance(c, RunTool)]
+    assert conv.phase is not Phase.THINKING  # nothing left to wait for
+    conv.handle(ButtonPressed(), 2.0)
+    for f in SPEECH:
+        conv.handle(f, 2.0)
+    conv.handle(ButtonReleased(0.2), 2.2)
+    commands = []
+    for frame in tool_call_frames("resp_2", "call_2", '{"seconds": 300}'):
+        commands += conv.handle(realtime.decode(json.dumps(frame)) or Tick(), 2.3)
+    assert [c for c in commands if isinstance(c, RunTool)] == [
+        RunTool("call_2", "set_timer", '{"seconds": 300}')
+    ]
+
+
+def test_a_failed_response_reports_the_servers_error(caplog: pytest.LogCaptureFixture) -> None:
+    """`status_details.error` reaches the status line and the log, type, code and message."""
+    conv = linked()
+    to_speaking(conv)
+    error = ResponseError("server_error", "internal_error", "The server had an error.")
+    commands = conv.handle(ResponseDone("resp_1", "failed", error=error), 2.0)
+    said = "the response failed: server_error (internal_error): The server had an error."
+    assert conv.last_error == said
+    assert any(said in c.text for c in commands if isinstance(c, ReportStatus))
+    assert said in caplog.text
+    conv = linked()
+    to_speaking(conv)
+    conv.handle(ResponseDone("resp_1", "failed"), 2.0)
+    assert conv.last_error == "the response failed: no reason given"
+
+
+def test_a_key_backend_failure_names_the_key_backend() -> None:
+    """A failure of the key fetch says "key backend" on the status line, not "Realtime server"."""
+    conv = Conversation(Settings())
+    conv.start(0.0)
+    garbage = "the key backend answered 200 but not with a key (not JSON (20 bytes))"
+    conv.handle(LinkFailed("server", garbage, "backend"), 1.0)
+    assert conv.last_error == f"the key backend failed — retrying ({garbage})"
+    assert "Realtime" not in conv.status_text()
+    conv.handle(LinkFailed("server", "closed (1011)"), 2.0)
+    assert conv.last_error == "the Realtime server failed — retrying (closed (1011))"
+    conv.handle(LinkFailed("network", "key backend unreachable: refused", "backend"), 3.0)
+    assert conv.last_error is not None and conv.last_error.startswith("cannot reach the key")
 
 
 def test_guardrail_interrupt_drops_late_deltas_and_says_the_fallback() -> None:

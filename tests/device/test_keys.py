@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytest
 from hark import events as ev
 from hark.keys import (
+    MAX_RETRY_AFTER_S,
     Backoff,
     Failure,
     KeyFetchError,
     RetryPolicy,
     classify_close,
     classify_status,
+    retry_after_s,
     session_url,
+    where_to,
 )
 
 
@@ -77,20 +80,21 @@ def test_close_codes_are_classified():
 
 
 def test_upgrade_statuses_are_classified():
-    """An HTTP answer to the upgrade: 401/403 auth, 5xx/429 server, other 4xx config."""
-    assert [classify_status(s, "m").kind for s in (401, 403, 429, 500, 503, 404)] == [
+    """An HTTP answer to the upgrade: 401/403 auth, 5xx/429 server, 3xx and other 4xx config."""
+    assert [classify_status(s, "m").kind for s in (401, 403, 429, 500, 503, 404, 302)] == [
         "auth",
         "auth",
         "server",
         "server",
         "server",
         "config",
+        "config",
     ]
 
 
 def test_backend_statuses_are_classified():
     """Backend 401/403 mean a revoked device; no answer is network; 5xx server; 4xx config."""
-    kinds = [KeyFetchError("m", s).kind for s in (None, 401, 403, 400, 404, 429, 500, 502)]
+    kinds = [KeyFetchError("m", s).kind for s in (None, 401, 403, 400, 404, 429, 500, 502, 307)]
     assert kinds == [
         "network",
         "unauthorised",
@@ -100,7 +104,39 @@ def test_backend_statuses_are_classified():
         "server",
         "server",
         "server",
+        "config",
     ]
+    assert KeyFetchError("m", cause="bad_url").kind == "config"
+    assert KeyFetchError("m", 502, cause="bad_answer").kind == "server"
+    assert KeyFetchError("m", cause="tls").tls
+
+
+def test_retry_after_is_honoured_within_a_cap():
+    """A server's Retry-After lengthens the wait (never shortens it), up to MAX_RETRY_AFTER_S."""
+    policy = make_policy()
+    assert policy.failed(Failure("server", "429", retry_after_s=45.0)).delay_s == 45.0
+    assert policy.failed(Failure("server", "429", retry_after_s=0.0)).delay_s == 2.0
+    capped = policy.failed(Failure("server", "429", retry_after_s=1e9)).delay_s
+    assert capped == MAX_RETRY_AFTER_S
+    assert [retry_after_s(v) for v in ("30", " 7 ", None, "soon", "-5", "1e3")] == [
+        30.0,
+        7.0,
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert retry_after_s("99999999") == MAX_RETRY_AFTER_S
+
+
+def test_where_a_redirect_points_is_said_without_path_or_secrets():
+    """Only scheme, host and port of a Location are named, with control characters escaped."""
+    base = "https://keys.example/v1/realtime/client_secrets"
+    assert where_to(base, "https://evil.example:8443/x?token=1") == "https://evil.example:8443"
+    assert where_to(base, "/elsewhere") == "https://keys.example"
+    assert where_to(base, "http://a\x1bb/") == "http://a\\x1bb"
+    assert where_to(base, None) == "nowhere (no Location header)"
+    assert where_to(base, "http://[::1/") == "an unreadable Location"
 
 
 def test_session_url_adds_the_model():

@@ -493,6 +493,107 @@ def test_plain_text_urls_only_to_loopback():
         WebSocketLink(backend_url="http://keys.example/v1", device_token="t")
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "http://127.0.0.1:9/v1/realtime/client secrets",
+        "http://127.0.0.1:9/keys\r\nX-Injected: 1",
+        "http://127.0.0.1:99999/keys",
+    ],
+)
+def test_a_url_no_client_can_send_is_refused_at_construction(bad: str) -> None:
+    """A backend or realtime URL with a space, CR/LF or a bad port is a named LinkConfigError
+    when the link is built (it used to raise InvalidURL inside the link's task, which
+    ended the daemon with exit 70 and systemd restarted it every few seconds); the CLI
+    turns it into exit 78, which the unit does not restart."""
+    from hark.cli import EX_CONFIG, _start_failure
+    from hark.keys import LinkConfigError
+
+    with pytest.raises(LinkConfigError, match="key backend URL") as refused:
+        WebSocketLink(backend_url=bad, device_token="t")
+    assert _start_failure(refused.value) == (EX_CONFIG, str(refused.value))
+    realtime = bad.replace("http://", "ws://")
+    with pytest.raises(LinkConfigError, match="realtime URL"):
+        WebSocketLink(backend_url="http://127.0.0.1:9/k", device_token="t", realtime_url=realtime)
+
+
+# --------------------------------------------------------------------------- secrets stay put
+
+
+async def test_backend_redirect_is_refused_and_the_token_stays(key_server, realtime_server):
+    """A backend answering 302 to another server is a config failure of the key backend
+    naming the status and host; the other server never sees the device token."""
+    from tests.device.test_key_fetch import ScriptedHttp
+
+    with ScriptedHttp() as elsewhere:
+        location = elsewhere.url("/keys")
+        with ScriptedHttp(lambda seen: (302, {"Location": location}, b"")) as redirector:
+            link = make_link(key_server, realtime_server, backend_url=redirector.url())
+            async with running(link) as posted:
+                link.connect()
+                await until(lambda: bool(of_type(posted, ev.LinkFailed)))
+        assert elsewhere.seen == []
+    failed = of_type(posted, ev.LinkFailed)[0]
+    assert (failed.kind, failed.part) == ("config", "backend")
+    assert f"answered 302, redirecting to http://127.0.0.1:{elsewhere.port}" in failed.message
+    assert not realtime_server.conns
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("origin", ["same", "other"])
+async def test_realtime_redirect_is_refused_and_the_key_stays(
+    key_server, realtime_server, status, origin
+):
+    """An upgrade answered with a redirect is refused: no second request carries the ek_ key,
+    to the same origin (where websockets keeps Authorization) or another (where it drops it
+    but still follows)."""
+    upgrades: list[tuple[str, str | None]] = []
+
+    def redirect(conn: ServerConnection, request: Any) -> Any:
+        upgrades.append((request.path, request.headers.get("Authorization")))
+        if request.path.startswith("/v1/realtime"):
+            response = conn.respond(status, "moved\n")
+            target = "/v1/elsewhere" if origin == "same" else realtime_server.url
+            response.headers["Location"] = target
+            return response
+        return None  # /v1/elsewhere: upgrade, as a lure
+
+    async def lure(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(lure, "127.0.0.1", 0, process_request=redirect) as server:
+        port = server.sockets[0].getsockname()[1]
+        link = make_link(key_server, f"ws://127.0.0.1:{port}/v1/realtime")
+        async with running(link) as posted:
+            link.connect()
+            await until(lambda: bool(of_type(posted, ev.LinkFailed)))
+    assert upgrades == [("/v1/realtime?model=gpt-realtime", "Bearer ek_test_0")]
+    assert not realtime_server.conns
+    failed = of_type(posted, ev.LinkFailed)[0]
+    assert (failed.kind, failed.part) == ("config", "realtime")
+    where = f"127.0.0.1:{port}" if origin == "same" else realtime_server.url.split("/")[2]
+    assert f"upgrade with {status}, redirecting to ws://{where}" in failed.message
+    assert "ek_" not in failed.message
+
+
+async def test_a_key_with_a_line_break_never_reaches_a_header(key_server, realtime_server):
+    """A backend answer whose value carries CR/LF (header injection) is a named key-backend
+    failure; no upgrade request is sent, so no injected header is either."""
+    key_server.plan = [
+        (200, {"value": "ek_x\r\nX-Injected: 1", "expires_at": int(time.time() + 600)})
+    ]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    failed = of_type(posted, ev.LinkFailed)
+    assert [(f.kind, f.part) for f in failed] == [("server", "backend")]
+    assert "not with a key (value: " in failed[0].message
+    assert "X-Injected" not in failed[0].message
+    assert all("X-Injected" not in conn.headers for conn in realtime_server.conns)
+    assert len(realtime_server.conns) == 1  # only the retry, with a good key
+
+
 # --------------------------------------------------------------------------- receiving
 
 
@@ -526,6 +627,53 @@ async def test_bad_and_unknown_frames_do_not_stop_the_link(key_server, realtime_
     assert of_type(posted, ev.SpeechStarted) == [ev.SpeechStarted(5, "u")]
     assert not of_type(posted, ev.LinkDown)
     assert link.decoder.unknown_counts == {"response.audio.delta": 1, "something.new": 1}
+
+
+async def test_only_completed_tool_calls_are_posted(key_server, realtime_server):
+    """Over a real socket: calls cut off by an incomplete or a cancelled response are not
+    posted as FunctionCallRequested (so no tool runs); the completed one is, once."""
+    from tests.device.test_realtime import tool_call_frames
+
+    async def tools(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        frames = [
+            *tool_call_frames(
+                "resp_1",
+                "call_1",
+                '{"seconds": 3',
+                item_status="incomplete",
+                status="incomplete",
+                reason="max_output_tokens",
+            ),
+            *tool_call_frames(
+                "resp_2",
+                "call_2",
+                '{"sec',
+                item_status="incomplete",
+                status="cancelled",
+                reason="turn_detected",
+            ),
+            *tool_call_frames("resp_3", "call_3", '{"seconds": 300}'),
+        ]
+        for frame in frames:
+            await conn.ws.send(json.dumps(frame))
+        await ok(server, conn)
+
+    realtime_server.plan = [tools]
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: len(of_type(posted, ev.ResponseDone)) == 3)
+    assert of_type(posted, ev.FunctionCallRequested) == [
+        ev.FunctionCallRequested("resp_3", "item_call_3", "call_3", "set_timer", '{"seconds": 300}')
+    ]
+    assert [d.status for d in of_type(posted, ev.ResponseDone)] == [
+        "incomplete",
+        "cancelled",
+        "completed",
+    ]
+    assert not of_type(posted, ev.ProtocolError)
+    assert link.turns.pending_calls == {"call_3"}  # rotation waits for no cut-off call
 
 
 async def test_audio_is_dropped_and_counted_while_down(key_server, realtime_server):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
+import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hark.notify import (
+    HEADER_LOGGERS,
     SystemdNotifier,
     priority_of,
     setup_logging,
@@ -128,3 +132,78 @@ def test_logging_routes(monkeypatch: pytest.MonkeyPatch) -> None:
         for h in list(root.handlers):
             if h not in before:
                 root.removeHandler(h)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """Put the root logger and the pinned third-party loggers back as they were."""
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    pinned = {name: logging.getLogger(name).level for name in HEADER_LOGGERS}
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    for name, level in pinned.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_debug_logging_never_carries_the_token_or_a_key(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], logging_restored: None
+) -> None:
+    """At ``[log] level = "debug"``, through the daemon's own log set-up and a real turn
+    against hark_sim, no log record and no line the handler writes holds the device token
+    or an ``ek_`` key (websockets used to log ``> Authorization: Bearer ek_…``)."""
+    from hark.daemon import load_config
+    from hark.demo import say
+    from hark_sim import SimConfig, start_sim
+
+    token = "hark_dt_" + secrets.token_hex(16)  # the sim, as the key backend, takes it
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    with start_sim(SimConfig(api_key=token, brain="parrot", realtime_factor=0)) as sim:
+        (tmp_path / "token").write_text(token + "\n")
+        (tmp_path / "token").chmod(0o600)
+        (tmp_path / "hark.toml").write_text(
+            f'[backend]\nurl = "{sim.base_url}/realtime/client_secrets"\ntoken_file = "token"\n'
+            f'[realtime]\nurl = "{sim.ws_url}"\n[history]\nenabled = false\n'
+            '[log]\nlevel = "debug"\n'
+        )
+        config, device_token = load_config(str(tmp_path / "hark.toml"), with_token=True)
+        assert device_token == token
+        setup_logging(config.log.level)
+        logging.getLogger().addHandler(Keep(logging.DEBUG))
+        assert say(config, device_token, "hi", fake_audio=True)
+        minted = list(sim.state.keys)
+    written = capfd.readouterr().err
+    logged = "\n".join(f"{r.name}: {r.getMessage()}" for r in records)
+    assert minted and any(r.levelno == logging.DEBUG for r in records)
+    assert "hark.link" in logged  # the link did log, at debug level
+    for text in (logged, written):
+        assert token not in text
+        assert not any(key in text for key in minted)
+        assert not re.search(r"\bek_[A-Za-z0-9]", text)
+        assert "Bearer " not in text
+
+
+def test_secret_filter_redacts_what_slips_through(logging_restored: None) -> None:
+    """A bearer credential or an ek_/hark_dt_ token in any message is redacted on output."""
+    stream = io.StringIO()
+    handler = setup_logging("debug")
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    log = logging.getLogger("hark.test_secrets")
+    log.warning("sending Authorization: Bearer %s", "sk-abc.def")
+    log.warning("key %s and token %s", "ek_68af2b_x-Y", "hark_dt_q9Z")
+    log.warning("seek_time stays, and so does a week_2 plan")
+    out = stream.getvalue()
+    assert "sk-abc" not in out and "ek_68af" not in out and "hark_dt_q9Z" not in out
+    assert out.count("[secret]") == 3
+    assert "seek_time stays, and so does a week_2 plan" in out
+    for name in HEADER_LOGGERS:
+        assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name

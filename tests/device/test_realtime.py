@@ -12,11 +12,12 @@ from hark import events as ev
 from hark import realtime
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openai.types.realtime import RealtimeClientEvent
+from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 
 CLIENT_EVENT = pydantic.TypeAdapter(
     Annotated[RealtimeClientEvent, pydantic.Field(discriminator="type")]
 )
+SERVER_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RealtimeServerEvent)
 
 TIMER_TOOL = ev.ToolSpec(
     name="set_timer",
@@ -462,16 +463,50 @@ DECODED: list[tuple[dict[str, Any], ev.ServerEvent]] = [
     ),
     (
         {
-            "type": "response.function_call_arguments.done",
+            "type": "response.output_item.done",
             "event_id": "e",
             "response_id": "resp_F",
-            "item_id": "item_F",
             "output_index": 0,
-            "call_id": "call_ABC",
-            "name": "set_timer",
-            "arguments": '{"seconds": 300}',
+            "item": {
+                "id": "item_F",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": "call_ABC",
+                "name": "set_timer",
+                "arguments": '{"seconds": 300}',
+            },
         },
         ev.FunctionCallRequested("resp_F", "item_F", "call_ABC", "set_timer", '{"seconds": 300}'),
+    ),
+    (
+        {
+            "type": "response.done",
+            "event_id": "e",
+            "response": {
+                "object": "realtime.response",
+                "id": "resp_X",
+                "status": "failed",
+                "status_details": {
+                    "type": "failed",
+                    "error": {
+                        "type": "server_error",
+                        "code": "internal_error",
+                        "message": "The server had an error while processing your request.",
+                    },
+                },
+                "output": [],
+                "usage": None,
+            },
+        },
+        ev.ResponseDone(
+            "resp_X",
+            "failed",
+            error=ev.ResponseError(
+                "server_error",
+                "internal_error",
+                "The server had an error while processing your request.",
+            ),
+        ),
     ),
     (RESPONSE_DONE, ev.ResponseDone("resp_A", "completed", None, 188, 132)),
     (
@@ -516,8 +551,143 @@ DECODED: list[tuple[dict[str, Any], ev.ServerEvent]] = [
     ("frame", "expected"), DECODED, ids=[f"{n}-{f['type']}" for n, (f, _) in enumerate(DECODED)]
 )
 def test_decode_examples(frame: dict[str, Any], expected: ev.ServerEvent):
-    """Each server event we act on becomes its typed event."""
+    """Each server event we act on becomes its typed event (and is one the SDK knows)."""
+    SERVER_EVENT.validate_python(frame)
     assert realtime.decode(json.dumps(frame)) == expected
+
+
+def test_a_failed_response_says_why():
+    """`status_details.error` reaches the event whole; its text names type, code and message."""
+    error = ev.ResponseError("server_error", "internal_error", "The server had an error.")
+    assert str(error) == "server_error (internal_error): The server had an error."
+    assert str(ev.ResponseError(message="Just this.")) == "Just this."
+    assert str(ev.ResponseError(code="rate")) == "(rate)"
+    assert str(ev.ResponseError()) == "no details"
+    partial = {
+        "type": "response.done",
+        "response": {
+            "id": "r",
+            "status": "failed",
+            "status_details": {"type": "failed", "error": {"code": "oops"}},
+        },
+    }
+    event = realtime.decode(json.dumps(partial))
+    assert event == ev.ResponseDone("r", "failed", error=ev.ResponseError(code="oops"))
+    partial["response"]["status_details"]["error"] = "broken"  # type: ignore[index]
+    assert isinstance(realtime.decode(json.dumps(partial)), ev.ProtocolError)
+
+
+def tool_call_frames(
+    response_id: str,
+    call_id: str,
+    arguments: str,
+    *,
+    item_status: str = "completed",
+    status: str = "completed",
+    reason: str | None = None,
+) -> list[dict[str, Any]]:
+    """A response whose only output is one function call, as the server streams it.
+
+    The server sends `response.function_call_arguments.done` whatever became of the
+    call; only `response.output_item.done`'s item status says whether the arguments
+    are whole.
+    """
+    item_id = f"item_{call_id}"
+    item = {"id": item_id, "type": "function_call", "call_id": call_id, "name": "set_timer"}
+    ids = {"response_id": response_id, "item_id": item_id, "output_index": 0, "call_id": call_id}
+    details = {"type": status, "reason": reason} if reason else None
+    frames: list[dict[str, Any]] = [
+        {
+            "type": "response.created",
+            "event_id": "event_1",
+            "response": {"object": "realtime.response", "id": response_id, "status": "in_progress"},
+        },
+        {
+            "type": "response.output_item.added",
+            "event_id": "event_2",
+            "response_id": response_id,
+            "output_index": 0,
+            "item": {**item, "status": "in_progress", "arguments": ""},
+        },
+        {
+            "type": "response.function_call_arguments.delta",
+            "event_id": "event_3",
+            **ids,
+            "delta": arguments,
+        },
+        {
+            "type": "response.function_call_arguments.done",
+            "event_id": "event_4",
+            **ids,
+            "name": "set_timer",
+            "arguments": arguments,
+        },
+        {
+            "type": "response.output_item.done",
+            "event_id": "event_5",
+            "response_id": response_id,
+            "output_index": 0,
+            "item": {**item, "status": item_status, "arguments": arguments},
+        },
+        {
+            "type": "response.done",
+            "event_id": "event_6",
+            "response": {
+                "object": "realtime.response",
+                "id": response_id,
+                "status": status,
+                "status_details": details,
+                "output": [{**item, "status": item_status, "arguments": arguments}],
+                "usage": None,
+            },
+        },
+    ]
+    for frame in frames:
+        SERVER_EVENT.validate_python(frame)
+    return frames
+
+
+CUT_OFF_CALLS = [
+    pytest.param(
+        {"item_status": "incomplete", "status": "incomplete", "reason": "max_output_tokens"},
+        id="incomplete",
+    ),
+    pytest.param(
+        {"item_status": "incomplete", "status": "cancelled", "reason": "turn_detected"},
+        id="cancelled",
+    ),
+    pytest.param(
+        {"item_status": "incomplete", "status": "cancelled", "reason": "client_cancelled"},
+        id="client-cancelled",
+    ),
+    pytest.param(
+        {"item_status": "in_progress", "status": "failed", "reason": None}, id="failed-in-progress"
+    ),
+]
+
+
+@pytest.mark.parametrize("ending", CUT_OFF_CALLS)
+def test_a_cut_off_tool_call_is_never_requested(ending: dict[str, Any]):
+    """Only a function call item that ended `completed` becomes a FunctionCallRequested;
+    a call cut off by an incomplete, cancelled or failed response never does."""
+    decoder = realtime.Decoder()
+    frames = tool_call_frames("resp_1", "call_1", '{"seconds": 3', **ending)
+    events = [decoder.decode(json.dumps(f)) for f in frames]
+    assert not [e for e in events if isinstance(e, ev.FunctionCallRequested)]
+    assert not [e for e in events if isinstance(e, ev.ProtocolError)]
+    assert decoder.ignored_counts["response.function_call_arguments.done"] == 1
+    done = events[-1]
+    assert isinstance(done, ev.ResponseDone)
+    assert (done.status, done.reason) == (ending["status"], ending["reason"])
+
+
+def test_a_completed_tool_call_is_requested_once():
+    """The completed call is requested once, from its `response.output_item.done`."""
+    frames = tool_call_frames("resp_1", "call_1", '{"seconds": 300}')
+    events = [realtime.decode(json.dumps(f)) for f in frames]
+    assert [e for e in events if isinstance(e, ev.FunctionCallRequested)] == [
+        ev.FunctionCallRequested("resp_1", "item_call_1", "call_1", "set_timer", '{"seconds": 300}')
+    ]
 
 
 @pytest.mark.parametrize(
