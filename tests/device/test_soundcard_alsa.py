@@ -61,6 +61,12 @@ async def capture(rate_hz, want):
     mic.set_demand("every")  # as in a turn: nothing held back at the file's end
     task = asyncio.create_task(mic.run(post))
     await asyncio.wait_for(done.wait(), 20)
+    # The unpaced file PCM can deliver every frame before the loop has taken the
+    # open's result: wait for it, or the cancel below discards the stream unreported.
+    for _ in range(2000):
+        if mic.opened_rate_hz is not None:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     out["mic_rate"] = mic.opened_rate_hz
