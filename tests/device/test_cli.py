@@ -120,6 +120,8 @@ def test_check_config_json_redacts(config_dir: Path) -> None:
         (lambda t: t + "[vad]\naggressiveness = 9\n", "vad.aggressiveness: must be ≤ 3"),
         (lambda t: t + "[trigger]\nmode = 'vox'\n", "trigger.mode: must be one of"),
         (lambda t: t + "[trigger\n", "TOML syntax error"),
+        (lambda t: t.replace("v1/realtime/client_secrets", "v1/client secrets"), "backend.url"),
+        (lambda t: t + "[vad]\necho_gate = 'yes'\n", "vad.echo_gate: must be true or false"),
     ],
 )
 def test_bad_config_exits_78_naming_the_field(config_dir: Path, change: Any, field: str) -> None:
@@ -169,6 +171,75 @@ def test_history_disabled_and_empty(config_dir: Path) -> None:
     result = hark("history", "--config", path)
     assert result.returncode == 0
     assert "no history" in result.stdout
+
+
+def test_history_last_refuses_negative_counts(config_dir: Path) -> None:
+    """`--last -1` is a usage error (it printed all but the first item); `--last 1` is one."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[history]\npath = 'h.jsonl'\n")
+    records = [
+        {"id": f"u{n}", "type": "message", "role": "user", "text": f"turn {n}"} for n in (1, 2, 3)
+    ]
+    (config_dir / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = hark("history", "--last", "-1", "--config", path)
+    assert result.returncode == cli.EX_USAGE
+    assert "--last: must be 0 or more (got -1)" in result.stderr
+    assert "turn" not in result.stdout
+    result = hark("history", "--last", "1", "--config", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-  user: turn 3"]
+
+
+def test_history_of_a_torn_file_and_an_unreadable_one(config_dir: Path) -> None:
+    """A line cut inside "…" is skipped with a note; a history that is a folder is named."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[history]\npath = 'h.jsonl'\n")
+    good = json.dumps({"id": "u1", "type": "message", "role": "user", "text": "so…"})
+    torn = json.dumps({"id": "a1", "type": "message", "text": "well…"}, ensure_ascii=False)
+    (config_dir / "h.jsonl").write_bytes((good + "\n").encode() + torn.encode()[:-4])
+    result = hark("history", "--config", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-  user: so…"]
+    assert "Traceback" not in result.stderr
+    assert "skipped a damaged line 2: not UTF-8" in result.stderr
+    (config_dir / "h.jsonl").unlink()
+    (config_dir / "h.jsonl").mkdir()
+    result = hark("history", "--config", path)
+    assert result.returncode == cli.EX_NOINPUT
+    assert result.stderr == f"hark history: cannot read {config_dir / 'h.jsonl'}: Is a directory\n"
+
+
+def test_check_config_and_doctor_import_the_agent_object(config_dir: Path) -> None:
+    """An agent.object that cannot be imported fails check-config and doctor (78), not
+    only `hark run`; one that imports passes."""
+    path = config_dir / "hark.toml"
+    path.write_text(
+        '[backend]\nurl = "http://127.0.0.1:9/v1"\ntoken_file = "token"\n'
+        "[agent]\nobject = 'nonexistent_mod:agent'\n"
+    )
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    result = hark("check-config", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG
+    assert result.stderr.startswith(
+        f"{path}: agent.object 'nonexistent_mod:agent': cannot import 'nonexistent_mod': "
+        "ModuleNotFoundError"
+    ), result.stderr
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG, result.stdout
+    assert "FAIL agent" in result.stdout
+    assert "No module named 'nonexistent_mod'" in result.stdout
+
+    path.write_text(path.read_text().replace("nonexistent_mod:agent", "kitchen_agent:nope"))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "examples")
+    result = hark("check-config", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG
+    assert "module 'kitchen_agent' has no attribute 'nope'" in result.stderr
+    path.write_text(path.read_text().replace("kitchen_agent:nope", "kitchen_agent:agent"))
+    result = hark("check-config", "--config", path, env=env)
+    assert result.returncode == 0, result.stderr
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert "ok   agent" in result.stdout
+    assert result.returncode == cli.EX_UNAVAILABLE  # only the backend (port 9) and audio fail
 
 
 def test_to_toml_arrays_of_tables() -> None:
@@ -392,6 +463,45 @@ def test_run_under_notify_socket_with_reload_and_stop(sim: Any, tmp_path: Path) 
         output = proc.communicate()[0]
     assert "sk-test-cli" not in output  # the token never reaches the log
     assert "reload refused" in output
+
+
+@pytest.mark.slow
+def test_run_starts_on_a_history_torn_inside_a_character(sim: Any, tmp_path: Path) -> None:
+    """A power cut in the middle of writing "…" must not crash-loop the daemon (it exited
+    70 and systemd restarted it every 3 s): `hark run` gets to READY, the good items stay,
+    and `hark say` works on such a file too."""
+    path = _sim_config(sim, tmp_path)
+    history = tmp_path / "history.jsonl"
+    good = json.dumps({"id": "u1", "type": "message", "role": "user", "text": "ok 👍"})
+    torn = json.dumps({"id": "a1", "type": "message", "text": "so…"}, ensure_ascii=False)
+    damaged = (good + "\n").encode() + torn.encode()[:-4]  # ends inside the "…"
+    history.write_bytes(damaged)
+    listener = NotifyListener(tmp_path / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=str(listener.path), GPIOZERO_PIN_FACTORY="mock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hark.cli", "run", "--fake-audio", "--config", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = listener.until(lambda m: m == "READY=1" or m.startswith("STATUS=crashed"))
+        assert started == "READY=1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert "Traceback" not in output
+    assert "skipped a damaged line 2: not UTF-8" in output
+    assert [json.loads(line)["id"] for line in history.read_text().splitlines()] == ["u1"]
+
+    history.write_bytes(damaged)
+    said = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+    assert said.returncode == 0, said.stderr
+    assert "Traceback" not in said.stderr
 
 
 def _say_hi(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
