@@ -230,6 +230,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_say(args: argparse.Namespace) -> int:
     """Send a typed turn; the reply plays on the configured speaker."""
+    text = " ".join(args.text).strip()
+    if not text:
+        print("hark say: nothing to say (TEXT is empty)", file=sys.stderr)
+        return EX_USAGE
     from hark.config import ConfigError
     from hark.daemon import load_config
     from hark.demo import say
@@ -242,8 +246,18 @@ def cmd_say(args: argparse.Namespace) -> int:
         return EX_CONFIG
     assert token is not None
     setup_logging(config.log.level)
-    ok = say(config, token, " ".join(args.text), fake_audio=args.fake_audio)
-    return EX_OK if ok else EX_UNAVAILABLE
+    try:
+        failed = say(config, token, text, fake_audio=args.fake_audio)
+    except Exception as exc:  # could not even start: a bad agent object, a busy pin
+        code, line = _start_failure(exc)
+        if code == EX_SOFTWARE:
+            log.exception("hark say crashed")
+        print(f"hark say: {line}", file=sys.stderr)
+        return code
+    if failed is None:
+        return EX_OK
+    print(f"hark say: {failed.reason}", file=sys.stderr)
+    return EX_CONFIG if failed.config else EX_UNAVAILABLE
 
 
 # --------------------------------------------------------------------------- argv

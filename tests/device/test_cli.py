@@ -487,31 +487,44 @@ def test_run_starts_on_a_history_torn_inside_a_character(sim: Any, tmp_path: Pat
     )
     try:
         started = listener.until(lambda m: m == "READY=1" or m.startswith("STATUS=crashed"))
-        assert started == "READY=1"
+        assert started == "READY=1", started
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        proc.wait(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
         output = proc.communicate()[0]
-    assert "Traceback" not in output
-    assert "skipped a damaged line 2: not UTF-8" in output
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert "skipped a damaged line 2: not UTF-8" in output, output
     assert [json.loads(line)["id"] for line in history.read_text().splitlines()] == ["u1"]
 
     history.write_bytes(damaged)
     said = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
     assert said.returncode == 0, said.stderr
-    assert "Traceback" not in said.stderr
+    assert "Traceback" not in said.stderr, said.stderr
 
 
-def _say_hi(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`hark say hi` with WAV-backed audio, as a person would type it."""
+def _say_hi(
+    config: Path, env: dict[str, str], *words: str, fake_audio: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`hark say hi` (or WORDS) with WAV-backed audio, as a person would type it."""
+    audio = ["--fake-audio"] if fake_audio else []
     return subprocess.run(
-        [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(config), "hi"],
+        [
+            sys.executable,
+            "-m",
+            "hark.cli",
+            "say",
+            *audio,
+            "--config",
+            str(config),
+            *(words or ["hi"]),
+        ],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
 
@@ -527,6 +540,71 @@ def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
     assert history.returncode == 0
     assert "user: hi" in history.stdout
     assert "assistant: " in history.stdout
+
+
+def test_say_refuses_an_empty_turn(sim: Any, tmp_path: Path) -> None:
+    """`hark say ""` (or only spaces) is a usage error and sends nothing."""
+    path = _sim_config(sim, tmp_path)
+    for words in ([""], ["  ", "\t"]):
+        result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"), *words)
+        assert result.returncode == cli.EX_USAGE, result.stderr
+        assert result.stderr == "hark say: nothing to say (TEXT is empty)\n"
+    assert sim.sessions == []
+
+
+def _assert_failed_at_once(result: subprocess.CompletedProcess[str], code: int, why: str) -> None:
+    """The reason on a line of its own, with the documented code; the pipeline stopped
+    cleanly (no timeout waited out, no task outliving the shutdown, no traceback)."""
+    assert result.returncode == code, result.stderr
+    assert f"\nhark say: {why}" in "\n" + result.stderr, result.stderr
+    assert "no reply" not in result.stderr
+    assert "did not stop in time" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_say_fails_at_once_for_a_revoked_device(sim: Any, tmp_path: Path) -> None:
+    """A device the real backend has revoked (401): exit 78 with the reason, at once."""
+    import time
+
+    from hark_backend.registry import Registry
+
+    with demo._demo_backend(sim, tmp_path) as (url, token, _):
+        registry = Registry(f"sqlite:///{tmp_path / 'backend.db'}")
+        try:
+            assert registry.revoke("demo", now_s=time.time())
+        finally:
+            registry.close()
+        path = _sim_config(sim, tmp_path)
+        path.write_text(path.read_text().replace(f"{sim.base_url}/realtime/client_secrets", url))
+        (tmp_path / "token").write_text(token + "\n")
+        result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+    _assert_failed_at_once(result, cli.EX_CONFIG, "device not authorised")
+    assert "401" in result.stderr
+    assert token not in result.stdout + result.stderr
+    assert sim.sessions == []
+
+
+@pytest.mark.slow
+def test_say_fails_at_once_for_a_wrong_backend_path(sim: Any, tmp_path: Path) -> None:
+    """A backend URL that answers 404 is a config error (78) named as such."""
+    path = _sim_config(sim, tmp_path)
+    path.write_text(path.read_text().replace("/realtime/client_secrets", "/realtime/nope"))
+    result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+    _assert_failed_at_once(result, cli.EX_CONFIG, "link configuration is wrong")
+    assert "404" in result.stderr
+
+
+@pytest.mark.slow
+def test_say_fails_at_once_without_a_speaker(sim: Any, tmp_path: Path) -> None:
+    """No such speaker: exit 69 naming it, instead of waiting for a reply nobody hears."""
+    from tests.audio_rig import alsa_file_env
+
+    path = _sim_config(sim, tmp_path, '[audio]\noutput_device = "no-such-speaker"\n')
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", **alsa_file_env(tmp_path))
+    result = _say_hi(path, env, fake_audio=False)
+    _assert_failed_at_once(result, cli.EX_UNAVAILABLE, "speaker")
+    assert "no output device matches 'no-such-speaker'" in result.stderr
 
 
 @pytest.mark.slow
