@@ -228,6 +228,12 @@ def test_check_config_and_doctor_import_the_agent_object(config_dir: Path) -> No
     assert result.returncode == cli.EX_CONFIG, result.stdout
     assert "FAIL agent" in result.stdout
     assert "No module named 'nonexistent_mod'" in result.stdout
+    result = hark("say", "--fake-audio", "--config", path, "hi", env=env)
+    assert result.returncode == cli.EX_CONFIG, result.stderr
+    assert result.stderr == (
+        "hark say: agent.object 'nonexistent_mod:agent': cannot import 'nonexistent_mod': "
+        "ModuleNotFoundError: No module named 'nonexistent_mod'\n"
+    )
 
     path.write_text(path.read_text().replace("nonexistent_mod:agent", "kitchen_agent:nope"))
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "examples")
