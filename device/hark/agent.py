@@ -331,6 +331,17 @@ def load_object(path: str) -> Any:
     return obj
 
 
+def check_object(path: str) -> None:
+    """What ``check-config`` and ``doctor`` verify without building the agent (no factory
+    is called, no pin opened): the module imports and names an agent or a function."""
+    obj = load_object(path)
+    if not isinstance(obj, RealtimeAgent) and not callable(obj):
+        raise AgentLoadError(
+            f"agent.object {path!r}: is a {type(obj).__name__}, "
+            "not a hark RealtimeAgent or a function returning one"
+        )
+
+
 def _get(section: Any, key: str, default: Any = None) -> Any:
     if isinstance(section, Mapping):
         return section.get(key, default)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EX_OK = 0
 EX_USAGE = 2  # argparse's own code for bad arguments
+EX_NOINPUT = 66  # a file to read (the history) cannot be read
 EX_SOFTWARE = 70
 EX_UNAVAILABLE = 69  # a device (sound card, GPIO) or service is missing
 EX_CONFIG = 78  # sysexits.h; the unit file's RestartPreventExitStatus=78
@@ -154,6 +155,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return EX_CONFIG
+    if config.agent.object is not None:  # only importing it tells whether `hark run` can
+        from hark.agent import AgentLoadError, check_object
+
+        try:
+            check_object(config.agent.object)
+        except AgentLoadError as exc:
+            print(f"{args.config}: {exc}", file=sys.stderr)
+            return EX_CONFIG
     data = redacted(config)
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -195,9 +204,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         return EX_OK
     from hark.history import format_history
 
-    text = format_history(config.history.path)
-    lines = text.splitlines()
-    print("\n".join(lines[-args.last :] if args.last else lines))
+    try:
+        text = format_history(config.history.path, args.last)
+    except OSError as exc:
+        print(f"hark history: cannot read {config.history.path}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    print(text)
     return EX_OK
 
 
@@ -207,7 +219,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     failed = print_report(doctor_checks(args.config))
     if not args.quiet:
         doctor_announce(args.config, failed)
-    if failed and failed[0].name in ("config", "token"):
+    if failed and failed[0].name in ("config", "agent", "token"):
         return EX_CONFIG
     return EX_UNAVAILABLE if failed else EX_OK
 
@@ -221,6 +233,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_say(args: argparse.Namespace) -> int:
     """Send a typed turn; the reply plays on the configured speaker."""
+    text = " ".join(args.text).strip()
+    if not text:
+        print("hark say: nothing to say (TEXT is empty)", file=sys.stderr)
+        return EX_USAGE
     from hark.config import ConfigError
     from hark.daemon import load_config
     from hark.demo import say
@@ -233,11 +249,32 @@ def cmd_say(args: argparse.Namespace) -> int:
         return EX_CONFIG
     assert token is not None
     setup_logging(config.log.level)
-    ok = say(config, token, " ".join(args.text), fake_audio=args.fake_audio)
-    return EX_OK if ok else EX_UNAVAILABLE
+    try:
+        failed = say(config, token, text, fake_audio=args.fake_audio)
+    except Exception as exc:  # could not even start: a bad agent object, a busy pin
+        code, line = _start_failure(exc)
+        if code == EX_SOFTWARE:
+            log.exception("hark say crashed")
+        print(f"hark say: {line}", file=sys.stderr)
+        return code
+    if failed is None:
+        return EX_OK
+    print(f"hark say: {failed.reason}", file=sys.stderr)
+    return EX_CONFIG if failed.config else EX_UNAVAILABLE
 
 
 # --------------------------------------------------------------------------- argv
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more; argparse prints the refusal and exits 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {value})")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -292,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="print the conversation history")
     with_config(p)
-    p.add_argument("--last", type=int, default=0, help="only the last N items")
+    p.add_argument("--last", type=_count, default=0, metavar="N", help="only the last N items")
     p.set_defaults(func=cmd_history)
     return parser
 

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -32,8 +33,11 @@ DEFAULT_TOKEN_FILE = Path("/etc/hark/device-token")
 BuiltinTool = Literal["time", "volume", "end_conversation"]
 BUILTIN_TOOLS: tuple[BuiltinTool, ...] = ("time", "volume", "end_conversation")
 
-_OBJECT_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: it goes into an HTTP header
+# Validators use fullmatch: "$" would also match before a trailing newline.
+_OBJECT_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: it goes into an HTTP header
+_URL_USERINFO = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 class ConfigError(Exception):
@@ -60,7 +64,9 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+# Models are strict (a TOML "yes" or 1 is not a bool, true is not a number), except
+# where TOML has no such type: paths come as strings, tuples as arrays.
+ConfigPath = Annotated[Path, Strict(False), AfterValidator(_resolve_path)]
 Pin = Annotated[int, Field(ge=0, le=53)]
 """A BCM GPIO number (the `GPIO17` in pinout diagrams, not the header pin)."""
 
@@ -74,20 +80,67 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _valid_host(host: str, bracketed: bool) -> bool:
+    """An IP literal ([v6] in brackets) or a DNS name of 1-63 character labels."""
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):  # looks like IPv4: must be one
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return False
+        return True
+    return len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _check_url(value: str, secure: str, plain: str) -> str:
-    """Require ``secure`` (https/wss) except for ``plain`` on loopback (tests, the demo)."""
-    parts = urlsplit(value)
-    if parts.scheme not in (secure, plain) or not parts.hostname:
-        raise ValueError(f"must be a {secure}:// URL (got {value!r})")
-    if parts.scheme == plain and not _is_loopback(parts.hostname):
+    """A whole URL: ``secure`` (https/wss) except ``plain`` on loopback (tests, the demo).
+
+    Checked before anything uses it: urllib and websockets would strip, reject or send
+    a space, CR/LF or a bad port only when the daemon first connects.
+    """
+    shown = _URL_USERINFO.sub(r"\1***@", value)  # a password never reaches a log
+    bad = next((c for c in value if not "\x21" <= c <= "\x7e"), None)
+    if bad is not None:
+        what = (
+            "a space"
+            if bad == " "
+            else "a non-ASCII character (percent-encode it)"
+            if ord(bad) > 0x7E
+            else f"a control character ({bad!r})"
+        )
+        raise ValueError(f"must not contain {what} (got {shown!r})")
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # an unbalanced [IPv6] bracket
+        raise ValueError(f"is not a valid URL: {exc} (got {shown!r})") from None
+    if parts.scheme not in (secure, plain):
+        raise ValueError(f"must be a {secure}:// URL (got {shown!r})")
+    hostport = parts.netloc.rpartition("@")[2]
+    host = parts.hostname or ""
+    if not host or not _valid_host(host, hostport.startswith("[")):
+        raise ValueError(f"has no valid host name or IP address (got {shown!r})")
+    after_host = hostport.rpartition("]")[2]  # the ":port" part, if any
+    _, colon, port = after_host.partition(":")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"port must be 1-65535 (got {shown!r})")
+    if "#" in value:
+        raise ValueError(f"must not have a #fragment (got {shown!r})")
+    if parts.scheme == plain and not _is_loopback(host):
         raise ValueError(
-            f"must use {secure}:// ({plain}:// is only allowed on loopback, got {value!r})"
+            f"must use {secure}:// ({plain}:// is only allowed on loopback, got {shown!r})"
         )
     return value
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --------------------------------------------------------------------------- sections
@@ -172,6 +225,7 @@ class AgentConfig(_Section):
     )
     tools: tuple[BuiltinTool, ...] = Field(
         default=BUILTIN_TOOLS,
+        strict=False,
         description="Built-in device tools to offer: 'time', 'volume', 'end_conversation'.",
     )
     timezone: str | None = Field(
@@ -188,8 +242,18 @@ class AgentConfig(_Section):
         default=10.0, gt=0, le=300, description="A tool running longer is abandoned, seconds."
     )
     outputs: tuple[OutputConfig, ...] = Field(
-        default=(), description="GPIO outputs ([[agent.outputs]]), each becoming a tool."
+        default=(),
+        strict=False,
+        description="GPIO outputs ([[agent.outputs]]), each becoming a tool.",
     )
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_once(cls, value: tuple[BuiltinTool, ...]) -> tuple[BuiltinTool, ...]:
+        twice = sorted({t for t in value if value.count(t) > 1})
+        if twice:
+            raise ValueError(f"each tool once ({', '.join(map(repr, twice))} listed twice)")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -206,7 +270,7 @@ class AgentConfig(_Section):
     @field_validator("object")
     @classmethod
     def _object(cls, value: str | None) -> str | None:
-        if value is not None and not _OBJECT_REF.match(value):
+        if value is not None and not _OBJECT_REF.fullmatch(value):
             raise ValueError(f"must look like 'package.module:attribute' (got {value!r})")
         return value
 
@@ -263,7 +327,7 @@ class GpioConfig(_Section):
     led_pwm: bool = Field(default=True, description="Drive the LED with PWM (breathing patterns).")
     led_active_high: bool = Field(default=True, description="True if the LED lights on high.")
     rgb_pins: tuple[Pin, Pin, Pin] | None = Field(
-        default=None, description="Optional RGB LED pins [red, green, blue] (BCM)."
+        default=None, strict=False, description="Optional RGB LED pins [red, green, blue] (BCM)."
     )
 
 
@@ -322,6 +386,16 @@ class AudioConfig(_Section):
     cue_error: ConfigPath | None = Field(
         default=None, description="WAV file for 'error'; default a generated tone."
     )
+
+    @field_validator("input_device", "output_device", mode="before")
+    @classmethod
+    def _device(cls, value: object) -> object:
+        # One line for the owner, not one per member of the union.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise ValueError(
+                f"must be a device name (a string) or index (an integer) (got {value!r})"
+            )
+        return value
 
 
 class VadConfig(_Section):
@@ -530,7 +604,7 @@ def read_token(path: Path | str) -> str:
         raise ConfigError([f"{where}: cannot read ({type(exc).__name__})"], str(path)) from None
     if not token:
         raise ConfigError([f"{where} is empty (write the device token there)"], str(path))
-    if not _TOKEN_CHARS.match(token):
+    if not _TOKEN_CHARS.fullmatch(token):
         raise ConfigError(
             [f"{where} must hold one token on one line (no spaces or control characters)"],
             str(path),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -264,8 +264,20 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     return "first_audio" in marks
 
 
-def say(config: Config, token: str, text: str, *, fake_audio: bool = False) -> bool:
-    """Send a typed turn; the reply plays on the configured speaker and its text is printed."""
+@dataclass(frozen=True)
+class SayFailed:
+    """Why ``hark say`` got no reply; ``config`` when the fix is in the config or token."""
+
+    reason: str
+    config: bool = False
+
+
+def say(config: Config, token: str, text: str, *, fake_audio: bool = False) -> SayFailed | None:
+    """Send a typed turn; the reply plays on the configured speaker and its text is printed.
+
+    Returns None once the reply has played, or why not as soon as the pipeline says so
+    (a refused device, a missing speaker, a failed reply): no waiting out a timeout.
+    """
     import asyncio
 
     build = build_with_fake_audio if fake_audio else build_app
@@ -273,31 +285,46 @@ def say(config: Config, token: str, text: str, *, fake_audio: bool = False) -> b
         config, token, None, mic=SilentMicrophone(), triggers=[], indicator=NoIndicator()
     )
     try:
-        ok = asyncio.run(_say(daemon, text, config.session.response_timeout_s))
+        failed = asyncio.run(_say(daemon, text, config.session.response_timeout_s))
     finally:
         daemon.close()
     for line in daemon.app.conversation.transcript:
         if line.role == "assistant":
             print(line.text)
-    return ok
+    return failed
 
 
-async def _say(daemon: Daemon, text: str, timeout_s: float) -> bool:
+async def _say(daemon: Daemon, text: str, timeout_s: float) -> SayFailed | None:
     import asyncio
 
-    from hark.events import ShutdownRequested, TextRequested
+    from hark.conversation import Phase
+    from hark.events import LinkFailed, ShutdownRequested, TextRequested
 
     app = daemon.app
+    conversation = app.conversation
+    failed: list[SayFailed] = []
+
+    def watch(event: Any, commands: Sequence[Any]) -> None:
+        # The core's ERROR phase is every failure a person must hear about: the link
+        # refused or unreachable, a device lost, no or a failed reply. The daemon
+        # retries those; a one-shot command stops at the first and says why.
+        if failed or conversation.phase is not Phase.ERROR:
+            return
+        fix_in_config = isinstance(event, LinkFailed) and event.kind in ("unauthorised", "config")
+        failed.append(SayFailed(conversation.last_error or "failed", fix_in_config))
+
+    app.add_listener(watch)
     await app.start()
     try:
-        done = app.conversation.turns_completed
+        done = conversation.turns_completed
         app.post(TextRequested(text))
-        await app.wait_turn_completed(timeout_s + 60, after=done)
-        return True
+        # The core gives up on a reply after timeout_s; this only backs it up.
+        backstop_s = timeout_s + 60
+        await app.wait_for(lambda: bool(failed) or conversation.turns_completed > done, backstop_s)
     except TimeoutError:
-        print("hark say: no reply (see the log)", file=sys.stderr)
-        return False
+        return SayFailed(f"no reply within {backstop_s:g} s")
     finally:
         app.post(ShutdownRequested())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(app.wait_stopped(), 5)
+    return failed[0] if failed else None

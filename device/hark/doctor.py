@@ -42,6 +42,8 @@ def doctor_checks(config_path: str) -> list[Check]:
         checks.append(Check("config", False, "; ".join(exc.problems), fix))
         return checks
     checks.append(Check("config", True, f"{config_path} is valid"))
+    if config.agent.object is not None:
+        checks.append(_check_agent(config.agent.object))
     try:
         token: str | None = read_token(config.backend.token_file)
         checks.append(Check("token", True, f"{config.backend.token_file} (mode ok)"))
@@ -53,6 +55,17 @@ def doctor_checks(config_path: str) -> list[Check]:
     checks += _check_audio(config)
     checks += _check_gpio(config)
     return checks
+
+
+def _check_agent(ref: str) -> Check:
+    from hark.agent import AgentLoadError, check_object
+
+    try:
+        check_object(ref)
+    except AgentLoadError as exc:
+        fix = "install that module into hark's environment, or fix agent.object"
+        return Check("agent", False, str(exc), fix)
+    return Check("agent", True, f"{ref} imports")
 
 
 TLS_FIX = (

@@ -276,15 +276,52 @@ class History:
     # ------------------------------------------------------------------ disk
 
     def _load(self) -> None:
+        """Load the file; a damaged line is skipped, a file with nothing usable is set aside.
+
+        Never raises: a history file must not stop the daemon from starting.
+        """
         assert self.path is not None
         try:
-            loaded = read_items(self.path)
-        except OSError as exc:
-            log.warning("history %s unreadable (%s); starting empty", self.path, exc.strerror)
+            loaded = _replay(self.path)
+        except FileNotFoundError:
+            log.info("history: none yet at %s", self.path)
             return
-        self.items = loaded[-self.max_items :]
+        except OSError as exc:
+            self._set_aside(f"unreadable: {exc.strerror}")
+            return
+        if loaded.damaged and not loaded.good_lines:
+            self._set_aside(f"no readable line ({loaded.damaged[0]})")
+            return
+        self.items = loaded.items[-self.max_items :]
         log.info("history: %d items loaded from %s", len(self.items), self.path)
-        self._rewrite()  # start from a compact file
+        self._rewrite()  # start from a compact file (without the damaged lines)
+
+    def _set_aside(self, why: str) -> None:
+        """Keep an unusable file for inspection under a new name and start a fresh one."""
+        assert self.path is not None
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(self.clock()))
+        target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        try:
+            self.path.replace(target)
+        except OSError as exc:
+            log.warning(
+                "history %s cannot be read (%s) nor moved aside (%s); starting empty",
+                self.path,
+                why,
+                exc.strerror,
+            )
+            return
+        log.warning(
+            "history %s cannot be read (%s); moved to %s, starting a fresh one",
+            self.path,
+            why,
+            target.name,
+        )
+        self._rewrite()
 
     def _append(self, kind: ChangeKind, item: HistoryItem, durable: bool) -> None:
         """Write one line now (keeps the order); fsync only when the item is final."""
@@ -354,23 +391,69 @@ class History:
             self._file = None
 
 
-def read_items(path: Path | str) -> list[HistoryItem]:
-    """Replay a history file: later lines update earlier ones, ``deleted`` removes."""
+_ROLES = (None, "user", "assistant", "system")
+_TYPES = ("message", "function_call", "function_call_output")
+_TEXTS = ("text", "call_id", "name", "arguments", "output", "status")
+_LATEST = 1e11  # epoch seconds (year 5138): anything later is not a time localtime() takes
+
+
+def _record(line: bytes) -> dict[str, Any]:
+    """One line as a checked record; ValueError says why it is unusable."""
+    record = json.loads(line.decode("utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if "deleted" in record:
+        if not isinstance(record["deleted"], str):
+            raise ValueError("'deleted' is not an id")
+        return record
+    if not isinstance(record.get("id"), str) or not record["id"]:
+        raise ValueError("no id")
+    if record.get("type") not in _TYPES:
+        raise ValueError(f"unknown type {record.get('type')!r}")
+    if record.get("role") not in _ROLES:
+        raise ValueError(f"unknown role {record.get('role')!r}")
+    for key in _TEXTS:
+        if not isinstance(record.get(key, ""), str | None):
+            raise ValueError(f"{key} is not a string")
+    heard = record.get("heard_ms")
+    if heard is not None and (isinstance(heard, bool) or not isinstance(heard, int)):
+        raise ValueError("heard_ms is not an integer")
+    at = record.get("at", 0.0)
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < _LATEST:
+        raise ValueError("at is not a time")
+    return record
+
+
+@dataclass
+class _Replayed:
+    items: list[HistoryItem]
+    good_lines: int
+    damaged: list[str]  # "line N: why", one per skipped line
+
+
+def _replay(path: Path) -> _Replayed:
+    """Replay a history file: later lines update earlier ones, ``deleted`` removes.
+
+    Read as bytes and decoded line by line, so one line cut inside a multi-byte
+    character (a power cut while writing "…") costs that line only. OSError passes.
+    """
     by_id: dict[str, HistoryItem] = {}
-    with Path(path).open(encoding="utf-8") as lines:
+    good = 0
+    damaged: list[str] = []
+    with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-                if "deleted" in record:
-                    by_id.pop(str(record["deleted"]), None)
-                    continue
-                item = HistoryItem(**{k: v for k, v in record.items() if k in _FIELDS})
-            except (ValueError, TypeError) as exc:
-                # A torn last line after a power cut is expected; skip it.
-                log.warning("history %s line %d unreadable: %s", path, number, exc)
+                record = _record(line)
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                damaged.append(f"line {number}: {_why(exc)}")
                 continue
+            good += 1
+            if "deleted" in record:
+                by_id.pop(record["deleted"], None)
+                continue
+            item = HistoryItem(**{k: v for k, v in record.items() if k in _FIELDS})
             if item.id in by_id:
                 by_id[item.id] = replace(
                     by_id[item.id],
@@ -378,17 +461,34 @@ def read_items(path: Path | str) -> list[HistoryItem]:
                 )
             else:
                 by_id[item.id] = item
-    return list(by_id.values())
+    if damaged:
+        more = f" and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+        log.warning("history %s: skipped a damaged %s%s", path, damaged[0], more)
+    return _Replayed(list(by_id.values()), good, damaged)
 
 
-def format_history(path: Path | str) -> str:
-    """The history file as text, one item per line (``hark history``)."""
+def _why(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 (cut inside a character?)"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg})"
+    return str(exc)
+
+
+def read_items(path: Path | str) -> list[HistoryItem]:
+    """The items of a history file; damaged lines are skipped (and logged once)."""
+    return _replay(Path(path)).items
+
+
+def format_history(path: Path | str, last: int = 0) -> str:
+    """The history file as text, one item per line (``hark history``); ``last`` > 0 keeps
+    only the last items. Any OSError but a missing file is the caller's to report."""
     try:
         items = read_items(path)
     except FileNotFoundError:
         return f"no history at {path}"
     lines: list[str] = []
-    for item in items:
+    for item in items[-last:] if last > 0 else items:
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.at)) if item.at else "-"
         if item.type == "message":
             note = (

@@ -342,8 +342,13 @@ class WebSocketLink:
         deadline = loop.time() + delay_s
         while self._want and (remaining := deadline - loop.time()) > 0:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+            # Not wait_for: on 3.11 it swallows a cancel that comes with the wake-up
+            # (shutdown does both at once), and the link would then never stop.
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                waiter.cancel()
 
     # -- an open session --------------------------------------------------------------------
 

@@ -120,6 +120,8 @@ def test_check_config_json_redacts(config_dir: Path) -> None:
         (lambda t: t + "[vad]\naggressiveness = 9\n", "vad.aggressiveness: must be ≤ 3"),
         (lambda t: t + "[trigger]\nmode = 'vox'\n", "trigger.mode: must be one of"),
         (lambda t: t + "[trigger\n", "TOML syntax error"),
+        (lambda t: t.replace("v1/realtime/client_secrets", "v1/client secrets"), "backend.url"),
+        (lambda t: t + "[vad]\necho_gate = 'yes'\n", "vad.echo_gate: must be true or false"),
     ],
 )
 def test_bad_config_exits_78_naming_the_field(config_dir: Path, change: Any, field: str) -> None:
@@ -169,6 +171,81 @@ def test_history_disabled_and_empty(config_dir: Path) -> None:
     result = hark("history", "--config", path)
     assert result.returncode == 0
     assert "no history" in result.stdout
+
+
+def test_history_last_refuses_negative_counts(config_dir: Path) -> None:
+    """`--last -1` is a usage error (it printed all but the first item); `--last 1` is one."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[history]\npath = 'h.jsonl'\n")
+    records = [
+        {"id": f"u{n}", "type": "message", "role": "user", "text": f"turn {n}"} for n in (1, 2, 3)
+    ]
+    (config_dir / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = hark("history", "--last", "-1", "--config", path)
+    assert result.returncode == cli.EX_USAGE
+    assert "--last: must be 0 or more (got -1)" in result.stderr
+    assert "turn" not in result.stdout
+    result = hark("history", "--last", "1", "--config", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-  user: turn 3"]
+
+
+def test_history_of_a_torn_file_and_an_unreadable_one(config_dir: Path) -> None:
+    """A line cut inside "…" is skipped with a note; a history that is a folder is named."""
+    path = config_dir / "hark.toml"
+    path.write_text(GOOD + "[history]\npath = 'h.jsonl'\n")
+    good = json.dumps({"id": "u1", "type": "message", "role": "user", "text": "so…"})
+    torn = json.dumps({"id": "a1", "type": "message", "text": "well…"}, ensure_ascii=False)
+    (config_dir / "h.jsonl").write_bytes((good + "\n").encode() + torn.encode()[:-4])
+    result = hark("history", "--config", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-  user: so…"]
+    assert "Traceback" not in result.stderr
+    assert "skipped a damaged line 2: not UTF-8" in result.stderr
+    (config_dir / "h.jsonl").unlink()
+    (config_dir / "h.jsonl").mkdir()
+    result = hark("history", "--config", path)
+    assert result.returncode == cli.EX_NOINPUT
+    assert result.stderr == f"hark history: cannot read {config_dir / 'h.jsonl'}: Is a directory\n"
+
+
+def test_check_config_and_doctor_import_the_agent_object(config_dir: Path) -> None:
+    """An agent.object that cannot be imported fails check-config and doctor (78), not
+    only `hark run`; one that imports passes."""
+    path = config_dir / "hark.toml"
+    path.write_text(
+        '[backend]\nurl = "http://127.0.0.1:9/v1"\ntoken_file = "token"\n'
+        "[agent]\nobject = 'nonexistent_mod:agent'\n"
+    )
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    result = hark("check-config", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG
+    assert result.stderr.startswith(
+        f"{path}: agent.object 'nonexistent_mod:agent': cannot import 'nonexistent_mod': "
+        "ModuleNotFoundError"
+    ), result.stderr
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG, result.stdout
+    assert "FAIL agent" in result.stdout
+    assert "No module named 'nonexistent_mod'" in result.stdout
+    result = hark("say", "--fake-audio", "--config", path, "hi", env=env)
+    assert result.returncode == cli.EX_CONFIG, result.stderr
+    assert result.stderr == (
+        "hark say: agent.object 'nonexistent_mod:agent': cannot import 'nonexistent_mod': "
+        "ModuleNotFoundError: No module named 'nonexistent_mod'\n"
+    )
+
+    path.write_text(path.read_text().replace("nonexistent_mod:agent", "kitchen_agent:nope"))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "examples")
+    result = hark("check-config", "--config", path, env=env)
+    assert result.returncode == cli.EX_CONFIG
+    assert "module 'kitchen_agent' has no attribute 'nope'" in result.stderr
+    path.write_text(path.read_text().replace("kitchen_agent:nope", "kitchen_agent:agent"))
+    result = hark("check-config", "--config", path, env=env)
+    assert result.returncode == 0, result.stderr
+    result = hark("doctor", "--quiet", "--config", path, env=env)
+    assert "ok   agent" in result.stdout
+    assert result.returncode == cli.EX_UNAVAILABLE  # only the backend (port 9) and audio fail
 
 
 def test_to_toml_arrays_of_tables() -> None:
@@ -394,14 +471,66 @@ def test_run_under_notify_socket_with_reload_and_stop(sim: Any, tmp_path: Path) 
     assert "reload refused" in output
 
 
-def _say_hi(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`hark say hi` with WAV-backed audio, as a person would type it."""
+@pytest.mark.slow
+def test_run_starts_on_a_history_torn_inside_a_character(sim: Any, tmp_path: Path) -> None:
+    """A power cut in the middle of writing "…" must not crash-loop the daemon (it exited
+    70 and systemd restarted it every 3 s): `hark run` gets to READY, the good items stay,
+    and `hark say` works on such a file too."""
+    path = _sim_config(sim, tmp_path)
+    history = tmp_path / "history.jsonl"
+    good = json.dumps({"id": "u1", "type": "message", "role": "user", "text": "ok 👍"})
+    torn = json.dumps({"id": "a1", "type": "message", "text": "so…"}, ensure_ascii=False)
+    damaged = (good + "\n").encode() + torn.encode()[:-4]  # ends inside the "…"
+    history.write_bytes(damaged)
+    listener = NotifyListener(tmp_path / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=str(listener.path), GPIOZERO_PIN_FACTORY="mock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hark.cli", "run", "--fake-audio", "--config", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = listener.until(lambda m: m == "READY=1" or m.startswith("STATUS=crashed"))
+        assert started == "READY=1", started
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output = proc.communicate()[0]
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert "skipped a damaged line 2: not UTF-8" in output, output
+    assert [json.loads(line)["id"] for line in history.read_text().splitlines()] == ["u1"]
+
+    history.write_bytes(damaged)
+    said = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+    assert said.returncode == 0, said.stderr
+    assert "Traceback" not in said.stderr, said.stderr
+
+
+def _say_hi(
+    config: Path, env: dict[str, str], *words: str, fake_audio: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`hark say hi` (or WORDS) with WAV-backed audio, as a person would type it."""
+    audio = ["--fake-audio"] if fake_audio else []
     return subprocess.run(
-        [sys.executable, "-m", "hark.cli", "say", "--fake-audio", "--config", str(config), "hi"],
+        [
+            sys.executable,
+            "-m",
+            "hark.cli",
+            "say",
+            *audio,
+            "--config",
+            str(config),
+            *(words or ["hi"]),
+        ],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
 
@@ -417,6 +546,71 @@ def test_say_text_turn(sim: Any, tmp_path: Path) -> None:
     assert history.returncode == 0
     assert "user: hi" in history.stdout
     assert "assistant: " in history.stdout
+
+
+def test_say_refuses_an_empty_turn(sim: Any, tmp_path: Path) -> None:
+    """`hark say ""` (or only spaces) is a usage error and sends nothing."""
+    path = _sim_config(sim, tmp_path)
+    for words in ([""], ["  ", "\t"]):
+        result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"), *words)
+        assert result.returncode == cli.EX_USAGE, result.stderr
+        assert result.stderr == "hark say: nothing to say (TEXT is empty)\n"
+    assert sim.sessions == []
+
+
+def _assert_failed_at_once(result: subprocess.CompletedProcess[str], code: int, why: str) -> None:
+    """The reason on a line of its own, with the documented code; the pipeline stopped
+    cleanly (no timeout waited out, no task outliving the shutdown, no traceback)."""
+    assert result.returncode == code, result.stderr
+    assert f"\nhark say: {why}" in "\n" + result.stderr, result.stderr
+    assert "no reply" not in result.stderr
+    assert "did not stop in time" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_say_fails_at_once_for_a_revoked_device(sim: Any, tmp_path: Path) -> None:
+    """A device the real backend has revoked (401): exit 78 with the reason, at once."""
+    import time
+
+    from hark_backend.registry import Registry
+
+    with demo._demo_backend(sim, tmp_path) as (url, token, _):
+        registry = Registry(f"sqlite:///{tmp_path / 'backend.db'}")
+        try:
+            assert registry.revoke("demo", now_s=time.time())
+        finally:
+            registry.close()
+        path = _sim_config(sim, tmp_path)
+        path.write_text(path.read_text().replace(f"{sim.base_url}/realtime/client_secrets", url))
+        (tmp_path / "token").write_text(token + "\n")
+        result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+    _assert_failed_at_once(result, cli.EX_CONFIG, "device not authorised")
+    assert "401" in result.stderr
+    assert token not in result.stdout + result.stderr
+    assert sim.sessions == []
+
+
+@pytest.mark.slow
+def test_say_fails_at_once_for_a_wrong_backend_path(sim: Any, tmp_path: Path) -> None:
+    """A backend URL that answers 404 is a config error (78) named as such."""
+    path = _sim_config(sim, tmp_path)
+    path.write_text(path.read_text().replace("/realtime/client_secrets", "/realtime/nope"))
+    result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+    _assert_failed_at_once(result, cli.EX_CONFIG, "link configuration is wrong")
+    assert "404" in result.stderr
+
+
+@pytest.mark.slow
+def test_say_fails_at_once_without_a_speaker(sim: Any, tmp_path: Path) -> None:
+    """No such speaker: exit 69 naming it, instead of waiting for a reply nobody hears."""
+    from tests.audio_rig import alsa_file_env
+
+    path = _sim_config(sim, tmp_path, '[audio]\noutput_device = "no-such-speaker"\n')
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", **alsa_file_env(tmp_path))
+    result = _say_hi(path, env, fake_audio=False)
+    _assert_failed_at_once(result, cli.EX_UNAVAILABLE, "speaker")
+    assert "no output device matches 'no-such-speaker'" in result.stderr
 
 
 @pytest.mark.slow

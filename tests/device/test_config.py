@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -104,6 +105,105 @@ def test_realtime_url_wss_except_loopback() -> None:
     assert problems_of('[realtime]\nurl = "ws://example.com/v1/realtime"\n')[0].startswith(
         "realtime.url:"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://keys.example.com/v1/client secrets", "must not contain a space"),
+        ("https://keys example.com/v1", "must not contain a space"),
+        ("https://keys.example.com/v1\r\nX-Injected: 1", "must not contain a control character"),
+        ("https://keys.example.com/v1\n", "must not contain a control character"),
+        ("https://keys.example.com\t/v1", "must not contain a control character"),
+        ("https://kéys.example.com/v1", "must not contain a non-ASCII character"),
+        ("https://keys.example.com:99999/v1", "port must be 1-65535"),
+        ("https://keys.example.com:0/v1", "port must be 1-65535"),
+        ("https://keys.example.com:/v1", "port must be 1-65535"),
+        ("https://keys.example.com:https/v1", "port must be 1-65535"),
+        ("https://-keys.example.com/v1", "has no valid host"),
+        ("https://keys..example.com/v1", "has no valid host"),
+        ("https://300.1.1.1/v1", "has no valid host"),
+        ("https:///v1", "has no valid host"),
+        ("https://[::1/v1", "is not a valid URL"),
+        ("https://keys.example.com/v1#frag", "must not have a #fragment"),
+        ("http://keys.example.com/v1", "must use https://"),
+    ],
+)
+def test_backend_url_is_checked_whole(url: str, problem: str) -> None:
+    """Whitespace, CR/LF, a bad port or host are refused by check-config, not by the link."""
+    text = f"[backend]\nurl = {json.dumps(url)}\n"
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith(f"backend.url: {problem}"), info.value.problems
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://keys.example.com:8443/v1/realtime/client_secrets?x=1",
+        "https://KEYS.example.com./v1",
+        "https://10.0.0.2/v1",
+        "https://[2001:db8::1]:443/v1",
+        "http://[::1]:8080/v1",
+        "https://internal_host.lan/v1",
+    ],
+)
+def test_good_urls_still_pass(url: str) -> None:
+    """Ports, IP literals (v4 and [v6]), upper case and a trailing dot are all fine."""
+    assert parse(f"[backend]\nurl = {json.dumps(url)}\n").backend.url == url
+
+
+def test_realtime_url_is_checked_whole_and_masks_credentials() -> None:
+    """The Realtime URL gets the same checks; a refused URL's password is not echoed."""
+    problems = problems_of('[realtime]\nurl = "wss://api.openai.com/v1/real time"\n')
+    assert problems[0].startswith("realtime.url: must not contain a space"), problems
+    problems = problems_of('[realtime]\nurl = "wss://me:hunter2@api.openai.com:0/v1"\n')
+    assert problems[0].startswith("realtime.url: port must be 1-65535"), problems
+    assert "hunter2" not in problems[0]
+    assert "***@api.openai.com" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[vad]\necho_gate = "yes"\n', "vad.echo_gate: must be true or false (got 'yes')"),
+        ("[gpio]\nbutton_pull_up = 1\n", "gpio.button_pull_up: must be true or false (got 1)"),
+        ("[audio]\nvolume = true\n", "audio.volume: must be a number (got True)"),
+        ('[audio]\nvolume = "0.5"\n', "audio.volume: must be a number (got '0.5')"),
+        ("[audio]\nbuffer_ms = 20.5\n", "audio.buffer_ms: must be an integer (got 20.5)"),
+        ("[audio]\nbuffer_ms = 20.0\n", "audio.buffer_ms: must be an integer (got 20.0)"),
+        ("[vad]\naggressiveness = true\n", "vad.aggressiveness: must be an integer"),
+        ('[session]\nmax_turn_s = "30"\n', "session.max_turn_s: must be a number"),
+        ("[audio]\ninput_device = true\n", "audio.input_device: must be a device name"),
+        ("[gpio]\nrgb_pins = [5, 6, true]\n", "gpio.rgb_pins.2: must be an integer"),
+        ("[[agent.outputs]]\nname = 'l'\npin = 5\ninitial = 'on'\n", "agent.outputs.0.initial"),
+        ('[agent]\ntools = ["time", "time"]\n', "agent.tools: each tool once ('time' listed"),
+    ],
+)
+def test_no_silent_coercion(text: str, expected: str) -> None:
+    """A string or number is not a bool, a bool is not a number, a tool is listed once."""
+    problems = problems_of(text)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems
+
+
+def test_whole_numbers_are_numbers() -> None:
+    """TOML's integers are fine where a number of seconds or a gain is expected."""
+    config = parse(MINIMAL + "[audio]\nvolume = 1\n[session]\nmax_turn_s = 20\n")
+    assert config.audio.volume == 1.0
+    assert isinstance(config.audio.volume, float)
+    assert config.session.max_turn_s == 20.0
+    assert parse(MINIMAL + '[agent]\ntools = ["volume", "time"]\n').agent.tools == (
+        "volume",
+        "time",
+    )
+
+
+def test_agent_object_with_a_trailing_newline_is_refused() -> None:
+    """'$' matches before a final newline; the object reference is matched whole."""
+    problems = problems_of('[agent]\nobject = "kitchen.agents:agent\\n"\n')
+    assert problems[0].startswith("agent.object: must look like"), problems
 
 
 def test_agent_object_excludes_declaration() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from hark.events import (
     AudioDelta,
     Event,
@@ -153,6 +155,107 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     good = json.dumps({"id": "u1", "type": "message", "role": "user", "text": "hi"})
     path.write_text(good + "\n" + '{"id": "u2", "type": "mess')
     assert [i.id for i in History(path=path).items] == ["u1"]
+
+
+def _conversation(path: Path) -> bytes:
+    """A history file whose last lines hold multi-byte characters: "…", umlauts, emoji."""
+    history = History(path=path, clock=lambda: 1_700_000_000.0)
+    feed(history, user_turn(1, "Wie spät ist es? 🕰️"))
+    feed(history, reply(1, "Es ist neun Uhr, Zeit fürs Frühstück 🥐", audio_ms=1000)[:-2])
+    history.observe(ItemTruncated("a1", 600))  # cut off: its text ends in "…"
+    feed(history, [FunctionCallRequested("r2", "fc1", "c1", "lampe", '{"farbe": "grün 💡"}')])
+    feed(history, [ToolFinished("c1", "✓ erledigt")])
+    history.close()
+    return path.read_bytes()
+
+
+def test_cut_at_every_byte_of_the_last_lines_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut can stop the file anywhere, also inside a character; every cut loads,
+    keeps every complete line, and leaves a clean file that takes new items."""
+    data = _conversation(tmp_path / "full.jsonl")
+    monkeypatch.setattr("os.fsync", lambda fd: None)  # 400 cuts; durability is not the point
+    starts = [0] + [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    tail = data[starts[-4] :].decode()
+    assert "…" in tail and "💡" in tail and "ü" in tail and "✓" in tail
+    path = tmp_path / "history.jsonl"
+    for cut in range(starts[-4], len(data) + 1):
+        whole = data[: data.rfind(b"\n", 0, cut) + 1]  # the complete lines before the cut
+        (tmp_path / "whole.jsonl").write_bytes(whole)
+        expected = read_items(tmp_path / "whole.jsonl") if whole else []
+        rest = data[len(whole) : cut]
+        if rest and data[cut : cut + 1] == b"\n":  # cut just before a newline: line intact
+            (tmp_path / "whole.jsonl").write_bytes(whole + rest)
+            expected = read_items(tmp_path / "whole.jsonl")
+        path.write_bytes(data[:cut])
+        history = History(path=path)
+        assert history.items == expected, cut
+        assert not list(tmp_path.glob("history.jsonl.damaged-*")), cut
+        path.read_bytes().decode("utf-8")  # rewritten without the torn line
+        if data[cut - 1] >= 0x80 and cut < len(data):  # inside a character or right after
+            feed(history, user_turn(9, "noch da?"))
+            history.close()
+            assert [i.id for i in History(path=path).items] == [i.id for i in expected] + ["u9"]
+        history.close()
+
+
+def test_damaged_lines_are_skipped_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad bytes, bad JSON or wrong types in one line cost that line only, with one warning."""
+    path = tmp_path / "history.jsonl"
+    good = [
+        json.dumps({"id": f"u{n}", "type": "message", "role": "user", "text": f"t{n}"})
+        for n in (1, 2, 3)
+    ]
+    bad = [
+        b"\xff\xfe garbage",
+        b"[1, 2]",
+        b'{"id": 5, "type": "message"}',
+        b'{"id": "x", "type": "message", "at": "noon"}',
+        b'{"id": "y", "type": "message", "at": 1e300}',
+        b'{"id": "z", "type": "message", "heard_ms": "long"}',
+        b'{"id": "w", "type": "dance"}',
+        b'{"deleted": ["u1"]}',
+        b"\0\0\0\0",
+    ]
+    lines = [good[0].encode(), *bad[:5], good[1].encode(), *bad[5:], good[2].encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with caplog.at_level(logging.WARNING, logger="hark.history"):
+        history = History(path=path)
+    assert [i.id for i in history.items] == ["u1", "u2", "u3"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"history {path}: skipped a damaged line 2: not UTF-8 (cut inside a "
+                        f"character?) and {len(bad) - 1} more"]  # fmt: skip
+    history.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hark.history"):
+        assert [i.id for i in History(path=path).items] == ["u1", "u2", "u3"]
+    assert not caplog.records  # the damaged lines were dropped when the file was rewritten
+    assert format_history(path).splitlines()[-1] == "-  user: t3"
+
+
+def test_a_file_with_nothing_readable_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not one usable line: the file is kept as history.jsonl.damaged-<time>, a fresh one
+    is started, and the history works."""
+    path = tmp_path / "history.jsonl"
+    junk = bytes(range(256)) * 4
+    path.write_bytes(junk)
+    with caplog.at_level(logging.WARNING, logger="hark.history"):
+        history = History(path=path, clock=lambda: 1_700_000_000.0)
+    assert history.items == []
+    [aside] = tmp_path.glob("history.jsonl.damaged-*")
+    assert aside.read_bytes() == junk
+    assert "moved to history.jsonl.damaged-" in caplog.text
+    feed(history, user_turn(1, "hallo"))
+    history.close()
+    assert [i.id for i in History(path=path).items] == ["u1"]
+    path.write_bytes(junk)  # the same second again: a second name, nothing overwritten
+    History(path=path, clock=lambda: 1_700_000_000.0).close()
+    assert len(list(tmp_path.glob("history.jsonl.damaged-*"))) == 2
 
 
 def test_retention_off_writes_nothing(tmp_path: Path) -> None:

@@ -334,6 +334,9 @@ def test_wheel_and_support_files_go_on_the_card(tmp_path: Path, inputs: dict[str
         (("--wifi-country", "XX"), "--wifi-country"),
         (("--timezone", "Mars/Olympus"), "--timezone"),
         (("--user", "root"), "--user"),
+        (("--hostname", "hark-kitchen\n"), "--hostname"),  # "$" matches before a final \n
+        (("--user", "owner\n"), "--user"),
+        (("--timezone", "Europe/London\n"), "--timezone"),
     ],
 )
 def test_bad_inputs_are_refused_before_writing(
@@ -367,6 +370,76 @@ def test_short_passphrase_missing_token_and_bad_key(
     assert "8-63 characters" in err and "short12" not in err
     assert "no device token" in err
     assert "PRIVATE key" in err
+    assert not (folder / "hark").exists()
+
+
+def test_a_trailing_newline_is_never_part_of_a_value() -> None:
+    """Every validating pattern matches the whole value: a final newline is refused."""
+    from hark.provision.inputs import (
+        InputError,
+        check_hostname,
+        check_timezone,
+        check_token,
+        check_username,
+    )
+
+    assert check_hostname("hark-kitchen") == "hark-kitchen"
+    assert check_username("owner") == "owner"
+    for check, value in ((check_hostname, "kitchen\n"), (check_username, "owner\n"),
+                         (check_timezone, "Europe/London\n")):  # fmt: skip
+        with pytest.raises(InputError):
+            check(value)
+    assert wpa_psk("Home", "AB" * 32) == "ab" * 32  # 64 hex digits are the PSK itself
+    with pytest.raises(InputError, match="got 65"):  # not a PSK with a newline in it
+        wpa_psk("Home", "AB" * 32 + "\n")
+    with pytest.raises(InputError, match="one word"):
+        check_token("hk_dev_1\nhk_dev_2", "--token-file t")
+
+
+def test_files_that_are_not_utf8_are_named(
+    tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A passphrase, key or token file that is not UTF-8 (and a wheel whose name would not
+    survive firstboot.sh) is a clear error naming the file: exit 2, no traceback, and
+    nothing of the passphrase shown."""
+    folder = make_folder(tmp_path, "bookworm")
+    inputs["psk"].write_bytes(b"correct h\xf6rse battery\n")  # Latin-1, not UTF-8
+    inputs["key"].write_bytes(b"ssh-ed25519 AAAA\xff owner\n")
+    assert main(argv(folder, inputs)) == 2
+    err = capsys.readouterr().err
+    assert f"--wifi-passphrase-file {inputs['psk']}: not UTF-8 text" in err
+    assert f"--ssh-key {inputs['key']}: not UTF-8 text" in err
+    assert "rse battery" not in err and "\\xf6" not in err and "0xf6" not in err
+    assert not (folder / "hark").exists()
+
+    inputs["psk"].write_text(PASSPHRASE + "\n")
+    inputs["key"].write_text(SSH_KEY + "\n")
+    inputs["token"].write_bytes(b"hk_dev_\xff\n")
+    assert main(argv(folder, inputs)) == 2
+    assert f"--token-file {inputs['token']}: not UTF-8 text" in capsys.readouterr().err
+
+    inputs["token"].write_text(TOKEN + "\n")
+    wheel = tmp_path / "hark_voice-0.1.0-py3-none-any\udcff.whl"  # a Latin-1 byte in the name
+    wheel.write_bytes(b"PK")
+    assert main(argv(folder, inputs, "--wheel", str(wheel))) == 2
+    assert "a wheel's file name has only ASCII letters" in capsys.readouterr().err
+    house = tmp_path / "wheels"
+    house.mkdir()
+    (house / "hark_voice-0.1.0-py3-none-any.whl").write_bytes(b"PK")
+    (house / "numpy-2.0-cp311-none-any (1).whl").write_bytes(b"PK")
+    assert main(argv(folder, inputs, "--wheelhouse", str(house))) == 2
+    assert "'numpy-2.0-cp311-none-any (1).whl': a wheel's file name" in capsys.readouterr().err
+    assert not (folder / "hark").exists()
+
+
+def test_a_backend_url_with_a_space_is_refused(
+    tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The card never gets a config whose backend URL the device cannot use (exit 78)."""
+    inputs["config"].write_text(CONFIG.replace("client_secrets", "client secrets"))
+    folder = make_folder(tmp_path, "bookworm")
+    assert main(argv(folder, inputs)) == 78
+    assert "backend.url: must not contain a space" in capsys.readouterr().err
     assert not (folder / "hark").exists()
 
 

@@ -13,6 +13,7 @@ import getpass
 import importlib.metadata
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,9 @@ EXIT_INPUT = 2
 EXIT_CONFIG = 78  # EX_CONFIG, as the daemon uses for a bad config
 DEFAULT_APT = ("python3-venv", "python3-pip", "alsa-utils", "libportaudio2")
 PASSPHRASE_ENV = "HARK_WIFI_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+# A wheel's name goes into firstboot.sh and onto FAT: PEP 427's ASCII characters only.
+_WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+!-]+\.whl")
+_WHEEL_NAME_RULE = "a wheel's file name has only ASCII letters, digits and _ . + ! - (rename it)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,11 +118,18 @@ def _version() -> str:
 
 def _read_passphrase(args: argparse.Namespace) -> str:
     if args.wifi_passphrase_file is not None:
+        path: Path = args.wifi_passphrase_file
         try:
-            path: Path = args.wifi_passphrase_file
             return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise InputError([f"--wifi-passphrase-file: {exc.strerror}"]) from None
+            raise InputError([f"--wifi-passphrase-file {path}: {exc.strerror}"]) from None
+        except UnicodeDecodeError:  # its bytes are secret: not even the bad one is shown
+            raise InputError(
+                [
+                    f"--wifi-passphrase-file {path}: not UTF-8 text "
+                    "(a WPA passphrase is 8-63 printable ASCII characters)"
+                ]
+            ) from None
     from_env = os.environ.get(PASSPHRASE_ENV, "")
     if from_env:
         return from_env
@@ -178,16 +189,28 @@ def _gather(args: argparse.Namespace) -> tuple[str, Wifi | None, FirstUser | Non
         name = check_username(args.user)
         try:
             text = args.ssh_key.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError([f"--ssh-key {args.ssh_key}: cannot read ({exc})"]) from None
+        except OSError as exc:
+            raise InputError([f"--ssh-key {args.ssh_key}: {exc.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise InputError(
+                [f"--ssh-key {args.ssh_key}: not UTF-8 text (pass the *.pub file)"]
+            ) from None
         user = FirstUser(name, check_ssh_key(text, str(args.ssh_key)))
 
     for fn in (_host, _wifi, _country_alone, _tz, _user):
         attempt(fn)
     if args.wheel is not None and not (args.wheel.is_file() and args.wheel.suffix == ".whl"):
         problems.append(f"--wheel {args.wheel}: not a .whl file")
+    elif args.wheel is not None and not _WHEEL_NAME.fullmatch(args.wheel.name):
+        problems.append(f"--wheel {str(args.wheel)!r}: {_WHEEL_NAME_RULE}")
     if args.wheelhouse is not None and not list(_hark_wheels(args.wheelhouse)):
         problems.append(f"--wheelhouse {args.wheelhouse}: holds no hark_voice-*.whl")
+    elif args.wheelhouse is not None:
+        problems += [
+            f"--wheelhouse {args.wheelhouse}: {w.name!r}: {_WHEEL_NAME_RULE}"
+            for w in sorted(args.wheelhouse.glob("*.whl"))
+            if not _WHEEL_NAME.fullmatch(w.name)
+        ]
     if args.token_file is None and args.backend_admin is None:
         problems.append("no device token: pass --token-file F or --backend-admin COMMAND")
     for opt in ("install_script", "unit"):

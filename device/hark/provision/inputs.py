@@ -44,10 +44,12 @@ SSH_KEY_TYPES = frozenset(
     }
 )
 
-_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_TOKEN = re.compile(r"^[\x21-\x7e]+$")  # what hark.config.read_token accepts: one HTTP-safe word
-_HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
+# Each is used with fullmatch: "$" would also accept a value ending in a newline.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_USERNAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what hark.config.read_token accepts: one HTTP-safe word
+_HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
+_TIMEZONE = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 _RESERVED_USERS = frozenset({"root", "hark", "daemon", "bin", "sys", "nobody"})
 
 
@@ -79,7 +81,7 @@ class FirstUser:
 
 def check_hostname(value: str) -> str:
     """An RFC 1123 single label; the Pi answers to ``<hostname>.local`` over mDNS."""
-    if not _HOSTNAME.match(value) or value.isdigit():
+    if not _HOSTNAME.fullmatch(value) or value.isdigit():
         raise InputError(
             [
                 f"--hostname {value!r}: use 1-63 letters, digits and '-', "
@@ -105,7 +107,7 @@ def wpa_psk(ssid: str, passphrase: str) -> str:
     A passphrase of 64 hex digits already is the PSK. The card then never carries the
     passphrase itself (NetworkManager and netplan both accept the hex form).
     """
-    if _HEX64.match(passphrase):
+    if _HEX64.fullmatch(passphrase):
         return passphrase.lower()
     size = len(passphrase)
     if not 8 <= size <= 63:
@@ -128,7 +130,7 @@ def check_country(value: str) -> str:
 
 def check_timezone(value: str) -> str:
     """An IANA zone name (Europe/London); checked against this machine's tzdata when present."""
-    if not re.match(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", value) or ".." in value:
+    if not _TIMEZONE.fullmatch(value) or ".." in value:
         raise InputError([f"--timezone {value!r}: not an IANA time zone name (e.g. Europe/London)"])
     zones = zoneinfo.available_timezones()
     if zones and value not in zones:
@@ -138,7 +140,7 @@ def check_timezone(value: str) -> str:
 
 def check_username(value: str) -> str:
     """A Debian login name that is not a system account (hark runs as its own user)."""
-    if not _USERNAME.match(value) or value in _RESERVED_USERS:
+    if not _USERNAME.fullmatch(value) or value in _RESERVED_USERS:
         raise InputError(
             [
                 f"--user {value!r}: use lower-case letters, digits, '_' or '-' "
@@ -176,7 +178,7 @@ def check_token(value: str, source: str) -> str:
     token = value.strip()
     if not token:
         raise InputError([f"{source}: the device token is empty"])
-    if not _TOKEN.match(token):
+    if not _TOKEN.fullmatch(token):
         raise InputError(
             [f"{source}: the device token must be one word of visible ASCII ({len(token)} chars)"]
         )
