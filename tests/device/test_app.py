@@ -639,3 +639,17 @@ async def test_core_deadline_fires_while_mic_frames_keep_flowing() -> None:
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
     assert any(isinstance(c, CommitAudio) for c in rig.link.sent)
     await rig.app.shutdown()
+
+
+async def test_status_drops_the_error_of_a_device_that_came_back() -> None:
+    """Lost, then restored: the status line is plain "idle" again, not "last error: …"."""
+    rig = Rig()
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    rig.app.post(DeviceLost("speaker", "stream stopped"))
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.ERROR, 5.0)
+    assert "speaker: stream stopped" in rig.notifier.statuses[-1]
+    rig.app.post(DeviceRestored("speaker"))
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE, 5.0)
+    assert rig.notifier.statuses[-1] == "idle"
+    await rig.app.shutdown()

@@ -275,3 +275,154 @@ def test_default_config_runs_the_gates_the_echo_tests_prove() -> None:
     assert _gate_shape(daemon_settings.open_gate()) == _gate_shape(tested.open_gate())
     assert _gate_shape(daemon_settings.barge_in_gate()) == _gate_shape(tested.barge_in_gate())
     assert daemon_settings.preroll_ms == tested.preroll_ms
+
+
+# ----------------------------------------------------------------- `hark run` under a notify socket
+
+
+class NotifyListener:
+    """A real NOTIFY_SOCKET: what systemd would receive, in the order it would."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(60)
+        self.seen: list[str] = []
+
+    def until(self, predicate: Callable[[str], bool]) -> str:
+        while True:
+            message = self.sock.recv(4096).decode()
+            self.seen.append(message)
+            if predicate(message):
+                return message
+
+    def pending(self) -> list[str]:
+        """Every datagram already queued (sent before now), without waiting."""
+        got = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                got.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.settimeout(60)
+        self.seen += got
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HarkRun:
+    """`hark run` as systemd would start it: NOTIFY_SOCKET, RUNTIME_DIRECTORY, stderr kept."""
+
+    def __init__(self, config: Path, tmp: Path, *, fake_audio: bool, **env: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.runtime = tmp / "runtime"
+        self.runtime.mkdir(exist_ok=True)
+        self.notify = NotifyListener(tmp / "notify")
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("INVOCATION_ID", "JOURNAL_STREAM", "GPIOZERO_PIN_FACTORY")
+        }
+        environ.update(
+            NOTIFY_SOCKET=str(self.notify.path),
+            RUNTIME_DIRECTORY=str(self.runtime),
+            PYTHONUNBUFFERED="1",
+            **env,
+        )
+        self.env = environ
+        argv = [sys.executable, "-m", "hark.cli", "run", "--config", str(config)]
+        self.proc = subprocess.Popen(
+            argv + (["--fake-audio"] if fake_audio else []),
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = ""
+
+    def __enter__(self) -> HarkRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.output = self.proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output = self.proc.communicate()[0]
+        self.notify.close()
+
+    def reload(self) -> Any:
+        """`hark reload`, as the unit's ExecReload= runs it (with $MAINPID)."""
+        import subprocess
+        import sys
+
+        return subprocess.run(
+            [sys.executable, "-m", "hark.cli", "reload", "--pid", str(self.proc.pid)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+
+def sim_config(sim: SimHandle, tmp: Path, extra: str = "", *, backend: str | None = None) -> Path:
+    """A config for `hark run` against ``sim`` (or a ``backend`` URL), its token 0600."""
+    token = tmp / "token"
+    token.write_text(sim.api_key + "\n")
+    token.chmod(0o600)
+    url = backend or f"{sim.base_url}/realtime/client_secrets"
+    path = tmp / "hark.toml"
+    path.write_text(
+        f'[backend]\nurl = "{url}"\ntoken_file = "token"\n'
+        f'[realtime]\nurl = "{sim.ws_url}"\n[history]\nenabled = false\n' + textwrap.dedent(extra)
+    )
+    return path
+
+
+@pytest.fixture
+def parrot() -> Iterator[SimHandle]:
+    with start_sim(SimConfig(api_key="sk-test-daemon", brain="parrot", realtime_factor=0)) as sim:
+        yield sim
+
+
+def test_status_is_true_after_the_first_connect_at_boot(tmp_path: Path) -> None:
+    """Boot with the backend not yet up: STATUS says the network is down; once the link is
+    up, STATUS is plain "idle" (not "idle; last error: network unreachable — retrying")."""
+    import socket
+
+    with socket.socket() as probe:  # a loopback port with nobody listening, yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = f"http://127.0.0.1:{port}/v1/realtime/client_secrets"
+    later = SimConfig(api_key="sk-test-daemon", brain="parrot", realtime_factor=0, port=port)
+    (tmp_path / "token").write_text("sk-test-daemon\n")
+    (tmp_path / "token").chmod(0o600)
+    path = tmp_path / "hark.toml"
+    path.write_text(
+        f'[backend]\nurl = "{backend}"\ntoken_file = "token"\n'
+        f'[realtime]\nurl = "ws://127.0.0.1:{port}/v1/realtime"\n[history]\nenabled = false\n'
+    )
+    with HarkRun(path, tmp_path, fake_audio=True, GPIOZERO_PIN_FACTORY="mock") as run:
+        run.notify.until(lambda m: m == "READY=1")
+        run.notify.until(lambda m: m.startswith("STATUS=") and "network unreachable" in m)
+        with start_sim(later) as sim:
+            assert sim.base_url == f"http://127.0.0.1:{port}/v1"
+            run.notify.until(lambda m: m.startswith("STATUS=idle"))
+            statuses = [m for m in run.notify.seen if m.startswith("STATUS=")]
+            assert statuses[-1] == "STATUS=idle", statuses
+            assert run.proc.poll() is None
