@@ -426,3 +426,47 @@ def test_status_is_true_after_the_first_connect_at_boot(tmp_path: Path) -> None:
             statuses = [m for m in run.notify.seen if m.startswith("STATUS=")]
             assert statuses[-1] == "STATUS=idle", statuses
             assert run.proc.poll() is None
+
+
+def test_missing_sound_card_is_named_before_ready_and_retried(
+    parrot: SimHandle, tmp_path: Path
+) -> None:
+    """No such card at boot: STATUS names it, then READY=1 (systemd's start timeout never
+    fires), and the daemon keeps running and retrying instead of exiting."""
+    from tests.audio_rig import alsa_file_env
+
+    path = sim_config(
+        parrot,
+        tmp_path,
+        '[audio]\ninput_device = "nosuchcard"\noutput_device = "fileout"\noutput_rate_hz = 48000\n',
+    )
+    env = {"GPIOZERO_PIN_FACTORY": "mock", "WATCHDOG_USEC": "400000", **alsa_file_env(tmp_path)}
+    with HarkRun(path, tmp_path, fake_audio=False, **env) as run:
+        run.notify.until(lambda m: m == "READY=1")
+        before_ready = [m for m in run.notify.seen if m.startswith("STATUS=")]
+        assert any("microphone nosuchcard" in m for m in before_ready), run.notify.seen
+        run.notify.until(lambda m: m == "WATCHDOG=1")  # up and serving, not exiting
+        assert run.proc.poll() is None
+    assert "microphone nosuchcard unavailable: no input device matches 'nosuchcard'" in run.output
+
+
+def test_ready_only_after_the_microphone_and_speaker_are_open(
+    parrot: SimHandle, tmp_path: Path
+) -> None:
+    """With a real (ALSA file) card, both streams are open before READY=1 is sent."""
+    from tests.audio_rig import alsa_file_env
+
+    path = sim_config(
+        parrot,
+        tmp_path,
+        '[audio]\ninput_device = "filein"\noutput_device = "fileout"\n'
+        "capture_rate_hz = 48000\noutput_rate_hz = 48000\n[trigger]\nmode = 'vad'\n",
+    )
+    env = {"GPIOZERO_PIN_FACTORY": "mock", **alsa_file_env(tmp_path)}
+    with HarkRun(path, tmp_path, fake_audio=False, **env) as run:
+        run.notify.until(lambda m: m == "READY=1")
+        run.proc.terminate()
+    lines = run.output.splitlines()
+    ready = next(n for n, line in enumerate(lines) if line.endswith("hark.app: ready"))
+    opened = [n for n, line in enumerate(lines) if " at 48000 Hz, " in line]
+    assert len(opened) == 2 and max(opened) < ready, run.output
