@@ -470,3 +470,57 @@ def test_ready_only_after_the_microphone_and_speaker_are_open(
     ready = next(n for n, line in enumerate(lines) if line.endswith("hark.app: ready"))
     opened = [n for n, line in enumerate(lines) if " at 48000 Hz, " in line]
     assert len(opened) == 2 and max(opened) < ready, run.output
+
+
+def test_reload_waits_for_the_outcome_and_fails_when_refused(
+    parrot: SimHandle, tmp_path: Path
+) -> None:
+    """`hark reload` (ExecReload=) returns once the daemon is READY again, 0 when the new
+    config runs, 78 when it was refused (the old one runs on); each reload is bracketed by
+    RELOADING=1 (with MONOTONIC_USEC) and READY=1 before it returns."""
+    path = sim_config(parrot, tmp_path)
+    with HarkRun(path, tmp_path, fake_audio=True, GPIOZERO_PIN_FACTORY="mock") as run:
+        run.notify.until(lambda m: m == "READY=1")
+
+        path.write_text(path.read_text() + "[log]\nlevel = 'debug'\n")
+        good = run.reload()
+        assert good.returncode == 0, good.stderr
+        assert "config reloaded" in good.stdout
+        told = run.notify.pending()
+        reloading = next(n for n, m in enumerate(told) if m.startswith("RELOADING=1\n"))
+        assert "READY=1" in told[reloading:]
+        assert "MONOTONIC_USEC=" in told[reloading]
+
+        path.write_text(path.read_text() + "[trigger]\nmode = 'vox'\n")
+        refused = run.reload()
+        assert refused.returncode == 78
+        assert "reload refused, old config kept: trigger.mode" in refused.stderr
+        told = run.notify.pending()
+        reloading = next(n for n, m in enumerate(told) if m.startswith("RELOADING=1\n"))
+        assert told[-1] == "READY=1" and reloading < len(told) - 1, told
+        assert any(m.startswith("STATUS=reload refused") for m in told)
+        assert run.proc.poll() is None
+
+        unchanged = run.reload()  # the refused file again: still refused
+        assert unchanged.returncode == 78
+        path.write_text(path.read_text().replace("[trigger]\nmode = 'vox'\n", ""))
+        same = run.reload()  # back to what runs: nothing to do, and that is fine
+        assert same.returncode == 0 and "config unchanged" in same.stdout
+    assert "sk-test-daemon" not in run.output
+
+
+def test_reload_of_a_daemon_that_is_gone_fails(tmp_path: Path) -> None:
+    """`hark reload` for a pid that does not exist says so and exits 69."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "hark.cli", "reload", "--pid", "999999999"],
+        env={"RUNTIME_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 69
+    assert "hark is not running" in result.stderr

@@ -19,7 +19,8 @@ def test_unit_declares_the_contract() -> None:
     assert d["Type"] == ["notify"]
     assert d["NotifyAccess"] == ["main"]
     assert d["ExecStart"] == ["/opt/hark/venv/bin/hark run --config /etc/hark/hark.toml"]
-    assert "-HUP $MAINPID" in d["ExecReload"][0]
+    # No /bin/kill (procps): hark reload signals, waits, and fails a refused reload.
+    assert d["ExecReload"] == ["/opt/hark/venv/bin/hark reload --pid $MAINPID"]
     assert d["Restart"] == ["on-failure"]
     assert d["RestartPreventExitStatus"] == ["78"]
     assert int(d["WatchdogSec"][0]) > 0
