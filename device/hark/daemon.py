@@ -476,6 +476,7 @@ def _wire(
     from hark.notify import watchdog_interval_s
 
     closers: list[Callable[[], None]] = []
+    notes: dict[str, str] = {}
     a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
     hands_free = t.mode in ("vad", "both")
     if mic is None or speaker is None:
@@ -512,29 +513,44 @@ def _wire(
     if triggers is None:
         triggers = []
         if t.mode in ("button", "both") and g.button_pin is not None:
-            from hark.gpio import GpioButton
+            from hark.gpio import GpioButton, GpioError
 
-            button = GpioButton(
-                g.button_pin,
-                pull_up=g.button_pull_up,
-                bounce_s=g.bounce_s,
-                long_press_s=t.long_press_s,
-                pin_factory=pin_factory,
-            )
-            opened.append(button.close)
-            triggers = [button]
+            try:
+                button = GpioButton(
+                    g.button_pin,
+                    pull_up=g.button_pull_up,
+                    bounce_s=g.bounce_s,
+                    long_press_s=t.long_press_s,
+                    pin_factory=pin_factory,
+                )
+            except GpioError as exc:
+                if t.mode == "button":
+                    raise  # nothing else opens a turn: exit 69, which the unit does not restart
+                # Voice still opens turns: an appliance that can listen stays useful.
+                log.error("%s; running hands-free only", exc)
+                notes["button"] = f"button on GPIO {g.button_pin} unavailable: hands-free only"
+            else:
+                opened.append(button.close)
+                triggers = [button]
     if indicator is None:
         if g.led_pin is not None or g.rgb_pins is not None:
-            from hark.gpio import GpioIndicator
+            from hark.gpio import GpioError, GpioIndicator
 
-            indicator = GpioIndicator(
-                g.led_pin if g.rgb_pins is None else None,
-                rgb_pins=g.rgb_pins,
-                pwm=g.led_pwm,
-                active_high=g.led_active_high,
-                pin_factory=pin_factory,
-            )
-            opened.append(indicator.close)
+            try:
+                indicator = GpioIndicator(
+                    g.led_pin if g.rgb_pins is None else None,
+                    rgb_pins=g.rgb_pins,
+                    pwm=g.led_pwm,
+                    active_high=g.led_active_high,
+                    pin_factory=pin_factory,
+                )
+            except GpioError as exc:
+                # The cues still sound; a missing LED driver is no reason to go silent.
+                log.error("%s; running without the LED", exc)
+                notes["led"] = "LED unavailable"
+                indicator = NoIndicator()
+            else:
+                opened.append(indicator.close)
         else:
             indicator = NoIndicator()
 
@@ -588,6 +604,7 @@ def _wire(
         notifier,
         runner,
         watchdog_interval_s=interval_s / 2 if interval_s else None,
+        status_notes=notes,
     )
     from hark.agent_glue import AgentGlue
 

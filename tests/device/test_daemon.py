@@ -8,6 +8,7 @@ button events, as the GPIO button would post them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import textwrap
 from collections.abc import Callable, Iterator
@@ -524,3 +525,65 @@ def test_reload_of_a_daemon_that_is_gone_fails(tmp_path: Path) -> None:
     )
     assert result.returncode == 69
     assert "hark is not running" in result.stderr
+
+
+@functools.cache
+def _no_pin_factory() -> bool:
+    """True on a machine where gpiozero finds no pin factory (not a Pi, no lgpio)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from gpiozero import Device\n"
+        "try:\n    Device._default_pin_factory()\nexcept Exception:\n    print('none')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", probe],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return out.stdout.strip() == "none"
+
+
+@pytest.fixture
+def no_gpio() -> None:
+    """Skip unless gpiozero really finds no pin driver here (the non-Pi board's case)."""
+    if not _no_pin_factory():
+        pytest.skip("this machine has a GPIO pin driver")
+
+
+@pytest.mark.usefixtures("no_gpio")
+def test_no_gpio_driver_with_voice_runs_hands_free(parrot: SimHandle, tmp_path: Path) -> None:
+    """Button and LED configured on a board without a pin driver, voice enabled: the
+    daemon runs hands-free, one error line each, STATUS says so; no exit, no restart."""
+    path = sim_config(
+        parrot, tmp_path, "[trigger]\nmode = 'both'\n[gpio]\nbutton_pin = 17\nled_pin = 27\n"
+    )
+    with HarkRun(path, tmp_path, fake_audio=True) as run:
+        run.notify.until(lambda m: m == "READY=1")
+        status = run.notify.until(lambda m: m.startswith("STATUS=idle"))
+        assert "button on GPIO 17 unavailable: hands-free only" in status
+        assert "LED unavailable" in status
+        assert run.proc.poll() is None
+    assert run.output.count("talk button on GPIO 17: ") == 1
+    assert "running hands-free only" in run.output
+    assert "PinFactoryFallback" not in run.output  # gpiozero's warnings: folded into the error
+
+
+@pytest.mark.usefixtures("no_gpio")
+def test_no_gpio_driver_for_a_button_only_device_exits_69_once(
+    parrot: SimHandle, tmp_path: Path
+) -> None:
+    """Button only, no pin driver: nothing can open a turn. One clear error and exit 69,
+    which the unit's RestartPreventExitStatus keeps from becoming a restart loop."""
+    path = sim_config(parrot, tmp_path, "[trigger]\nmode = 'button'\n[gpio]\nbutton_pin = 17\n")
+    with HarkRun(path, tmp_path, fake_audio=True) as run:
+        status = run.notify.until(lambda m: m.startswith("STATUS=GPIO unavailable"))
+        assert run.proc.wait(timeout=60) == 69
+    assert "talk button on GPIO 17" in status and "GPIOZERO_PIN_FACTORY=mock" in status
+    assert "READY=1" not in run.notify.seen
+    assert "PinFactoryFallback" not in run.output
+    assert run.output.count("talk button on GPIO 17") == 1, run.output
