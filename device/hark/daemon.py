@@ -273,6 +273,10 @@ def reload_and_wait(pid: int, result_dir: str, timeout_s: float) -> tuple[Reload
         if outcome is not None and outcome != before:
             verdict: ReloadVerdict = "reloaded" if outcome.get("ok") else "refused"
             return verdict, str(outcome.get("message", ""))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "not running", f"process {pid} ended during the reload"
     return "no answer", f"no reload outcome from process {pid} within {timeout_s:.0f} s"
 
 

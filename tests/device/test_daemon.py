@@ -527,6 +527,29 @@ def test_reload_of_a_daemon_that_is_gone_fails(tmp_path: Path) -> None:
     assert "hark is not running" in result.stderr
 
 
+def test_reload_of_a_daemon_that_dies_meanwhile_fails_at_once(tmp_path: Path) -> None:
+    """A process that dies of the SIGHUP (not hark): `hark reload` says so, no 50 s wait."""
+    import subprocess
+    import sys
+    import threading
+
+    victim = subprocess.Popen(["sleep", "600"])
+    threading.Thread(target=victim.wait, daemon=True).start()  # reap it: no zombie
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "hark.cli", "reload", "--pid", str(victim.pid)],
+            env={"RUNTIME_DIRECTORY": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        victim.kill()
+    assert result.returncode == 69, result.stderr
+    assert "ended during the reload" in result.stderr
+
+
 @functools.cache
 def _no_pin_factory() -> bool:
     """True on a machine where gpiozero finds no pin factory (not a Pi, no lgpio)."""
