@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,6 +138,13 @@ class App:
     """One loop around one ``Conversation``: ``await start()`` … ``await shutdown()``.
 
     ``watchdog_interval_s`` should be half of systemd's ``WatchdogSec`` (None: no pings).
+    READY=1 goes out once every adapter that opens a device (``ports.Opening``) has
+    opened it or reported it missing, and what they posted meanwhile has been handled
+    (so STATUS already names a missing card); after ``start_timeout_s`` it goes out
+    anyway, naming what is still opening, well inside systemd's start timeout.
+    ``status_notes`` are appended to every STATUS line (e.g. a button that could not
+    be opened); dropouts (``ports.DropoutCounter``) are read every ``health_interval_s``
+    and shown in STATUS while any happened in the last ``dropout_window_s``.
     """
 
     def __init__(
@@ -155,6 +162,10 @@ class App:
         restart_backoff_s: tuple[float, float] = (0.5, 30.0),
         stable_after_s: float = 2.0,
         shutdown_timeout_s: float = 4.0,
+        start_timeout_s: float = 30.0,
+        health_interval_s: float = 5.0,
+        dropout_window_s: float = 60.0,
+        status_notes: Mapping[str, str] | None = None,
     ) -> None:
         self.conversation = conversation
         self.link = link
@@ -168,6 +179,9 @@ class App:
         self.restart_backoff_s = restart_backoff_s
         self.stable_after_s = stable_after_s
         self.shutdown_timeout_s = shutdown_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.health_interval_s = health_interval_s
+        self.dropout_window_s = dropout_window_s
         self.restarts: dict[str, int] = {}
         self.command_errors = 0
         # A plain deque woken once per batch: asyncio.Queue.get and a timeout per item cost
@@ -193,6 +207,11 @@ class App:
         self._dispatching = False  # _put_now is handling items (nested posts only queue)
         self._failure: Exception | None = None  # raised by _put_now, for the drain task
         self._mic_demand: MicDemand | None = None  # what the mic was last told
+        # STATUS: the core's line, then the notes; sent only when the whole line changes.
+        self._core_status = ""
+        self._notes: dict[str, str] = dict(status_notes or {})
+        self._status_sent: str | None = None
+        self._dropouts = _DropoutWatch(dropout_window_s)
 
     # ------------------------------------------------------------------ public
 
@@ -381,12 +400,16 @@ class App:
         try:
             self._execute(self.conversation.start(loop.time()))
             self._sync_mic()
-            # One pass of the loop lets every adapter open its device (or report it missing).
-            await asyncio.sleep(0)
-            self.notifier.ready()
-            self._ready.set()
+            self._spawn(self._announce_ready(), name="hark-ready")
             if self.watchdog_interval_s:
                 self._spawn(self._watchdog(self.watchdog_interval_s), name="hark-watchdog")
+            counters = [
+                (name, adapter)
+                for name, adapter in (("microphone", self.mic), ("speaker", self.speaker))
+                if isinstance(getattr(adapter, "dropouts", None), int)
+            ]
+            if counters and self.health_interval_s > 0:
+                self._spawn(self._watch_dropouts(counters), name="hark-dropouts")
             await self._drain(loop)
         finally:
             if self._timer is not None:
@@ -518,8 +541,12 @@ class App:
         elif isinstance(command, SetLed):
             self.indicator.show(command.pattern)
         elif isinstance(command, ReportStatus):
-            log.info("status: %s", command.text)
-            self.notifier.status(command.text)
+            if command.text != self._core_status:
+                # One journal line per change; an error's detail (a device listing) is
+                # logged where it happened.
+                log.info("status: %s", command.text.partition("\n")[0])
+            self._core_status = command.text
+            self._send_status()
         elif isinstance(command, RunTool):
             self._spawn(self._run_tool(command), name=f"hark-tool-{command.name}")
         elif isinstance(command, Connect):
@@ -532,6 +559,76 @@ class App:
             self._stopped = True
         else:  # pragma: no cover - the Command union is closed
             raise TypeError(f"unknown command {command!r}")
+
+    # ------------------------------------------------------------------ status and health
+
+    def _send_status(self) -> None:
+        """STATUS= the core's line plus the notes, unless systemd already has exactly that."""
+        notes = [*self._notes.values()]
+        if self._dropouts.note:
+            notes.append(self._dropouts.note)
+        line = "; ".join([self._core_status, *notes]) if self._core_status else "; ".join(notes)
+        if line and line != self._status_sent:
+            self._status_sent = line
+            self.notifier.status(line)
+
+    def set_note(self, key: str, text: str | None) -> None:
+        """Add (or with None remove) a standing STATUS note, e.g. a device that is missing."""
+        if text is None:
+            self._notes.pop(key, None)
+        else:
+            self._notes[key] = text
+        if self._loop is not None:
+            self._send_status()
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once the devices are open or known missing, and the inbox has caught up."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0)  # every adapter task runs to its first await
+        waits: dict[asyncio.Future[None], str] = {}
+        for name, adapter in (("microphone", self.mic), ("speaker", self.speaker)):
+            wait_started = getattr(adapter, "wait_started", None)
+            if wait_started is not None:
+                waits[asyncio.ensure_future(wait_started())] = name
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.start_timeout_s)
+            for future in pending:
+                future.cancel()
+            if pending:
+                names = ", ".join(waits[f] for f in pending)
+                log.warning(
+                    "%s still opening after %.0f s; reporting ready, it keeps trying",
+                    names,
+                    self.start_timeout_s,
+                )
+                self.set_note("opening", f"{names} still opening")
+        # A heartbeat through the inbox: a missing card's DeviceLost is in STATUS first.
+        beat = _Heartbeat(loop.create_future())
+        self._put(beat)
+        await beat.done
+        log.info("ready")
+        self.notifier.ready()
+        self._ready.set()
+
+    async def _watch_dropouts(self, counters: Sequence[tuple[str, object]]) -> None:
+        """Read the dropout counters every ``health_interval_s``: journal and STATUS.
+
+        The audio callbacks only count; this reads the counts on the loop every few
+        seconds, so no audio frame pays for the reporting.
+        """
+        loop = asyncio.get_running_loop()
+        watch = self._dropouts
+        for name, adapter in counters:
+            watch.track(name, getattr(adapter, "dropouts", 0), loop.time())
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            now = loop.time()
+            for name, adapter in counters:
+                watch.update(name, getattr(adapter, "dropouts", 0), now)
+            for line in watch.summaries(now):
+                log.warning("%s", line)
+            if watch.refresh_note(now):
+                self._send_status()
 
     # ------------------------------------------------------------------ background tasks
 
@@ -605,6 +702,8 @@ class App:
             await asyncio.sleep(max(0.0, interval_s - (loop.time() - started)))
 
     async def _wind_down(self) -> None:
+        if self._dropouts.total():
+            log.info("audio dropouts since start: %s", self._dropouts.totals_text())
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
@@ -623,3 +722,71 @@ class App:
         for _, state_future in self._state_waiters:
             if not state_future.done():
                 state_future.set_exception(RuntimeError("the app stopped"))
+
+
+class _DropoutWatch:
+    """Dropout counts per device: a journal summary at most once a ``window_s`` per
+    device, and the STATUS note for the ``window_s`` just past.  Plain numbers, no I/O."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.note = ""
+        self._seen: dict[str, int] = {}  # last counter value read
+        self._base: dict[str, int] = {}  # the counter when tracking began
+        self._recent: deque[tuple[float, str, int]] = deque()  # (when, device, how many)
+        self._unlogged: dict[str, int] = {}
+        self._since: dict[str, float] = {}  # start of the period the next summary covers
+        self._logged: dict[str, bool] = {}  # a summary was logged within the last window
+
+    def track(self, name: str, count: int, now: float) -> None:
+        self._seen[name] = self._base[name] = count
+        self._unlogged[name] = 0
+        self._since[name] = now
+        self._logged[name] = False
+
+    def update(self, name: str, count: int, now: float) -> None:
+        new = count - self._seen[name]
+        self._seen[name] = count
+        if new > 0:
+            self._recent.append((now, name, new))
+            self._unlogged[name] += new
+
+    def summaries(self, now: float) -> list[str]:
+        """Journal lines due now: the first dropout at once, then one summary a window."""
+        lines = []
+        for name, count in self._unlogged.items():
+            since = self._since[name]
+            if self._logged[name] and now - since < self.window_s:
+                continue
+            if count:
+                total = self._seen[name] - self._base[name]
+                plural = "s" if count != 1 else ""
+                lines.append(
+                    f"{name}: {count} audio dropout{plural} in the last {now - since:.0f} s "
+                    f"({total} since start)"
+                )
+            self._unlogged[name] = 0
+            self._since[name] = now
+            self._logged[name] = bool(count)
+        return lines
+
+    def refresh_note(self, now: float) -> bool:
+        """Recompute the STATUS note for the last window; True if it changed."""
+        while self._recent and self._recent[0][0] <= now - self.window_s:
+            self._recent.popleft()
+        counts: dict[str, int] = {}
+        for _, name, new in self._recent:
+            counts[name] = counts.get(name, 0) + new
+        note = ""
+        if counts:
+            listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+            note = f"audio dropouts in the last {self.window_s:.0f} s: {listed}"
+        changed = note != self.note
+        self.note = note
+        return changed
+
+    def total(self) -> int:
+        return sum(self._seen[n] - self._base[n] for n in self._seen)
+
+    def totals_text(self) -> str:
+        return ", ".join(f"{n} {self._seen[n] - self._base[n]}" for n in self._seen)

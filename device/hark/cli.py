@@ -29,6 +29,7 @@ EX_OK = 0
 EX_USAGE = 2  # argparse's own code for bad arguments
 EX_NOINPUT = 66  # a file to read (the history) cannot be read
 EX_SOFTWARE = 70
+EX_TEMPFAIL = 75  # `hark reload`: no answer from the daemon in time
 EX_UNAVAILABLE = 69  # a device (sound card, GPIO) or service is missing
 EX_CONFIG = 78  # sysexits.h; the unit file's RestartPreventExitStatus=78
 
@@ -172,6 +173,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the daemon and wait for the outcome (the unit's ``ExecReload=``)."""
+    from hark.daemon import reload_and_wait
+
+    pid = args.pid or os.environ.get("MAINPID", "")
+    directory = args.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if not pid.isdigit() or not directory:
+        print(
+            "hark reload: needs --pid and --runtime-dir (systemd sets $MAINPID and "
+            "$RUNTIME_DIRECTORY for ExecReload=); use `systemctl reload hark`",
+            file=sys.stderr,
+        )
+        return EX_USAGE
+    verdict, message = reload_and_wait(int(pid), directory, args.timeout)
+    print(f"hark reload: {message}", file=sys.stdout if verdict == "reloaded" else sys.stderr)
+    codes = {"reloaded": EX_OK, "refused": EX_CONFIG, "not running": EX_UNAVAILABLE}
+    return codes.get(verdict, EX_TEMPFAIL)
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     try:
         from hark import soundcard
@@ -296,6 +316,12 @@ def _parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--fake-audio", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reload", help="reload the running daemon's config; exits 78 if refused")
+    p.add_argument("--pid", default="", help="the daemon's pid (default $MAINPID)")
+    p.add_argument("--runtime-dir", default="", help="its runtime dir ($RUNTIME_DIRECTORY)")
+    p.add_argument("--timeout", type=float, default=50.0, help="seconds to wait (50)")
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("check-config", help="validate the config and print it, secrets masked")
     with_config(p)

@@ -917,7 +917,9 @@ class Conversation:
         self._connecting = self._disconnecting = False
         self._link_failure_reported = False
         self._session_started_at = self._last_activity = now
-        self._faults.pop(LINK_DEVICE, None)
+        self._clear_fault(LINK_DEVICE)
+        if self.last_error is not None and self.last_error.startswith("link closed: "):
+            self.last_error = None  # linked again: that error is over
         # The link resends the session after reconnects too; sending it again is harmless.
         cmds: list[Command] = [UpdateSession(self.session_config)]
         cmds += self._outbox
@@ -970,8 +972,24 @@ class Conversation:
             cmds.append(PlayCue("error"))
         return cmds + self._go(Phase.ERROR, force_status=True)
 
+    def _clear_fault(self, device: str) -> bool:
+        """Forget ``device``'s fault; the status line's error goes with it (it would lie).
+
+        ``last_error`` then names a fault still standing, or nothing; an error of the
+        past that no fault stands for (a failed turn) stays as the last error.
+        """
+        message = self._faults.pop(device, None)
+        if message is None:
+            return False
+        if self.last_error in (message, f"{device}: {message}"):
+            self.last_error = None
+            for other, text in reversed(self._faults.items()):
+                self.last_error = text if other == LINK_DEVICE else f"{other}: {text}"
+                break
+        return True
+
     def _device_restored(self, ev: DeviceRestored, now: float) -> list[Command]:
-        if self._faults.pop(ev.device, None) is None:
+        if not self._clear_fault(ev.device):
             return []
         cmds: list[Command] = []
         if ev.device == LINK_DEVICE and self.settings.session_policy == "always":

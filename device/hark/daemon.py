@@ -13,11 +13,14 @@ stay lean at import time: every heavy import happens inside ``build_app``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import asyncio
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 EX_OK = 0
 STOP_WITHIN_S = 4.5
 """SIGTERM must end the process within 5 s (the unit allows more, owners expect less)."""
+RELOAD_RESULT = "reload.json"
+"""In ``$RUNTIME_DIRECTORY``: the outcome of the latest reload, for ``hark reload``."""
 
 
 def load_config(path: str, *, with_token: bool) -> tuple[Config, str | None]:
@@ -78,7 +83,10 @@ class Supervisor:
 
     A reload that validates replaces the whole app (audio, GPIO and session are
     reopened, the new app reports READY again); one that does not is refused, each
-    problem logged, and the running app is left alone.
+    problem logged, and the running app is left alone.  Every SIGHUP is bracketed by
+    RELOADING=1 and READY=1 (the sd_notify reload protocol), and its outcome is
+    written to ``result_dir`` (``$RUNTIME_DIRECTORY``) once known, for ``hark reload``:
+    sd_notify has no way to say that a reload was refused.
     """
 
     def __init__(
@@ -88,9 +96,15 @@ class Supervisor:
         token: str,
         build: AppFactory,
         notifier: ServiceNotifier,
+        result_dir: str | None = None,
     ) -> None:
         import asyncio
 
+        if result_dir is None:
+            result_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        self._result_dir = result_dir
+        self._reload_seq = 0
+        self._outcome: tuple[bool, str] | None = None  # told once the next app is READY
         self.config_path = config_path
         self.config = config
         self.token = token
@@ -116,7 +130,10 @@ class Supervisor:
     def request_reload(self) -> None:
         from hark.config import ConfigError
 
+        if self._stopping:
+            return
         log.info("reloading %s", self.config_path)
+        self._notifier.reloading()
         try:
             config, token = load_config(self.config_path, with_token=True)
         except ConfigError as exc:
@@ -124,16 +141,40 @@ class Supervisor:
             for problem in exc.problems:
                 log.error("reload refused: %s: %s", self.config_path, problem)
             self._notifier.status(f"reload refused, old config kept: {exc.problems[0]}")
+            self._notifier.ready()  # the old config runs on: the reload is over
+            self._tell_outcome(False, f"reload refused, old config kept: {exc.problems[0]}")
             return
         assert token is not None
-        if config == self.config and token == self.token:
+        if config == self.config and token == self.token and self._pending is None:
             log.info("config unchanged")
             self._notifier.status("config unchanged")
+            self._notifier.ready()
+            self._tell_outcome(True, "config unchanged")
             return
-        self._notifier.reloading()
         self._pending = (config, token)
+        self._outcome = (True, "config reloaded")
         if self._app is not None:
             self._app.shutdown()
+
+    def _app_ready(self) -> None:
+        """The app just sent READY=1: a reload waiting for it is over."""
+        outcome, self._outcome = self._outcome, None
+        if outcome is not None:
+            self._tell_outcome(*outcome)
+
+    def _tell_outcome(self, ok: bool, message: str) -> None:
+        """Write the reload's outcome where ``hark reload`` waits for it (atomically)."""
+        if self._result_dir is None:
+            return
+        self._reload_seq += 1
+        result = {"pid": os.getpid(), "seq": self._reload_seq, "ok": ok, "message": message}
+        path = Path(self._result_dir) / RELOAD_RESULT
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            temporary.write_text(json.dumps(result))
+            temporary.replace(path)
+        except OSError as exc:
+            log.warning("cannot write the reload outcome to %s: %s", path, exc)
 
     async def serve(self) -> int:
         import asyncio
@@ -145,7 +186,7 @@ class Supervisor:
         previous: tuple[Config, str] | None = None
         try:
             while True:
-                gated = _GatedNotifier(self._notifier, lambda: self._stopping)
+                gated = _GatedNotifier(self._notifier, lambda: self._stopping, self._app_ready)
                 try:
                     self._app = self._build(self.config, self.token, gated)
                 except Exception as exc:
@@ -156,6 +197,7 @@ class Supervisor:
                     self.refused_reloads += 1
                     log.error("reload failed, old config kept: %s", exc)
                     self._notifier.status(f"reload failed, old config kept: {exc}")
+                    self._outcome = (False, f"reload failed, old config kept: {exc}")
                     (self.config, self.token), previous = previous, None
                     _apply_log_level(self.config.log.level)
                     continue
@@ -197,6 +239,47 @@ class Supervisor:
             task.cancel()
 
 
+def _read_outcome(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+ReloadVerdict = Literal["reloaded", "refused", "not running", "no answer"]
+
+
+def reload_and_wait(pid: int, result_dir: str, timeout_s: float) -> tuple[ReloadVerdict, str]:
+    """SIGHUP the daemon ``pid`` and wait for the reload's outcome: (verdict, message).
+
+    "no answer" when the daemon said nothing within ``timeout_s``.  This is ``hark
+    reload``, the unit's ``ExecReload=``: systemd waits for it and fails the reload job
+    when it exits non-zero, which is how ``systemctl reload`` learns that a config was
+    refused (sd_notify cannot say so).  Stdlib only: it starts quickly on a Pi Zero.
+    """
+    path = Path(result_dir) / RELOAD_RESULT
+    before = _read_outcome(path)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return "not running", f"hark is not running (no process {pid})"
+    except PermissionError:
+        return "not running", f"not allowed to signal process {pid}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        outcome = _read_outcome(path)
+        if outcome is not None and outcome != before:
+            verdict: ReloadVerdict = "reloaded" if outcome.get("ok") else "refused"
+            return verdict, str(outcome.get("message", ""))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "not running", f"process {pid} ended during the reload"
+    return "no answer", f"no reload outcome from process {pid} within {timeout_s:.0f} s"
+
+
 def _apply_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
@@ -215,14 +298,19 @@ class _GatedNotifier:
     """Forwards to systemd, except STOPPING=1 from an app torn down for a reload.
 
     systemd treats STOPPING=1 as the start of a stop, so only a real stop may send it.
+    ``on_ready`` runs after each READY=1 (a reload's outcome is known then).
     """
 
-    def __init__(self, real: Any, really_stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self, real: Any, really_stopping: Callable[[], bool], on_ready: Callable[[], None]
+    ) -> None:
         self._real = real
         self._really_stopping = really_stopping
+        self._on_ready = on_ready
 
     def ready(self) -> None:
         self._real.ready()
+        self._on_ready()
 
     def status(self, text: str) -> None:
         self._real.status(text)
@@ -392,6 +480,7 @@ def _wire(
     from hark.notify import watchdog_interval_s
 
     closers: list[Callable[[], None]] = []
+    notes: dict[str, str] = {}
     a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
     hands_free = t.mode in ("vad", "both")
     if mic is None or speaker is None:
@@ -428,29 +517,44 @@ def _wire(
     if triggers is None:
         triggers = []
         if t.mode in ("button", "both") and g.button_pin is not None:
-            from hark.gpio import GpioButton
+            from hark.gpio import GpioButton, GpioError
 
-            button = GpioButton(
-                g.button_pin,
-                pull_up=g.button_pull_up,
-                bounce_s=g.bounce_s,
-                long_press_s=t.long_press_s,
-                pin_factory=pin_factory,
-            )
-            opened.append(button.close)
-            triggers = [button]
+            try:
+                button = GpioButton(
+                    g.button_pin,
+                    pull_up=g.button_pull_up,
+                    bounce_s=g.bounce_s,
+                    long_press_s=t.long_press_s,
+                    pin_factory=pin_factory,
+                )
+            except GpioError as exc:
+                if t.mode == "button":
+                    raise  # nothing else opens a turn: exit 69, which the unit does not restart
+                # Voice still opens turns: an appliance that can listen stays useful.
+                log.error("%s; running hands-free only", exc)
+                notes["button"] = f"button on GPIO {g.button_pin} unavailable: hands-free only"
+            else:
+                opened.append(button.close)
+                triggers = [button]
     if indicator is None:
         if g.led_pin is not None or g.rgb_pins is not None:
-            from hark.gpio import GpioIndicator
+            from hark.gpio import GpioError, GpioIndicator
 
-            indicator = GpioIndicator(
-                g.led_pin if g.rgb_pins is None else None,
-                rgb_pins=g.rgb_pins,
-                pwm=g.led_pwm,
-                active_high=g.led_active_high,
-                pin_factory=pin_factory,
-            )
-            opened.append(indicator.close)
+            try:
+                indicator = GpioIndicator(
+                    g.led_pin if g.rgb_pins is None else None,
+                    rgb_pins=g.rgb_pins,
+                    pwm=g.led_pwm,
+                    active_high=g.led_active_high,
+                    pin_factory=pin_factory,
+                )
+            except GpioError as exc:
+                # The cues still sound; a missing LED driver is no reason to go silent.
+                log.error("%s; running without the LED", exc)
+                notes["led"] = "LED unavailable"
+                indicator = NoIndicator()
+            else:
+                opened.append(indicator.close)
         else:
             indicator = NoIndicator()
 
@@ -504,6 +608,7 @@ def _wire(
         notifier,
         runner,
         watchdog_interval_s=interval_s / 2 if interval_s else None,
+        status_notes=notes,
     )
     from hark.agent_glue import AgentGlue
 

@@ -54,6 +54,7 @@ def doctor_checks(config_path: str) -> list[Check]:
     checks.append(_check_backend(config, token))
     checks += _check_audio(config)
     checks += _check_gpio(config)
+    checks += check_service()
     return checks
 
 
@@ -66,6 +67,46 @@ def _check_agent(ref: str) -> Check:
         fix = "install that module into hark's environment, or fix agent.object"
         return Check("agent", False, str(exc), fix)
     return Check("agent", True, f"{ref} imports")
+
+
+def check_service(
+    unit: str = "hark.service", booted: Path = Path("/run/systemd/system")
+) -> list[Check]:
+    """The running daemon as systemd sees it: state, restarts and its STATUS line.
+
+    STATUS carries the phase, the last error, what is missing and recent audio
+    dropouts, so a daemon that drops audio does not pass for healthy.  Readable by
+    any user (no sudo); no check at all where systemd does not run or hark is not
+    installed as a service.
+    """
+    import shutil
+    import subprocess
+
+    systemctl = shutil.which("systemctl")
+    if systemctl is None or not booted.is_dir():  # booted with systemd: sd_booted()
+        return []
+    keys = ("LoadState", "ActiveState", "SubState", "NRestarts", "StatusText")
+    try:
+        result = subprocess.run(
+            [systemctl, "show", unit, *(f"--property={k}" for k in keys)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    props = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+    if result.returncode != 0 or props.get("LoadState") != "loaded":
+        return []
+    state = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
+    restarts = props.get("NRestarts", "0")
+    detail = state + (f", restarted {restarts} times" if restarts not in ("", "0") else "")
+    if props.get("StatusText"):
+        detail += f": {props['StatusText']}"
+    failed = props.get("ActiveState") == "failed"
+    fix = f"journalctl -u {unit} -e shows why; then systemctl restart {unit}" if failed else ""
+    return [Check("service", not failed, detail, fix)]
 
 
 TLS_FIX = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,16 +31,25 @@ class GpioError(Exception):
 
 
 def _open(what: str, pins: str, make: Callable[[], Any]) -> Any:
-    try:
-        return make()
-    except (GPIOZeroError, OSError, RuntimeError) as exc:
-        hint = ""
-        if "pin factory" in str(exc).lower():
-            hint = (
-                " (no GPIO here: not a Raspberry Pi, or lgpio missing; "
-                "for a laptop or tests set GPIOZERO_PIN_FACTORY=mock)"
-            )
-        raise GpioError(f"{what} on GPIO {pins}: {exc}{hint}") from exc
+    """``make()`` the device; gpiozero's pin-factory fallback warnings (one stderr line
+    each, every time a device is made) become part of the one error, or a debug line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return make()
+        except (GPIOZeroError, OSError, RuntimeError) as exc:
+            if "pin factory" in str(exc).lower():
+                # Why each driver failed goes last: STATUS shows only the first 200 chars.
+                tried = "; ".join(str(w.message).removeprefix("Falling back from ") for w in caught)
+                raise GpioError(
+                    f"{what} on GPIO {pins}: no GPIO pin driver here (not a Raspberry Pi, or "
+                    "python3-lgpio missing; for a laptop or tests set GPIOZERO_PIN_FACTORY=mock); "
+                    f"gpiozero: {exc}{f' (tried {tried})' if tried else ''}"
+                ) from exc
+            raise GpioError(f"{what} on GPIO {pins}: {exc}") from exc
+        finally:
+            for warning in caught:
+                log.debug("gpiozero: %s", warning.message)
 
 
 # --------------------------------------------------------------------------- button

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ def _socket_sender(message: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # Non-blocking: a manager that is not reading (its queue full) costs this message,
+    # never the event loop, which sends STATUS and WATCHDOG from its own thread.
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+    with socket.socket(socket.AF_UNIX, kind) as sock:
         try:
             sock.connect(address)
             sock.sendall(message.encode("utf-8"))
@@ -76,8 +80,13 @@ class SystemdNotifier:
         self._send("READY=1")
 
     def reloading(self) -> None:
-        """A SIGHUP reload began; ``ready()`` ends it."""
-        self._send("RELOADING=1")
+        """A SIGHUP reload began; ``ready()`` ends it (refused or not).
+
+        ``MONOTONIC_USEC`` (CLOCK_MONOTONIC, as ``time.monotonic_ns`` reads it on Linux)
+        is how systemd >= 253 tells this reload from an older one under
+        ``Type=notify-reload``; older systemd ignores the field.
+        """
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def status(self, text: str) -> None:
         """One line for ``systemctl status``: the phase and the last error."""

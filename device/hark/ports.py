@@ -87,6 +87,30 @@ class Indicator(Protocol):
         """Off, and release the pins."""
 
 
+class Opening(Protocol):
+    """An adapter that opens its device in ``run`` (the sound card); the app waits for it.
+
+    READY=1 means the microphone and speaker are open: the app sends it only once every
+    such adapter's ``wait_started`` has returned.
+    """
+
+    async def wait_started(self) -> None:
+        """Return once the device is open, or its first attempt failed and was posted
+        as ``DeviceLost`` (it goes on retrying: a missing card is no reason to wait)."""
+
+
+class DropoutCounter(Protocol):
+    """An audio adapter that counts dropouts (input overflows, output underflows).
+
+    The callback only increments an int; the app reads it every few seconds and turns
+    it into a journal summary and a STATUS note, so dropping audio never looks healthy.
+    """
+
+    @property
+    def dropouts(self) -> int:
+        """Dropouts since the adapter was made (every stream it opened)."""
+
+
 class Trigger(Protocol):
     """The button(s): posts ``ButtonPressed``/``ButtonReleased``/``ButtonLongPressed``."""
 

@@ -413,6 +413,12 @@ class _StreamAdapter:
         self.opened_rate_hz: int | None = None
         self.opened_channels: int | None = None
         self.reopens = 0
+        self._started = asyncio.Event()  # the first open attempt is over (either way)
+
+    async def wait_started(self) -> None:
+        """Return once the first open has succeeded, or failed and posted ``DeviceLost``
+        (``ports.Opening``: the app sends READY=1 only then)."""
+        await self._started.wait()
 
     @property
     def frames_seen(self) -> int:
@@ -580,6 +586,7 @@ class _StreamAdapter:
                         post(DeviceLost(self.label, message))
                         lost = True
                         self._on_lost()
+                    self._started.set()
                     await self._close()
                     await asyncio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, self.reopen_max_s)
@@ -601,6 +608,7 @@ class _StreamAdapter:
                     post(DeviceRestored(self.label))
                     lost = False
                     self.reopens += 1
+                self._started.set()
                 backoff_s = self.reopen_initial_s
                 reason = await self._watch(opened)
                 log.warning("%s lost: %s", self.label, reason)
@@ -610,6 +618,7 @@ class _StreamAdapter:
                 await self._close()
                 await asyncio.sleep(backoff_s)
         finally:
+            self._started.set()  # nobody waits for an adapter that is gone
             # Cancelled (or a bug): close before returning, so no PortAudio thread calls
             # into Python while the interpreter shuts down; a wedged close is abandoned.
             await self._close()
@@ -673,6 +682,11 @@ class SoundcardMicrophone(_StreamAdapter):
 
     def set_demand(self, demand: MicDemand) -> None:
         self._demand = demand
+
+    @property
+    def dropouts(self) -> int:
+        """Input overflows PortAudio reported (``ports.DropoutCounter``)."""
+        return self.overflows
 
     def _prepare(self, rate_hz: int, channels: int) -> None:
         self._clock = StreamClock(rate_hz, "input")
@@ -761,6 +775,11 @@ class SoundcardSpeaker(_StreamAdapter):
         self._backlog: list[tuple[str, str | None, bytes]] | None = []
 
     # ---------------------------------------------------------------- ports.Speaker
+
+    @property
+    def dropouts(self) -> int:
+        """Output underflows PortAudio reported (``ports.DropoutCounter``)."""
+        return self.underflows
 
     @property
     def volume(self) -> float:
@@ -898,3 +917,5 @@ class SoundcardSpeaker(_StreamAdapter):
 if TYPE_CHECKING:  # both adapters satisfy the ports the app drives them through
     _mic: ports.Microphone = SoundcardMicrophone()
     _speaker: ports.Speaker = SoundcardSpeaker()
+    _opening: ports.Opening = SoundcardMicrophone()
+    _counting: ports.DropoutCounter = SoundcardSpeaker()

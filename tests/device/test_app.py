@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -639,3 +640,183 @@ async def test_core_deadline_fires_while_mic_frames_keep_flowing() -> None:
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
     assert any(isinstance(c, CommitAudio) for c in rig.link.sent)
     await rig.app.shutdown()
+
+
+# --------------------------------------------------------------------------- READY and STATUS
+
+
+class OrderedNotifier(FakeNotifier):
+    """Also keeps READY and STATUS in the one order systemd would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sequence: list[str] = []
+
+    def ready(self) -> None:
+        super().ready()
+        self.sequence.append("READY=1")
+
+    def status(self, text: str) -> None:
+        super().status(text)
+        self.sequence.append(f"STATUS={text}")
+
+
+class OpeningMic(FakeMic):
+    """A mic that opens its device in ``run`` (``ports.Opening``), when the test says so."""
+
+    def __init__(self, missing: str | None = None) -> None:
+        super().__init__()
+        self.missing = missing
+        self.open_now = asyncio.Event()
+        self._started = asyncio.Event()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self, post: Post) -> None:
+        await self.open_now.wait()
+        if self.missing is not None:
+            post(DeviceLost("microphone", self.missing))
+        self._started.set()
+        await forever()
+
+
+def opening_rig(mic: OpeningMic, **app_kwargs: Any) -> Rig:
+    rig = Rig(**app_kwargs)
+    rig.mic = mic
+    rig.notifier = OrderedNotifier()
+    rig.app.mic = mic
+    rig.app.notifier = rig.notifier
+    return rig
+
+
+async def test_ready_waits_until_the_microphone_is_open() -> None:
+    """READY=1 means audio is open: not sent while the mic is still opening its device."""
+    mic = OpeningMic()
+    rig = opening_rig(mic)
+    starting = asyncio.create_task(rig.app.start())
+    await rig.app.wait_for(lambda: rig.conv.connected, 5.0)  # the loop is serving meanwhile
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not rig.notifier.times("ready")
+    assert not starting.done()
+    mic.open_now.set()
+    await asyncio.wait_for(starting, 5.0)
+    assert rig.notifier.times("ready")
+    await rig.app.shutdown()
+
+
+async def test_a_missing_card_is_named_in_status_before_ready() -> None:
+    """No sound card at boot: READY=1 still goes out (no start timeout, no restart loop),
+    after a STATUS line that names the missing device."""
+    mic = OpeningMic(missing="no input device matches 'usb'")
+    rig = opening_rig(mic)
+    mic.open_now.set()
+    await rig.app.start()
+    ready_at = rig.notifier.sequence.index("READY=1")
+    named = [m for m in rig.notifier.sequence[:ready_at] if "no input device matches" in m]
+    assert named and named[-1].startswith("STATUS=error")
+    await rig.app.shutdown()
+
+
+async def test_ready_after_the_start_timeout_names_what_is_still_opening() -> None:
+    """A driver that hangs: READY=1 after ``start_timeout_s``, STATUS says what still opens."""
+    mic = OpeningMic()
+    rig = opening_rig(mic, start_timeout_s=0.05)
+    await asyncio.wait_for(rig.app.start(), 5.0)
+    assert rig.notifier.times("ready")
+    assert "microphone still opening" in rig.notifier.statuses[-1]
+    await rig.app.shutdown()
+
+
+async def test_status_is_sent_once_per_change() -> None:
+    """The same status line twice in a row is neither re-sent nor re-logged."""
+    rig = Rig()
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    for _ in range(3):  # each makes the core report its (unchanged) error status again
+        rig.app.post(DeviceLost("speaker", "gone"))
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.ERROR, 5.0)
+    await rig.app.wait_for(lambda: len(rig.events) >= 4, 5.0)
+    statuses = rig.notifier.statuses
+    assert all(a != b for a, b in itertools.pairwise(statuses)), statuses
+    await rig.app.shutdown()
+
+
+async def test_status_drops_the_error_of_a_device_that_came_back() -> None:
+    """Lost, then restored: the status line is plain "idle" again, not "last error: …"."""
+    rig = Rig()
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    rig.app.post(DeviceLost("speaker", "stream stopped"))
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.ERROR, 5.0)
+    assert "speaker: stream stopped" in rig.notifier.statuses[-1]
+    rig.app.post(DeviceRestored("speaker"))
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE, 5.0)
+    assert rig.notifier.statuses[-1] == "idle"
+    await rig.app.shutdown()
+
+
+async def test_status_notes_follow_the_phase() -> None:
+    """A standing note (a button that could not be opened) rides on every status line."""
+    rig = Rig(status_notes={"button": "button on GPIO 17 unavailable: hands-free only"})
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    assert rig.notifier.statuses[-1] == "idle; button on GPIO 17 unavailable: hands-free only"
+    await rig.app.shutdown()
+
+
+# --------------------------------------------------------------------------- audio dropouts
+
+
+class CountingSpeaker(FakeSpeaker):
+    """A speaker whose underflows the test counts up (``ports.DropoutCounter``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropouts = 0
+
+
+async def test_dropouts_reach_status_and_the_journal_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Underflows show in STATUS while recent; the journal gets one summary, not one a poll."""
+    rig = Rig(health_interval_s=0.01, dropout_window_s=600)
+    speaker = CountingSpeaker()
+    rig.app.speaker = rig.speaker = speaker
+    caplog.set_level("INFO", logger="hark.app")
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    for n in (1, 3, 7):
+        speaker.dropouts = n
+        await until(lambda n=n: f"speaker {n}" in rig.notifier.statuses[-1])  # type: ignore[misc]
+    assert rig.notifier.statuses[-1] == "idle; audio dropouts in the last 600 s: speaker 7"
+    lines = [r.getMessage() for r in caplog.records if "audio dropout" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("speaker: 1 audio dropout in the last")
+    await rig.app.shutdown()
+    assert "audio dropouts since start: microphone" not in caplog.text  # fakes count nothing
+    assert "audio dropouts since start: speaker 7" in caplog.text
+
+
+def test_dropout_watch_summarises_once_a_window_and_forgets_old_ones() -> None:
+    """The pure bookkeeping: first dropout at once, a summary a window, the note expires."""
+    from hark.app import _DropoutWatch
+
+    watch = _DropoutWatch(window_s=60)
+    watch.track("speaker", 5, now=0.0)  # counted before tracking began: not ours
+    watch.update("speaker", 5, now=5.0)
+    assert watch.summaries(5.0) == [] and not watch.refresh_note(5.0)
+    watch.update("speaker", 7, now=10.0)
+    assert watch.summaries(10.0) == ["speaker: 2 audio dropouts in the last 5 s (2 since start)"]
+    assert watch.refresh_note(10.0) and watch.note == "audio dropouts in the last 60 s: speaker 2"
+    watch.update("speaker", 8, now=20.0)
+    watch.update("speaker", 9, now=40.0)
+    assert watch.summaries(40.0) == []  # within the window of the last summary: held
+    assert watch.summaries(70.0) == ["speaker: 2 audio dropouts in the last 60 s (4 since start)"]
+    watch.refresh_note(75.0)
+    assert watch.note == "audio dropouts in the last 60 s: speaker 2"  # those at 20 s and 40 s
+    assert watch.refresh_note(101.0) and watch.note == ""
+    assert watch.summaries(130.0) == []  # nothing new: silent
+    watch.update("speaker", 10, now=135.0)
+    assert watch.summaries(135.0) == ["speaker: 1 audio dropout in the last 5 s (5 since start)"]
+    assert watch.total() == 5 and watch.totals_text() == "speaker 5"

@@ -455,7 +455,7 @@ def test_run_under_notify_socket_with_reload_and_stop(sim: Any, tmp_path: Path) 
         path.write_text(_sim_config(sim, tmp_path, "[log]\nlevel = 'debug'\n").read_text())
         mark = len(listener.seen)
         proc.send_signal(signal.SIGHUP)
-        listener.until(lambda m: m == "RELOADING=1")
+        listener.until(lambda m: m.startswith("RELOADING=1\n"))  # with MONOTONIC_USEC
         listener.until(lambda m: m == "READY=1")
         assert "STOPPING=1" not in listener.seen[mark:]  # a reload is not a stop
         listener.until(lambda m: m == "WATCHDOG=1")
@@ -597,7 +597,7 @@ def test_say_fails_at_once_for_a_wrong_backend_path(sim: Any, tmp_path: Path) ->
     path = _sim_config(sim, tmp_path)
     path.write_text(path.read_text().replace("/realtime/client_secrets", "/realtime/nope"))
     result = _say_hi(path, dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
-    _assert_failed_at_once(result, cli.EX_CONFIG, "link configuration is wrong")
+    _assert_failed_at_once(result, cli.EX_CONFIG, "the key backend is set up wrong")
     assert "404" in result.stderr
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,22 +37,27 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 @pytest.mark.parametrize("use_library", [True, False])
 def test_messages_reach_the_socket(notify_socket: socket.socket, use_library: bool) -> None:
-    """READY, STATUS, WATCHDOG, RELOADING and STOPPING arrive as sd_notify datagrams."""
+    """READY, STATUS, WATCHDOG, RELOADING and STOPPING arrive as sd_notify datagrams.
+
+    RELOADING=1 carries MONOTONIC_USEC (CLOCK_MONOTONIC in µs), which systemd >= 253
+    needs to tell this reload from an earlier one.
+    """
     notifier = SystemdNotifier(use_library=use_library)
     assert notifier.enabled
     notifier.ready()
     notifier.status("listening;\n last error: none")
     notifier.watchdog()
+    before_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()
+    after_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.stopping()
     got = [notify_socket.recv(4096).decode() for _ in range(5)]
-    assert got == [
-        "READY=1",
-        "STATUS=listening; last error: none",
-        "WATCHDOG=1",
-        "RELOADING=1",
-        "STOPPING=1",
-    ]
+    reloading = got.pop(3).split("\n")
+    assert got == ["READY=1", "STATUS=listening; last error: none", "WATCHDOG=1", "STOPPING=1"]
+    assert reloading[0] == "RELOADING=1"
+    field, _, usec = reloading[1].partition("=")
+    assert field == "MONOTONIC_USEC"
+    assert before_us <= int(usec) <= after_us
 
 
 def test_abstract_socket_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,7 +185,7 @@ def test_debug_logging_never_carries_the_token_or_a_key(
         assert device_token == token
         setup_logging(config.log.level)
         logging.getLogger().addHandler(Keep(logging.DEBUG))
-        assert say(config, device_token, "hi", fake_audio=True)
+        assert say(config, device_token, "hi", fake_audio=True) is None
         minted = list(sim.state.keys)
     written = capfd.readouterr().err
     logged = "\n".join(f"{r.name}: {r.getMessage()}" for r in records)
@@ -207,3 +213,22 @@ def test_secret_filter_redacts_what_slips_through(logging_restored: None) -> Non
     assert "seek_time stays, and so does a week_2 plan" in out
     for name in HEADER_LOGGERS:
         assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+
+
+def test_a_manager_that_does_not_read_never_blocks_the_sender(notify_socket: socket.socket) -> None:
+    """A full notify queue drops the message (debug log) instead of blocking the loop."""
+    import threading
+
+    notifier = SystemdNotifier(use_library=False)
+    done = threading.Event()
+
+    def flood() -> None:
+        for _ in range(5000):  # far beyond any datagram queue: nobody reads
+            notifier.watchdog()
+        done.set()
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    thread.join(60)  # a hang guard: a blocking send would never return
+    assert done.is_set()
+    assert notify_socket.recv(64) == b"WATCHDOG=1"  # the queue did fill

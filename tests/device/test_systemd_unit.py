@@ -19,9 +19,11 @@ def test_unit_declares_the_contract() -> None:
     assert d["Type"] == ["notify"]
     assert d["NotifyAccess"] == ["main"]
     assert d["ExecStart"] == ["/opt/hark/venv/bin/hark run --config /etc/hark/hark.toml"]
-    assert "-HUP $MAINPID" in d["ExecReload"][0]
+    # No /bin/kill (procps): hark reload signals, waits, and fails a refused reload.
+    assert d["ExecReload"] == ["/opt/hark/venv/bin/hark reload --pid $MAINPID"]
     assert d["Restart"] == ["on-failure"]
-    assert d["RestartPreventExitStatus"] == ["78"]
+    # A bad config (78) and GPIO that cannot open (69) do not get better by restarting.
+    assert set(d["RestartPreventExitStatus"][0].split()) == {"69", "78"}
     assert int(d["WatchdogSec"][0]) > 0
     assert int(d["TimeoutStopSec"][0]) > 5  # the daemon stops within 5 s
     assert d["User"] == ["hark"]
