@@ -256,8 +256,9 @@ class ToolRunner:
         log.info("tool %s waits for approval (%s)", name, call_id)
         if self.on_approval_required is not None:
             self.on_approval_required(pending)
-        try:
-            approved = await asyncio.wait_for(future, self.approval_timeout_s)
+        try:  # asyncio.timeout, not wait_for: 3.11 drops a cancel that lands with a result
+            async with asyncio.timeout(self.approval_timeout_s):
+                approved = await future
         except TimeoutError:
             log.info("tool %s: no approval within %.0f s", name, self.approval_timeout_s)
             return error_output(

@@ -273,7 +273,8 @@ class App:
             return
         self.post(ShutdownRequested())
         try:
-            await asyncio.wait_for(asyncio.shield(main), self.shutdown_timeout_s)
+            async with asyncio.timeout(self.shutdown_timeout_s):
+                await asyncio.shield(main)
         except TimeoutError:
             log.error("shutdown took over %.1f s; cancelling the loop", self.shutdown_timeout_s)
             main.cancel()
@@ -297,7 +298,8 @@ class App:
         )
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(waiter[1], timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await waiter[1]
         finally:
             self._waiters.remove(waiter)
 
@@ -316,7 +318,8 @@ class App:
         )
         self._state_waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter[1], timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await waiter[1]
         finally:
             self._state_waiters.remove(waiter)
 

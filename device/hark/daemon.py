@@ -232,8 +232,9 @@ class Supervisor:
         import asyncio
 
         await self._stop_event.wait()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(task), STOP_WITHIN_S)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            async with asyncio.timeout(STOP_WITHIN_S):
+                await asyncio.shield(task)
         if not task.done():
             log.warning("app did not stop within %.1f s; cancelling", STOP_WITHIN_S)
             task.cancel()

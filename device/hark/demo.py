@@ -250,7 +250,8 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     finally:
         app.post(ShutdownRequested())
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(app.wait_stopped(), 5)
+            async with asyncio.timeout(5):
+                await app.wait_stopped()
     print("\ntimings")
     if "commit" in marks:
         print(f"  release -> commit on the wire   {1000 * (marks['commit'] - released):7.1f} ms")
@@ -326,5 +327,6 @@ async def _say(daemon: Daemon, text: str, timeout_s: float) -> SayFailed | None:
     finally:
         app.post(ShutdownRequested())
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(app.wait_stopped(), 5)
+            async with asyncio.timeout(5):
+                await app.wait_stopped()
     return failed[0] if failed else None

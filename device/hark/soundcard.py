@@ -560,8 +560,8 @@ class _StreamAdapter:
             if not active:
                 return "stream stopped"
             stalled_s = time.monotonic() - self._last_callback_s
-            # PulseAudio's ALSA plugin pauses ~1.6 s after a stream starts: be patient
-            # until a second of audio has flowed.
+            # A stream's first callback may come late (a PulseAudio null sink's monitor
+            # delivers after ~1.8 s; docs/audio.md): be patient until a second has flowed.
             flowing = self._frames_seen >= opened.rate_hz
             limit_s = self.stall_timeout_s if flowing else max(self.stall_timeout_s, 5.0)
             if stalled_s > limit_s:

@@ -184,15 +184,15 @@ class FunctionTool:
         args: tuple[Any, ...] = (ctx,) if self.takes_context else ()
         timeout_s = self.timeout_s if self.timeout_s is not None else default_timeout_s
         try:
-            if self._is_async:
-                coro = cast(Awaitable[Any], self.func(*args, **kwargs))
-                value = await asyncio.wait_for(coro, timeout_s)
-            else:
-                # A sync tool may block (GPIO, files): keep it off the loop.  A timed-out
-                # thread cannot be killed; it finishes in the background, its result dropped.
-                value = await asyncio.wait_for(
-                    asyncio.to_thread(self.func, *args, **kwargs), timeout_s
-                )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns a result that lands
+            # with a cancel (a barge-in as the tool finishes) and drops the cancel.
+            async with asyncio.timeout(timeout_s):
+                if self._is_async:
+                    value = await cast(Awaitable[Any], self.func(*args, **kwargs))
+                else:
+                    # A sync tool may block (GPIO, files): keep it off the loop.  A timed-out
+                    # thread cannot be killed; it finishes in the background, result dropped.
+                    value = await asyncio.to_thread(self.func, *args, **kwargs)
         except TimeoutError:
             log.warning("tool %s timed out after %.1f s", self.name, timeout_s)
             return ToolResult(

@@ -247,3 +247,22 @@ def test_invalid_definitions_fail_early() -> None:
 def test_run_context_is_generic_holder() -> None:
     """RunContext carries the owner's context object untouched."""
     assert RunContext({"k": 1}).context == {"k": 1}
+
+
+async def test_a_cancel_that_lands_as_the_tool_finishes_is_not_lost() -> None:
+    """A barge-in cancels the call in the same loop pass as the tool returns: the call
+    ends cancelled and its result is not used (3.11's ``wait_for`` returned it instead)."""
+    release: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @function_tool
+    async def lookup() -> str:
+        """Look something up."""
+        return await release
+
+    call = asyncio.create_task(lookup.invoke(ctx(), "{}"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the tool is now waiting on ``release``
+    release.set_result("found")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
