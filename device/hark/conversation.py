@@ -347,7 +347,7 @@ class Conversation:
         self._last_activity = now
         if self.settings.session_policy == "always":
             self._connecting = True
-            return [Connect(), *self._go(Phase.CONNECTING)]
+            return [*self._connect(), *self._go(Phase.CONNECTING)]
         return [SetLed(_LED[self.phase]), ReportStatus(self.status_text())]
 
     def handle(self, event: Event, now: float) -> list[Command]:
@@ -446,7 +446,8 @@ class Conversation:
         ``LinkUp`` sends after a reconnect.
         """
         self.session_config = effective_session(dataclasses.replace(self.settings, session=config))
-        return self._wire(UpdateSession(self.session_config))
+        # Straight to the link, linked or not: it opens every later session with it.
+        return [UpdateSession(self.session_config)]
 
     # ------------------------------------------------------------------ helpers
 
@@ -528,6 +529,10 @@ class Conversation:
             or any(r not in self._cancelled for r in self._tool_calls.values())
         )
 
+    def _connect(self) -> list[Command]:
+        """Open the link; it opens every session with this config before ``LinkUp``."""
+        return [UpdateSession(self.session_config), Connect()]
+
     def _wire(self, *cmds: WireCommand) -> list[Command]:
         """Wire commands go out when linked, wait in the outbox while connecting."""
         if self._linked:
@@ -581,7 +586,7 @@ class Conversation:
         if not self._linked and not self._connecting:
             self._connecting = True
             self._disconnecting = False
-            cmds.append(Connect())
+            cmds += self._connect()
         if gate is None:  # a button turn: speech has yet to be heard
             gate = self._open_gate
             gate.reset()
@@ -759,7 +764,7 @@ class Conversation:
         cmds = self._interrupt()
         if not self._linked and not self._connecting:
             self._connecting = True
-            cmds.append(Connect())
+            cmds += self._connect()
         self._transcript.append(TranscriptLine("user", ev.text))
         item = Item(id="", type="message", role="user", text=ev.text)
         cmds += self._wire(CreateItem(item))
@@ -920,9 +925,8 @@ class Conversation:
         self._clear_fault(LINK_DEVICE)
         if self.last_error is not None and self.last_error.startswith("link closed: "):
             self.last_error = None  # linked again: that error is over
-        # The link resends the session after reconnects too; sending it again is harmless.
-        cmds: list[Command] = [UpdateSession(self.session_config)]
-        cmds += self._outbox
+        # The link opened the session with ``session_config`` (see ``_connect``).
+        cmds: list[Command] = list(self._outbox)
         self._outbox = []
         if self.phase is Phase.ERROR and self._error_until is not None and now < self._error_until:
             return cmds
@@ -994,7 +998,7 @@ class Conversation:
         cmds: list[Command] = []
         if ev.device == LINK_DEVICE and self.settings.session_policy == "always":
             self._connecting = True
-            cmds.append(Connect())
+            cmds += self._connect()
         if self._faults:
             return cmds + self._go(Phase.ERROR, force_status=True)
         self._error_until = None

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 REPLAY_PREFIX = "hark_rp"
 """Ids of replayed items and their events, so their echoes are not posted again."""
+CONFIG_PREFIX = "hark_su"
+"""Event ids of our ``session.update``s, so the server's answer to one is recognised."""
 MAX_FRAMES_PER_APPEND = 10
 """Audio frames merged into one append at most (200 ms: 12.8 KB of base64)."""
 
@@ -85,6 +87,8 @@ class _Session:
     expired: bool = False
     last_error: ev.ServerError | None = None
     replay_ids: set[str] = field(default_factory=set)
+    applied: ev.SessionConfig | None = None
+    """The configuration the server confirmed when the session opened."""
 
 
 @dataclass
@@ -165,6 +169,7 @@ class WebSocketLink:
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._replay_counter = 0
+        self._config_counter = 0
 
     # -- the Link protocol (called on the loop) ------------------------------------------------
 
@@ -192,10 +197,12 @@ class WebSocketLink:
 
     def send(self, command: ev.WireCommand) -> None:
         if isinstance(command, ev.UpdateSession):
+            # Kept while down too: every session is opened with it before LinkUp.
             self._config = command.config
             self.turns.manual_turns = command.config.turn_detection is None
         if self._current is None:
-            self._count_drop(command)
+            if not isinstance(command, ev.UpdateSession):
+                self._count_drop(command)
             return
         if len(self._queue) >= self._send_queue_max:
             log.warning(
@@ -203,7 +210,12 @@ class WebSocketLink:
             )
             self._count_drop(command)
             return
-        encoded = None if isinstance(command, ev.SendAudio) else realtime.encode(command)
+        if isinstance(command, ev.SendAudio):
+            encoded = None
+        elif isinstance(command, ev.UpdateSession):
+            encoded = realtime.encode(command, self._config_id())
+        else:
+            encoded = realtime.encode(command)
         self._queue.append((command, encoded))
         self._queue_ready.set()
         self.turns.on_sent(command, time.monotonic())
@@ -257,8 +269,17 @@ class WebSocketLink:
         self._policy.authorised()
         await self._serve(session)
 
+    def _config_id(self) -> str:
+        self._config_counter += 1
+        return f"{CONFIG_PREFIX}{self._config_counter}"
+
     async def _open(self) -> _Session:
-        """Fetch a fresh key, connect, and wait for ``session.created``."""
+        """Fetch a fresh key, connect, wait for ``session.created``, apply the configuration.
+
+        A session is only handed over once the server has taken hark's settings: one on
+        the server's defaults has none of the agent's instructions, tools or voice, and
+        talking through it would be worse than not talking (fail closed).
+        """
         self.stats.attempts += 1
         try:
             self.stats.key_fetches += 1
@@ -311,13 +332,54 @@ class WebSocketLink:
         except BaseException:
             await ws.close()
             raise
+        applied = await self._configure(ws)
         now_s, wall_s = time.monotonic(), time.time()
         deadline_s = None
         if created.expires_at is not None and created.expires_at > wall_s:
             deadline_s = now_s + (created.expires_at - wall_s)
         self.stats.sessions += 1
         log.info("session %s open", created.session_id)
-        return _Session(ws, created.session_id, created.expires_at, now_s, deadline_s)
+        session = _Session(ws, created.session_id, created.expires_at, now_s, deadline_s)
+        session.applied = applied
+        return session
+
+    async def _configure(self, ws: ClientConnection) -> ev.SessionConfig | None:
+        """Send the latest ``session.update`` and wait until the server confirms it.
+
+        A refusal (an ``error`` answering it: a field this server does not know, a value
+        it does not take) closes the socket and fails the attempt as a config failure,
+        retried slowly; so does silence.
+        """
+        config = self._config
+        if config is None:
+            return None
+        eid = self._config_id()
+        refused: ev.ServerError | None = None
+        try:
+            await ws.send(realtime.encode(ev.UpdateSession(config), eid))
+            async with asyncio.timeout(self._open_timeout_s):
+                while True:
+                    event = self.decoder.decode(await ws.recv())
+                    if isinstance(event, ev.SessionUpdated):
+                        return config
+                    if isinstance(event, ev.ServerError) and event.event_id == eid:
+                        refused = event
+                        break
+        except ConnectionClosed:
+            raise _AttemptFailedError(
+                classify_close(ws.close_code, ws.close_reason or "", None)
+            ) from None
+        except TimeoutError:
+            await ws.close()
+            raise _AttemptFailedError(Failure("server", "no session.updated in time")) from None
+        except BaseException:
+            await ws.close()
+            raise
+        await ws.close(1000, "session settings refused")
+        message = f"{refused.code}: {printable(refused.message)}"
+        log.error("the Realtime server refused the session settings (%s)", message)
+        failure = f"the Realtime server refused the session settings ({message})"
+        raise _AttemptFailedError(Failure("config", failure))
 
     def _refused_upgrade(self, exc: InvalidStatus) -> Failure:
         """An HTTP answer instead of the upgrade; a redirect names where it pointed."""
@@ -379,8 +441,10 @@ class WebSocketLink:
         now_s = time.monotonic()
         self.turns.reset(now_s)
         preamble: list[str] = []
+        if self._config is not None and self._config != session.applied:
+            # Changed while this session waited to take over (a rotation): send the latest.
+            preamble.append(realtime.encode(ev.UpdateSession(self._config), self._config_id()))
         if self._config is not None:
-            preamble.append(realtime.encode(ev.UpdateSession(self._config), "hark_resync"))
             self.turns.manual_turns = self._config.turn_detection is None
         for item in self.history.replay(self._replay_budget_chars):
             self._replay_counter += 1

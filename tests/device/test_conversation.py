@@ -117,14 +117,16 @@ def to_speaking(conv: Conversation, now: float = 1.0, delta_ms: int = 100) -> No
 SPEECH = [MicFrame(pcm(FRAME_MS, 1), True)] * 10
 
 
-def test_start_connects_and_link_up_sends_the_session() -> None:
-    """Staying connected: start asks for the link; LinkUp sends the whole session config."""
+def test_start_connects_with_the_session_config() -> None:
+    """Staying connected: start gives the link the session config and asks it to connect;
+    the link opens the session with it, so LinkUp has nothing to resend."""
     conv = Conversation(Settings())
     assert [c for c in conv.start(0.0) if not isinstance(c, ReportStatus)] == [
+        UpdateSession(SessionConfig()),
         Connect(),
         SetLed("connecting"),
     ]
-    play(conv, [(0.5, LinkUp("sess_1", None), [UpdateSession(SessionConfig()), SetLed("idle")])])
+    play(conv, [(0.5, LinkUp("sess_1", None), [SetLed("idle")])])
 
 
 def test_hold_to_talk_turn() -> None:
@@ -526,7 +528,7 @@ def test_link_failure_shows_error_once_and_link_up_recovers() -> None:
     statuses = [c.text for c in first if isinstance(c, ReportStatus)]
     assert statuses and "not authorised" in statuses[-1]
     play(conv, [(2.0, failed, []), (4.0, failed, [])])
-    play(conv, [(5.0, LinkUp("sess_1", None), [UpdateSession(SessionConfig()), SetLed("idle")])])
+    play(conv, [(5.0, LinkUp("sess_1", None), [SetLed("idle")])])
     assert conv.handle(failed, 6.0)[:2] == [PlayCue("error"), SetLed("error")]
 
 
@@ -554,14 +556,22 @@ def test_on_demand_connects_on_trigger_and_disconnects_when_idle() -> None:
     play(
         conv,
         [
-            (1.0, ButtonPressed(), [Connect(), SetLed("listening"), PlayCue("listening")]),
+            (
+                1.0,
+                ButtonPressed(),
+                [
+                    UpdateSession(SessionConfig()),
+                    Connect(),
+                    SetLed("listening"),
+                    PlayCue("listening"),
+                ],
+            ),
             *[(1.0, f, []) for f in SPEECH],
             (1.2, ButtonReleased(0.2), [PlayCue("done"), SetLed("thinking")]),
             (
                 1.4,
                 LinkUp("sess_1", None),
                 [
-                    UpdateSession(SessionConfig()),
                     *[SendAudio(f.pcm) for f in SPEECH],
                     CommitAudio(),
                     CreateResponse(),
@@ -575,7 +585,7 @@ def test_on_demand_connects_on_trigger_and_disconnects_when_idle() -> None:
     play(conv, [(61.6, Tick(), [Disconnect("idle")])])
     play(conv, [(61.7, LinkDown("client closed", retrying=False), [])])
     assert conv.phase is Phase.IDLE and conv.deadline() is None
-    assert conv.handle(ButtonPressed(), 70.0)[0] == Connect()
+    assert conv.handle(ButtonPressed(), 70.0)[:2] == [UpdateSession(SessionConfig()), Connect()]
 
 
 def test_always_connected_rotates_the_session_when_quiet() -> None:
@@ -599,7 +609,7 @@ def test_link_down_mid_reply_stops_and_shows_connecting() -> None:
                 [StopPlayback(), PlayCue("error"), SetLed("connecting")],
             ),
             (2.1, AudioDelta("resp_1", "item_a", 0, pcm(10)), []),
-            (3.0, LinkUp("sess_2", None), [UpdateSession(SessionConfig()), SetLed("idle")]),
+            (3.0, LinkUp("sess_2", None), [SetLed("idle")]),
         ],
     )
 
@@ -723,7 +733,8 @@ def test_settings_refuse_a_preroll_shorter_than_the_vad_start() -> None:
 
 
 def test_update_session_switches_live_and_survives_reconnects() -> None:
-    """A handoff's config goes out at once, keeps the settings' turn detection, and is resent."""
+    """A handoff's config goes to the link at once, linked or not (the link opens every
+    later session with it), and keeps the settings' turn detection."""
     conv = linked(trigger_mode="vad", end_of_turn="server")
     kept = conv.session_config.turn_detection
     new = SessionConfig(instructions="You are the kitchen agent.", voice="marin")
@@ -731,7 +742,8 @@ def test_update_session_switches_live_and_survives_reconnects() -> None:
     assert isinstance(cmd, UpdateSession) and cmd.config.instructions == new.instructions
     assert cmd.config.turn_detection == kept
     conv.handle(LinkDown("network", retrying=True), 1.0)
-    assert conv.handle(LinkUp("sess_2", None), 2.0)[0] == cmd
+    assert conv.update_session(new) == [cmd]  # reconnecting: not held back in the outbox
+    assert not any(isinstance(c, UpdateSession) for c in conv.handle(LinkUp("s2", None), 2.0))
 
 
 def test_on_demand_short_press_while_connecting_sends_nothing() -> None:
@@ -741,8 +753,7 @@ def test_on_demand_short_press_while_connecting_sends_nothing() -> None:
     conv.handle(ButtonPressed(), 1.0)
     conv.handle(voiced(), 1.0)
     play(conv, [(1.1, ButtonReleased(0.1), [SetLed("connecting")])])
-    link_up = [UpdateSession(SessionConfig()), SetLed("idle")]
-    play(conv, [(1.5, LinkUp("sess_1", None), link_up)])
+    play(conv, [(1.5, LinkUp("sess_1", None), [SetLed("idle")])])
 
 
 # ---------------------------------------------------------------------- one VAD hysteresis

@@ -229,12 +229,15 @@ class FakeRealtime:
 
 
 async def ok(server: FakeRealtime, conn: Conn) -> None:
-    """session.created, then record client events and echo created items like OpenAI."""
+    """session.created, then record client events; confirm session.update and echo created
+    items like OpenAI."""
     await server.created(conn)
     async for raw in conn.ws:
         event = json.loads(raw)
         conn.received.append(event)
-        if event["type"] == "conversation.item.create":
+        if event["type"] == "session.update":
+            await conn.ws.send(json.dumps({"type": "session.updated", "session": event["session"]}))
+        elif event["type"] == "conversation.item.create":
             item = {"status": "completed", **event["item"]}
             item.setdefault("id", f"item_{len(conn.received)}")
             for kind in ("added", "done"):
@@ -1076,3 +1079,80 @@ async def test_sim_delayed_events_still_round_trip(sim):
         link.send(ev.UpdateSession(MANUAL))
         reply = await spoken_turn(link, posted, pcm)
     assert reply == pcm
+
+
+# --------------------------------------------------------------------------- the session's settings
+
+
+def refuses_settings(param: str) -> Behaviour:
+    """session.created, then every session.update is refused as an unknown parameter (the
+    socket stays open, as OpenAI's does)."""
+
+    async def behaviour(server: FakeRealtime, conn: Conn) -> None:
+        await server.created(conn)
+        async for raw in conn.ws:
+            event = json.loads(raw)
+            conn.received.append(event)
+            if event["type"] == "session.update":
+                error = {
+                    "type": "invalid_request_error",
+                    "code": "unknown_parameter",
+                    "message": f"Unknown parameter: '{param}'.",
+                    "param": param,
+                    "event_id": event.get("event_id"),
+                }
+                await conn.ws.send(json.dumps({"type": "error", "error": error}))
+
+    return behaviour
+
+
+async def silent_on_settings(server: FakeRealtime, conn: Conn) -> None:
+    """session.created, then nothing: session.update is never confirmed."""
+    await server.created(conn)
+    async for raw in conn.ws:
+        conn.received.append(json.loads(raw))
+
+
+async def test_a_session_is_handed_over_only_with_hark_settings(key_server, realtime_server):
+    """The latest config goes out before anything else, and LinkUp waits for session.updated."""
+    link = make_link(key_server, realtime_server)
+    link.send(ev.UpdateSession(CONFIG))  # while down: kept for the next session
+    assert link.stats.dropped_commands == 0
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    first = realtime_server.conns[0].received
+    assert first[0]["type"] == "session.update"
+    assert first[0]["session"]["instructions"] == "Be brief."
+    assert sum(e["type"] == "session.update" for e in first) == 1  # not sent twice
+
+
+async def test_refused_settings_fail_closed_as_a_config_failure(key_server, realtime_server):
+    """A server that refuses the settings never gets a turn: the socket is closed, the core
+    hears a config failure naming the field (retried slowly), and LinkUp is never posted."""
+    realtime_server.plan = [refuses_settings("session.tool_choice")] * 3
+    link = make_link(key_server, realtime_server)
+    link.send(ev.UpdateSession(CONFIG))
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkFailed)))
+        link.send(ev.CreateItem(ev.Item("", "message", "user", text="Hello?")))
+        await until(lambda: realtime_server.conns[0].closed)
+    failed = of_type(posted, ev.LinkFailed)[0]
+    assert failed.kind == "config" and failed.part == "realtime"
+    assert "session.tool_choice" in failed.message
+    assert not of_type(posted, ev.LinkUp)
+    sent = [e["type"] for c in realtime_server.conns for e in c.received]
+    assert set(sent) == {"session.update"}  # nothing else ever reached that server
+
+
+async def test_settings_never_confirmed_is_a_server_failure(key_server, realtime_server):
+    """No session.updated within the open timeout: the attempt fails and is retried."""
+    realtime_server.plan = [silent_on_settings]
+    link = make_link(key_server, realtime_server, open_timeout_s=0.3)
+    link.send(ev.UpdateSession(CONFIG))
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+    assert len(realtime_server.conns) >= 2
+    assert realtime_server.conns[0].closed
