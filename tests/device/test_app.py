@@ -33,7 +33,6 @@ from hark.events import (
     PlaybackStopped,
     ResponseCreated,
     ResponseDone,
-    SendAudio,
     SessionConfig,
     TranscriptDone,
     UpdateSession,
