@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "hark_dt_"  # noqa: S105  (a public prefix, not a secret)
 TOKEN_BYTES = 32  # 256 bits of entropy from secrets.token_urlsafe
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Used with fullmatch: ``$`` would also match before a trailing newline ("kitchen\n").
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _T = TypeVar("_T")
 
@@ -144,7 +145,7 @@ def hash_token(token: str) -> str:
 
 def check_name(name: str) -> str:
     """Device and group names: 1-64 of letters, digits, ``.``, ``_``, ``-``."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise RegistryError(
             f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit)"

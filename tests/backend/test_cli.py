@@ -45,6 +45,21 @@ def test_device_add_prints_the_token_last(sqlite_url: str) -> None:
     assert "already exists" in again.stderr
 
 
+def test_device_names_with_a_newline_are_refused(sqlite_url: str) -> None:
+    """``device add $'kitchen\\n'`` and ``--group $'kids\\n'`` are refused, saying why."""
+    assert cli("device", "add", "kitchen", "--group", "kids", "--db", sqlite_url).returncode == 0
+    for args in (("kitchen\n",), ("hall", "--group", "kids\n")):
+        done = cli("device", "add", *args, "--db", sqlite_url)
+        assert done.returncode == 1, done.stdout
+        assert "hark_dt_" not in done.stdout
+        bad = args[-1]
+        assert f"invalid name {bad!r}" in done.stderr
+        assert "letters, digits" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    names = json.loads(cli("device", "list", "--json", "--db", sqlite_url).stdout)
+    assert [(d["name"], d["group"]) for d in names] == [("kitchen", "kids")]
+
+
 def test_device_list_revoke_rotate(sqlite_url: str) -> None:
     """list shows name, created, last seen, revoked; revoke and rotate change it."""
     cli("device", "add", "kitchen", "--db", sqlite_url)

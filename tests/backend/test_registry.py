@@ -68,9 +68,20 @@ def test_duplicate_and_bad_names_are_refused(registry: Registry) -> None:
     registry.add("kitchen", group=None, now_s=1.0)
     with pytest.raises(DeviceExistsError):
         registry.add("kitchen", group=None, now_s=2.0)
-    for bad in ("", "-x", "a b", "x" * 65, "ä"):
+    for bad in ("", "-x", "a b", "x" * 65, "ä", "kitchen\n", "kitchen\r", "\nkitchen"):
         with pytest.raises(RegistryError):
             registry.add(bad, group=None, now_s=1.0)
+
+
+def test_a_trailing_newline_is_not_a_second_name(registry: Registry) -> None:
+    """``$`` matches before a final newline: 'kitchen\\n' must not become a second kitchen,
+    nor 'kids\\n' a group that silently gets none of the kids' policy."""
+    registry.add("kitchen", group="kids", now_s=1.0)
+    with pytest.raises(RegistryError, match=r"invalid name 'kitchen\\n'"):
+        registry.add("kitchen\n", group=None, now_s=2.0)
+    with pytest.raises(RegistryError, match=r"invalid name 'kids\\n'"):
+        registry.add("hall", group="kids\n", now_s=2.0)
+    assert [(d.name, d.group) for d in registry.devices()] == [("kitchen", "kids")]
 
 
 def test_admit_identifies_the_device(registry: Registry) -> None:
