@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hark_backend import logsafe
 from hark_backend.policy import OPENAI_MAX_TTL_S, OPENAI_MIN_TTL_S, Policy
 from hark_backend.registry import (
     TOKEN_PREFIX,
@@ -173,7 +174,10 @@ def _set_outcome(request: Request, outcome: str, device: str | None = None) -> N
 
 
 class RequestLog:
-    """One structured line per request: method, path, status, device, outcome, duration."""
+    """One structured line per request: method, path, status, device, outcome, duration.
+
+    The client-controlled fields are escaped (``logsafe.field``): one request, one line.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -201,10 +205,10 @@ class RequestLog:
         finally:
             log.info(
                 "request method=%s path=%s status=%d device=%s outcome=%s duration_ms=%.1f",
-                scope.get("method", "-"),
-                scope.get("path", "-"),
+                logsafe.field(str(scope.get("method", "-"))),
+                logsafe.field(str(scope.get("path", "-"))),
                 status,
-                state.get("device", "-"),
+                logsafe.field(str(state.get("device", "-"))),
                 state.get("outcome", "ok" if 200 <= status < 400 else "error"),
                 (time.perf_counter() - started) * 1000,
             )
@@ -462,7 +466,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s while serving %s", type(exc).__name__, request.url.path)
+        log.error(
+            "unhandled %s while serving %s", type(exc).__name__, logsafe.field(request.url.path)
+        )
         _set_outcome(request, "internal_error")
         return envelope(
             500, "internal_error", "Internal error in the backend.", type_="server_error"

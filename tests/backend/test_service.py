@@ -361,3 +361,46 @@ async def test_minter_works_without_aiohttp(upstream: Any, monkeypatch: pytest.M
     finally:
         await minter.aclose()
     assert ClientSecretCreateResponse.model_validate_json(answer).value.startswith("ek_")
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes exactly as given (no client-side validation) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_request_log_cannot_be_forged(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """A path with an encoded newline and spaces stays one escaped field on one line."""
+    forged = (
+        "/x%0aFORGED%20request%20method=POST%20path=/v1/realtime/client_secrets"
+        "%20status=200%20device=kitchen%20outcome=minted"
+    )
+    head = f"POST {forged} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    with caplog.at_level(logging.INFO):
+        answer = _raw_request(backend.server.port, head.encode())
+    assert answer.startswith(b"HTTP/1.1 404")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "\n" in m or "\r" in m]
+    (line,) = [m for m in messages if m.startswith("request ")]
+    assert "path=/x%0AFORGED%20request%20method=POST" in line
+    assert "outcome=not_found" in line
+    assert " outcome=minted" not in line and " status=200" not in line
+
+
+def test_request_log_escapes_a_stored_device_name(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name stored before names were checked strictly ('kitchen\\n') is escaped too."""
+    token = backend.add("kitchen")
+    backend.registry._execute(
+        "UPDATE hark_devices SET name = ? WHERE name = ?", ("kitchen\nFORGED outcome=x", "kitchen")
+    )
+    with caplog.at_level(logging.INFO):
+        assert backend.mint(token).status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+    assert "device=kitchen%0AFORGED%20outcome=x " in line
+    assert "\n" not in line
