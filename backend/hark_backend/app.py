@@ -9,6 +9,7 @@ replicas can share one database behind a load balancer.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -105,12 +106,34 @@ class ErrorEnvelope(BaseModel):
 _REQUEST_REF = "#/components/schemas/ClientSecretRequest"
 
 
+def _non_finite_at(value: Any, path: str) -> str | None:
+    """The dotted path of the first NaN or Infinity in a parsed JSON value, else None.
+
+    Iterative, not recursive: the parser already bounds the depth, this must not add a limit.
+    """
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{key}", sub) for key, sub in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{where}.{i}", sub) for i, sub in reversed(list(enumerate(item))))
+    return None
+
+
 def _parse_body(raw: bytes) -> ClientSecretRequest | None:
-    """The optional JSON body; any defect is a 400 naming the first bad field."""
+    """The optional JSON body; any defect is a 400 naming the first bad field.
+
+    The JSON parser accepts ``NaN``, ``Infinity`` and ``1e999`` (as non-finite floats), which
+    no JSON encoder will send on to OpenAI: they are refused here, at the edge.
+    """
     if not raw.strip():
         return None
     try:
-        return ClientSecretRequest.model_validate_json(raw)
+        body = ClientSecretRequest.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(part) for part in first.get("loc", ()))
@@ -118,6 +141,14 @@ def _parse_body(raw: bytes) -> ClientSecretRequest | None:
         if loc:
             message += f" (at {loc})"
         raise ApiError(400, "invalid_request", message, param=loc or None) from None
+    if body.session and (where := _non_finite_at(body.session, "session")) is not None:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"Invalid request: numbers must be finite, not NaN or Infinity (at {where})",
+            param=where,
+        )
+    return body
 
 
 class Health(BaseModel):

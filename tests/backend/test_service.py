@@ -222,6 +222,32 @@ def test_malformed_bodies_are_400_envelopes(backend: Backend) -> None:
         assert error_of(response)["code"] == "invalid_request"
 
 
+def test_non_finite_numbers_are_400_naming_the_field(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NaN, Infinity and numbers too big for a float are refused at the edge, not a 500."""
+    token = backend.add("kitchen")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    cases = {
+        b'{"session": {"max_output_tokens": NaN}}': "session.max_output_tokens",
+        b'{"session": {"max_output_tokens": Infinity}}': "session.max_output_tokens",
+        b'{"session": {"max_output_tokens": -Infinity}}': "session.max_output_tokens",
+        b'{"session": {"max_output_tokens": 1e999}}': "session.max_output_tokens",
+        b'{"session": {"tools": [{"type": "function", "x": [1, NaN]}]}}': "session.tools.0.x.1",
+        b'{"expires_after": {"seconds": NaN}}': "expires_after.seconds",
+    }
+    with caplog.at_level(logging.INFO):
+        for content, param in cases.items():
+            response = backend.http.post(MINT, content=content, headers=headers)
+            assert response.status_code == 400, (content, response.text)
+            error = error_of(response)
+            assert error["code"] == "invalid_request"
+            assert error["param"] == param, (content, error)
+            assert param in error["message"]
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_empty_body_is_accepted(backend: Backend) -> None:
     """No body at all mints with the policy's session."""
     token = backend.add("kitchen")
