@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -195,6 +197,27 @@ def envelope(
     )
 
 
+async def send_envelope(
+    send: Send, status: int, code: str, message: str, *, type_: str = "invalid_request_error"
+) -> None:
+    """Answer with the envelope straight through ASGI (from middleware, outside the router)."""
+    response = envelope(status, code, message, type_=type_)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised (``folder/file.py:line``), without its message.
+
+    The message is not logged: it may quote anything, a header or a token included.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    path = Path(frames[-1].filename)
+    return f"{path.parent.name}/{path.name}:{frames[-1].lineno}"
+
+
 def _set_outcome(request: Request, outcome: str, device: str | None = None) -> None:
     request.state.outcome = outcome
     if device is not None:
@@ -208,6 +231,9 @@ class RequestLog:
     """One structured line per request: method, path, status, device, outcome, duration.
 
     The client-controlled fields are escaped (``logsafe.field``): one request, one line.
+    An exception nothing else handled (a bug) is answered here with a 500 in the envelope
+    and one ERROR line saying where; it is not re-raised, because the server would then
+    print its traceback, message and all, and drop the client's connection.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -229,10 +255,23 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
-            status = status or 500
-            state.setdefault("outcome", "internal_error")
-            raise
+        except Exception as exc:
+            state["outcome"] = "internal_error"
+            log.error(
+                "unhandled %s at %s while serving %s %s",
+                type(exc).__name__,
+                _where(exc),
+                logsafe.field(str(scope.get("method", "-"))),
+                logsafe.field(str(scope.get("path", "-"))),
+            )
+            if not status:  # else the answer is under way: the server closes the connection
+                await send_envelope(
+                    send_wrapper,
+                    500,
+                    "internal_error",
+                    "Internal error in the backend.",
+                    type_="server_error",
+                )
         finally:
             log.info(
                 "request method=%s path=%s status=%d device=%s outcome=%s duration_ms=%.1f",
@@ -254,11 +293,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
         scope.setdefault("state", {})["outcome"] = code
-        response = envelope(status, code, msg)
-        await send(
-            {"type": "http.response.start", "status": status, "headers": response.raw_headers}
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await send_envelope(send, status, code, msg)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -497,9 +532,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled %s while serving %s", type(exc).__name__, logsafe.field(request.url.path)
-        )
+        # Only for a failure outside RequestLog, which answers the others itself.
+        log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
         _set_outcome(request, "internal_error")
         return envelope(
             500, "internal_error", "Internal error in the backend.", type_="server_error"

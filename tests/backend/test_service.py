@@ -333,6 +333,32 @@ def test_request_log_names_device_and_outcome(
     assert "device=kitchen" in lines[1] and "outcome=device_revoked" in lines[1]
 
 
+class _BuggyPolicy(Policy):
+    """A policy whose merge raises, standing in for any bug behind the endpoint."""
+
+    def session_for(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("hark_dt_secret-looking text that must not be logged")
+
+
+def test_a_bug_is_a_500_envelope_and_one_log_line(
+    make_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unhandled exception: 500 in the envelope, one ERROR line saying where, no traceback."""
+    backend = make_backend(policy=_BuggyPolicy())
+    token = backend.add("kitchen")
+    with caplog.at_level(logging.INFO):
+        response = backend.mint(token)
+        assert backend.http.get("/healthz").status_code == 200  # the server carries on
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "internal_error"
+    assert "Traceback" not in caplog.text
+    assert "hark_dt_secret" not in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "RuntimeError" in errors[0] and "test_service.py" in errors[0]
+    assert "/v1/realtime/client_secrets" in errors[0]
+
+
 @pytest.mark.skipif(not HAVE_SIM, reason="hark_sim not available yet")
 async def test_minted_key_opens_a_realtime_session(backend: Backend, upstream: Any) -> None:
     """The ek_ key from the backend opens a WebSocket session on the sim (session.created)."""
