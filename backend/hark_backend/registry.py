@@ -19,6 +19,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -166,6 +167,30 @@ def _sqlite_path(url: str) -> str:
     return url
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database's folder 0700 and its file 0600 before SQLite opens it.
+
+    Run by hand (``device add`` under umask 022) SQLite would make them 0755/0644; the
+    unit's ``UMask=0077`` only covers the service.  SQLite gives its ``-wal`` and ``-shm``
+    files the database file's mode, so they follow.  A folder that exists (the state
+    directory, the current directory) is the operator's and keeps its mode; an existing
+    database readable by others is reported, not silently changed.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "%s is readable by other users (mode %04o); chmod 600 it and its -wal and"
+                " -shm files",
+                path,
+                mode,
+            )
+        return
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
 def is_postgres_url(url: str) -> bool:
     """A ``postgresql://`` (or ``postgres://``) URL selects PostgreSQL; anything else SQLite."""
     return urlsplit(url).scheme in ("postgresql", "postgres")
@@ -210,7 +235,7 @@ class Registry:
             conn: Any = psycopg.connect(self.url, autocommit=True)
         else:
             if self._path != ":memory:":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(Path(self._path))
             conn = sqlite3.connect(
                 self._path,
                 timeout=self._busy_timeout_ms / 1000,

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -58,6 +59,19 @@ def test_device_names_with_a_newline_are_refused(sqlite_url: str) -> None:
         assert len(done.stderr.strip().splitlines()) == 1
     names = json.loads(cli("device", "list", "--json", "--db", sqlite_url).stdout)
     assert [(d["name"], d["group"]) for d in names] == [("kitchen", "kids")]
+
+
+def test_device_add_by_hand_makes_private_files(tmp_path: Path) -> None:
+    """``device add`` under an ordinary umask (022): a new folder 0700, the database 0600."""
+    db = tmp_path / "new-folder" / "devices.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "hark_backend", "device", "add", "kitchen", "--db", f"sqlite:///{db}"],
+        capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
 def test_device_list_revoke_rotate(sqlite_url: str) -> None:
