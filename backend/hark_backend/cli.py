@@ -111,6 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hark_backend.app import Settings, create_app
+    from hark_backend.httpserver import server_config
     from hark_backend.policy import load_policy
 
     _setup_logging(args.log_level)
@@ -137,16 +138,12 @@ def _serve(args: argparse.Namespace) -> int:
         return EX_UNAVAILABLE
     host, port = sock.getsockname()[:2]
     scheme = "https" if args.ssl_certfile else "http"
-    config = uvicorn.Config(
+    config = server_config(
         create_app(settings),
-        log_config=None,  # ours, above
-        access_log=False,  # RequestLog writes one line per request instead
-        lifespan="on",
+        max_header_bytes=args.max_header_bytes,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        server_header=False,
     )
     log.info("listening on %s://%s:%d", scheme, host if ":" not in host else f"[{host}]", port)
     uvicorn.Server(config).run(sockets=[sock])
@@ -249,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key-ttl-s", type=int, help="key lifetime, 10..7200 (default 60)")
     serve.add_argument("--rate-limit", default="20/60", help="N/S: N key requests per S seconds")
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024)
+    serve.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=16 * 1024,
+        help="cap on a request's line and headers (431 beyond it)",
+    )
     serve.add_argument("--upstream-timeout-s", type=float, default=10.0)
     serve.add_argument(
         "--upstream-connections", type=int, default=32, help="HTTP connections kept to OpenAI"

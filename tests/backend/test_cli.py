@@ -18,7 +18,7 @@ import httpx
 import pytest
 from hark_backend.cli import EX_CONFIG, ConfigError, read_openai_key
 
-from tests.backend.servers import HAVE_SIM, FakeUpstream, ServerThread
+from tests.backend.servers import HAVE_SIM, FakeUpstream, ServerThread, exchange, parse
 
 MINT = "/v1/realtime/client_secrets"
 
@@ -227,6 +227,35 @@ def test_a_full_run_never_logs_tokens_or_keys(
     for secret in secrets_seen:
         assert secret not in log_text
         assert secret[8:30] not in log_text  # no fragment of it either
+
+
+def test_serve_caps_heads_and_answers_malformed_requests_in_the_envelope(
+    sqlite_url: str, tmp_path: Path, sim_with_secret_key: Any
+) -> None:
+    """``serve`` as run in production: a 10 MB header is cut off with 431 (the cap is
+    ``--max-header-bytes``), a bad Content-Length is a 400; both in OpenAI's envelope."""
+    log_path = tmp_path / "serve.log"
+    proc = _serve(sqlite_url, sim_with_secret_key, log_path, "--max-header-bytes", "8192")
+    try:
+        port = _wait_for_port(log_path, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_healthy(http)
+            assert http.get("/healthz", headers={"X-Pad": "a" * 7000}).status_code == 200
+        huge = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (10 << 20) + b"\r\n\r\n"
+        status, _, body = parse(exchange(port, huge)[0])
+        assert (status, body["error"]["code"]) == (431, "request_header_too_large")
+        over = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
+        assert parse(exchange(port, over)[0])[0] == 431
+        bad = b"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n"
+        status, headers, body = parse(exchange(port, bad)[0])
+        assert (status, headers["content-type"]) == (400, "application/json")
+        assert "Content-Length" in body["error"]["message"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    log_text = log_path.read_text()
+    assert "status=431 outcome=request_header_too_large" in log_text
+    assert "Traceback" not in log_text
 
 
 def _serve(db_url: str, upstream: Any, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
