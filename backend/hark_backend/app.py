@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hark_backend import logsafe
+from hark_backend.authlimit import FailedAuthLimiter, address_key
 from hark_backend.policy import OPENAI_MAX_TTL_S, OPENAI_MIN_TTL_S, Policy
 from hark_backend.registry import (
     TOKEN_PREFIX,
@@ -56,6 +57,7 @@ class Settings:
     openai_api_key: str = field(repr=False)
     policy: Policy = field(default_factory=Policy)
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+    auth_fail_limit: RateLimit = field(default_factory=lambda: RateLimit(30, 60.0))
     max_body_bytes: int = 16 * 1024
     upstream_timeout_s: float = 10.0
     upstream_connections: int = 32
@@ -346,7 +348,11 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     401: {"model": ErrorEnvelope, "description": "Missing, unknown or revoked device token."},
     413: {"model": ErrorEnvelope, "description": "Request body too large."},
-    429: {"model": ErrorEnvelope, "description": "Device rate limit; see Retry-After."},
+    429: {
+        "model": ErrorEnvelope,
+        "description": "Device rate limit, or too many failed authentications from this"
+        " address; see Retry-After.",
+    },
     500: {"model": ErrorEnvelope, "description": "Backend bug."},
     502: {"model": ErrorEnvelope, "description": "OpenAI refused or failed (upstream_*)."},
     503: {"model": ErrorEnvelope, "description": "OpenAI or the registry unavailable; retry."},
@@ -359,14 +365,49 @@ def _bearer_token(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def _refuse_blocked_address(request: Request) -> None:
+    """429 if this client's address failed to authenticate too often (see ``authlimit``)."""
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    client = request.client.host if request.client else None
+    wait_s = limiter.retry_after_s(address_key(client), time.monotonic())
+    if wait_s > 0:
+        retry_after_s = max(1, int(wait_s + 0.999))
+        raise ApiError(
+            429,
+            "auth_rate_limited",
+            f"Too many failed authentications from this address; retry in {retry_after_s} s.",
+            type_="rate_limit_error",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+
+def _count_failure(request: Request) -> None:
+    """Count a 401 against the client's address; say so once when it goes over the limit."""
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    key = address_key(request.client.host if request.client else None)
+    if limiter.failed(key, time.monotonic()):
+        log.warning(
+            "too many failed authentications from client=%s (%d in %g s): refusing its"
+            " requests with 429 until the window ends",
+            logsafe.field(key),
+            limiter.limit.count,
+            limiter.limit.window_s,
+        )
+
+
 async def authenticate(request: Request) -> Admission:
     """Identify the device by its token and count the request against its rate window.
 
     Parsed by hand rather than through FastAPI's dependency solver, which cost a tenth of
     the backend's CPU per key; the OpenAPI schema declares the scheme (see ``create_app``).
+    An address with too many failed attempts is refused before any database work; while
+    no address is, that check is one test of an empty dict.
     """
+    if request.app.state.auth_limiter.blocked:
+        _refuse_blocked_address(request)
     token = _bearer_token(request)
     if token is None:
+        _count_failure(request)
         raise ApiError(
             401,
             "missing_device_token",
@@ -381,6 +422,8 @@ async def authenticate(request: Request) -> Admission:
         admission = Admission("unknown_token")
     if admission.device is not None:
         request.state.device = admission.device
+    if admission.outcome in ("revoked", "unknown_token"):
+        _count_failure(request)
     if admission.outcome == "revoked":
         raise ApiError(
             401,
@@ -424,13 +467,16 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         app.state.minter = minter
         app.state.settings = settings
         log.info(
-            "backend ready: db=%s upstream=%s model=%s key_ttl_s=%d rate_limit=%d/%gs",
+            "backend ready: db=%s upstream=%s model=%s key_ttl_s=%d rate_limit=%d/%gs"
+            " auth_fail_limit=%d/%gs",
             "postgresql" if reg.postgres else "sqlite",
             settings.openai_base_url,
             settings.policy.model,
             settings.policy.key_ttl_s,
             settings.rate_limit.count,
             settings.rate_limit.window_s,
+            settings.auth_fail_limit.count,
+            settings.auth_fail_limit.window_s,
         )
         try:
             yield
@@ -569,6 +615,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.auth_limiter = FailedAuthLimiter(settings.auth_fail_limit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog)
     return app

@@ -117,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
         rate_limit = RateLimit.parse(args.rate_limit)
+        auth_fail_limit = RateLimit.parse(args.auth_fail_limit)
         policy = load_policy(args.policy, model=args.model, key_ttl_s=args.key_ttl_s)
     except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
         detail = str(exc) if not isinstance(exc, ValidationError) else exc.errors()
@@ -127,6 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         openai_api_key=read_openai_key(args.openai_key_file),
         policy=policy,
         rate_limit=rate_limit,
+        auth_fail_limit=auth_fail_limit,
         max_body_bytes=args.max_body_bytes,
         upstream_timeout_s=args.upstream_timeout_s,
         upstream_connections=args.upstream_connections,
@@ -245,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="Realtime model (overrides the policy file)")
     serve.add_argument("--key-ttl-s", type=int, help="key lifetime, 10..7200 (default 60)")
     serve.add_argument("--rate-limit", default="20/60", help="N/S: N key requests per S seconds")
+    serve.add_argument(
+        "--auth-fail-limit",
+        default="30/60",
+        help="N/S: past N failed authentications in S seconds an address gets 429",
+    )
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024)
     serve.add_argument(
         "--max-header-bytes",

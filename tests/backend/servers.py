@@ -23,7 +23,7 @@ from hark_backend.app import Settings, create_app
 from hark_backend.cli import listen_socket
 from hark_backend.httpserver import server_config
 from hark_backend.policy import Policy
-from hark_backend.registry import RateLimit
+from hark_backend.registry import RateLimit, Registry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -177,26 +177,31 @@ def backend_settings(
     upstream: Any,
     *,
     rate_limit: RateLimit | None = None,
+    auth_fail_limit: RateLimit | None = None,
     policy: Policy | None = None,
     max_body_bytes: int = 16 * 1024,
     upstream_timeout_s: float = 5.0,
 ) -> Settings:
-    """Settings pointing at ``upstream``, with test-friendly defaults."""
+    """Settings pointing at ``upstream``, with test-friendly defaults (limits out of the way:
+    the tests that want them set them)."""
     return Settings(
         db_url=db_url,
         openai_base_url=upstream.base_url,
         openai_api_key=upstream.api_key,
         policy=policy or Policy(),
         rate_limit=rate_limit or RateLimit(1000, 60.0),
+        auth_fail_limit=auth_fail_limit or RateLimit(100_000, 60.0),
         max_body_bytes=max_body_bytes,
         upstream_timeout_s=upstream_timeout_s,
     )
 
 
 @contextlib.contextmanager
-def run_backend(settings: Settings, **server_options: Any) -> Iterator[ServerThread]:
+def run_backend(
+    settings: Settings, *, registry: Registry | None = None, **server_options: Any
+) -> Iterator[ServerThread]:
     """The real app on a real uvicorn on loopback, configured as ``serve`` configures it."""
-    app = create_app(settings)
+    app = create_app(settings, registry=registry)
     config = server_config(app, timeout_graceful_shutdown=2, **server_options)
     with ServerThread(app, config) as server:
         yield server

@@ -258,6 +258,25 @@ def test_serve_caps_heads_and_answers_malformed_requests_in_the_envelope(
     assert "Traceback" not in log_text
 
 
+def test_serve_limits_failed_authentications(
+    sqlite_url: str, tmp_path: Path, sim_with_secret_key: Any
+) -> None:
+    """``--auth-fail-limit 2/60``: the third failure from one address in a minute is a 429."""
+    log_path = tmp_path / "serve.log"
+    proc = _serve(sqlite_url, sim_with_secret_key, log_path, "--auth-fail-limit", "2/60")
+    try:
+        port = _wait_for_port(log_path, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_healthy(http)
+            auth = {"Authorization": "Bearer hark_dt_" + "x" * 43}
+            statuses = [http.post(MINT, json={}, headers=auth).status_code for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert statuses == [401, 401, 429]
+    assert "auth_fail_limit=2/60s" in log_path.read_text()
+
+
 def _serve(db_url: str, upstream: Any, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
     """``hark-backend serve`` on an ephemeral port, its OpenAI key from a file, logging to
     ``log_path`` (``OPENAI_API_KEY`` is not inherited: the file must be what counts)."""

@@ -34,6 +34,7 @@ class Backend:
 
     def mint(self, token: str | None, body: Any = None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers.update(kwargs.pop("headers", {}))
         return self.http.post(
             MINT, json=body if body is not None else {}, headers=headers, **kwargs
         )
@@ -45,10 +46,11 @@ def make_backend(upstream: Any, sqlite_url: str) -> Iterator[Any]:
     stack: list[tuple[Backend, Any]] = []
 
     def start(**overrides: Any) -> Backend:
+        app_registry = overrides.pop("app_registry", None)
         settings = backend_settings(overrides.pop("db_url", sqlite_url), upstream, **overrides)
         registry = Registry(settings.db_url)
         registry.init_schema()
-        cm = run_backend(settings)
+        cm = run_backend(settings, registry=app_registry)
         backend = Backend(cm.__enter__(), registry)
         stack.append((backend, cm))
         return backend
@@ -186,6 +188,50 @@ def test_rate_limit_answers_429_with_retry_after(make_backend: Any) -> None:
     assert error_of(response)["code"] == "rate_limited"
     assert 1 <= int(response.headers["retry-after"]) <= 60
     assert backend.mint(other).status_code == 200
+
+
+class CountingRegistry(Registry):
+    """The app's registry, counting the token lookups it is asked for."""
+
+    admits = 0
+
+    def admit(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).admits += 1
+        return super().admit(*args, **kwargs)
+
+
+def test_failed_auth_is_rate_limited_per_address(
+    make_backend: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past 3 failed authentications an address gets 429 without a database lookup, until
+    the window ends; other addresses (X-Forwarded-For from the trusted proxy) are unaffected."""
+    app_registry = CountingRegistry(sqlite_url)
+    try:
+        backend = make_backend(auth_fail_limit=RateLimit(3, 60.0), app_registry=app_registry)
+        token = backend.add("kitchen")
+        attacker = {"X-Forwarded-For": "203.0.113.7"}
+        neighbour = {"X-Forwarded-For": "203.0.113.8"}
+        wrong = "hark_dt_" + "x" * 43
+        with caplog.at_level(logging.INFO):
+            firsts = [backend.mint(wrong, headers=attacker).status_code for _ in range(3)]
+            assert firsts == [401, 401, 401]
+            assert CountingRegistry.admits == 3
+            for candidate in (wrong, None, "junk", token):  # all refused, none looked up
+                refused = backend.mint(candidate, headers=attacker)
+                assert refused.status_code == 429
+                assert error_of(refused)["code"] == "auth_rate_limited"
+                assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert CountingRegistry.admits == 3
+            assert backend.mint(token, headers=neighbour).status_code == 200
+            assert backend.mint(wrong, headers=neighbour).status_code == 401
+            assert backend.mint(token).status_code == 200  # 127.0.0.1 itself
+        assert CountingRegistry.admits == 6
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [w for w in warnings if "client=203.0.113.7" in w and "failed authentications" in w]
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+        assert sum("outcome=auth_rate_limited" in line for line in lines) == 4
+    finally:
+        app_registry.close()
 
 
 def test_oversized_bodies_are_413(make_backend: Any) -> None:
