@@ -19,6 +19,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -116,8 +117,8 @@ class RateLimit:
             limit = cls(int(count_text), float(window_text))
         except ValueError:
             raise ValueError(f"rate limit must look like N/S (e.g. 20/60), not {text!r}") from None
-        if limit.count < 1 or not limit.window_s > 0:
-            raise ValueError("rate limit needs N >= 1 and S > 0")
+        if limit.count < 1 or not (math.isfinite(limit.window_s) and limit.window_s > 0):
+            raise ValueError(f"rate limit needs N >= 1 and a finite S > 0, not {text!r}")
         return limit
 
 
