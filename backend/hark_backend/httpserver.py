@@ -8,9 +8,14 @@ the same setting, so the cap holds whichever protocol runs.  Malformed requests 
 parser refuses (a bad ``Content-Length``, a bad header character) were answered by uvicorn
 in plain text; here they get the envelope like everything else.
 
-What is left to uvicorn: a client that trickles its head slowly is bounded only by the
-reverse proxy's timeouts (nginx ``client_header_timeout``), and a connection dropped by the
-event loop (e.g. out of file descriptors) gets no answer at all.
+uvicorn has no deadline for a request's head either: a connection that sends nothing, or
+trickles its headers, was held forever.  The httptools protocol here closes it after
+``HEAD_TIMEOUT_S`` (408 if part of a head arrived).
+
+What is left: a body sent slowly (up to ``--max-body-bytes``) holds its connection and
+task until it ends or the client goes; the h11 fallback has no head deadline; a connection
+the event loop cannot accept (out of file descriptors) gets no answer at all.  The reverse
+proxy in front bounds all three (nginx ``client_body_timeout``, ``client_header_timeout``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from hark_backend import logsafe
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024  # h11's own default; a device sends under 1 KiB
+HEAD_TIMEOUT_S = 10.0  # from connecting (or a request's first byte) to the end of its headers
 
 
 def head_size(target: bytes, headers: Any) -> int:
@@ -111,13 +117,21 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         return None
 
     class CappedHttpToolsProtocol(_Refusals, HttpToolsProtocol):
-        """httptools with a cap on the request head (``config.h11_max_incomplete_event_size``).
+        """httptools with a cap on the request head (``config.h11_max_incomplete_event_size``)
+        and a deadline for it (``head_timeout_s``).
 
-        Two checks: a complete head is measured exactly (its URL and headers) before the app
-        sees it; a head still arriving is measured by the bytes read since it began, so the
-        parser never holds much more than the cap (a chunk that also ends the previous,
-        pipelined request is not counted: at most one read more).
+        Two size checks: a complete head is measured exactly (its URL and headers) before
+        the app sees it; a head still arriving is measured by the bytes read since it began,
+        so the parser never holds much more than the cap (a chunk that also ends the
+        previous, pipelined request is not counted: at most one read more).
+
+        The deadline runs from the connection's start, and from each request's first byte,
+        to the end of its headers: a client that sends nothing gets the connection closed,
+        one that trickles its headers a 408.  (Between requests uvicorn's keep-alive timeout
+        applies.)  One timer per connection, re-armed only when it fires.
         """
+
+        head_timeout_s = HEAD_TIMEOUT_S
 
         def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
             super().__init__(config, *args, **kwargs)
@@ -125,6 +139,35 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             self.head_bytes = -1  # -1: not inside a request's head
             self.began_in_chunk = False
             self.ended_in_chunk = False
+            self.head_since: float | None = None  # waiting for a head since (loop time)
+            self.head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._head_started()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+            super().connection_lost(exc)
+
+        def _head_started(self) -> None:
+            self.head_since = self.loop.time()
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_deadline)
+
+        def _head_deadline(self) -> None:
+            self.head_timer = None
+            if self.head_since is None or self.transport.is_closing():
+                return  # no head awaited: the timer lapses until the next one begins
+            left_s = self.head_since + self.head_timeout_s - self.loop.time()
+            if left_s > 0:
+                self.head_timer = self.loop.call_later(left_s, self._head_deadline)
+            elif self.head_bytes < 0:  # not a byte yet: just close
+                self.transport.close()
+            else:
+                self._refuse(408, "request_timeout", "Request line and headers took too long.")
 
         def data_received(self, data: bytes) -> None:
             self.began_in_chunk = self.ended_in_chunk = False
@@ -141,9 +184,11 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             super().on_message_begin()
             self.head_bytes = 0
             self.began_in_chunk = True
+            self._head_started()
 
         def on_headers_complete(self) -> None:
             self.head_bytes = -1
+            self.head_since = None
             if head_size(self.url, self.headers) > self.max_head_bytes:
                 # Stops the parser; uvicorn then calls send_400_response, which answers 431.
                 raise HeadTooLargeError

@@ -3,6 +3,8 @@ real loopback sockets, with the protocol ``serve`` runs (httptools) and the h11 
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -95,3 +97,55 @@ def test_garbage_gets_the_envelope(server: ServerThread) -> None:
     """Not HTTP at all: still the envelope."""
     answer, _ = exchange(server.port, b"\x16\x03\x01 hello\r\n\r\n")
     assert error_of(answer, 400)["code"] == "invalid_request"
+
+
+class QuickHeads(protocol_class()):  # type: ignore[misc,valid-type]
+    """The served protocol with a short deadline for request heads."""
+
+    head_timeout_s = 0.3
+
+
+@pytest.fixture
+def quick_server(sqlite_url: str) -> Iterator[ServerThread]:
+    nowhere = SimpleNamespace(base_url="http://127.0.0.1:9/v1", api_key="sk-unused")
+    with run_backend(backend_settings(sqlite_url, nowhere), http=QuickHeads) as srv:
+        yield srv
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(20)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_silent_connection_is_closed(quick_server: ServerThread) -> None:
+    """A client that connects and sends nothing does not hold the connection forever."""
+    with socket.create_connection(("127.0.0.1", quick_server.port)) as sock:
+        assert _read_all(sock) == b""
+
+
+def test_a_trickled_head_gets_408(quick_server: ServerThread) -> None:
+    """Headers that never finish (slowloris) get 408 in the envelope and the connection closed."""
+    with socket.create_connection(("127.0.0.1", quick_server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+        answer = _read_all(sock)
+    assert error_of(answer, 408)["code"] == "request_timeout"
+
+
+def test_keep_alive_between_requests_is_not_cut_by_the_deadline(
+    quick_server: ServerThread,
+) -> None:
+    """An idle pause between two requests on one connection is the keep-alive timeout's
+    business (5 s), not the head deadline's."""
+    with socket.create_connection(("127.0.0.1", quick_server.port)) as sock:
+        sock.settimeout(20)
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            time.sleep(1.0)  # over the 0.3 s head deadline, under the keep-alive timeout
