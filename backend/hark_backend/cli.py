@@ -186,6 +186,18 @@ def _db_url(args: argparse.Namespace) -> str:
     return url
 
 
+def _open_registry(url: str) -> Registry:
+    """The registry for ``url``; a malformed URL or a missing driver is a ConfigError."""
+    try:
+        return Registry(url)
+    except RegistryError as exc:
+        raise ConfigError(f"--db: {exc}") from None
+    except ImportError:
+        raise ConfigError(
+            "--db: a postgresql:// database needs psycopg: pip install 'hark-voice[postgres]'"
+        ) from None
+
+
 def _iso(ts_s: float | None) -> str:
     if ts_s is None:
         return "-"
@@ -245,10 +257,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # Open the database now: a bad URL is one line and 78, an unreachable one 69, instead
     # of a traceback from the server's startup.
-    try:
-        registry = Registry(settings.db_url)
-    except RegistryError as exc:
-        raise ConfigError(f"--db: {exc}") from None
+    registry = _open_registry(settings.db_url)
     try:
         registry.init_schema()
         try:
@@ -285,7 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _device(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
-    registry = Registry(_db_url(args))
+    registry = _open_registry(_db_url(args))
     try:
         registry.init_schema()
         now_s = time.time()

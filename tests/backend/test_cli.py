@@ -274,6 +274,26 @@ def test_an_unavailable_database_exits_69(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", [["device", "list"], ["serve", "--port", "0"]])
+def test_postgres_without_its_driver_is_one_line(
+    command: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A postgresql:// URL without psycopg installed: say what to install, exit 78."""
+    from hark_backend import cli as cli_module
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ImportError
+    monkeypatch.setattr(cli_module, "_setup_logging", lambda level: None)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    status = cli_module.main([*command, "--db", "postgresql:///hark"])
+    assert status == EX_CONFIG
+    assert capsys.readouterr().err == (
+        "hark-backend: --db: a postgresql:// database needs psycopg:"
+        " pip install 'hark-voice[postgres]'\n"
+    )
+
+
 def test_device_command_line_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """The device commands share the parser: a missing name is one line and 78 too."""
     with pytest.raises(SystemExit) as exited:
