@@ -21,6 +21,7 @@ proxy in front bounds all three (nginx ``client_body_timeout``, ``client_header_
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import json
 import logging
@@ -80,8 +81,9 @@ def _parser_refusal(exc: BaseException | None) -> tuple[int, str, str]:
     hint = getattr(exc, "error_status_hint", 400)  # h11 says 431 for an oversized head
     if hint == 431 or isinstance(getattr(exc, "__context__", None), HeadTooLargeError):
         return 431, "request_header_too_large", "Request line and headers too large."
-    # The parsers' messages are fixed texts ("Invalid character in Content-Length"),
-    # never the request's bytes.
+    # httptools' messages are fixed texts ("Invalid character in Content-Length"); h11's may
+    # quote the offending line, which only goes back to the client that sent it (the log
+    # line names the status and outcome, not this message).
     detail = str(exc).strip().rstrip(".") if exc is not None else ""
     message = "Malformed HTTP request" + (f": {detail}." if detail else ".")
     return 400, "invalid_request", message
@@ -110,6 +112,7 @@ class _Refusals:
         self._refuse(*_parser_refusal(sys.exception()))
 
 
+@functools.cache
 def _httptools_protocol() -> type[asyncio.Protocol] | None:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
