@@ -11,6 +11,10 @@ keep-alive connection each, each with its own token) mint keys.  Two phases:
    is measured from the scheduled send time, so a server that falls behind shows it (no
    coordinated omission).
 
+3. under attack: phase 1 again while ``ATTACKERS`` clients from one other address (sent as
+   ``X-Forwarded-For``, which the backend trusts from loopback) send unknown ``hark_dt_``
+   tokens back to back: the devices' requests/s, and what the attacker got.
+
 (In phase 1 latency is just concurrency / throughput by Little's law, so the p99 target only
 makes sense at a given offered rate: phase 2.)  It also prints the backend's and the sim's
 CPU time per request, which does not depend on how busy the machine is.  It prints figures and
@@ -44,6 +48,8 @@ WARMUP_S = 1.0
 SIM_KEY = "sk-sim-bench"
 MINT = "/v1/realtime/client_secrets"
 MAX_BEHIND_S = 2.0  # phase 2: a device this late skips a request (the server is saturated)
+ATTACKERS = 4  # phase 3: concurrent connections sending unknown tokens
+ATTACKER_ADDRESS = "203.0.113.66"
 
 
 @dataclass
@@ -196,8 +202,48 @@ async def _phases(base_url: str, tokens: list[str], pids: tuple[int, int]) -> No
         # Phase 2: open loop at each offered rate.
         for rate_hz in OFFERED_RATES_HZ:
             await _open_loop(pairs, rate_hz)
+
+        # Phase 3: phase 1 under a flood of unknown tokens from another address.
+        await _under_attack(base_url, pairs, tls)
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
+
+
+async def _under_attack(
+    base_url: str, pairs: list[tuple[httpx.AsyncClient, str]], tls: ssl.SSLContext
+) -> None:
+    tally = Tally()
+    refused: dict[int, int] = {}
+    measure_from = time.perf_counter() + WARMUP_S
+    stop_at = measure_from + DURATION_S
+    wrong = {"Authorization": "Bearer hark_dt_" + "0" * 43, "X-Forwarded-For": ATTACKER_ADDRESS}
+
+    async def eager(http: httpx.AsyncClient, token: str) -> None:
+        while (t0 := time.perf_counter()) < stop_at:
+            status = await _post(http, token, tally)
+            tally.record(status, (time.perf_counter() - t0) * 1000, t0 >= measure_from)
+
+    async def attacker() -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30, verify=tls) as http:
+            while (t0 := time.perf_counter()) < stop_at:
+                try:
+                    status = (await http.post(MINT, json={}, headers=wrong)).status_code
+                except httpx.TransportError:
+                    status = 0
+                if t0 >= measure_from:
+                    refused[status] = refused.get(status, 0) + 1
+
+    await asyncio.gather(*(eager(c, t) for c, t in pairs), *(attacker() for _ in range(ATTACKERS)))
+    attacks = " ".join(f"{n / DURATION_S:.0f}/s got {s}" for s, n in sorted(refused.items()))
+    print(
+        f"   phase 3, closed loop while {ATTACKERS} clients from {ATTACKER_ADDRESS} send unknown"
+        f" tokens back to back:"
+    )
+    print(
+        f"     devices: throughput {len(tally.latencies_ms) / DURATION_S:.0f} requests/s"
+        f" ({tally.failures} failed), p50 {tally.percentile(0.5):.1f} ms;"
+        f" attacker: {attacks or 'nothing answered'}"
+    )
 
 
 def main() -> None:

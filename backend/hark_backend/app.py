@@ -9,10 +9,13 @@ replicas can share one database behind a load balancer.
 from __future__ import annotations
 
 import logging
+import math
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -22,6 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hark_backend import logsafe
+from hark_backend.authlimit import FailedAuthLimiter, address_key
 from hark_backend.policy import OPENAI_MAX_TTL_S, OPENAI_MIN_TTL_S, Policy
 from hark_backend.registry import (
     TOKEN_PREFIX,
@@ -52,6 +57,7 @@ class Settings:
     openai_api_key: str = field(repr=False)
     policy: Policy = field(default_factory=Policy)
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(20, 60.0))
+    auth_fail_limit: RateLimit = field(default_factory=lambda: RateLimit(30, 60.0))
     max_body_bytes: int = 16 * 1024
     upstream_timeout_s: float = 10.0
     upstream_connections: int = 32
@@ -104,12 +110,34 @@ class ErrorEnvelope(BaseModel):
 _REQUEST_REF = "#/components/schemas/ClientSecretRequest"
 
 
+def _non_finite_at(value: Any, path: str) -> str | None:
+    """The dotted path of the first NaN or Infinity in a parsed JSON value, else None.
+
+    Iterative, not recursive: the parser already bounds the depth, this must not add a limit.
+    """
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{key}", sub) for key, sub in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{where}.{i}", sub) for i, sub in reversed(list(enumerate(item))))
+    return None
+
+
 def _parse_body(raw: bytes) -> ClientSecretRequest | None:
-    """The optional JSON body; any defect is a 400 naming the first bad field."""
+    """The optional JSON body; any defect is a 400 naming the first bad field.
+
+    The JSON parser accepts ``NaN``, ``Infinity`` and ``1e999`` (as non-finite floats), which
+    no JSON encoder will send on to OpenAI: they are refused here, at the edge.
+    """
     if not raw.strip():
         return None
     try:
-        return ClientSecretRequest.model_validate_json(raw)
+        body = ClientSecretRequest.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(part) for part in first.get("loc", ()))
@@ -117,6 +145,14 @@ def _parse_body(raw: bytes) -> ClientSecretRequest | None:
         if loc:
             message += f" (at {loc})"
         raise ApiError(400, "invalid_request", message, param=loc or None) from None
+    if body.session and (where := _non_finite_at(body.session, "session")) is not None:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"Invalid request: numbers must be finite, not NaN or Infinity (at {where})",
+            param=where,
+        )
+    return body
 
 
 class Health(BaseModel):
@@ -163,6 +199,27 @@ def envelope(
     )
 
 
+async def send_envelope(
+    send: Send, status: int, code: str, message: str, *, type_: str = "invalid_request_error"
+) -> None:
+    """Answer with the envelope straight through ASGI (from middleware, outside the router)."""
+    response = envelope(status, code, message, type_=type_)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised (``folder/file.py:line``), without its message.
+
+    The message is not logged: it may quote anything, a header or a token included.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    path = Path(frames[-1].filename)
+    return f"{path.parent.name}/{path.name}:{frames[-1].lineno}"
+
+
 def _set_outcome(request: Request, outcome: str, device: str | None = None) -> None:
     request.state.outcome = outcome
     if device is not None:
@@ -173,7 +230,13 @@ def _set_outcome(request: Request, outcome: str, device: str | None = None) -> N
 
 
 class RequestLog:
-    """One structured line per request: method, path, status, device, outcome, duration."""
+    """One structured line per request: method, path, status, device, outcome, duration.
+
+    The client-controlled fields are escaped (``logsafe.field``): one request, one line.
+    An exception nothing else handled (a bug) is answered here with a 500 in the envelope
+    and one ERROR line saying where; it is not re-raised, because the server would then
+    print its traceback, message and all, and drop the client's connection.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -194,17 +257,30 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
-            status = status or 500
-            state.setdefault("outcome", "internal_error")
-            raise
+        except Exception as exc:
+            state["outcome"] = "internal_error"
+            log.error(
+                "unhandled %s at %s while serving %s %s",
+                type(exc).__name__,
+                _where(exc),
+                logsafe.field(str(scope.get("method", "-"))),
+                logsafe.field(str(scope.get("path", "-"))),
+            )
+            if not status:  # else the answer is under way: the server closes the connection
+                await send_envelope(
+                    send_wrapper,
+                    500,
+                    "internal_error",
+                    "Internal error in the backend.",
+                    type_="server_error",
+                )
         finally:
             log.info(
                 "request method=%s path=%s status=%d device=%s outcome=%s duration_ms=%.1f",
-                scope.get("method", "-"),
-                scope.get("path", "-"),
+                logsafe.field(str(scope.get("method", "-"))),
+                logsafe.field(str(scope.get("path", "-"))),
                 status,
-                state.get("device", "-"),
+                logsafe.field(str(state.get("device", "-"))),
                 state.get("outcome", "ok" if 200 <= status < 400 else "error"),
                 (time.perf_counter() - started) * 1000,
             )
@@ -219,11 +295,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, send: Send, status: int, code: str, msg: str) -> None:
         scope.setdefault("state", {})["outcome"] = code
-        response = envelope(status, code, msg)
-        await send(
-            {"type": "http.response.start", "status": status, "headers": response.raw_headers}
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await send_envelope(send, status, code, msg)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -276,7 +348,11 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     401: {"model": ErrorEnvelope, "description": "Missing, unknown or revoked device token."},
     413: {"model": ErrorEnvelope, "description": "Request body too large."},
-    429: {"model": ErrorEnvelope, "description": "Device rate limit; see Retry-After."},
+    429: {
+        "model": ErrorEnvelope,
+        "description": "Device rate limit, or too many failed authentications from this"
+        " address; see Retry-After.",
+    },
     500: {"model": ErrorEnvelope, "description": "Backend bug."},
     502: {"model": ErrorEnvelope, "description": "OpenAI refused or failed (upstream_*)."},
     503: {"model": ErrorEnvelope, "description": "OpenAI or the registry unavailable; retry."},
@@ -289,14 +365,49 @@ def _bearer_token(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def _refuse_blocked_address(request: Request) -> None:
+    """429 if this client's address failed to authenticate too often (see ``authlimit``)."""
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    client = request.client.host if request.client else None
+    wait_s = limiter.retry_after_s(address_key(client), time.monotonic())
+    if wait_s > 0:
+        retry_after_s = max(1, int(wait_s + 0.999))
+        raise ApiError(
+            429,
+            "auth_rate_limited",
+            f"Too many failed authentications from this address; retry in {retry_after_s} s.",
+            type_="rate_limit_error",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+
+def _count_failure(request: Request) -> None:
+    """Count a 401 against the client's address; say so once when it goes over the limit."""
+    limiter: FailedAuthLimiter = request.app.state.auth_limiter
+    key = address_key(request.client.host if request.client else None)
+    if limiter.failed(key, time.monotonic()):
+        log.warning(
+            "too many failed authentications from client=%s (%d in %g s): refusing its"
+            " requests with 429 until the window ends",
+            logsafe.field(key),
+            limiter.limit.count,
+            limiter.limit.window_s,
+        )
+
+
 async def authenticate(request: Request) -> Admission:
     """Identify the device by its token and count the request against its rate window.
 
     Parsed by hand rather than through FastAPI's dependency solver, which cost a tenth of
     the backend's CPU per key; the OpenAPI schema declares the scheme (see ``create_app``).
+    An address with too many failed attempts is refused before any database work; while
+    no address is, that check is one test of an empty dict.
     """
+    if request.app.state.auth_limiter.blocked:
+        _refuse_blocked_address(request)
     token = _bearer_token(request)
     if token is None:
+        _count_failure(request)
         raise ApiError(
             401,
             "missing_device_token",
@@ -311,6 +422,8 @@ async def authenticate(request: Request) -> Admission:
         admission = Admission("unknown_token")
     if admission.device is not None:
         request.state.device = admission.device
+    if admission.outcome in ("revoked", "unknown_token"):
+        _count_failure(request)
     if admission.outcome == "revoked":
         raise ApiError(
             401,
@@ -354,13 +467,16 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         app.state.minter = minter
         app.state.settings = settings
         log.info(
-            "backend ready: db=%s upstream=%s model=%s key_ttl_s=%d rate_limit=%d/%gs",
+            "backend ready: db=%s upstream=%s model=%s key_ttl_s=%d rate_limit=%d/%gs"
+            " auth_fail_limit=%d/%gs",
             "postgresql" if reg.postgres else "sqlite",
             settings.openai_base_url,
             settings.policy.model,
             settings.policy.key_ttl_s,
             settings.rate_limit.count,
             settings.rate_limit.window_s,
+            settings.auth_fail_limit.count,
+            settings.auth_fail_limit.window_s,
         )
         try:
             yield
@@ -462,7 +578,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s while serving %s", type(exc).__name__, request.url.path)
+        # Only for a failure outside RequestLog, which answers the others itself.
+        log.error("unhandled %s at %s", type(exc).__name__, _where(exc))
         _set_outcome(request, "internal_error")
         return envelope(
             500, "internal_error", "Internal error in the backend.", type_="server_error"
@@ -498,6 +615,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.state.auth_limiter = FailedAuthLimiter(settings.auth_fail_limit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog)
     return app

@@ -3,27 +3,37 @@
 It must not take the OpenAI key from anywhere but ``--openai-key-file``, ``OPENAI_API_KEY``
 or systemd's credential directory, nor print or log it; a device token is printed exactly
 once, as the last line of ``device add`` / ``device rotate``, and never logged.
+
+Exit codes: 0; 1 for a refused registry operation (unknown or duplicate device, bad name);
+69 (EX_UNAVAILABLE) when the database or the listening address is unavailable (worth a
+restart); 78 (EX_CONFIG) for a bad command line, policy or missing key, always one line
+naming the option (the unit sets ``RestartPreventExitStatus=78``); 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from hark_backend.policy import OPENAI_MAX_TTL_S, OPENAI_MIN_TTL_S
 from hark_backend.registry import RateLimit, Registry, RegistryError, RegistryUnavailableError
 
 log = logging.getLogger(__name__)
 
-EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78  # sysexits.h EX_CONFIG; the unit sets RestartPreventExitStatus=78
 DB_ENV = "HARK_BACKEND_DB"
@@ -34,6 +44,105 @@ _QUIET_LOGGERS = ("openai", "httpx", "httpx2", "httpcore", "hpack", "uvicorn.acc
 
 class ConfigError(Exception):
     """A bad command line or missing secret: exit 78, the unit does not restart."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr and exit 78 (EX_CONFIG), so a
+    bad drop-in stops the unit at once instead of restarting it ten times."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_CONFIG, f"{self.prog}: {message} (see --help)\n")
+
+
+# -- argument types: each refuses a bad value with a message naming the allowed range ------
+
+
+def _int_in(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}{what}, not {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text}")
+    return value
+
+
+def _rate(text: str) -> RateLimit:
+    try:
+        return RateLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _visible(text: str) -> str:
+    """A single word of visible characters (a host, a model name)."""
+    if not text or not text.isprintable() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"must be one word of visible characters, not {text!r}")
+    return text
+
+
+def _upstream_url(text: str) -> str:
+    """The upstream's base URL: https, or http only to loopback (the OpenAI key goes there)."""
+    _visible(text)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        _ = parts.port  # raises ValueError when out of range
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"is not a valid URL ({exc}): {text!r}") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise argparse.ArgumentTypeError(f"must be an https:// URL with a host, not {text!r}")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise argparse.ArgumentTypeError(
+            f"must be https unless the host is loopback (the OpenAI key is sent there): {text!r}"
+        )
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _trusted_proxies(text: str) -> str:
+    """``*`` or a comma list of IP addresses and networks (uvicorn would take a typo as a
+    literal name and never match it)."""
+    if text.strip() == "*":
+        return text
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be * or IP addresses/networks separated by commas; {item!r} is neither"
+            ) from None
+    return text
+
+
+def _policy_error(exc: ValidationError) -> str:
+    """A pydantic error list as one line: ``field: message; field: message``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "policy"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
 
 
 def _setup_logging(level: str) -> None:
@@ -77,6 +186,18 @@ def _db_url(args: argparse.Namespace) -> str:
     return url
 
 
+def _open_registry(url: str) -> Registry:
+    """The registry for ``url``; a malformed URL or a missing driver is a ConfigError."""
+    try:
+        return Registry(url)
+    except RegistryError as exc:
+        raise ConfigError(f"--db: {exc}") from None
+    except ImportError:
+        raise ConfigError(
+            "--db: a postgresql:// database needs psycopg: pip install 'hark-voice[postgres]'"
+        ) from None
+
+
 def _iso(ts_s: float | None) -> str:
     if ts_s is None:
         return "-"
@@ -111,45 +232,60 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hark_backend.app import Settings, create_app
+    from hark_backend.httpserver import server_config
     from hark_backend.policy import load_policy
 
     _setup_logging(args.log_level)
+    if args.ssl_keyfile and not args.ssl_certfile:
+        raise ConfigError("--ssl-keyfile needs --ssl-certfile")
     try:
-        rate_limit = RateLimit.parse(args.rate_limit)
         policy = load_policy(args.policy, model=args.model, key_ttl_s=args.key_ttl_s)
-    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
-        detail = str(exc) if not isinstance(exc, ValidationError) else exc.errors()
-        raise ConfigError(f"bad policy or rate limit: {detail}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"bad policy: {_policy_error(exc)}") from None
+    except (ValueError, OSError) as exc:  # unreadable file, bad TOML
+        raise ConfigError(f"bad policy file {args.policy}: {exc}") from None
     settings = Settings(
         db_url=_db_url(args),
         openai_base_url=args.openai_base_url,
         openai_api_key=read_openai_key(args.openai_key_file),
         policy=policy,
-        rate_limit=rate_limit,
+        rate_limit=args.rate_limit,
+        auth_fail_limit=args.auth_fail_limit,
         max_body_bytes=args.max_body_bytes,
         upstream_timeout_s=args.upstream_timeout_s,
         upstream_connections=args.upstream_connections,
     )
+    # Open the database now: a bad URL is one line and 78, an unreachable one 69, instead
+    # of a traceback from the server's startup.
+    registry = _open_registry(settings.db_url)
     try:
-        sock = listen_socket(args.host, args.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
-        return EX_UNAVAILABLE
-    host, port = sock.getsockname()[:2]
-    scheme = "https" if args.ssl_certfile else "http"
-    config = uvicorn.Config(
-        create_app(settings),
-        log_config=None,  # ours, above
-        access_log=False,  # RequestLog writes one line per request instead
-        lifespan="on",
-        ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        server_header=False,
-    )
-    log.info("listening on %s://%s:%d", scheme, host if ":" not in host else f"[{host}]", port)
-    uvicorn.Server(config).run(sockets=[sock])
+        registry.init_schema()
+        try:
+            sock = listen_socket(args.host, args.port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+            return EX_UNAVAILABLE
+        host, port = sock.getsockname()[:2]
+        scheme = "https" if args.ssl_certfile else "http"
+        config = server_config(
+            create_app(settings, registry=registry),
+            max_header_bytes=args.max_header_bytes,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+        )
+        try:
+            config.load()  # loads the certificate now, to report a bad one in one line
+        except OSError as exc:  # ssl.SSLError is an OSError
+            sock.close()
+            files = f"--ssl-certfile {args.ssl_certfile}"
+            if args.ssl_keyfile:
+                files += f" with --ssl-keyfile {args.ssl_keyfile}"
+            raise ConfigError(f"cannot use {files}: {exc.strerror or exc}") from None
+        log.info("listening on %s://%s:%d", scheme, host if ":" not in host else f"[{host}]", port)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        registry.close()
     return 0
 
 
@@ -158,7 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _device(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
-    registry = Registry(_db_url(args))
+    registry = _open_registry(_db_url(args))
     try:
         registry.init_schema()
         now_s = time.time()
@@ -225,11 +361,11 @@ def _list(registry: Registry, *, as_json: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (``hark-backend --help``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hark-backend",
         description="Mint short-lived OpenAI Realtime keys for registered hark devices.",
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--db",
         help=f"sqlite:///relative.db, sqlite:////abs.db or postgresql://... (default ${DB_ENV})",
@@ -240,25 +376,67 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port (logged)")
-    serve.add_argument("--openai-base-url", default="https://api.openai.com/v1")
+    serve.add_argument("--host", type=_visible, default="127.0.0.1")
+    serve.add_argument(
+        "--port",
+        type=_int_in(0, 65535, " (0 picks a free port)"),
+        default=8080,
+        help="0 picks a free port (logged)",
+    )
+    serve.add_argument(
+        "--openai-base-url",
+        type=_upstream_url,
+        default="https://api.openai.com/v1",
+        help="https (http only to loopback, e.g. hark_sim)",
+    )
     serve.add_argument("--openai-key-file", type=Path, help="file holding the owner's OpenAI key")
     serve.add_argument("--policy", type=Path, help="TOML policy file (see docs/backend.md)")
-    serve.add_argument("--model", help="Realtime model (overrides the policy file)")
-    serve.add_argument("--key-ttl-s", type=int, help="key lifetime, 10..7200 (default 60)")
-    serve.add_argument("--rate-limit", default="20/60", help="N/S: N key requests per S seconds")
-    serve.add_argument("--max-body-bytes", type=int, default=16 * 1024)
-    serve.add_argument("--upstream-timeout-s", type=float, default=10.0)
+    serve.add_argument("--model", type=_visible, help="Realtime model (overrides the policy file)")
     serve.add_argument(
-        "--upstream-connections", type=int, default=32, help="HTTP connections kept to OpenAI"
+        "--key-ttl-s",
+        type=_int_in(OPENAI_MIN_TTL_S, OPENAI_MAX_TTL_S, " seconds"),
+        help=f"key lifetime, {OPENAI_MIN_TTL_S}..{OPENAI_MAX_TTL_S} (default 60)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=RateLimit(20, 60.0),
+        help="N/S: N key requests per device per S seconds (default 20/60)",
+    )
+    serve.add_argument(
+        "--auth-fail-limit",
+        type=_rate,
+        default=RateLimit(30, 60.0),
+        help="N/S: past N failed authentications in S seconds an address gets 429 (30/60)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=_int_in(1, 16 << 20),
+        default=16 * 1024,
+        help="larger bodies get 413 (default 16384)",
+    )
+    serve.add_argument(
+        "--max-header-bytes",
+        type=_int_in(1024, 1 << 20),
+        default=16 * 1024,
+        help="cap on a request's line and headers; larger get 431 (default 16384)",
+    )
+    serve.add_argument(
+        "--upstream-timeout-s", type=_seconds, default=10.0, help="per request to OpenAI (10)"
+    )
+    serve.add_argument(
+        "--upstream-connections",
+        type=_int_in(1, 1000),
+        default=32,
+        help="HTTP connections kept to OpenAI (32)",
     )
     serve.add_argument("--ssl-certfile", help="serve TLS directly (else put a proxy in front)")
     serve.add_argument("--ssl-keyfile")
     serve.add_argument(
         "--forwarded-allow-ips",
+        type=_trusted_proxies,
         default="127.0.0.1",
-        help="proxies trusted for X-Forwarded-For (comma list)",
+        help="proxies trusted for X-Forwarded-For: * or IPs/networks, comma-separated",
     )
     serve.set_defaults(func=_serve)
 

@@ -19,6 +19,8 @@ import functools
 import hashlib
 import hmac
 import logging
+import math
+import os
 import re
 import secrets
 import sqlite3
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "hark_dt_"  # noqa: S105  (a public prefix, not a secret)
 TOKEN_BYTES = 32  # 256 bits of entropy from secrets.token_urlsafe
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Used with fullmatch: ``$`` would also match before a trailing newline ("kitchen\n").
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _T = TypeVar("_T")
 
@@ -114,8 +117,8 @@ class RateLimit:
             limit = cls(int(count_text), float(window_text))
         except ValueError:
             raise ValueError(f"rate limit must look like N/S (e.g. 20/60), not {text!r}") from None
-        if limit.count < 1 or not limit.window_s > 0:
-            raise ValueError("rate limit needs N >= 1 and S > 0")
+        if limit.count < 1 or not (math.isfinite(limit.window_s) and limit.window_s > 0):
+            raise ValueError(f"rate limit needs N >= 1 and a finite S > 0, not {text!r}")
         return limit
 
 
@@ -144,7 +147,7 @@ def hash_token(token: str) -> str:
 
 def check_name(name: str) -> str:
     """Device and group names: 1-64 of letters, digits, ``.``, ``_``, ``-``."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise RegistryError(
             f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit)"
@@ -163,6 +166,30 @@ def _sqlite_path(url: str) -> str:
             raise RegistryError("SQLite URL names no file")
         return path
     return url
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database's folder 0700 and its file 0600 before SQLite opens it.
+
+    Run by hand (``device add`` under umask 022) SQLite would make them 0755/0644; the
+    unit's ``UMask=0077`` only covers the service.  SQLite gives its ``-wal`` and ``-shm``
+    files the database file's mode, so they follow.  A folder that exists (the state
+    directory, the current directory) is the operator's and keeps its mode; an existing
+    database readable by others is reported, not silently changed.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "%s is readable by other users (mode %04o); chmod 600 it and its -wal and"
+                " -shm files",
+                path,
+                mode,
+            )
+        return
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def is_postgres_url(url: str) -> bool:
@@ -209,7 +236,7 @@ class Registry:
             conn: Any = psycopg.connect(self.url, autocommit=True)
         else:
             if self._path != ":memory:":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(Path(self._path))
             conn = sqlite3.connect(
                 self._path,
                 timeout=self._busy_timeout_ms / 1000,

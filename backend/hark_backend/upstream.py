@@ -17,6 +17,8 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultAsyncHttpxClient
 
+from hark_backend.logsafe import prose
+
 log = logging.getLogger(__name__)
 
 _MAX_FORWARDED_MESSAGE = 300
@@ -89,8 +91,11 @@ def classify(exc: Exception) -> UpstreamError:
         )
     if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
         upstream_message = str(getattr(exc, "message", ""))[:_MAX_FORWARDED_MESSAGE]
+        # The message echoes the device's input (e.g. an unknown field's name): escaped.
         log.warning(
-            "upstream rejected the session config (HTTP %d): %s", exc.status_code, upstream_message
+            "upstream rejected the session config (HTTP %d): %s",
+            exc.status_code,
+            prose(upstream_message),
         )
         return UpstreamError(
             400,

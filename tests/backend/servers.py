@@ -6,8 +6,10 @@ Not fixtures (those live in conftest.py); plain helpers the tests and fixtures s
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -19,8 +21,9 @@ from typing import Any
 import uvicorn
 from hark_backend.app import Settings, create_app
 from hark_backend.cli import listen_socket
+from hark_backend.httpserver import server_config
 from hark_backend.policy import Policy
-from hark_backend.registry import RateLimit
+from hark_backend.registry import RateLimit, Registry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -32,12 +35,13 @@ UPSTREAM_KEY = "sk-sim-test"
 class ServerThread:
     """A real uvicorn server on 127.0.0.1:<ephemeral> in a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, config: uvicorn.Config | None = None) -> None:
         self.sock = listen_socket("127.0.0.1", 0)  # TCP_NODELAY-friendly (see its docstring)
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
-        )
+        if config is None:
+            config = uvicorn.Config(
+                app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
+            )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
@@ -173,24 +177,67 @@ def backend_settings(
     upstream: Any,
     *,
     rate_limit: RateLimit | None = None,
+    auth_fail_limit: RateLimit | None = None,
     policy: Policy | None = None,
     max_body_bytes: int = 16 * 1024,
     upstream_timeout_s: float = 5.0,
 ) -> Settings:
-    """Settings pointing at ``upstream``, with test-friendly defaults."""
+    """Settings pointing at ``upstream``, with test-friendly defaults (limits out of the way:
+    the tests that want them set them)."""
     return Settings(
         db_url=db_url,
         openai_base_url=upstream.base_url,
         openai_api_key=upstream.api_key,
         policy=policy or Policy(),
         rate_limit=rate_limit or RateLimit(1000, 60.0),
+        auth_fail_limit=auth_fail_limit or RateLimit(100_000, 60.0),
         max_body_bytes=max_body_bytes,
         upstream_timeout_s=upstream_timeout_s,
     )
 
 
 @contextlib.contextmanager
-def run_backend(settings: Settings) -> Iterator[ServerThread]:
-    """The real app on a real uvicorn on loopback."""
-    with ServerThread(create_app(settings)) as server:
+def run_backend(
+    settings: Settings, *, registry: Registry | None = None, **server_options: Any
+) -> Iterator[ServerThread]:
+    """The real app on a real uvicorn on loopback, configured as ``serve`` configures it."""
+    app = create_app(settings, registry=registry)
+    config = server_config(app, timeout_graceful_shutdown=2, **server_options)
+    with ServerThread(app, config) as server:
         yield server
+
+
+# -- raw HTTP ------------------------------------------------------------------------------------
+
+
+def exchange(port: int, request: bytes) -> tuple[bytes, OSError | None]:
+    """Send ``request`` (from a thread, so a server that stops reading cannot block us) and
+    read the whole answer; also return the error the sender met, if any."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sent_error: list[OSError] = []
+
+    def send() -> None:
+        try:
+            sock.sendall(request)
+        except OSError as exc:
+            sent_error.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass  # the server closed with our unread bytes still queued: its answer came first
+    sender.join(30)
+    sock.close()
+    return answer, sent_error[0] if sent_error else None
+
+
+def parse(answer: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return status, headers, json.loads(body)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -15,9 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
-from hark_backend.cli import EX_CONFIG, ConfigError, read_openai_key
+from hark_backend.cli import (
+    EX_CONFIG,
+    EX_UNAVAILABLE,
+    ConfigError,
+    build_parser,
+    read_openai_key,
+)
+from hark_backend.registry import RateLimit
 
-from tests.backend.servers import HAVE_SIM, FakeUpstream, ServerThread
+from tests.backend.servers import HAVE_SIM, FakeUpstream, ServerThread, exchange, parse
 
 MINT = "/v1/realtime/client_secrets"
 
@@ -43,6 +51,34 @@ def test_device_add_prints_the_token_last(sqlite_url: str) -> None:
     again = cli("device", "add", "kitchen", "--db", sqlite_url)
     assert again.returncode == 1
     assert "already exists" in again.stderr
+
+
+def test_device_names_with_a_newline_are_refused(sqlite_url: str) -> None:
+    """``device add $'kitchen\\n'`` and ``--group $'kids\\n'`` are refused, saying why."""
+    assert cli("device", "add", "kitchen", "--group", "kids", "--db", sqlite_url).returncode == 0
+    for args in (("kitchen\n",), ("hall", "--group", "kids\n")):
+        done = cli("device", "add", *args, "--db", sqlite_url)
+        assert done.returncode == 1, done.stdout
+        assert "hark_dt_" not in done.stdout
+        bad = args[-1]
+        assert f"invalid name {bad!r}" in done.stderr
+        assert "letters, digits" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    names = json.loads(cli("device", "list", "--json", "--db", sqlite_url).stdout)
+    assert [(d["name"], d["group"]) for d in names] == [("kitchen", "kids")]
+
+
+def test_device_add_by_hand_makes_private_files(tmp_path: Path) -> None:
+    """``device add`` under an ordinary umask (022): a new folder 0700, the database 0600."""
+    db = tmp_path / "new-folder" / "devices.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "hark_backend", "device", "add", "kitchen", "--db", f"sqlite:///{db}"],
+        capture_output=True, text=True, timeout=60, check=False,
+        preexec_fn=lambda: os.umask(0o022),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
 
 
 def test_device_list_revoke_rotate(sqlite_url: str) -> None:
@@ -121,7 +157,8 @@ def test_serve_without_a_key_exits_78(sqlite_url: str) -> None:
 
 
 def test_bad_policy_file_exits_78(sqlite_url: str, tmp_path: Path) -> None:
-    """An invalid policy (unknown field, lifetime out of range) refuses to start."""
+    """An invalid policy (unknown field, lifetime out of range) refuses to start, in one line
+    naming each bad field (not pydantic's raw error list)."""
     policy = tmp_path / "policy.toml"
     policy.write_text("key_ttl_s = 5\nbogus = 1\n")
     done = cli(
@@ -129,7 +166,142 @@ def test_bad_policy_file_exits_78(sqlite_url: str, tmp_path: Path) -> None:
         env={"OPENAI_API_KEY": "sk-x"},
     )  # fmt: skip
     assert done.returncode == EX_CONFIG
-    assert "key_ttl_s" in done.stderr and "bogus" in done.stderr
+    assert done.stderr.strip() == (
+        "hark-backend: bad policy: key_ttl_s: Input should be greater than or equal to 10;"
+        " bogus: Extra inputs are not permitted"
+    )
+    policy.write_text("key_ttl_s = [")
+    done = cli(
+        "serve", "--port", "0", "--db", sqlite_url, "--policy", str(policy),
+        env={"OPENAI_API_KEY": "sk-x"},
+    )  # fmt: skip
+    assert done.returncode == EX_CONFIG
+    assert done.stderr.startswith(f"hark-backend: bad policy file {policy}: ")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+BAD_SERVE_ARGUMENTS = {
+    ("--port", "99999"): "argument --port: must be 0..65535 (0 picks a free port), not 99999",
+    ("--port", "-1"): "argument --port: must be 0..65535",
+    ("--port", "http"): "argument --port: must be a whole number, not 'http'",
+    ("--key-ttl-s", "5"): "argument --key-ttl-s: must be 10..7200 seconds, not 5",
+    ("--key-ttl-s", "7201"): "argument --key-ttl-s: must be 10..7200 seconds, not 7201",
+    ("--max-body-bytes", "-5"): "argument --max-body-bytes: must be 1..16777216, not -5",
+    ("--max-body-bytes", "0"): "argument --max-body-bytes: must be 1..16777216, not 0",
+    ("--max-header-bytes", "100"): "argument --max-header-bytes: must be 1024..1048576",
+    ("--upstream-timeout-s", "nan"): "argument --upstream-timeout-s: must be a finite number",
+    ("--upstream-timeout-s", "-1"): "argument --upstream-timeout-s: must be a finite number",
+    ("--upstream-connections", "0"): "argument --upstream-connections: must be 1..1000, not 0",
+    ("--rate-limit", "5/inf"): "argument --rate-limit: rate limit needs N >= 1 and a finite S",
+    ("--rate-limit", "0/60"): "argument --rate-limit: rate limit needs N >= 1",
+    ("--auth-fail-limit", "lots"): "argument --auth-fail-limit: rate limit must look like N/S",
+    ("--openai-base-url", "ftp://x/v1"): "argument --openai-base-url: must be an https:// URL",
+    ("--openai-base-url", "http://example.org/v1"): "must be https unless the host is loopback",
+    ("--openai-base-url", "https://x:99999/v1"): "argument --openai-base-url: is not a valid URL",
+    ("--openai-base-url", "https://x/v1 "): "argument --openai-base-url: must be one word",
+    ("--forwarded-allow-ips", "10.0.0.1,proxy"): "'proxy' is neither",
+    ("--model", "gpt realtime"): "argument --model: must be one word of visible characters",
+    ("--host", ""): "argument --host: must be one word of visible characters",
+    ("--log-level", "loud"): "argument --log-level: invalid choice: 'loud'",
+    ("--bogus",): "unrecognized arguments: --bogus",
+}
+
+
+@pytest.mark.parametrize("args", list(BAD_SERVE_ARGUMENTS), ids=" ".join)
+def test_every_serve_argument_is_checked(
+    args: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad value is refused while parsing: one line naming the option, exit 78."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", *args])
+    assert exited.value.code == EX_CONFIG
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("hark-backend")
+    assert BAD_SERVE_ARGUMENTS[args] in lines[0]
+
+
+def test_good_serve_arguments_parse() -> None:
+    """The defaults and ordinary values pass (a loopback http upstream included)."""
+    args = build_parser().parse_args(
+        ["serve", "--port", "0", "--key-ttl-s", "10", "--rate-limit", "5/1.5",
+         "--openai-base-url", "http://127.0.0.1:9000/v1", "--forwarded-allow-ips",
+         "127.0.0.1, 10.0.0.0/8,::1"],
+    )  # fmt: skip
+    assert (args.port, args.key_ttl_s, args.rate_limit) == (0, 10, RateLimit(5, 1.5))
+    defaults = build_parser().parse_args(["serve"])
+    assert (defaults.port, defaults.max_body_bytes, defaults.max_header_bytes) == (
+        8080,
+        16384,
+        16384,
+    )
+    assert defaults.auth_fail_limit == RateLimit(30, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--port", "99999"), "hark-backend serve: argument --port: must be 0..65535"),
+        (("--key-ttl-s", "5"), "hark-backend serve: argument --key-ttl-s: must be 10..7200"),
+        (("--max-body-bytes", "-5"), "hark-backend serve: argument --max-body-bytes: must be"),
+        (("--ssl-keyfile", "key.pem"), "hark-backend: --ssl-keyfile needs --ssl-certfile"),
+        (("--ssl-certfile", "/nonexistent.pem"), "hark-backend: cannot use --ssl-certfile"),
+        (("--db", "sqlite://relative.db"), "hark-backend: --db: bad SQLite URL"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
+)
+def test_serve_refuses_bad_arguments_in_one_line(
+    args: tuple[str, ...], message: str, sqlite_url: str
+) -> None:
+    """As the unit runs it: nothing starts (``--port 99999`` no longer listens on 34463),
+    one line on stderr, exit 78, so systemd does not restart it."""
+    db = ("--db", sqlite_url) if "--db" not in args else ()
+    done = cli("serve", *db, *args, env={"OPENAI_API_KEY": "sk-x"})
+    assert done.returncode == EX_CONFIG, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(message)
+
+
+def test_an_unavailable_database_exits_69(tmp_path: Path) -> None:
+    """A database that cannot be opened at start: one line and 69 (worth a restart)."""
+    done = cli(
+        "serve", "--port", "0", "--db", "sqlite:////proc/no/such/devices.db",
+        env={"OPENAI_API_KEY": "sk-x"},
+    )  # fmt: skip
+    assert done.returncode == EX_UNAVAILABLE
+    assert done.stderr.strip().startswith("hark-backend: database unavailable: ")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["device", "list"], ["serve", "--port", "0"]])
+def test_postgres_without_its_driver_is_one_line(
+    command: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A postgresql:// URL without psycopg installed: say what to install, exit 78."""
+    from hark_backend import cli as cli_module
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg -> ImportError
+    monkeypatch.setattr(cli_module, "_setup_logging", lambda level: None)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    status = cli_module.main([*command, "--db", "postgresql:///hark"])
+    assert status == EX_CONFIG
+    assert capsys.readouterr().err == (
+        "hark-backend: --db: a postgresql:// database needs psycopg:"
+        " pip install 'hark-voice[postgres]'\n"
+    )
+
+
+def test_device_command_line_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """The device commands share the parser: a missing name is one line and 78 too."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["device", "add"])
+    assert exited.value.code == EX_CONFIG
+    assert capsys.readouterr().err == (
+        "hark-backend device add: the following arguments are required: name (see --help)\n"
+    )
 
 
 @pytest.fixture
@@ -198,6 +370,54 @@ def test_a_full_run_never_logs_tokens_or_keys(
     for secret in secrets_seen:
         assert secret not in log_text
         assert secret[8:30] not in log_text  # no fragment of it either
+
+
+def test_serve_caps_heads_and_answers_malformed_requests_in_the_envelope(
+    sqlite_url: str, tmp_path: Path, sim_with_secret_key: Any
+) -> None:
+    """``serve`` as run in production: a 10 MB header is cut off with 431 (the cap is
+    ``--max-header-bytes``), a bad Content-Length is a 400; both in OpenAI's envelope."""
+    log_path = tmp_path / "serve.log"
+    proc = _serve(sqlite_url, sim_with_secret_key, log_path, "--max-header-bytes", "8192")
+    try:
+        port = _wait_for_port(log_path, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_healthy(http)
+            assert http.get("/healthz", headers={"X-Pad": "a" * 7000}).status_code == 200
+        huge = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (10 << 20) + b"\r\n\r\n"
+        status, _, body = parse(exchange(port, huge)[0])
+        assert (status, body["error"]["code"]) == (431, "request_header_too_large")
+        over = b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n"
+        assert parse(exchange(port, over)[0])[0] == 431
+        bad = b"POST /v1/realtime/client_secrets HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n"
+        status, headers, body = parse(exchange(port, bad)[0])
+        assert (status, headers["content-type"]) == (400, "application/json")
+        assert "Content-Length" in body["error"]["message"]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    log_text = log_path.read_text()
+    assert "status=431 outcome=request_header_too_large" in log_text
+    assert "Traceback" not in log_text
+
+
+def test_serve_limits_failed_authentications(
+    sqlite_url: str, tmp_path: Path, sim_with_secret_key: Any
+) -> None:
+    """``--auth-fail-limit 2/60``: the third failure from one address in a minute is a 429."""
+    log_path = tmp_path / "serve.log"
+    proc = _serve(sqlite_url, sim_with_secret_key, log_path, "--auth-fail-limit", "2/60")
+    try:
+        port = _wait_for_port(log_path, proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            _wait_healthy(http)
+            auth = {"Authorization": "Bearer hark_dt_" + "x" * 43}
+            statuses = [http.post(MINT, json={}, headers=auth).status_code for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert statuses == [401, 401, 429]
+    assert "auth_fail_limit=2/60s" in log_path.read_text()
 
 
 def _serve(db_url: str, upstream: Any, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hark_backend.registry import (
@@ -68,9 +72,20 @@ def test_duplicate_and_bad_names_are_refused(registry: Registry) -> None:
     registry.add("kitchen", group=None, now_s=1.0)
     with pytest.raises(DeviceExistsError):
         registry.add("kitchen", group=None, now_s=2.0)
-    for bad in ("", "-x", "a b", "x" * 65, "ä"):
+    for bad in ("", "-x", "a b", "x" * 65, "ä", "kitchen\n", "kitchen\r", "\nkitchen"):
         with pytest.raises(RegistryError):
             registry.add(bad, group=None, now_s=1.0)
+
+
+def test_a_trailing_newline_is_not_a_second_name(registry: Registry) -> None:
+    """``$`` matches before a final newline: 'kitchen\\n' must not become a second kitchen,
+    nor 'kids\\n' a group that silently gets none of the kids' policy."""
+    registry.add("kitchen", group="kids", now_s=1.0)
+    with pytest.raises(RegistryError, match=r"invalid name 'kitchen\\n'"):
+        registry.add("kitchen\n", group=None, now_s=2.0)
+    with pytest.raises(RegistryError, match=r"invalid name 'kids\\n'"):
+        registry.add("hall", group="kids\n", now_s=2.0)
+    assert [(d.name, d.group) for d in registry.devices()] == [("kitchen", "kids")]
 
 
 def test_admit_identifies_the_device(registry: Registry) -> None:
@@ -181,3 +196,62 @@ def test_unreachable_database_is_unavailable() -> None:
 def test_sqlite_is_new_enough() -> None:
     """The admit statement needs UPDATE ... RETURNING (SQLite >= 3.35)."""
     assert sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_sqlite_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Run by hand (umask 022), the registry makes its folder 0700 and every file 0600:
+    the database and SQLite's WAL side files (-wal, -shm) alike."""
+    folder = tmp_path / "state"
+    db = folder / "devices.db"
+    old_umask = os.umask(0o022)
+    try:
+        reg = Registry(f"sqlite:///{db}")
+        try:
+            reg.init_schema()
+            reg.add("kitchen", group=None, now_s=1.0)
+            side_files = [Path(f"{db}-wal"), Path(f"{db}-shm")]
+            assert all(p.exists() for p in side_files)  # the connection is still open
+            assert _mode(folder) == 0o700
+            for path in (db, *side_files):
+                assert _mode(path) == 0o600, (path, oct(_mode(path)))
+        finally:
+            reg.close()
+    finally:
+        os.umask(old_umask)
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
+    """Only a folder the registry creates is made 0700; the operator's own (or the current
+    directory) is left alone. The database file is 0600 all the same."""
+    os.chmod(tmp_path, 0o755)  # noqa: S103  (the operator's own folder, as found)
+    old_umask = os.umask(0o022)
+    try:
+        reg = Registry(f"sqlite:///{tmp_path / 'devices.db'}")
+        try:
+            reg.init_schema()
+        finally:
+            reg.close()
+    finally:
+        os.umask(old_umask)
+    assert _mode(tmp_path) == 0o755
+    assert _mode(tmp_path / "devices.db") == 0o600
+
+
+def test_an_old_world_readable_database_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database made 0644 by an older version is named in a warning, with the fix."""
+    db = tmp_path / "devices.db"
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o644)  # as an older version left it
+    reg = Registry(f"sqlite:///{db}")
+    try:
+        with caplog.at_level(logging.WARNING, logger="hark_backend.registry"):
+            reg.init_schema()
+    finally:
+        reg.close()
+    assert f"{db} is readable by other users (mode 0644); chmod 600" in caplog.text

@@ -34,6 +34,7 @@ class Backend:
 
     def mint(self, token: str | None, body: Any = None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers.update(kwargs.pop("headers", {}))
         return self.http.post(
             MINT, json=body if body is not None else {}, headers=headers, **kwargs
         )
@@ -45,10 +46,11 @@ def make_backend(upstream: Any, sqlite_url: str) -> Iterator[Any]:
     stack: list[tuple[Backend, Any]] = []
 
     def start(**overrides: Any) -> Backend:
+        app_registry = overrides.pop("app_registry", None)
         settings = backend_settings(overrides.pop("db_url", sqlite_url), upstream, **overrides)
         registry = Registry(settings.db_url)
         registry.init_schema()
-        cm = run_backend(settings)
+        cm = run_backend(settings, registry=app_registry)
         backend = Backend(cm.__enter__(), registry)
         stack.append((backend, cm))
         return backend
@@ -188,6 +190,50 @@ def test_rate_limit_answers_429_with_retry_after(make_backend: Any) -> None:
     assert backend.mint(other).status_code == 200
 
 
+class CountingRegistry(Registry):
+    """The app's registry, counting the token lookups it is asked for."""
+
+    admits = 0
+
+    def admit(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).admits += 1
+        return super().admit(*args, **kwargs)
+
+
+def test_failed_auth_is_rate_limited_per_address(
+    make_backend: Any, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past 3 failed authentications an address gets 429 without a database lookup, until
+    the window ends; other addresses (X-Forwarded-For from the trusted proxy) are unaffected."""
+    app_registry = CountingRegistry(sqlite_url)
+    try:
+        backend = make_backend(auth_fail_limit=RateLimit(3, 60.0), app_registry=app_registry)
+        token = backend.add("kitchen")
+        attacker = {"X-Forwarded-For": "203.0.113.7"}
+        neighbour = {"X-Forwarded-For": "203.0.113.8"}
+        wrong = "hark_dt_" + "x" * 43
+        with caplog.at_level(logging.INFO):
+            firsts = [backend.mint(wrong, headers=attacker).status_code for _ in range(3)]
+            assert firsts == [401, 401, 401]
+            assert CountingRegistry.admits == 3
+            for candidate in (wrong, None, "junk", token):  # all refused, none looked up
+                refused = backend.mint(candidate, headers=attacker)
+                assert refused.status_code == 429
+                assert error_of(refused)["code"] == "auth_rate_limited"
+                assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert CountingRegistry.admits == 3
+            assert backend.mint(token, headers=neighbour).status_code == 200
+            assert backend.mint(wrong, headers=neighbour).status_code == 401
+            assert backend.mint(token).status_code == 200  # 127.0.0.1 itself
+        assert CountingRegistry.admits == 6
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [w for w in warnings if "client=203.0.113.7" in w and "failed authentications" in w]
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+        assert sum("outcome=auth_rate_limited" in line for line in lines) == 4
+    finally:
+        app_registry.close()
+
+
 def test_oversized_bodies_are_413(make_backend: Any) -> None:
     """Bodies over the limit are refused by length and by streamed size alike."""
     backend = make_backend(max_body_bytes=1024)
@@ -220,6 +266,32 @@ def test_malformed_bodies_are_400_envelopes(backend: Backend) -> None:
         response = backend.http.post(MINT, content=content, headers=headers)
         assert response.status_code == 400, (content, response.text)
         assert error_of(response)["code"] == "invalid_request"
+
+
+def test_non_finite_numbers_are_400_naming_the_field(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NaN, Infinity and numbers too big for a float are refused at the edge, not a 500."""
+    token = backend.add("kitchen")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    cases = {
+        b'{"session": {"max_output_tokens": NaN}}': "session.max_output_tokens",
+        b'{"session": {"max_output_tokens": Infinity}}': "session.max_output_tokens",
+        b'{"session": {"max_output_tokens": -Infinity}}': "session.max_output_tokens",
+        b'{"session": {"max_output_tokens": 1e999}}': "session.max_output_tokens",
+        b'{"session": {"tools": [{"type": "function", "x": [1, NaN]}]}}': "session.tools.0.x.1",
+        b'{"expires_after": {"seconds": NaN}}': "expires_after.seconds",
+    }
+    with caplog.at_level(logging.INFO):
+        for content, param in cases.items():
+            response = backend.http.post(MINT, content=content, headers=headers)
+            assert response.status_code == 400, (content, response.text)
+            error = error_of(response)
+            assert error["code"] == "invalid_request"
+            assert error["param"] == param, (content, error)
+            assert param in error["message"]
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_empty_body_is_accepted(backend: Backend) -> None:
@@ -307,6 +379,32 @@ def test_request_log_names_device_and_outcome(
     assert "device=kitchen" in lines[1] and "outcome=device_revoked" in lines[1]
 
 
+class _BuggyPolicy(Policy):
+    """A policy whose merge raises, standing in for any bug behind the endpoint."""
+
+    def session_for(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("hark_dt_secret-looking text that must not be logged")
+
+
+def test_a_bug_is_a_500_envelope_and_one_log_line(
+    make_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unhandled exception: 500 in the envelope, one ERROR line saying where, no traceback."""
+    backend = make_backend(policy=_BuggyPolicy())
+    token = backend.add("kitchen")
+    with caplog.at_level(logging.INFO):
+        response = backend.mint(token)
+        assert backend.http.get("/healthz").status_code == 200  # the server carries on
+    assert response.status_code == 500
+    assert error_of(response)["code"] == "internal_error"
+    assert "Traceback" not in caplog.text
+    assert "hark_dt_secret" not in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "RuntimeError" in errors[0] and "test_service.py" in errors[0]
+    assert "/v1/realtime/client_secrets" in errors[0]
+
+
 @pytest.mark.skipif(not HAVE_SIM, reason="hark_sim not available yet")
 async def test_minted_key_opens_a_realtime_session(backend: Backend, upstream: Any) -> None:
     """The ek_ key from the backend opens a WebSocket session on the sim (session.created)."""
@@ -361,3 +459,46 @@ async def test_minter_works_without_aiohttp(upstream: Any, monkeypatch: pytest.M
     finally:
         await minter.aclose()
     assert ClientSecretCreateResponse.model_validate_json(answer).value.startswith("ek_")
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes exactly as given (no client-side validation) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_request_log_cannot_be_forged(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """A path with an encoded newline and spaces stays one escaped field on one line."""
+    forged = (
+        "/x%0aFORGED%20request%20method=POST%20path=/v1/realtime/client_secrets"
+        "%20status=200%20device=kitchen%20outcome=minted"
+    )
+    head = f"POST {forged} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    with caplog.at_level(logging.INFO):
+        answer = _raw_request(backend.server.port, head.encode())
+    assert answer.startswith(b"HTTP/1.1 404")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "\n" in m or "\r" in m]
+    (line,) = [m for m in messages if m.startswith("request ")]
+    assert "path=/x%0AFORGED%20request%20method=POST" in line
+    assert "outcome=not_found" in line
+    assert " outcome=minted" not in line and " status=200" not in line
+
+
+def test_request_log_escapes_a_stored_device_name(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name stored before names were checked strictly ('kitchen\\n') is escaped too."""
+    token = backend.add("kitchen")
+    backend.registry._execute(
+        "UPDATE hark_devices SET name = ? WHERE name = ?", ("kitchen\nFORGED outcome=x", "kitchen")
+    )
+    with caplog.at_level(logging.INFO):
+        assert backend.mint(token).status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+    assert "device=kitchen%0AFORGED%20outcome=x " in line
+    assert "\n" not in line
