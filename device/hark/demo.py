@@ -63,6 +63,7 @@ def _demo_backend(sim: Any, tmp: Path) -> Iterator[tuple[str, str, str]]:
         import uvicorn
         from hark_backend.app import Settings as BackendSettings
         from hark_backend.app import create_app
+        from hark_backend.httpserver import server_config
         from hark_backend.registry import Registry
     except ImportError:
         yield f"{sim.base_url}/realtime/client_secrets", sim.api_key, "hark_sim's key endpoint"
@@ -81,7 +82,7 @@ def _demo_backend(sim: Any, tmp: Path) -> Iterator[tuple[str, str, str]]:
 
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(server_config(app))  # as ``hark-backend serve`` runs it
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="demo-backend", daemon=True
     )
