@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hark.durations import bytes_to_ms
 from hark.events import (
     AudioCleared,
     AudioCommitted,
@@ -109,7 +110,6 @@ from hark.vadgate import PreRoll, VadGate
 
 log = logging.getLogger(__name__)
 
-PCM_BYTES_PER_MS = 48  # 24 kHz x 2 bytes (PCM16 mono): the only format the Realtime API takes
 LINK_DEVICE = "link"  # DeviceLost/DeviceRestored name the app uses when the link adapter crashes
 BENIGN_ERROR_CODES = frozenset(
     {
@@ -673,14 +673,14 @@ class Conversation:
 
     def _frames_in(self, ev: MicFrame) -> int:
         """Gate updates for one MicFrame (capture sends one ``vad_frame_ms`` frame each)."""
-        return max(1, round(len(ev.pcm) / PCM_BYTES_PER_MS / self.settings.vad_frame_ms))
+        return max(1, round(bytes_to_ms(len(ev.pcm)) / self.settings.vad_frame_ms))
 
     def _vad_trigger(self, ev: MicFrame, gate: VadGate) -> bool:
         """Feed the pre-roll and ``gate``; True when voice should open a turn."""
         if gate is not self._gate:  # switched between the open and barge-in gates
             gate.reset()
             self._gate = gate
-        self._preroll.push(ev.pcm, len(ev.pcm) / PCM_BYTES_PER_MS)
+        self._preroll.push(ev.pcm, bytes_to_ms(len(ev.pcm)))
         changes = [gate.update(ev.voiced) for _ in range(self._frames_in(ev))]
         return "opened" in changes
 
@@ -748,7 +748,7 @@ class Conversation:
     def _frame_in_turn(self, ev: MicFrame, now: float) -> list[Command]:
         turn = self._turn
         assert turn is not None
-        ms = len(ev.pcm) / PCM_BYTES_PER_MS
+        ms = bytes_to_ms(len(ev.pcm))
         turn.audio_ms += ms
         cmds = self._wire(SendAudio(ev.pcm))
         changes = [turn.gate.update(ev.voiced) for _ in range(self._frames_in(ev))]
@@ -806,7 +806,7 @@ class Conversation:
             self.ignored_counts[type(ev).__name__] += 1
             return []
         item = ev.item_id
-        self._received_ms[item] = self._received_ms.get(item, 0.0) + len(ev.pcm) / PCM_BYTES_PER_MS
+        self._received_ms[item] = self._received_ms.get(item, 0.0) + bytes_to_ms(len(ev.pcm))
         self._playing.add(item)
         cmds: list[Command] = [Play(item, ev.pcm)]
         if self.phase is not Phase.SPEAKING:

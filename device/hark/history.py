@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from hark.durations import bytes_to_ms
 from hark.events import (
     AudioDelta,
     Event,
@@ -38,8 +39,6 @@ from hark.events import (
 )
 
 log = logging.getLogger(__name__)
-
-BYTES_PER_MS = 48  # 24 kHz PCM16 mono: 24 samples * 2 bytes per millisecond
 
 
 @dataclass
@@ -151,7 +150,7 @@ class History:
             self._partial.pop(event.item_id, None)
             self._set(event.item_id, "message", role="assistant", text=event.transcript)
         elif isinstance(event, AudioDelta):
-            ms = len(event.pcm) / BYTES_PER_MS
+            ms = bytes_to_ms(len(event.pcm))
             self._audio_ms[event.item_id] = self._audio_ms.get(event.item_id, 0.0) + ms
         elif isinstance(event, FunctionCallRequested):
             existing = next((i for i in self.items if i.call_id == event.call_id), None)

@@ -17,41 +17,24 @@ import numpy.typing as npt
 import soxr
 import webrtcvad
 
+# The durations are the core's too (no numpy there); re-exported for the audio path.
+from hark.durations import MODEL_RATE_HZ as MODEL_RATE_HZ
+from hark.durations import SAMPLE_WIDTH_BYTES as SAMPLE_WIDTH_BYTES
+from hark.durations import bytes_to_ms as bytes_to_ms
+from hark.durations import frames_to_ms as frames_to_ms
+from hark.durations import ms_to_bytes as ms_to_bytes
+from hark.durations import ms_to_frames as ms_to_frames
+
 log = logging.getLogger(__name__)
 
 Samples = npt.NDArray[np.int16]
 
-SAMPLE_WIDTH_BYTES = 2
-MODEL_RATE_HZ = 24_000
-"""The Realtime API takes and returns PCM16 mono at 24 kHz only."""
 VAD_RATES_HZ = (8_000, 16_000, 32_000, 48_000)
 VAD_FRAME_MS = (10, 20, 30)
 """webrtcvad accepts only these rates and frame lengths."""
 
 _INT16_MIN = -32768
 _INT16_MAX = 32767
-
-# --------------------------------------------------------------------------- durations
-
-
-def ms_to_frames(ms: float, rate_hz: int) -> int:
-    """Sample frames in ``ms`` milliseconds at ``rate_hz`` (rounded down)."""
-    return int(ms * rate_hz // 1000)
-
-
-def frames_to_ms(frames: int, rate_hz: int) -> float:
-    return frames * 1000.0 / rate_hz
-
-
-def bytes_to_ms(n_bytes: int, rate_hz: int, channels: int = 1) -> float:
-    """Duration of ``n_bytes`` of PCM16 at ``rate_hz`` with ``channels`` interleaved."""
-    return n_bytes / (SAMPLE_WIDTH_BYTES * channels) * 1000.0 / rate_hz
-
-
-def ms_to_bytes(ms: float, rate_hz: int, channels: int = 1) -> int:
-    """Bytes of PCM16 in ``ms`` milliseconds, always a whole number of frames."""
-    return ms_to_frames(ms, rate_hz) * SAMPLE_WIDTH_BYTES * channels
-
 
 # --------------------------------------------------------------------------- samples
 
