@@ -83,7 +83,7 @@ async def test_refused_session_settings_fail_closed(caplog: pytest.LogCaptureFix
         finally:
             await app.shutdown()
     for session in sim.sessions:
-        assert {e["type"] for e in session.received} == {"session.update"}
+        assert {e["type"] for e in session.received} <= {"session.update"}  # (or nothing yet)
         assert not any(e["type"] == "session.updated" for e in session.sent)
 
 
