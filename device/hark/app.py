@@ -1,9 +1,9 @@
 """The device's event loop: inbox, core, commands to adapters, deadline ticks, supervision, health.
 
-It sees hardware and network only through ``hark.ports`` Protocols and systemd only
-through the ``Notifier`` Protocol defined here; it must not import a concrete library
-(websockets, PyAudio, gpiozero, systemd, numpy).  Adapter threads only ever call
-``App.post``; everything else runs on the one asyncio loop.
+It sees hardware, network, systemd and the agent's tools only through ``hark.ports``
+Protocols; it must not import a concrete library (websockets, PyAudio, gpiozero,
+systemd, numpy).  Adapter threads only ever call ``App.post``; everything else runs
+on the one asyncio loop.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from hark.conversation import LINK_DEVICE, Conversation
 from hark.events import (
@@ -50,7 +49,16 @@ from hark.events import (
     Truncate,
     UpdateSession,
 )
-from hark.ports import Indicator, Link, Microphone, Post, Speaker, Trigger
+from hark.ports import (
+    Indicator,
+    Link,
+    Microphone,
+    Notifier,
+    Post,
+    Speaker,
+    ToolExecutor,
+    Trigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +77,6 @@ _YIELD_EVERY = 32  # events handled back to back before letting adapter tasks ru
 _STUCK_RETRY_S = 0.05  # the core did not move its deadline after a Tick: tick again this late
 
 
-class Notifier(Protocol):
-    """What the loop tells the service manager (``hark.notify.SystemdNotifier`` is the real one)."""
-
-    def ready(self) -> None: ...
-
-    def status(self, text: str) -> None: ...
-
-    def watchdog(self) -> None: ...
-
-    def stopping(self) -> None: ...
-
-
 class NullNotifier:
     """No service manager: every notification is dropped."""
 
@@ -95,12 +91,6 @@ class NullNotifier:
 
     def stopping(self) -> None:
         pass
-
-
-class ToolRunner(Protocol):
-    """Runs a function call the model asked for; the returned string goes back as its output."""
-
-    async def run(self, call_id: str, name: str, arguments: str) -> str: ...
 
 
 class NoTools:
@@ -156,7 +146,7 @@ class App:
         indicator: Indicator,
         triggers: Sequence[Trigger] = (),
         notifier: Notifier | None = None,
-        tools: ToolRunner | None = None,
+        tools: ToolExecutor | None = None,
         *,
         watchdog_interval_s: float | None = None,
         restart_backoff_s: tuple[float, float] = (0.5, 30.0),
@@ -174,7 +164,7 @@ class App:
         self.indicator = indicator
         self.triggers = tuple(triggers)
         self.notifier: Notifier = notifier or NullNotifier()
-        self.tools: ToolRunner = tools or NoTools()
+        self.tools: ToolExecutor = tools or NoTools()
         self.watchdog_interval_s = watchdog_interval_s
         self.restart_backoff_s = restart_backoff_s
         self.stable_after_s = stable_after_s

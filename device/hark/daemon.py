@@ -20,7 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import asyncio
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from hark.config import Config
     from hark.conversation import Settings
     from hark.events import SessionConfig
+    from hark.ports import AppFactory, RunningApp, ServiceNotifier
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +51,6 @@ def load_config(path: str, *, with_token: bool) -> tuple[Config, str | None]:
         except ConfigError as exc:
             raise ConfigError(exc.problems, path) from None
     return config, token
-
-
-class ServiceNotifier(Protocol):
-    """What the supervisor tells systemd (``hark.notify.SystemdNotifier``)."""
-
-    def ready(self) -> None: ...
-
-    def reloading(self) -> None: ...
-
-    def status(self, text: str) -> None: ...
-
-    def watchdog(self) -> None: ...
-
-    def stopping(self) -> None: ...
-
-
-class RunningApp(Protocol):
-    """What the supervisor needs from a built app: run until told to stop."""
-
-    async def run(self) -> None: ...
-
-    def shutdown(self) -> None:
-        """Wind down cleanly (LED off, playback faded, files closed); ``run`` then returns."""
-
-
-AppFactory = Callable[["Config", str, Any], RunningApp]
 
 
 class Supervisor:
