@@ -15,6 +15,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "events": {"hark.*"},
     "ports": {"asyncio", "websockets", "pyaudio", "gpiozero", "systemd", "soxr", "numpy"},
     "config": {"hark.*"},
+    "backoff": {"asyncio", "hark.*"},
     "vadgate": {"asyncio", "numpy", "hark.*"},
     "pcm": {"asyncio", "pyaudio"},
     "replay": {"asyncio", "websockets", "hark.conversation", "hark.soundcard", "hark.gpio"},

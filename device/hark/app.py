@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from hark.backoff import Backoff
 from hark.conversation import LINK_DEVICE, Conversation
 from hark.events import (
     CancelResponse,
@@ -75,6 +76,8 @@ _WIRE = (
 )
 _YIELD_EVERY = 32  # events handled back to back before letting adapter tasks run
 _STUCK_RETRY_S = 0.05  # the core did not move its deadline after a Tick: tick again this late
+RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.0)
+"""How long a crashed adapter waits before its restart (no jitter: one device, one task)."""
 
 
 class NullNotifier:
@@ -149,7 +152,7 @@ class App:
         tools: ToolExecutor | None = None,
         *,
         watchdog_interval_s: float | None = None,
-        restart_backoff_s: tuple[float, float] = (0.5, 30.0),
+        restart_backoff: Backoff = RESTART_BACKOFF,
         stable_after_s: float = 2.0,
         shutdown_timeout_s: float = 4.0,
         start_timeout_s: float = 30.0,
@@ -166,7 +169,7 @@ class App:
         self.notifier: Notifier = notifier or NullNotifier()
         self.tools: ToolExecutor = tools or NoTools()
         self.watchdog_interval_s = watchdog_interval_s
-        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff = restart_backoff
         self.stable_after_s = stable_after_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.start_timeout_s = start_timeout_s
@@ -643,16 +646,16 @@ class App:
 
     async def _supervise(self, name: str, run: Callable[[Post], Awaitable[None]]) -> None:
         """Keep one adapter running: a crash is logged, shown, and retried with backoff."""
-        initial_s, max_s = self.restart_backoff_s
-        backoff_s = initial_s
+        attempt = 0  # restarts since the adapter last ran stably
         lost = False
         while True:
             task = asyncio.ensure_future(run(self.post))
+            crash: Exception | None = None
             try:
                 if lost:
                     done, _ = await asyncio.wait({task}, timeout=self.stable_after_s)
                     if not done:  # survived a while: the device is back
-                        lost, backoff_s = False, initial_s
+                        lost, attempt = False, 0
                         self.post(DeviceRestored(name))
                 await task
                 error = "returned unexpectedly"
@@ -662,14 +665,16 @@ class App:
                     await task
                 raise
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.exception("%s adapter crashed; restarting in %.1f s", name, backoff_s)
+                error, crash = f"{type(exc).__name__}: {exc}", exc
+            delay_s = self.restart_backoff.delay_s(attempt)
+            if crash is not None:
+                log.error("%s adapter crashed; restarting in %.1f s", name, delay_s, exc_info=crash)
             self.restarts[name] = self.restarts.get(name, 0) + 1
             if not lost:
                 lost = True
                 self.post(DeviceLost(name, f"adapter crashed: {error}"))
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, max_s)
+            await asyncio.sleep(delay_s)
+            attempt += 1
 
     async def _watchdog(self, interval_s: float) -> None:
         """Ping only after a heartbeat has gone through the inbox: a stalled loop stops pings.

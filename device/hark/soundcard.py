@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import pyaudio
 
 from hark import ports
+from hark.backoff import Backoff
 from hark.capture import CaptureChain
 from hark.cues import load_cues
 from hark.echo import EchoGate, EchoReference, StreamClock
@@ -64,6 +65,8 @@ cost a fractional resampler on every chunk."""
 SPEAKER_RATES_HZ = (48_000, 24_000, 32_000, 16_000, 44_100)
 WATCH_INTERVAL_S = 0.5
 """How often a stream's health (alive, callbacks arriving) is checked."""
+REOPEN_BACKOFF = Backoff(initial_s=0.5, max_s=10.0, jitter=0.0)
+"""How long to wait before reopening a lost or missing device (USB cards come and go)."""
 
 
 class DeviceNotFound(LookupError):  # noqa: N818 (the name the CLI and config errors use)
@@ -389,16 +392,14 @@ class _StreamAdapter:
         device: str | int | None,
         rate_hz: int | None,
         buffer_ms: int,
-        reopen_initial_s: float,
-        reopen_max_s: float,
+        reopen_backoff: Backoff,
         stall_timeout_s: float,
         open_timeout_s: float = 10.0,
     ) -> None:
         self.device = device
         self.rate_hz = rate_hz
         self.buffer_ms = buffer_ms
-        self.reopen_initial_s = reopen_initial_s
-        self.reopen_max_s = reopen_max_s
+        self.reopen_backoff = reopen_backoff
         self.stall_timeout_s = stall_timeout_s
         self.open_timeout_s = open_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -571,7 +572,7 @@ class _StreamAdapter:
         """Open, serve, and on any failure post ``DeviceLost`` and reopen with backoff."""
         self._loop = asyncio.get_running_loop()
         self._post = post
-        backoff_s = self.reopen_initial_s
+        attempt = 0  # failed opens since the device was last open
         lost = False
         try:
             while True:
@@ -588,8 +589,8 @@ class _StreamAdapter:
                         self._on_lost()
                     self._started.set()
                     await self._close()
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, self.reopen_max_s)
+                    await asyncio.sleep(self.reopen_backoff.delay_s(attempt))
+                    attempt += 1
                     continue
                 self.opened_device = opened.device
                 self.opened_rate_hz = opened.rate_hz
@@ -609,14 +610,14 @@ class _StreamAdapter:
                     lost = False
                     self.reopens += 1
                 self._started.set()
-                backoff_s = self.reopen_initial_s
+                attempt = 0
                 reason = await self._watch(opened)
                 log.warning("%s lost: %s", self.label, reason)
                 post(DeviceLost(self.label, reason))
                 lost = True
                 self._on_lost()
                 await self._close()
-                await asyncio.sleep(backoff_s)
+                await asyncio.sleep(self.reopen_backoff.delay_s(attempt))
         finally:
             self._started.set()  # nobody waits for an adapter that is gone
             # Cancelled (or a bug): close before returning, so no PortAudio thread calls
@@ -662,13 +663,10 @@ class SoundcardMicrophone(_StreamAdapter):
         echo_gate: EchoGate | None = None,
         buffer_ms: int = 40,
         hold_ms: int = 100,
-        reopen_initial_s: float = 0.5,
-        reopen_max_s: float = 10.0,
+        reopen_backoff: Backoff = REOPEN_BACKOFF,
         stall_timeout_s: float = 2.0,
     ) -> None:
-        super().__init__(
-            device, rate_hz, buffer_ms, reopen_initial_s, reopen_max_s, stall_timeout_s
-        )
+        super().__init__(device, rate_hz, buffer_ms, reopen_backoff, stall_timeout_s)
         self.vad_aggressiveness = vad_aggressiveness
         self.gain = gain
         self.echo_gate = echo_gate
@@ -751,13 +749,10 @@ class SoundcardSpeaker(_StreamAdapter):
         fade_ms: float = 5.0,
         cue_files: Mapping[str, Path | str] | None = None,
         echo_reference: EchoReference | None = None,
-        reopen_initial_s: float = 0.5,
-        reopen_max_s: float = 10.0,
+        reopen_backoff: Backoff = REOPEN_BACKOFF,
         stall_timeout_s: float = 2.0,
     ) -> None:
-        super().__init__(
-            device, rate_hz, buffer_ms, reopen_initial_s, reopen_max_s, stall_timeout_s
-        )
+        super().__init__(device, rate_hz, buffer_ms, reopen_backoff, stall_timeout_s)
         self._volume = volume
         self.fade_ms = fade_ms
         self.cue_files = dict(cue_files or {})

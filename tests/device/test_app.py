@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from hark.app import App, NoTools
+from hark.backoff import Backoff
 from hark.conversation import Conversation, Phase, Settings
 from hark.events import (
     AudioDelta,
@@ -335,7 +336,8 @@ async def test_default_tool_runner_answers_no_such_tool() -> None:
 
 async def test_crashing_adapter_is_restarted_and_the_loop_stays_up() -> None:
     """A mic that crashes twice is restarted with backoff; lost and restored are posted once."""
-    rig = Rig(mic_crashes=2, restart_backoff_s=(0.01, 0.02), stable_after_s=0.05)
+    quick = Backoff(initial_s=0.01, max_s=0.02, jitter=0.0)
+    rig = Rig(mic_crashes=2, restart_backoff=quick, stable_after_s=0.05)
     await rig.app.start()
     await until(lambda: any(isinstance(e, DeviceRestored) for e in rig.events))
     lost = [e for e in rig.events if isinstance(e, DeviceLost)]

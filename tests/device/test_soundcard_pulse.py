@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hark.backoff import Backoff
 from hark.events import DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
 from hark.pcm import resample
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
@@ -26,6 +27,8 @@ from tests.audio_rig import (
     pulse_available,
     read_wav_samples,
 )
+
+QUICK_REOPEN = Backoff(initial_s=0.2, max_s=10.0, jitter=0.0)  # the default but for the start
 
 pytestmark = [
     pytest.mark.slow,
@@ -204,7 +207,9 @@ async def test_barge_in_played_ms_matches_the_recording(rig: PulseRig, tmp_path:
 async def test_mic_vanishing_and_coming_back(rig: PulseRig, tmp_path: Path) -> None:
     """The sound server dies mid-stream: DeviceLost, then DeviceRestored and frames again."""
     rec = Recorder()
-    mic = SoundcardMicrophone("pulse", rate_hz=48_000, reopen_initial_s=0.2, stall_timeout_s=1.0)
+    mic = SoundcardMicrophone(
+        "pulse", rate_hz=48_000, reopen_backoff=QUICK_REOPEN, stall_timeout_s=1.0
+    )
     task = asyncio.create_task(mic.run(rec))
     try:
         await until(lambda: len(rec.frames) >= 10)
@@ -231,7 +236,9 @@ async def test_speaker_vanishing_mid_reply_and_coming_back(rig: PulseRig, tmp_pa
     t = np.arange(24_000 * 4) / 24_000
     pcm = (6000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16).tobytes()
     rec = Recorder()
-    speaker = SoundcardSpeaker("pulse", rate_hz=48_000, reopen_initial_s=0.2, stall_timeout_s=1.0)
+    speaker = SoundcardSpeaker(
+        "pulse", rate_hz=48_000, reopen_backoff=QUICK_REOPEN, stall_timeout_s=1.0
+    )
     task = asyncio.create_task(speaker.run(rec))
     try:
         await settle_speaker(speaker)
