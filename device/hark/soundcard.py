@@ -43,9 +43,12 @@ from hark.events import (
     DeviceLost,
     DeviceRestored,
     Event,
+    FinishPlayback,
     MicDemand,
     MicFrame,
+    Play,
     PlaybackStopped,
+    PlayCue,
 )
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
 from hark.playback import PlaybackBuffer
@@ -726,6 +729,11 @@ class SoundcardMicrophone(_StreamAdapter):
 # --------------------------------------------------------------------------- speaker
 
 
+def _items_in(backlog: Sequence[Play | FinishPlayback | PlayCue]) -> list[str]:
+    """The reply items a backlog names, in order (cues are no item)."""
+    return [c.item_id for c in backlog if not isinstance(c, PlayCue)]
+
+
 class SoundcardSpeaker(_StreamAdapter):
     """Plays 24 kHz reply audio and cues through a PortAudio output, pulled by its callback.
 
@@ -767,7 +775,7 @@ class SoundcardSpeaker(_StreamAdapter):
         self.underflows = 0
         # Commands that arrive while the first open is under way are kept and replayed;
         # None once the device is known to be unavailable (they are answered at once).
-        self._backlog: list[tuple[str, str | None, bytes]] | None = []
+        self._backlog: list[Play | FinishPlayback | PlayCue] | None = []
 
     # ---------------------------------------------------------------- ports.Speaker
 
@@ -793,7 +801,7 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._buffer
         if buf is None:
             if self._backlog is not None:
-                self._backlog.append(("play", item_id, pcm))
+                self._backlog.append(Play(item_id, pcm))
             return  # no device: finish()/stop() answer with played_ms=0
         if self._resampler is None or self._resampling_item != item_id:
             self._resampler = Resampler(MODEL_RATE_HZ, buf.rate_hz)
@@ -804,7 +812,7 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._buffer
         if buf is None:
             if self._backlog is not None:
-                self._backlog.append(("finish", item_id, b""))
+                self._backlog.append(FinishPlayback(item_id))
             else:
                 self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
             return
@@ -817,7 +825,7 @@ class SoundcardSpeaker(_StreamAdapter):
         self._resampler, self._resampling_item = None, None
         buf = self._buffer
         if buf is None:
-            items = [item for _, item, _ in self._backlog or [] if item is not None]
+            items = _items_in(self._backlog or [])
             if self._backlog is not None:
                 self._backlog.clear()
             self._post_now(PlaybackStopped(items[-1] if items else None, 0, interrupted=True))
@@ -828,7 +836,7 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._buffer
         if buf is None:
             if self._backlog is not None:
-                self._backlog.append(("cue", cue, b""))
+                self._backlog.append(PlayCue(cue))
             return
         if cue in self._cues:
             buf.enqueue(None, self._cues[cue])
@@ -874,13 +882,13 @@ class SoundcardSpeaker(_StreamAdapter):
         self._resampler, self._resampling_item = None, None
         self._buffer = self._pending
         backlog, self._backlog = self._backlog, None
-        for kind, name, pcm in backlog or []:
-            if kind == "play" and name is not None:
-                self.play(name, pcm)
-            elif kind == "finish" and name is not None:
-                self.finish(name)
-            elif kind == "cue" and name in ("listening", "done", "error"):
-                self.cue(name)  # type: ignore[arg-type]
+        for command in backlog or []:
+            if isinstance(command, Play):
+                self.play(command.item_id, command.pcm)
+            elif isinstance(command, FinishPlayback):
+                self.finish(command.item_id)
+            else:
+                self.cue(command.cue)
 
     def _on_lost(self) -> None:
         buf, self._buffer = self._buffer, None
@@ -890,8 +898,8 @@ class SoundcardSpeaker(_StreamAdapter):
                 if event.item_id is not None:
                     self._post_now(event)
         backlog, self._backlog = self._backlog, None
-        pending = dict.fromkeys(n for k, n, _ in backlog or [] if k != "cue" and n is not None)
-        for item_id in pending:  # queued before the device ever opened: nothing was heard
+        for item_id in dict.fromkeys(_items_in(backlog or [])):
+            # queued before the device ever opened: nothing was heard
             self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
 
     def _callback(
