@@ -51,7 +51,7 @@ from hark.events import (
     PlayCue,
 )
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
-from hark.playback import PlaybackBuffer
+from hark.playback import PlaybackBuffer, Volume
 from hark.ports import Post
 
 log = logging.getLogger(__name__)
@@ -761,7 +761,7 @@ class SoundcardSpeaker(_StreamAdapter):
         stall_timeout_s: float = 2.0,
     ) -> None:
         super().__init__(device, rate_hz, buffer_ms, reopen_backoff, stall_timeout_s)
-        self._volume = volume
+        self._volume = Volume(volume)
         self.fade_ms = fade_ms
         self.cue_files = dict(cue_files or {})
         self.echo_reference = echo_reference
@@ -786,15 +786,11 @@ class SoundcardSpeaker(_StreamAdapter):
 
     @property
     def volume(self) -> float:
-        return self._volume
+        return self._volume.level
 
     @volume.setter
     def volume(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"volume must be >= 0, got {value}")
-        self._volume = float(value)
-        if self._buffer is not None:
-            self._buffer.volume = self._volume
+        self._volume.set(value)
 
     def play(self, item_id: str, pcm: bytes) -> None:
         """Queue 24 kHz PCM16 for ``item_id``; resampled here, on the loop, once per delta."""
@@ -876,7 +872,6 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._pending
         assert buf is not None
         buf.latency_frames = round(latency_s * buf.rate_hz)
-        buf.volume = self._volume
 
     def _on_opened(self) -> None:
         self._resampler, self._resampling_item = None, None

@@ -29,7 +29,7 @@ from hark.cues import load_cues, read_wav
 from hark.echo import EchoGate, EchoReference, now_s
 from hark.events import Cue, MicDemand
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
-from hark.playback import PlaybackBuffer
+from hark.playback import PlaybackBuffer, Volume
 from hark.ports import Post
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,10 @@ class WavSpeaker:
         self.rate_hz = rate_hz
         self.speed = speed
         self.buffer_ms = buffer_ms
+        self._volume = Volume(volume)
         self.buffer = PlaybackBuffer(
             rate_hz,
-            volume=volume,
+            volume=self._volume,
             fade_ms=fade_ms,
             latency_frames=rate_hz * latency_ms // 1000,
             echo_reference=echo_reference,
@@ -165,11 +166,11 @@ class WavSpeaker:
 
     @property
     def volume(self) -> float:
-        return self.buffer.volume
+        return self._volume.level
 
     @volume.setter
     def volume(self, value: float) -> None:
-        self.buffer.volume = value
+        self._volume.set(value)
 
     def play(self, item_id: str, pcm: bytes) -> None:
         if self._resampler is None or self._resampling_item != item_id:
