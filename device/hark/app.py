@@ -81,9 +81,12 @@ RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.0)
 
 
 class NullNotifier:
-    """No service manager: every notification is dropped."""
+    """No service manager: every notification is dropped (a ``ports.ServiceNotifier``)."""
 
     def ready(self) -> None:
+        pass
+
+    def reloading(self) -> None:
         pass
 
     def status(self, text: str) -> None:

@@ -273,7 +273,7 @@ def _apply_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-class NoIndicator:
+class NullIndicator:
     """No LED configured (or the demo): patterns go nowhere."""
 
     def show(self, pattern: LedPattern) -> None:
@@ -546,11 +546,11 @@ def _wire(
                 # The cues still sound; a missing LED driver is no reason to go silent.
                 log.error("%s; running without the LED", exc)
                 notes["led"] = "LED unavailable"
-                indicator = NoIndicator()
+                indicator = NullIndicator()
             else:
                 opened.append(indicator.close)
         else:
-            indicator = NoIndicator()
+            indicator = NullIndicator()
 
     switches = builtin_tools.open_outputs(config.agent.outputs, pin_factory=pin_factory)
     closers += [s.close for s in switches if hasattr(s, "close")]

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hark.daemon import Daemon, NoIndicator, build_app, cue_files
+from hark.daemon import Daemon, NullIndicator, build_app, cue_files
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from hark.config import Config
-    from hark.events import LedPattern, MicDemand
-    from hark.ports import Indicator, Link, Microphone, Notifier, Post, Speaker, Trigger
+    from hark.events import LedPattern
+    from hark.ports import Indicator, Link, Microphone, Notifier, Speaker, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,6 @@ def build_with_fake_audio(
         link=link,
         pin_factory=pin_factory,
     )
-
-
-class SilentMicrophone:
-    """``hark say`` needs no capture: nothing is ever heard."""
-
-    async def run(self, post: Post) -> None:
-        import asyncio
-
-        await asyncio.Event().wait()
-
-    def set_demand(self, demand: MicDemand) -> None:
-        """Nothing is posted either way."""
 
 
 @contextlib.contextmanager
@@ -306,9 +294,11 @@ def say(config: Config, token: str, text: str, *, fake_audio: bool = False) -> S
     """
     import asyncio
 
+    from hark.testing import NullMicrophone  # a typed turn needs no capture
+
     build = build_with_fake_audio if fake_audio else build_app
     daemon = build(
-        config, token, None, mic=SilentMicrophone(), triggers=[], indicator=NoIndicator()
+        config, token, None, mic=NullMicrophone(), triggers=[], indicator=NullIndicator()
     )
     try:
         failed = asyncio.run(_say(daemon, text, config.session.response_timeout_s))
