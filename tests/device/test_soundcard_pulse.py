@@ -8,7 +8,7 @@ audio (frames, samples, correlation), never on wall-clock durations.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from hark.backoff import Backoff
 from hark.events import DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
 from hark.pcm import resample
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
-from hark.testing import read_pcm, speech_wav
+from hark.testing import read_pcm, speech_wav, until
 from hark.vadgate import VadGate
 
 from tests.audio_rig import (
@@ -43,16 +43,6 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseRig]:
         for key, value in r.env.items():
             monkeypatch.setenv(key, value)
         yield r
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Wait for ``condition`` (a safety net against hangs, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 class Recorder:
