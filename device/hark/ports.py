@@ -1,11 +1,12 @@
 """The shapes of everything the app and the daemon drive, as ``typing.Protocol``s.
 
 The loop and the core see hardware, network, systemd and the agent's tools only
-through these.  Each has a real implementation and fakes in ``hark.testing``; the
+through these.  Every adapter port (link, microphone, speaker, trigger, indicator,
+notifier, switch) has a real implementation and fakes in ``hark.testing``; the
 composition root (``hark.daemon.build_app``) picks the real ones, ``hark.demo``
 (``hark demo``, ``hark say``, ``hark run --fake-audio``) and tests pass fakes
-instead.  Nothing here may import a concrete library.  Adapters call
-``post`` from any thread; it must be cheap and is the only thing that crosses threads.
+instead.  Nothing here may import a concrete library.  Adapters call ``post`` from
+any thread; it must be cheap and is the only thing that crosses threads.
 """
 
 from __future__ import annotations
