@@ -22,7 +22,7 @@ import numpy as np
 from hark.capture import CaptureChain
 from hark.echo import ECHO_RATE_HZ, EchoGate, EchoReference
 from hark.pcm import MODEL_RATE_HZ, Resampler, as_samples
-from hark.playback import PlaybackBuffer
+from hark.playback import PlaybackBuffer, Volume
 from hark.testing import WavSpeaker, read_pcm, speech_wav
 
 DEVICE_RATE_HZ = 48_000
@@ -57,7 +57,7 @@ def _capture_cost_us(capture: np.ndarray, gain: float, gate: EchoGate | None) ->
 
 def _playback_cost_us(reply: bytes, echo: bool) -> float:
     reference = EchoReference() if echo else None
-    buf = PlaybackBuffer(DEVICE_RATE_HZ, volume=0.8, echo_reference=reference)
+    buf = PlaybackBuffer(DEVICE_RATE_HZ, volume=Volume(0.8), echo_reference=reference)
     resampler = Resampler(MODEL_RATE_HZ, DEVICE_RATE_HZ)
     delta = MODEL_RATE_HZ // 5 * 2  # 200 ms deltas, bytes
     started = time.process_time()
@@ -92,7 +92,7 @@ def _speaking_cost_us(reply: bytes) -> tuple[float, EchoGate]:
     reference = EchoReference()
     gate = EchoGate(reference)
     chain = CaptureChain(DEVICE_RATE_HZ, echo_gate=gate)
-    buf = PlaybackBuffer(DEVICE_RATE_HZ, volume=1.0, echo_reference=reference)
+    buf = PlaybackBuffer(DEVICE_RATE_HZ, echo_reference=reference)
     resampler = Resampler(MODEL_RATE_HZ, DEVICE_RATE_HZ)
     delta = MODEL_RATE_HZ // 5 * 2
     delay = DEVICE_RATE_HZ * 40 // 1000

@@ -23,10 +23,6 @@ from hark.events import (
     CommitAudio,
     Cue,
     Event,
-    Item,
-    LedPattern,
-    LinkUp,
-    MicDemand,
     MicFrame,
     PlaybackStopped,
     ResponseCreated,
@@ -34,6 +30,7 @@ from hark.events import (
     WireCommand,
 )
 from hark.ports import Post
+from hark.testing import NullIndicator, NullLink, NullMicrophone, NullTrigger
 
 TURNS = 300
 FRAME = bytes(960)  # 20 ms at 24 kHz PCM16
@@ -62,27 +59,10 @@ class _Marks:
         return self.at[name]
 
 
-class _Link:
+class _Link(NullLink):
     def __init__(self, marks: _Marks) -> None:
+        super().__init__()
         self.marks = marks
-        self.post: Post | None = None
-
-    async def run(self, post: Post) -> None:
-        self.post = post
-        post(LinkUp("sess_bench", None))
-        await asyncio.Event().wait()
-
-    def connect(self) -> None:
-        pass
-
-    def disconnect(self, reason: str) -> None:
-        pass
-
-    def rotate(self) -> None:
-        pass
-
-    def seed_history(self, items: list[Item]) -> None:
-        pass
 
     def send(self, command: WireCommand) -> None:
         if isinstance(command, CommitAudio):
@@ -124,22 +104,6 @@ class _Speaker:
         pass
 
 
-class _Idle:
-    async def run(self, post: Post) -> None:
-        await asyncio.Event().wait()
-
-    def set_demand(self, demand: MicDemand) -> None:
-        pass
-
-
-class _Indicator:
-    def show(self, pattern: LedPattern) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _percentiles(samples_s: list[float]) -> tuple[float, float]:
     ms = sorted(s * 1000 for s in samples_s)
     return statistics.median(ms), ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
@@ -149,7 +113,7 @@ async def _measure() -> dict[str, list[float]]:
     marks = _Marks()
     conv = Conversation(Settings(listening_cue=True, done_cue=False))
     speaker = _Speaker(marks)
-    app = App(conv, _Link(marks), _Idle(), speaker, _Indicator(), [_Idle()])
+    app = App(conv, _Link(marks), NullMicrophone(), speaker, NullIndicator(), [NullTrigger()])
     await app.start()
     loop = asyncio.get_running_loop()
 
@@ -213,7 +177,14 @@ def _post_frames(post: Post, frames: int) -> None:
 async def _frame_cost_us() -> float:
     """Process CPU per MicFrame posted from a thread through App, less the bare poster's."""
     conv = Conversation(Settings())
-    app = App(conv, _Link(_Marks()), _Idle(), _Speaker(_Marks()), _Indicator(), [_Idle()])
+    app = App(
+        conv,
+        _Link(_Marks()),
+        NullMicrophone(),
+        _Speaker(_Marks()),
+        NullIndicator(),
+        [NullTrigger()],
+    )
     app.add_listener(lambda _event, _commands: None)
     await app.start()
     await app.wait_for(lambda: conv.connected and conv.phase is Phase.IDLE, timeout_s=5.0)

@@ -13,7 +13,9 @@ DEVICE = ROOT / "device" / "hark"
 # module -> top-level names (or hark submodules as "hark.x") it must not import
 FORBIDDEN: dict[str, set[str]] = {
     "events": {"hark.*"},
+    "ports": {"asyncio", "websockets", "pyaudio", "gpiozero", "systemd", "soxr", "numpy"},
     "config": {"hark.*"},
+    "backoff": {"asyncio", "hark.*"},
     "vadgate": {"asyncio", "numpy", "hark.*"},
     "durations": {"asyncio", "numpy", "hark.*"},
     "pcm": {"asyncio", "pyaudio"},

@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hark.events import AudioDelta, Event, LinkUp, SessionConfig, SessionCreated, ToolSpec
 from hark.guardrails import OutputGuardrail
@@ -30,6 +30,9 @@ from hark.tools import (
     ToolContext,
     error_output,
 )
+
+if TYPE_CHECKING:
+    from hark.ports import Switch, VolumeControl
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +355,8 @@ def _get(section: Any, key: str, default: Any = None) -> Any:
 def agent_from_config(
     section: Any,
     *,
-    volume: Any = None,
-    switches: Sequence[Any] | None = None,
+    volume: VolumeControl | None = None,
+    switches: Sequence[Switch] | None = None,
     pin_factory: Any = None,
 ) -> RealtimeAgent:
     """Build the agent from ``[agent]`` (``hark.config.AgentConfig`` or a plain mapping).
@@ -361,8 +364,8 @@ def agent_from_config(
     Either loads ``object`` (a ``RealtimeAgent``, or a zero-argument function returning
     one) or declares one from name/instructions/voice/tools.  GPIO ``outputs`` become
     ``set_<name>`` tools on either; ``switches`` (one per output, in order) replace the
-    real GPIO devices, e.g. in tests.  ``volume`` is the speaker (anything with a
-    ``volume`` property) for the volume tool.
+    real GPIO devices, e.g. in tests.  ``volume`` is the speaker (a
+    ``ports.VolumeControl``) for the volume tool.
     """
     from hark import builtin_tools  # late: builtin_tools pulls in GPIO
 

@@ -1,9 +1,9 @@
 """The device's event loop: inbox, core, commands to adapters, deadline ticks, supervision, health.
 
-It sees hardware and network only through ``hark.ports`` Protocols and systemd only
-through the ``Notifier`` Protocol defined here; it must not import a concrete library
-(websockets, PyAudio, gpiozero, systemd, numpy).  Adapter threads only ever call
-``App.post``; everything else runs on the one asyncio loop.
+It sees hardware, network, systemd and the agent's tools only through ``hark.ports``
+Protocols; it must not import a concrete library (websockets, PyAudio, gpiozero,
+systemd, numpy).  Adapter threads only ever call ``App.post``; everything else runs
+on the one asyncio loop.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from hark.backoff import Backoff
 from hark.conversation import LINK_DEVICE, Conversation
 from hark.events import (
     CancelResponse,
@@ -50,7 +50,16 @@ from hark.events import (
     Truncate,
     UpdateSession,
 )
-from hark.ports import Indicator, Link, Microphone, Post, Speaker, Trigger
+from hark.ports import (
+    Indicator,
+    Link,
+    Microphone,
+    Notifier,
+    Post,
+    Speaker,
+    ToolExecutor,
+    Trigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +76,17 @@ _WIRE = (
 )
 _YIELD_EVERY = 32  # events handled back to back before letting adapter tasks run
 _STUCK_RETRY_S = 0.05  # the core did not move its deadline after a Tick: tick again this late
-
-
-class Notifier(Protocol):
-    """What the loop tells the service manager (``hark.notify.SystemdNotifier`` is the real one)."""
-
-    def ready(self) -> None: ...
-
-    def status(self, text: str) -> None: ...
-
-    def watchdog(self) -> None: ...
-
-    def stopping(self) -> None: ...
+RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.0)
+"""How long a crashed adapter waits before its restart (no jitter: one device, one task)."""
 
 
 class NullNotifier:
-    """No service manager: every notification is dropped."""
+    """No service manager: every notification is dropped (a ``ports.ServiceNotifier``)."""
 
     def ready(self) -> None:
+        pass
+
+    def reloading(self) -> None:
         pass
 
     def status(self, text: str) -> None:
@@ -95,12 +97,6 @@ class NullNotifier:
 
     def stopping(self) -> None:
         pass
-
-
-class ToolRunner(Protocol):
-    """Runs a function call the model asked for; the returned string goes back as its output."""
-
-    async def run(self, call_id: str, name: str, arguments: str) -> str: ...
 
 
 class NoTools:
@@ -156,10 +152,10 @@ class App:
         indicator: Indicator,
         triggers: Sequence[Trigger] = (),
         notifier: Notifier | None = None,
-        tools: ToolRunner | None = None,
+        tools: ToolExecutor | None = None,
         *,
         watchdog_interval_s: float | None = None,
-        restart_backoff_s: tuple[float, float] = (0.5, 30.0),
+        restart_backoff: Backoff = RESTART_BACKOFF,
         stable_after_s: float = 2.0,
         shutdown_timeout_s: float = 4.0,
         start_timeout_s: float = 30.0,
@@ -174,9 +170,9 @@ class App:
         self.indicator = indicator
         self.triggers = tuple(triggers)
         self.notifier: Notifier = notifier or NullNotifier()
-        self.tools: ToolRunner = tools or NoTools()
+        self.tools: ToolExecutor = tools or NoTools()
         self.watchdog_interval_s = watchdog_interval_s
-        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff = restart_backoff
         self.stable_after_s = stable_after_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.start_timeout_s = start_timeout_s
@@ -653,16 +649,16 @@ class App:
 
     async def _supervise(self, name: str, run: Callable[[Post], Awaitable[None]]) -> None:
         """Keep one adapter running: a crash is logged, shown, and retried with backoff."""
-        initial_s, max_s = self.restart_backoff_s
-        backoff_s = initial_s
+        attempt = 0  # restarts since the adapter last ran stably
         lost = False
         while True:
             task = asyncio.ensure_future(run(self.post))
+            crash: Exception | None = None
             try:
                 if lost:
                     done, _ = await asyncio.wait({task}, timeout=self.stable_after_s)
                     if not done:  # survived a while: the device is back
-                        lost, backoff_s = False, initial_s
+                        lost, attempt = False, 0
                         self.post(DeviceRestored(name))
                 await task
                 error = "returned unexpectedly"
@@ -672,14 +668,16 @@ class App:
                     await task
                 raise
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.exception("%s adapter crashed; restarting in %.1f s", name, backoff_s)
+                error, crash = f"{type(exc).__name__}: {exc}", exc
+            delay_s = self.restart_backoff.delay_s(attempt)
+            if crash is not None:
+                log.error("%s adapter crashed; restarting in %.1f s", name, delay_s, exc_info=crash)
             self.restarts[name] = self.restarts.get(name, 0) + 1
             if not lost:
                 lost = True
                 self.post(DeviceLost(name, f"adapter crashed: {error}"))
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, max_s)
+            await asyncio.sleep(delay_s)
+            attempt += 1
 
     async def _watchdog(self, interval_s: float) -> None:
         """Ping only after a heartbeat has gone through the inbox: a stalled loop stops pings.

@@ -14,36 +14,16 @@ import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, tzinfo
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from pydantic import Field
 
+from hark.ports import Switch, VolumeControl
 from hark.tools import EndConversation, FunctionTool, build_tool, function_tool
 
 log = logging.getLogger(__name__)
 
 BUILTIN_NAMES = ("time", "volume", "end_conversation")
-
-
-class VolumeControl(Protocol):
-    """Anything with a read/write ``volume`` (0.0 silent, 1.0 nominal): the ``Speaker``."""
-
-    @property
-    def volume(self) -> float: ...
-
-    @volume.setter
-    def volume(self, value: float) -> None: ...
-
-
-class Switch(Protocol):
-    """An on/off output: ``hark.gpio.GpioOutput`` or any fake with the same shape."""
-
-    def on(self) -> None: ...
-
-    def off(self) -> None: ...
-
-    @property
-    def is_active(self) -> bool: ...
 
 
 def time_tool(

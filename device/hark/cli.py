@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hark import __version__
 
 if TYPE_CHECKING:
-    from hark.daemon import AppFactory
+    from hark.ports import AppFactory
 
 log = logging.getLogger(__name__)
 

@@ -439,7 +439,7 @@ class VadConfig(_Section):
     )
 
 
-class SessionConfig(_Section):
+class SessionPolicyConfig(_Section):
     """When to be connected, and for how long."""
 
     policy: Literal["always", "on_demand"] = Field(
@@ -504,7 +504,9 @@ class Config(_Section):
     gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO pins.")
     audio: AudioConfig = Field(default_factory=AudioConfig, description="Sound devices.")
     vad: VadConfig = Field(default_factory=VadConfig, description="Voice activity detection.")
-    session: SessionConfig = Field(default_factory=SessionConfig, description="Session policy.")
+    session: SessionPolicyConfig = Field(
+        default_factory=SessionPolicyConfig, description="Session policy."
+    )
     history: HistoryConfig = Field(default_factory=HistoryConfig, description="History.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
 

@@ -20,14 +20,28 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import asyncio
 
+    from hark.agent import ToolRunner
+    from hark.app import App
     from hark.config import Config
     from hark.conversation import Settings
-    from hark.events import SessionConfig
+    from hark.events import LedPattern, SessionConfig
+    from hark.history import History
+    from hark.ports import (
+        AppFactory,
+        Indicator,
+        Link,
+        Microphone,
+        Notifier,
+        RunningApp,
+        ServiceNotifier,
+        Speaker,
+        Trigger,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +64,6 @@ def load_config(path: str, *, with_token: bool) -> tuple[Config, str | None]:
         except ConfigError as exc:
             raise ConfigError(exc.problems, path) from None
     return config, token
-
-
-class ServiceNotifier(Protocol):
-    """What the supervisor tells systemd (``hark.notify.SystemdNotifier``)."""
-
-    def ready(self) -> None: ...
-
-    def reloading(self) -> None: ...
-
-    def status(self, text: str) -> None: ...
-
-    def watchdog(self) -> None: ...
-
-    def stopping(self) -> None: ...
-
-
-class RunningApp(Protocol):
-    """What the supervisor needs from a built app: run until told to stop."""
-
-    async def run(self) -> None: ...
-
-    def shutdown(self) -> None:
-        """Wind down cleanly (LED off, playback faded, files closed); ``run`` then returns."""
-
-
-AppFactory = Callable[["Config", str, Any], RunningApp]
 
 
 class Supervisor:
@@ -285,10 +273,10 @@ def _apply_log_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
 
 
-class NoIndicator:
+class NullIndicator:
     """No LED configured (or the demo): patterns go nowhere."""
 
-    def show(self, pattern: str) -> None:
+    def show(self, pattern: LedPattern) -> None:
         pass
 
     def close(self) -> None:
@@ -303,7 +291,10 @@ class _GatedNotifier:
     """
 
     def __init__(
-        self, real: Any, really_stopping: Callable[[], bool], on_ready: Callable[[], None]
+        self,
+        real: ServiceNotifier,
+        really_stopping: Callable[[], bool],
+        on_ready: Callable[[], None],
     ) -> None:
         self._real = real
         self._really_stopping = really_stopping
@@ -329,11 +320,11 @@ class Daemon:
 
     def __init__(
         self,
-        app: Any,
+        app: App,
         closers: list[Callable[[], None]],
         *,
-        runner: Any = None,
-        history: Any = None,
+        runner: ToolRunner | None = None,
+        history: History | None = None,
     ) -> None:
         self.app = app
         self.runner = runner
@@ -379,10 +370,10 @@ def _trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def cue_files(config: Config) -> dict[Any, Path | str]:
-    """The configured cue sounds by cue name (the speakers type keys as ``hark.events.Cue``)."""
+def cue_files(config: Config) -> dict[str, Path | str]:
+    """The configured cue sounds by cue name (``hark.events.Cue``)."""
     a = config.audio
-    files: dict[Any, Path | str] = {}
+    files: dict[str, Path | str] = {}
     for cue, cue_path in (
         ("listening", a.cue_listening),
         ("done", a.cue_done),
@@ -421,19 +412,21 @@ def conversation_settings(config: Config, session: SessionConfig) -> Settings:
 def build_app(
     config: Config,
     token: str,
-    notifier: Any,
+    notifier: Notifier | None,
     *,
-    mic: Any = None,
-    speaker: Any = None,
-    triggers: Sequence[Any] | None = None,
-    indicator: Any = None,
-    link: Any = None,
+    mic: Microphone | None = None,
+    speaker: Speaker | None = None,
+    triggers: Sequence[Trigger] | None = None,
+    indicator: Indicator | None = None,
+    link: Link | None = None,
     pin_factory: Any = None,
 ) -> Daemon:
     """Wire the adapters around the core: link, mic, speaker, button, LED, agent, history, app.
 
     Keyword arguments replace single adapters (the demo, ``hark say`` and tests use
-    fakes; ``hark.demo.build_with_fake_audio`` is ``hark run --fake-audio``).
+    fakes; ``hark.demo.build_with_fake_audio`` is ``hark run --fake-audio``);
+    ``pin_factory`` is a gpiozero pin factory (its ``MockFactory`` in tests), None for
+    gpiozero's default.  ``notifier`` None: no service manager.
     If wiring fails half-way, the pins opened so far are released (a reload falls
     back to the old config, which needs them).
     """
@@ -461,14 +454,14 @@ def build_app(
 def _wire(
     config: Config,
     token: str,
-    notifier: Any,
+    notifier: Notifier | None,
     opened: list[Callable[[], None]],
     *,
-    mic: Any,
-    speaker: Any,
-    triggers: Sequence[Any] | None,
-    indicator: Any,
-    link: Any,
+    mic: Microphone | None,
+    speaker: Speaker | None,
+    triggers: Sequence[Trigger] | None,
+    indicator: Indicator | None,
+    link: Link | None,
     pin_factory: Any,
 ) -> Daemon:
     from hark import builtin_tools
@@ -553,11 +546,11 @@ def _wire(
                 # The cues still sound; a missing LED driver is no reason to go silent.
                 log.error("%s; running without the LED", exc)
                 notes["led"] = "LED unavailable"
-                indicator = NoIndicator()
+                indicator = NullIndicator()
             else:
                 opened.append(indicator.close)
         else:
-            indicator = NoIndicator()
+            indicator = NullIndicator()
 
     switches = builtin_tools.open_outputs(config.agent.outputs, pin_factory=pin_factory)
     closers += [s.close for s in switches if hasattr(s, "close")]

@@ -16,38 +16,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hark.daemon import Daemon, NoIndicator, build_app, cue_files
+from hark.daemon import Daemon, NullIndicator, build_app, cue_files
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from hark.config import Config
-    from hark.events import MicDemand
+    from hark.events import LedPattern
+    from hark.ports import Indicator, Link, Microphone, Notifier, Speaker, Trigger
 
 log = logging.getLogger(__name__)
 
 DEMO_QUESTION = "Hello hark. What is the tallest mountain on the moon?"
 
 
-def build_with_fake_audio(config: Config, token: str, notifier: Any, **adapters: Any) -> Daemon:
+def build_with_fake_audio(
+    config: Config,
+    token: str,
+    notifier: Notifier | None,
+    *,
+    mic: Microphone | None = None,
+    speaker: Speaker | None = None,
+    triggers: Sequence[Trigger] | None = None,
+    indicator: Indicator | None = None,
+    link: Link | None = None,
+    pin_factory: Any = None,
+) -> Daemon:
     """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks)."""
     from hark.testing import WavMicrophone, WavSpeaker
 
-    adapters.setdefault("mic", WavMicrophone(vad_aggressiveness=config.vad.aggressiveness))
-    adapters.setdefault(
-        "speaker", WavSpeaker(None, volume=config.audio.volume, cue_files=cue_files(config))
+    if mic is None:
+        mic = WavMicrophone(vad_aggressiveness=config.vad.aggressiveness)
+    if speaker is None:
+        speaker = WavSpeaker(None, volume=config.audio.volume, cue_files=cue_files(config))
+    return build_app(
+        config,
+        token,
+        notifier,
+        mic=mic,
+        speaker=speaker,
+        triggers=triggers,
+        indicator=indicator,
+        link=link,
+        pin_factory=pin_factory,
     )
-    return build_app(config, token, notifier, **adapters)
-
-
-class SilentMicrophone:
-    """``hark say`` needs no capture: nothing is ever heard."""
-
-    async def run(self, post: Any) -> None:
-        import asyncio
-
-        await asyncio.Event().wait()
-
-    def set_demand(self, demand: MicDemand) -> None:
-        """Nothing is posted either way."""
 
 
 @contextlib.contextmanager
@@ -107,7 +119,7 @@ class _PrintingIndicator:
         self._say = say
         self.pattern = "off"
 
-    def show(self, pattern: str) -> None:
+    def show(self, pattern: LedPattern) -> None:
         if pattern != self.pattern:
             self.pattern = pattern
             self._say(f"LED     {pattern}")
@@ -282,9 +294,11 @@ def say(config: Config, token: str, text: str, *, fake_audio: bool = False) -> S
     """
     import asyncio
 
+    from hark.testing import NullMicrophone  # a typed turn needs no capture
+
     build = build_with_fake_audio if fake_audio else build_app
     daemon = build(
-        config, token, None, mic=SilentMicrophone(), triggers=[], indicator=NoIndicator()
+        config, token, None, mic=NullMicrophone(), triggers=[], indicator=NullIndicator()
     )
     try:
         failed = asyncio.run(_say(daemon, text, config.session.response_timeout_s))

@@ -1,5 +1,8 @@
 """One connect attempt's policy: the ephemeral key, the allowed URLs, failure classes, backoff.
 
+``Backoff`` lives in ``hark.backoff`` (shared with the app and the sound card) and is
+importable from here, where the link takes it.
+
 The backend answers like OpenAI's ``POST /v1/realtime/client_secrets`` (top-level
 ``value`` and ``expires_at``). This module must not import websockets, must not keep
 keys (one key per connect attempt) and must never log a key or the device token.
@@ -27,6 +30,7 @@ from typing import IO, Any, Literal, NoReturn
 import pydantic
 
 from hark import events as ev
+from hark.backoff import Backoff as Backoff  # re-exported: the link takes it from here
 
 log = logging.getLogger(__name__)
 
@@ -379,26 +383,6 @@ class Failure:
     retry_after_s: float | None = None
     """The server's ``Retry-After``: wait at least this long before the next attempt."""
     part: ev.LinkPart = "realtime"
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Jittered exponential backoff: ``initial_s * factor**attempt`` capped at ``max_s``.
-
-    ``jitter`` is a ± fraction; ``slow_s`` is the floor for failures retrying cannot
-    fix soon (revoked device, refused key, bad request shape) so they never hammer.
-    """
-
-    initial_s: float = 0.5
-    max_s: float = 30.0
-    jitter: float = 0.25
-    factor: float = 2.0
-    slow_s: float = 60.0
-
-    def delay_s(self, attempt: int, rand: float) -> float:
-        """The wait before retry number ``attempt`` (0-based); ``rand`` is uniform in [0, 1)."""
-        base = min(self.max_s, self.initial_s * self.factor ** min(max(attempt, 0), 64))
-        return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ def _library_sender() -> Callable[[str], bool] | None:
 
 
 class SystemdNotifier:
-    """The real notifier (``hark.app``'s ``Notifier`` shape): one sd_notify per call.
+    """The real notifier (``hark.ports.ServiceNotifier``): one sd_notify per call.
 
     ``use_library=False`` forces the plain-socket path (tests exercise both).
     """

@@ -1,7 +1,7 @@
 """The playback engine: jitter buffer, volume, fades and per-item played-audio accounting.
 
-The loop thread queues audio (``enqueue``, ``finish``, ``stop``, ``volume``); the
-device thread pulls fixed-size chunks (``render``) and gets back the
+The loop thread queues audio (``enqueue``, ``finish``, ``stop``) and sets the
+speaker's ``Volume``; the device thread pulls fixed-size chunks (``render``) and gets back the
 ``PlaybackStopped`` events to post.  Shared by the PyAudio speaker and the WAV fake so
 their accounting is identical: an item has been played when its frames were handed to
 the device, and it is reported finished only after the device's latency has elapsed.
@@ -26,6 +26,29 @@ from hark.pcm import Samples, apply_gain, frames_to_ms, ramp, upmix
 log = logging.getLogger(__name__)
 
 
+class Volume:
+    """A speaker's software gain: set on the loop, read by its buffers once per chunk.
+
+    0 is silent, 1.0 plays as received, above 1 amplifies (with clipping).  The speaker
+    owns one for its whole life and hands it to every buffer it makes, so a buffer made
+    when the device (re)opens plays at the level last set, whenever that was.
+    """
+
+    __slots__ = ("_level",)
+
+    def __init__(self, level: float = 1.0) -> None:
+        self.set(level)
+
+    @property
+    def level(self) -> float:
+        return self._level
+
+    def set(self, level: float) -> None:
+        if level < 0:
+            raise ValueError(f"volume must be >= 0, got {level}")
+        self._level = float(level)  # a render ramps to it over one chunk
+
+
 @dataclass
 class _Segment:
     item_id: str | None  # None: a cue (never reported, never truncated)
@@ -42,9 +65,10 @@ class _ItemState:
 class PlaybackBuffer:
     """Device-rate mono audio waiting to be played, and what happened to it.
 
-    ``fade_ms`` is the ramp at every start and end of audio (after silence, an
-    underrun, or the end of an item); ``stop()`` ramps to silence over the same
-    ``fade_ms`` at the start of the next render chunk.  ``latency_frames`` is the
+    ``volume`` is the speaker's (a level change ramps over one chunk).  ``fade_ms`` is
+    the ramp at every start and end of audio (after silence, an underrun, or the end of
+    an item); ``stop()`` ramps to silence over the same ``fade_ms`` at the start of the
+    next render chunk.  ``latency_frames`` is the
     device's reported output latency: a finished item is reported only once that much
     more has been rendered, and ``played_ms_now`` subtracts it.
     """
@@ -54,7 +78,7 @@ class PlaybackBuffer:
         rate_hz: int,
         channels: int = 1,
         *,
-        volume: float = 1.0,
+        volume: Volume | None = None,
         fade_ms: float = 5.0,
         latency_frames: int = 0,
         echo_reference: EchoReference | None = None,
@@ -72,8 +96,8 @@ class PlaybackBuffer:
         self._stop_requested = False
         self._fading: _Segment | None = None  # what was audible when stop() was called
         self._dead: deque[str] = deque(maxlen=64)  # stopped items: late audio is dropped
-        self._volume = volume
-        self._applied_volume = volume
+        self._volume = volume if volume is not None else Volume()
+        self._applied_volume = self._volume.level
         self._tail_was_audio = False
         self._silence = b""  # the idle chunk, reused
         self.rendered_frames = 0
@@ -81,16 +105,6 @@ class PlaybackBuffer:
         """perf_counter when each item's first frame was rendered (for latency figures)."""
 
     # ------------------------------------------------------------------ loop side
-
-    @property
-    def volume(self) -> float:
-        return self._volume
-
-    @volume.setter
-    def volume(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"volume must be >= 0, got {value}")
-        self._volume = float(value)  # render() ramps to it over one chunk
 
     def enqueue(self, item_id: str | None, samples: Samples) -> None:
         """Queue device-rate mono samples for ``item_id`` (None for a cue)."""
@@ -174,7 +188,7 @@ class PlaybackBuffer:
                 events += self._interrupt_current()
             else:
                 out, audio = self._pull(frames)
-            volume = self._volume
+            volume = self._volume.level
             start_volume = self._applied_volume
             self._applied_volume = volume
             events += self._advance_reports(frames)
@@ -200,7 +214,7 @@ class PlaybackBuffer:
         if len(silence) != frames * self.channels * 2:
             silence = self._silence = bytes(frames * self.channels * 2)
         self._tail_was_audio = False
-        self._applied_volume = self._volume
+        self._applied_volume = self._volume.level
         self.rendered_frames += frames
         if self.echo_reference is not None:
             self.echo_reference.record_silence(frames * ECHO_RATE_HZ // self.rate_hz, dac_start_s)

@@ -1,17 +1,23 @@
-"""The shapes of the adapters the app drives, as ``typing.Protocol``s.
+"""The shapes of everything the app and the daemon drive, as ``typing.Protocol``s.
 
-The app and the core see hardware and network only through these, so every one
-has a fake (``hark.testing``) and a real implementation, chosen in ``hark.cli``.
-Nothing here may import a concrete library.  Adapters call ``post`` from any
-thread; it must be cheap and is the only thing that crosses threads.
+The loop and the core see hardware, network, systemd and the agent's tools only
+through these.  Every adapter port (link, microphone, speaker, trigger, indicator,
+notifier, switch) has a real implementation and fakes in ``hark.testing``; the
+composition root (``hark.daemon.build_app``) picks the real ones, ``hark.demo``
+(``hark demo``, ``hark say``, ``hark run --fake-audio``) and tests pass fakes
+instead.  Nothing here may import a concrete library.  Adapters call ``post`` from
+any thread; it must be cheap and is the only thing that crosses threads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hark.events import Cue, Event, Item, LedPattern, MicDemand, WireCommand
+
+if TYPE_CHECKING:
+    from hark.config import Config
 
 Post = Callable[[Event], None]
 """Hand an event to the loop; safe to call from any thread."""
@@ -56,7 +62,18 @@ class Microphone(Protocol):
         """
 
 
-class Speaker(Protocol):
+class VolumeControl(Protocol):
+    """Anything with a read/write ``volume`` (0.0 silent, 1.0 nominal): the volume tool's
+    handle on the ``Speaker``."""
+
+    @property
+    def volume(self) -> float: ...
+
+    @volume.setter
+    def volume(self, value: float) -> None: ...
+
+
+class Speaker(VolumeControl, Protocol):
     """Plays 24 kHz reply audio and cues; knows how much was really heard."""
 
     async def run(self, post: Post) -> None: ...
@@ -70,12 +87,6 @@ class Speaker(Protocol):
         """Fade out within one buffer and post ``PlaybackStopped(interrupted=True)``."""
 
     def cue(self, cue: Cue) -> None: ...
-
-    @property
-    def volume(self) -> float: ...
-
-    @volume.setter
-    def volume(self, value: float) -> None: ...
 
 
 class Indicator(Protocol):
@@ -115,3 +126,58 @@ class Trigger(Protocol):
     """The button(s): posts ``ButtonPressed``/``ButtonReleased``/``ButtonLongPressed``."""
 
     async def run(self, post: Post) -> None: ...
+
+
+class Switch(Protocol):
+    """An on/off output an agent's tool drives: ``hark.gpio.GpioOutput`` (a relay)."""
+
+    def on(self) -> None: ...
+
+    def off(self) -> None: ...
+
+    @property
+    def is_active(self) -> bool: ...
+
+
+class ToolExecutor(Protocol):
+    """Runs a function call the model asked for; the returned string goes back as its output.
+
+    ``hark.agent.ToolRunner`` is the real one (the agent's tools, approvals, handoffs).
+    """
+
+    async def run(self, call_id: str, name: str, arguments: str) -> str: ...
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class Notifier(Protocol):
+    """What the loop tells the service manager (``hark.notify.SystemdNotifier``)."""
+
+    def ready(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+
+class ServiceNotifier(Notifier, Protocol):
+    """What the supervisor tells systemd: the loop's notifications, and reloads."""
+
+    def reloading(self) -> None: ...
+
+
+class RunningApp(Protocol):
+    """What the supervisor needs from a built app: run until told to stop."""
+
+    async def run(self) -> None: ...
+
+    def shutdown(self) -> None:
+        """Wind down cleanly (LED off, playback faded, files closed); ``run`` then returns."""
+
+
+AppFactory = Callable[["Config", str, Notifier], RunningApp]
+"""Builds one app from a validated config and the device token (``hark.daemon.build_app``);
+the supervisor calls it at start and on every reload."""

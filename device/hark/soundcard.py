@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import pyaudio
 
 from hark import ports
+from hark.backoff import Backoff
 from hark.capture import CaptureChain
 from hark.cues import load_cues
 from hark.echo import EchoGate, EchoReference, StreamClock
@@ -42,12 +43,15 @@ from hark.events import (
     DeviceLost,
     DeviceRestored,
     Event,
+    FinishPlayback,
     MicDemand,
     MicFrame,
+    Play,
     PlaybackStopped,
+    PlayCue,
 )
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
-from hark.playback import PlaybackBuffer
+from hark.playback import PlaybackBuffer, Volume
 from hark.ports import Post
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,8 @@ cost a fractional resampler on every chunk."""
 SPEAKER_RATES_HZ = (48_000, 24_000, 32_000, 16_000, 44_100)
 WATCH_INTERVAL_S = 0.5
 """How often a stream's health (alive, callbacks arriving) is checked."""
+REOPEN_BACKOFF = Backoff(initial_s=0.5, max_s=10.0, jitter=0.0)
+"""How long to wait before reopening a lost or missing device (USB cards come and go)."""
 
 
 class DeviceNotFound(LookupError):  # noqa: N818 (the name the CLI and config errors use)
@@ -389,16 +395,14 @@ class _StreamAdapter:
         device: str | int | None,
         rate_hz: int | None,
         buffer_ms: int,
-        reopen_initial_s: float,
-        reopen_max_s: float,
+        reopen_backoff: Backoff,
         stall_timeout_s: float,
         open_timeout_s: float = 10.0,
     ) -> None:
         self.device = device
         self.rate_hz = rate_hz
         self.buffer_ms = buffer_ms
-        self.reopen_initial_s = reopen_initial_s
-        self.reopen_max_s = reopen_max_s
+        self.reopen_backoff = reopen_backoff
         self.stall_timeout_s = stall_timeout_s
         self.open_timeout_s = open_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -571,7 +575,7 @@ class _StreamAdapter:
         """Open, serve, and on any failure post ``DeviceLost`` and reopen with backoff."""
         self._loop = asyncio.get_running_loop()
         self._post = post
-        backoff_s = self.reopen_initial_s
+        attempt = 0  # failed opens since the device was last open
         lost = False
         try:
             while True:
@@ -588,8 +592,8 @@ class _StreamAdapter:
                         self._on_lost()
                     self._started.set()
                     await self._close()
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, self.reopen_max_s)
+                    await asyncio.sleep(self.reopen_backoff.delay_s(attempt))
+                    attempt += 1
                     continue
                 self.opened_device = opened.device
                 self.opened_rate_hz = opened.rate_hz
@@ -609,14 +613,14 @@ class _StreamAdapter:
                     lost = False
                     self.reopens += 1
                 self._started.set()
-                backoff_s = self.reopen_initial_s
+                attempt = 0
                 reason = await self._watch(opened)
                 log.warning("%s lost: %s", self.label, reason)
                 post(DeviceLost(self.label, reason))
                 lost = True
                 self._on_lost()
                 await self._close()
-                await asyncio.sleep(backoff_s)
+                await asyncio.sleep(self.reopen_backoff.delay_s(attempt))
         finally:
             self._started.set()  # nobody waits for an adapter that is gone
             # Cancelled (or a bug): close before returning, so no PortAudio thread calls
@@ -662,13 +666,10 @@ class SoundcardMicrophone(_StreamAdapter):
         echo_gate: EchoGate | None = None,
         buffer_ms: int = 40,
         hold_ms: int = 100,
-        reopen_initial_s: float = 0.5,
-        reopen_max_s: float = 10.0,
+        reopen_backoff: Backoff = REOPEN_BACKOFF,
         stall_timeout_s: float = 2.0,
     ) -> None:
-        super().__init__(
-            device, rate_hz, buffer_ms, reopen_initial_s, reopen_max_s, stall_timeout_s
-        )
+        super().__init__(device, rate_hz, buffer_ms, reopen_backoff, stall_timeout_s)
         self.vad_aggressiveness = vad_aggressiveness
         self.gain = gain
         self.echo_gate = echo_gate
@@ -728,6 +729,11 @@ class SoundcardMicrophone(_StreamAdapter):
 # --------------------------------------------------------------------------- speaker
 
 
+def _items_in(backlog: Sequence[Play | FinishPlayback | PlayCue]) -> list[str]:
+    """The reply items a backlog names, in order (cues are no item)."""
+    return [c.item_id for c in backlog if not isinstance(c, PlayCue)]
+
+
 class SoundcardSpeaker(_StreamAdapter):
     """Plays 24 kHz reply audio and cues through a PortAudio output, pulled by its callback.
 
@@ -751,14 +757,11 @@ class SoundcardSpeaker(_StreamAdapter):
         fade_ms: float = 5.0,
         cue_files: Mapping[str, Path | str] | None = None,
         echo_reference: EchoReference | None = None,
-        reopen_initial_s: float = 0.5,
-        reopen_max_s: float = 10.0,
+        reopen_backoff: Backoff = REOPEN_BACKOFF,
         stall_timeout_s: float = 2.0,
     ) -> None:
-        super().__init__(
-            device, rate_hz, buffer_ms, reopen_initial_s, reopen_max_s, stall_timeout_s
-        )
-        self._volume = volume
+        super().__init__(device, rate_hz, buffer_ms, reopen_backoff, stall_timeout_s)
+        self._volume = Volume(volume)
         self.fade_ms = fade_ms
         self.cue_files = dict(cue_files or {})
         self.echo_reference = echo_reference
@@ -772,7 +775,7 @@ class SoundcardSpeaker(_StreamAdapter):
         self.underflows = 0
         # Commands that arrive while the first open is under way are kept and replayed;
         # None once the device is known to be unavailable (they are answered at once).
-        self._backlog: list[tuple[str, str | None, bytes]] | None = []
+        self._backlog: list[Play | FinishPlayback | PlayCue] | None = []
 
     # ---------------------------------------------------------------- ports.Speaker
 
@@ -783,22 +786,18 @@ class SoundcardSpeaker(_StreamAdapter):
 
     @property
     def volume(self) -> float:
-        return self._volume
+        return self._volume.level
 
     @volume.setter
     def volume(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"volume must be >= 0, got {value}")
-        self._volume = float(value)
-        if self._buffer is not None:
-            self._buffer.volume = self._volume
+        self._volume.set(value)
 
     def play(self, item_id: str, pcm: bytes) -> None:
         """Queue 24 kHz PCM16 for ``item_id``; resampled here, on the loop, once per delta."""
         buf = self._buffer
         if buf is None:
             if self._backlog is not None:
-                self._backlog.append(("play", item_id, pcm))
+                self._backlog.append(Play(item_id, pcm))
             return  # no device: finish()/stop() answer with played_ms=0
         if self._resampler is None or self._resampling_item != item_id:
             self._resampler = Resampler(MODEL_RATE_HZ, buf.rate_hz)
@@ -809,7 +808,7 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._buffer
         if buf is None:
             if self._backlog is not None:
-                self._backlog.append(("finish", item_id, b""))
+                self._backlog.append(FinishPlayback(item_id))
             else:
                 self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
             return
@@ -822,7 +821,7 @@ class SoundcardSpeaker(_StreamAdapter):
         self._resampler, self._resampling_item = None, None
         buf = self._buffer
         if buf is None:
-            items = [item for _, item, _ in self._backlog or [] if item is not None]
+            items = _items_in(self._backlog or [])
             if self._backlog is not None:
                 self._backlog.clear()
             self._post_now(PlaybackStopped(items[-1] if items else None, 0, interrupted=True))
@@ -833,7 +832,7 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._buffer
         if buf is None:
             if self._backlog is not None:
-                self._backlog.append(("cue", cue, b""))
+                self._backlog.append(PlayCue(cue))
             return
         if cue in self._cues:
             buf.enqueue(None, self._cues[cue])
@@ -873,19 +872,18 @@ class SoundcardSpeaker(_StreamAdapter):
         buf = self._pending
         assert buf is not None
         buf.latency_frames = round(latency_s * buf.rate_hz)
-        buf.volume = self._volume
 
     def _on_opened(self) -> None:
         self._resampler, self._resampling_item = None, None
         self._buffer = self._pending
         backlog, self._backlog = self._backlog, None
-        for kind, name, pcm in backlog or []:
-            if kind == "play" and name is not None:
-                self.play(name, pcm)
-            elif kind == "finish" and name is not None:
-                self.finish(name)
-            elif kind == "cue" and name in ("listening", "done", "error"):
-                self.cue(name)  # type: ignore[arg-type]
+        for command in backlog or []:
+            if isinstance(command, Play):
+                self.play(command.item_id, command.pcm)
+            elif isinstance(command, FinishPlayback):
+                self.finish(command.item_id)
+            else:
+                self.cue(command.cue)
 
     def _on_lost(self) -> None:
         buf, self._buffer = self._buffer, None
@@ -895,8 +893,8 @@ class SoundcardSpeaker(_StreamAdapter):
                 if event.item_id is not None:
                     self._post_now(event)
         backlog, self._backlog = self._backlog, None
-        pending = dict.fromkeys(n for k, n, _ in backlog or [] if k != "cue" and n is not None)
-        for item_id in pending:  # queued before the device ever opened: nothing was heard
+        for item_id in dict.fromkeys(_items_in(backlog or [])):
+            # queued before the device ever opened: nothing was heard
             self._post_now(PlaybackStopped(item_id, 0, interrupted=True))
 
     def _callback(

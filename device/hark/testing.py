@@ -1,35 +1,61 @@
-"""Fakes for the audio ports: a WAV-backed microphone and speaker, and test-speech synthesis.
+"""Fakes for every port, test speech, and the helpers tests would otherwise write by hand.
 
-``WavMicrophone`` and ``WavSpeaker`` implement ``hark.ports.Microphone`` and
-``hark.ports.Speaker`` with the same capture chain and playback engine as the real
-sound card (``hark.capture``, ``hark.playback``), paced at real time × ``speed``, so
-the demo, the benchmarks and timing tests see the real frame and accounting
-semantics.  Production code must not import this module.
+As gpiozero ships ``MockFactory``, hark ships its fakes:
+
+- ``WavMicrophone`` and ``WavSpeaker`` implement ``hark.ports.Microphone`` and
+  ``hark.ports.Speaker`` with the same capture chain and playback engine as the real
+  sound card (``hark.capture``, ``hark.playback``), paced at real time × ``speed``, so
+  the demo, the benchmarks and timing tests see the real frame and accounting semantics.
+- For each port a null fake (does nothing, keeps nothing: ``NullLink``,
+  ``NullMicrophone``, ``NullSpeaker``, ``NullTrigger``, ``NullIndicator``,
+  ``NullNotifier``) and a recording one (keeps what it was told: ``RecordingLink``,
+  ``RecordingMicrophone``, ``RecordingSpeaker``, ``RecordingIndicator``,
+  ``RecordingNotifier``, ``RecordingSwitch``); ``FakeButton`` presses from a thread
+  of its own, as gpiozero does.
+- ``until`` waits for a condition; ``mock_pins`` installs gpiozero's ``MockFactory``
+  and tears it down (gpiozero is imported only then).
+
+Production code must not import this module (``hark.demo`` and ``hark.cli`` pick
+fakes for ``hark demo``, ``hark say`` and ``hark run --fake-audio``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 import wave
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from hark import ports
+from hark.app import NullNotifier
 from hark.capture import FRAME_MS, CaptureChain
 from hark.cues import load_cues, read_wav
+from hark.daemon import NullIndicator
 from hark.echo import EchoGate, EchoReference, now_s
-from hark.events import Cue, MicDemand
+from hark.events import (
+    Cue,
+    Event,
+    Item,
+    LedPattern,
+    LinkUp,
+    MicDemand,
+    PlaybackStopped,
+    WireCommand,
+)
 from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
-from hark.playback import PlaybackBuffer
+from hark.playback import PlaybackBuffer, Volume
 from hark.ports import Post
 
 log = logging.getLogger(__name__)
@@ -149,9 +175,10 @@ class WavSpeaker:
         self.rate_hz = rate_hz
         self.speed = speed
         self.buffer_ms = buffer_ms
+        self._volume = Volume(volume)
         self.buffer = PlaybackBuffer(
             rate_hz,
-            volume=volume,
+            volume=self._volume,
             fade_ms=fade_ms,
             latency_frames=rate_hz * latency_ms // 1000,
             echo_reference=echo_reference,
@@ -165,11 +192,11 @@ class WavSpeaker:
 
     @property
     def volume(self) -> float:
-        return self.buffer.volume
+        return self._volume.level
 
     @volume.setter
     def volume(self, value: float) -> None:
-        self.buffer.volume = value
+        self._volume.set(value)
 
     def play(self, item_id: str, pcm: bytes) -> None:
         if self._resampler is None or self._resampling_item != item_id:
@@ -305,16 +332,353 @@ def read_pcm(path: Path | str, rate_hz: int = MODEL_RATE_HZ) -> bytes:
     return read_wav(Path(path), rate_hz).tobytes()
 
 
+# --------------------------------------------------------------------------- helpers
+
+
+async def until(
+    condition: Callable[[], bool], timeout_s: float = 30.0, *, interval_s: float = 0.01
+) -> None:
+    """Wait until ``condition()`` holds, checking every ``interval_s``.
+
+    ``timeout_s`` only guards against a hang (tests never fail on a wall-clock
+    threshold): past it, ``AssertionError``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout_s:g} s")
+        await asyncio.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def mock_pins(*, pwm: bool = True) -> Iterator[Any]:
+    """gpiozero's ``MockFactory`` as the default pin factory; yields it.
+
+    ``pwm``: pins take PWM (a dimmable LED), as on a Pi.  Afterwards every pin is
+    released, the factory closed and the previous default restored.
+    """
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    previous = Device.pin_factory
+    factory = MockFactory(pin_class=MockPWMPin) if pwm else MockFactory()
+    Device.pin_factory = factory
+    try:
+        yield factory
+    finally:
+        factory.reset()
+        factory.close()
+        Device.pin_factory = previous
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+# --------------------------------------------------------------------------- null and recording
+
+
+class NullLink:
+    """A link with no server: up (``LinkUp``) as soon as it is asked to connect; what is
+    sent goes nowhere.  ``post`` is the app's once ``run`` began (a test can play the
+    server with it)."""
+
+    session_id = "sess_fake"
+
+    def __init__(self) -> None:
+        self.post: Post | None = None
+        self._want_up = False
+
+    async def run(self, post: Post) -> None:
+        self.post = post
+        if self._want_up:
+            post(LinkUp(self.session_id, None))
+        await _forever()
+
+    def connect(self) -> None:
+        if self.post is None:
+            self._want_up = True
+        else:
+            self.post(LinkUp(self.session_id, None))
+
+    def disconnect(self, reason: str) -> None:
+        pass
+
+    def rotate(self) -> None:
+        pass
+
+    def send(self, command: WireCommand) -> None:
+        pass
+
+    def seed_history(self, items: list[Item]) -> None:
+        pass
+
+
+class RecordingLink(NullLink):
+    """A ``NullLink`` that keeps what it was told: ``sent`` (wire commands), ``calls``
+    (``"connect"``, ``"disconnect:<reason>"``, ``"rotate"``) and ``seeded`` items."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[WireCommand] = []
+        self.calls: list[str] = []
+        self.seeded: list[Item] = []
+
+    def connect(self) -> None:
+        self.calls.append("connect")
+        super().connect()
+
+    def disconnect(self, reason: str) -> None:
+        self.calls.append(f"disconnect:{reason}")
+
+    def rotate(self) -> None:
+        self.calls.append("rotate")
+
+    def send(self, command: WireCommand) -> None:
+        self.sent.append(command)
+
+    def seed_history(self, items: list[Item]) -> None:
+        self.seeded.extend(items)
+
+
+class NullMicrophone:
+    """Hears nothing, posts nothing (``hark say``: a typed turn needs no capture)."""
+
+    async def run(self, post: Post) -> None:
+        await _forever()
+
+    def set_demand(self, demand: MicDemand) -> None:
+        """Nothing is posted either way."""
+
+
+class RecordingMicrophone(NullMicrophone):
+    """Hears nothing (a test posts the frames) and keeps what the app asked of it.
+
+    ``demands``: every ``set_demand``, in order; ``runs``: how often it was started;
+    the first ``crashes`` runs fail with ``OSError``, like a device unplugged;
+    ``cancelled`` once the app stopped it.
+    """
+
+    def __init__(self, crashes: int = 0) -> None:
+        self.crashes = crashes
+        self.runs = 0
+        self.cancelled = False
+        self.demands: list[MicDemand] = []
+
+    def set_demand(self, demand: MicDemand) -> None:
+        self.demands.append(demand)
+
+    async def run(self, post: Post) -> None:
+        self.runs += 1
+        if self.runs <= self.crashes:
+            raise OSError("device unplugged")
+        try:
+            await _forever()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+class NullSpeaker:
+    """Plays nothing and drains at once: ``finish`` reports the item heard in full;
+    ``stop`` reports the item last played, interrupted after ``heard_at_stop`` of it."""
+
+    def __init__(self, *, volume: float = 1.0, heard_at_stop: float = 1.0) -> None:
+        self.heard_at_stop = heard_at_stop
+        self._volume = Volume(volume)
+        self._post: Post | None = None
+        self._bytes: dict[str, int] = {}  # received per item
+        self._last: str | None = None
+
+    @property
+    def volume(self) -> float:
+        return self._volume.level
+
+    @volume.setter
+    def volume(self, value: float) -> None:
+        self._volume.set(value)
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        await _forever()
+
+    def received_ms(self, item_id: str) -> int:
+        return self._bytes.get(item_id, 0) // (MODEL_RATE_HZ * 2 // 1000)
+
+    def play(self, item_id: str, pcm: bytes) -> None:
+        self._bytes[item_id] = self._bytes.get(item_id, 0) + len(pcm)
+        self._last = item_id
+
+    def finish(self, item_id: str) -> None:
+        if self._post is not None:
+            self._post(PlaybackStopped(item_id, self.received_ms(item_id), interrupted=False))
+
+    def stop(self) -> None:
+        item = self._last
+        if self._post is not None and item is not None:
+            heard = int(self.received_ms(item) * self.heard_at_stop)
+            self._post(PlaybackStopped(item, heard, interrupted=True))
+
+    def cue(self, cue: Cue) -> None:
+        pass
+
+
+class RecordingSpeaker(NullSpeaker):
+    """A ``NullSpeaker`` that keeps what it was told: ``played`` (item, pcm) chunks,
+    ``cues``, ``finished`` items and the number of ``stops``."""
+
+    def __init__(self, *, volume: float = 1.0, heard_at_stop: float = 1.0) -> None:
+        super().__init__(volume=volume, heard_at_stop=heard_at_stop)
+        self.played: list[tuple[str, bytes]] = []
+        self.cues: list[Cue] = []
+        self.finished: list[str] = []
+        self.stops = 0
+
+    def play(self, item_id: str, pcm: bytes) -> None:
+        self.played.append((item_id, pcm))
+        super().play(item_id, pcm)
+
+    def finish(self, item_id: str) -> None:
+        self.finished.append(item_id)
+        super().finish(item_id)
+
+    def stop(self) -> None:
+        self.stops += 1
+        super().stop()
+
+    def cue(self, cue: Cue) -> None:
+        self.cues.append(cue)
+
+
+class NullTrigger:
+    """No button: never posts."""
+
+    async def run(self, post: Post) -> None:
+        await _forever()
+
+
+class FakeButton:
+    """A button the test presses: ``fire(*events)`` posts them from a thread of its own,
+    as gpiozero's callbacks do, and returns once they are posted."""
+
+    def __init__(self) -> None:
+        self._post: Post | None = None
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        await _forever()
+
+    def fire(self, *events: Event) -> None:
+        post = self._post
+        assert post is not None, "the app has not started the button yet"
+        thread = threading.Thread(target=lambda: [post(e) for e in events])
+        thread.start()
+        thread.join()
+
+
+class RecordingIndicator:
+    """LED patterns in the order shown (``shown``); ``closed`` once released."""
+
+    def __init__(self) -> None:
+        self.shown: list[LedPattern] = []
+        self.closed = False
+
+    def show(self, pattern: LedPattern) -> None:
+        self.shown.append(pattern)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingNotifier:
+    """What systemd would have been told, in order: ``messages`` as sd_notify lines
+    (``"READY=1"``, ``"STATUS=idle"``), ``at`` the monotonic time of each.
+
+    ``statuses`` are the STATUS texts; ``times("watchdog")`` when each ping came.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.at: list[float] = []
+
+    def _note(self, line: str) -> None:
+        self.messages.append(line)
+        self.at.append(time.monotonic())
+
+    def ready(self) -> None:
+        self._note("READY=1")
+
+    def reloading(self) -> None:
+        self._note("RELOADING=1")
+
+    def status(self, text: str) -> None:
+        self._note(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        self._note("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self._note("STOPPING=1")
+
+    @property
+    def statuses(self) -> list[str]:
+        return [m.removeprefix("STATUS=") for m in self.messages if m.startswith("STATUS=")]
+
+    def times(self, what: str) -> list[float]:
+        """When each ``what`` (``"ready"``, ``"watchdog"``, ``"stopping"``, …) was sent."""
+        line = f"{what.upper()}=1"
+        return [t for m, t in zip(self.messages, self.at, strict=True) if m == line]
+
+
+class RecordingSwitch:
+    """An output for a tool to switch: ``is_active`` now, ``switched`` every change asked."""
+
+    def __init__(self, active: bool = False) -> None:
+        self.is_active = active
+        self.switched: list[bool] = []
+
+    def on(self) -> None:
+        self.is_active = True
+        self.switched.append(True)
+
+    def off(self) -> None:
+        self.is_active = False
+        self.switched.append(False)
+
+
 __all__ = [
+    "FakeButton",
+    "NullIndicator",
+    "NullLink",
+    "NullMicrophone",
+    "NullNotifier",
+    "NullSpeaker",
+    "NullTrigger",
+    "RecordingIndicator",
+    "RecordingLink",
+    "RecordingMicrophone",
+    "RecordingNotifier",
+    "RecordingSpeaker",
+    "RecordingSwitch",
     "WavMicrophone",
     "WavSpeaker",
+    "mock_pins",
     "read_pcm",
     "speech_wav",
     "synthetic_speech",
+    "until",
     "write_wav",
 ]
 
 
-if TYPE_CHECKING:  # the fakes satisfy the same ports as the sound card
+if TYPE_CHECKING:  # the fakes satisfy the ports they stand in for
     _mic: ports.Microphone = WavMicrophone()
     _speaker: ports.Speaker = WavSpeaker()
+    _links: list[ports.Link] = [NullLink(), RecordingLink()]
+    _mics: list[ports.Microphone] = [NullMicrophone(), RecordingMicrophone()]
+    _speakers: list[ports.Speaker] = [NullSpeaker(), RecordingSpeaker()]
+    _triggers: list[ports.Trigger] = [NullTrigger(), FakeButton()]
+    _indicators: list[ports.Indicator] = [NullIndicator(), RecordingIndicator()]
+    _notifiers: list[ports.ServiceNotifier] = [NullNotifier(), RecordingNotifier()]
+    _switch: ports.Switch = RecordingSwitch()

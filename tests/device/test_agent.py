@@ -22,6 +22,7 @@ from hark.agent import (
     load_object,
 )
 from hark.events import AudioDelta, SessionConfig, SessionCreated, ToolSpec, TurnDetection
+from hark.testing import NullSpeaker, RecordingSwitch
 from hark.tools import EndConversation, RunContext, function_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,22 +215,6 @@ async def test_end_conversation_is_reported() -> None:
 # --------------------------------------------------------------------------- from config
 
 
-class FakeSpeaker:
-    def __init__(self) -> None:
-        self.volume = 0.5
-
-
-class FakeSwitch:
-    def __init__(self) -> None:
-        self.is_active = False
-
-    def on(self) -> None:
-        self.is_active = True
-
-    def off(self) -> None:
-        self.is_active = False
-
-
 def test_declared_agent_from_the_config_model() -> None:
     """[agent] with name/instructions/voice/tools/outputs becomes an agent with device tools."""
     cfg = hark_config.parse(
@@ -249,8 +234,8 @@ def test_declared_agent_from_the_config_model() -> None:
             """
         )
     )
-    switch = FakeSwitch()
-    agent = agent_from_config(cfg.agent, volume=FakeSpeaker(), switches=[switch])
+    switch = RecordingSwitch()
+    agent = agent_from_config(cfg.agent, volume=NullSpeaker(volume=0.5), switches=[switch])
     config = agent.session_config(base=BASE)
     assert (agent.name, config.instructions, config.voice) == ("Pantry", "Be brief.", "cedar")
     assert [t.name for t in config.tools] == ["get_current_time", "set_volume", "set_kitchen_light"]
@@ -278,7 +263,7 @@ def test_object_agent_is_loaded_and_gets_output_tools(tmp_path: Path) -> None:
     try:
         agent = agent_from_config(
             {"object": "my_house_agent:agent", "outputs": [{"name": "porch", "pin": 5}]},
-            switches=[FakeSwitch()],
+            switches=[RecordingSwitch()],
         )
         assert agent.name == "House"
         assert [t.name for t in agent.tools] == ["set_porch"]

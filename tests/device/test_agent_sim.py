@@ -26,7 +26,6 @@ from hark.events import (
     ButtonReleased,
     Event,
     ItemTruncated,
-    LedPattern,
     LinkUp,
     PlaybackStopped,
     SessionConfig,
@@ -37,44 +36,13 @@ from hark.guardrails import GuardrailMonitor
 from hark.history import History
 from hark.keys import Backoff
 from hark.link import WebSocketLink
-from hark.ports import Post
-from hark.testing import WavSpeaker
+from hark.testing import NullMicrophone, RecordingIndicator, WavSpeaker, until
 from hark.tools import function_tool
 from hark_sim import SimConfig, SimHandle, start_sim
 
 from tests.device.test_agent import load_example
 
 pytestmark = pytest.mark.slow
-
-
-async def forever() -> None:
-    await asyncio.Event().wait()
-
-
-class SilentMic:
-    async def run(self, post: Post) -> None:
-        await forever()
-
-    def set_demand(self, demand: str) -> None:
-        pass
-
-
-class Led:
-    def __init__(self) -> None:
-        self.shown: list[LedPattern] = []
-
-    def show(self, pattern: LedPattern) -> None:
-        self.shown.append(pattern)
-
-    def close(self) -> None:
-        pass
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait for a condition (the timeout only guards against a hang)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @dataclasses.dataclass
@@ -147,9 +115,9 @@ class AgentRig:
         self.app = App(
             self.conversation,
             self.link,
-            SilentMic(),
+            NullMicrophone(),
             self.speaker,
-            Led(),
+            RecordingIndicator(),
             tools=self.runner,
         )
         self.guardrails = GuardrailMonitor(

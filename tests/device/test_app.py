@@ -1,4 +1,4 @@
-"""The app loop with in-test fake adapters: whole turns, supervision, watchdog, shutdown."""
+"""The app loop with hark.testing's fakes: whole turns, supervision, watchdog, shutdown."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from hark.app import App, NoTools
+from hark.backoff import Backoff
 from hark.conversation import Conversation, Phase, Settings
 from hark.events import (
     AudioDelta,
@@ -21,16 +22,12 @@ from hark.events import (
     CommitAudio,
     CreateItem,
     CreateResponse,
-    Cue,
     DeviceLost,
     DeviceRestored,
     Event,
     FunctionCallRequested,
-    Item,
-    LedPattern,
     LinkUp,
     MicFrame,
-    PlaybackStopped,
     ResponseCreated,
     ResponseDone,
     SessionConfig,
@@ -39,6 +36,15 @@ from hark.events import (
     WireCommand,
 )
 from hark.ports import Post
+from hark.testing import (
+    FakeButton,
+    RecordingIndicator,
+    RecordingLink,
+    RecordingMicrophone,
+    RecordingNotifier,
+    RecordingSpeaker,
+    until,
+)
 
 FRAME = bytes(960)  # 20 ms of 24 kHz PCM16
 REPLY = bytes(4800)  # 100 ms
@@ -48,49 +54,26 @@ async def forever() -> None:
     await asyncio.Event().wait()
 
 
-class FakeLink:
+class ScriptedLink(RecordingLink):
     """Scripts the server: a response with two audio deltas for every response.create."""
 
+    session_id = "sess_1"
+
     def __init__(self, tool_call: bool = False) -> None:
-        self.sent: list[WireCommand] = []
-        self.calls: list[str] = []
+        super().__init__()
         self.tool_call = tool_call
-        self._post: Post | None = None
-        self._want_up = False
         self._responses = 0
 
-    async def run(self, post: Post) -> None:
-        self._post = post
-        if self._want_up:
-            post(LinkUp("sess_1", None))
-        await forever()
-
-    def connect(self) -> None:
-        self.calls.append("connect")
-        if self._post is None:
-            self._want_up = True
-        else:
-            self._post(LinkUp("sess_1", None))
-
-    def disconnect(self, reason: str) -> None:
-        self.calls.append(f"disconnect:{reason}")
-
-    def rotate(self) -> None:
-        self.calls.append("rotate")
-
-    def seed_history(self, items: list[Item]) -> None:
-        pass
-
     def send(self, command: WireCommand) -> None:
-        self.sent.append(command)
+        super().send(command)
         if isinstance(command, CreateResponse):
             self._respond()
 
     def _respond(self) -> None:
-        assert self._post is not None
+        assert self.post is not None
         self._responses += 1
         rid = f"resp_{self._responses}"
-        post = self._post
+        post = self.post
         post(ResponseCreated(rid))
         if self.tool_call and self._responses == 1:
             post(FunctionCallRequested(rid, "item_f", "call_1", "lamp", '{"on": true}'))
@@ -104,125 +87,6 @@ class FakeLink:
         post(ResponseDone(rid, "completed"))
 
 
-class FakeSpeaker:
-    """Drains instantly: ``finish`` reports everything played, ``stop`` reports half of it."""
-
-    def __init__(self) -> None:
-        self.played: list[tuple[str, bytes]] = []
-        self.cues: list[Cue] = []
-        self.stops = 0
-        self._post: Post | None = None
-        self._volume = 1.0
-
-    async def run(self, post: Post) -> None:
-        self._post = post
-        await forever()
-
-    def _ms(self, item_id: str) -> int:
-        return sum(len(p) for i, p in self.played if i == item_id) // 48
-
-    def play(self, item_id: str, pcm: bytes) -> None:
-        self.played.append((item_id, pcm))
-
-    def finish(self, item_id: str) -> None:
-        assert self._post is not None
-        self._post(PlaybackStopped(item_id, self._ms(item_id), interrupted=False))
-
-    def stop(self) -> None:
-        self.stops += 1
-        if self._post is not None and self.played:
-            item = self.played[-1][0]
-            self._post(PlaybackStopped(item, self._ms(item) // 2, interrupted=True))
-
-    def cue(self, cue: Cue) -> None:
-        self.cues.append(cue)
-
-    @property
-    def volume(self) -> float:
-        return self._volume
-
-    @volume.setter
-    def volume(self, value: float) -> None:
-        self._volume = value
-
-
-class FakeMic:
-    """Frames are posted by the test; this mic can be told to crash its first runs."""
-
-    def __init__(self, crashes: int = 0) -> None:
-        self.crashes = crashes
-        self.runs = 0
-        self.cancelled = False
-        self.demands: list[str] = []  # what the app told it, in order
-
-    def set_demand(self, demand: str) -> None:
-        self.demands.append(demand)
-
-    async def run(self, post: Post) -> None:
-        self.runs += 1
-        if self.runs <= self.crashes:
-            raise OSError("device unplugged")
-        try:
-            await forever()
-        except asyncio.CancelledError:
-            self.cancelled = True
-            raise
-
-
-class FakeIndicator:
-    def __init__(self) -> None:
-        self.shown: list[LedPattern] = []
-        self.closed = False
-
-    def show(self, pattern: LedPattern) -> None:
-        self.shown.append(pattern)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeButton:
-    """Like gpiozero: presses arrive from a thread of their own."""
-
-    def __init__(self) -> None:
-        self._post: Post | None = None
-
-    async def run(self, post: Post) -> None:
-        self._post = post
-        await forever()
-
-    def fire(self, *events: Event) -> None:
-        assert self._post is not None
-        post = self._post
-        thread = threading.Thread(target=lambda: [post(e) for e in events])
-        thread.start()
-        thread.join()
-
-
-class FakeNotifier:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, float]] = []
-        self.statuses: list[str] = []
-
-    def _note(self, what: str) -> None:
-        self.calls.append((what, time.monotonic()))
-
-    def ready(self) -> None:
-        self._note("ready")
-
-    def status(self, text: str) -> None:
-        self.statuses.append(text)
-
-    def watchdog(self) -> None:
-        self._note("watchdog")
-
-    def stopping(self) -> None:
-        self._note("stopping")
-
-    def times(self, what: str) -> list[float]:
-        return [t for w, t in self.calls if w == what]
-
-
 class Rig:
     def __init__(
         self,
@@ -232,12 +96,12 @@ class Rig:
         mic_crashes: int = 0,
         **app_kwargs: Any,
     ) -> None:
-        self.link = FakeLink(tool_call=tool_call)
-        self.speaker = FakeSpeaker()
-        self.mic = FakeMic(crashes=mic_crashes)
-        self.indicator = FakeIndicator()
+        self.link = ScriptedLink(tool_call=tool_call)
+        self.speaker = RecordingSpeaker(heard_at_stop=0.5)  # a barge-in hears half
+        self.mic = RecordingMicrophone(crashes=mic_crashes)
+        self.indicator = RecordingIndicator()
         self.button = FakeButton()
-        self.notifier = FakeNotifier()
+        self.notifier = RecordingNotifier()
         self.conv = Conversation(settings or Settings())
         self.events: list[Event] = []
         self.app = App(
@@ -251,13 +115,6 @@ class Rig:
             **app_kwargs,
         )
         self.app.add_listener(lambda ev, _cmds: self.events.append(ev))
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for a condition (a hang guard, not a timing assertion)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def hold_to_talk(frames: int = 10) -> Sequence[Event]:
@@ -335,7 +192,8 @@ async def test_default_tool_runner_answers_no_such_tool() -> None:
 
 async def test_crashing_adapter_is_restarted_and_the_loop_stays_up() -> None:
     """A mic that crashes twice is restarted with backoff; lost and restored are posted once."""
-    rig = Rig(mic_crashes=2, restart_backoff_s=(0.01, 0.02), stable_after_s=0.05)
+    quick = Backoff(initial_s=0.01, max_s=0.02, jitter=0.0)
+    rig = Rig(mic_crashes=2, restart_backoff=quick, stable_after_s=0.05)
     await rig.app.start()
     await until(lambda: any(isinstance(e, DeviceRestored) for e in rig.events))
     lost = [e for e in rig.events if isinstance(e, DeviceLost)]
@@ -645,23 +503,7 @@ async def test_core_deadline_fires_while_mic_frames_keep_flowing() -> None:
 # --------------------------------------------------------------------------- READY and STATUS
 
 
-class OrderedNotifier(FakeNotifier):
-    """Also keeps READY and STATUS in the one order systemd would see them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sequence: list[str] = []
-
-    def ready(self) -> None:
-        super().ready()
-        self.sequence.append("READY=1")
-
-    def status(self, text: str) -> None:
-        super().status(text)
-        self.sequence.append(f"STATUS={text}")
-
-
-class OpeningMic(FakeMic):
+class OpeningMic(RecordingMicrophone):
     """A mic that opens its device in ``run`` (``ports.Opening``), when the test says so."""
 
     def __init__(self, missing: str | None = None) -> None:
@@ -684,9 +526,7 @@ class OpeningMic(FakeMic):
 def opening_rig(mic: OpeningMic, **app_kwargs: Any) -> Rig:
     rig = Rig(**app_kwargs)
     rig.mic = mic
-    rig.notifier = OrderedNotifier()
     rig.app.mic = mic
-    rig.app.notifier = rig.notifier
     return rig
 
 
@@ -713,8 +553,8 @@ async def test_a_missing_card_is_named_in_status_before_ready() -> None:
     rig = opening_rig(mic)
     mic.open_now.set()
     await rig.app.start()
-    ready_at = rig.notifier.sequence.index("READY=1")
-    named = [m for m in rig.notifier.sequence[:ready_at] if "no input device matches" in m]
+    ready_at = rig.notifier.messages.index("READY=1")
+    named = [m for m in rig.notifier.messages[:ready_at] if "no input device matches" in m]
     assert named and named[-1].startswith("STATUS=error")
     await rig.app.shutdown()
 
@@ -769,7 +609,7 @@ async def test_status_notes_follow_the_phase() -> None:
 # --------------------------------------------------------------------------- audio dropouts
 
 
-class CountingSpeaker(FakeSpeaker):
+class CountingSpeaker(RecordingSpeaker):
     """A speaker whose underflows the test counts up (``ports.DropoutCounter``)."""
 
     def __init__(self) -> None:

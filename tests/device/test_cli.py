@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hark import __version__, cli, daemon, demo
 from hark.config import Config, parse
+from hark.testing import RecordingNotifier, mock_pins, until
 
 GOOD = """\
 [backend]
@@ -278,26 +279,6 @@ class FakeApp:
         self._done.set()
 
 
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def ready(self) -> None:
-        self.messages.append("READY=1")
-
-    def reloading(self) -> None:
-        self.messages.append("RELOADING=1")
-
-    def status(self, text: str) -> None:
-        self.messages.append(f"STATUS={text}")
-
-    def watchdog(self) -> None:
-        self.messages.append("WATCHDOG=1")
-
-    def stopping(self) -> None:
-        self.messages.append("STOPPING=1")
-
-
 @pytest.fixture
 def supervisor(
     config_dir: Path,
@@ -315,33 +296,25 @@ def supervisor(
     yield sup, apps, notifier
 
 
-async def _until(predicate: Any) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 async def test_sighup_good_then_bad_then_sigterm(
     supervisor: tuple[daemon.Supervisor, list[FakeApp], RecordingNotifier], config_dir: Path
 ) -> None:
     """SIGHUP with a good config rebuilds the app; with a bad one keeps it; SIGTERM stops."""
     sup, apps, notifier = supervisor
     serving = asyncio.create_task(sup.serve())
-    await _until(lambda: len(apps) == 1)
+    await until(lambda: len(apps) == 1)
 
     path = config_dir / "hark.toml"
     path.write_text(GOOD + "[log]\nlevel = 'debug'\n")
     os.kill(os.getpid(), signal.SIGHUP)
-    await _until(lambda: len(apps) == 2)
+    await until(lambda: len(apps) == 2)
     assert apps[0].shutdowns == 1
     assert apps[1].config.log.level == "debug"
     assert "RELOADING=1" in notifier.messages
 
     path.write_text(GOOD + "[trigger]\nmode = 'vox'\n")
     os.kill(os.getpid(), signal.SIGHUP)
-    await _until(lambda: sup.refused_reloads == 1)
+    await until(lambda: sup.refused_reloads == 1)
     assert len(apps) == 2 and apps[1].shutdowns == 0
     assert any(
         m.startswith("STATUS=reload refused") and "trigger.mode" in m for m in notifier.messages
@@ -349,7 +322,7 @@ async def test_sighup_good_then_bad_then_sigterm(
 
     path.write_text(GOOD + "[log]\nlevel = 'debug'\n")
     os.kill(os.getpid(), signal.SIGHUP)  # same as running: nothing to do
-    await _until(lambda: "STATUS=config unchanged" in notifier.messages)
+    await until(lambda: "STATUS=config unchanged" in notifier.messages)
     assert len(apps) == 2
 
     os.kill(os.getpid(), signal.SIGTERM)
@@ -372,7 +345,7 @@ async def test_sigterm_cancels_a_stuck_app(
 
     sup._build = stubborn
     serving = asyncio.create_task(sup.serve())
-    await _until(lambda: len(apps) == 1)
+    await until(lambda: len(apps) == 1)
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(serving, 5) == cli.EX_OK
 
@@ -820,26 +793,23 @@ async def test_sigterm_turns_the_led_off(sim: Any, tmp_path: Path) -> None:
     """The real wiring under the supervisor: the LED shows idle, and SIGTERM leaves it off."""
     import functools
 
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-    factory = MockFactory(pin_class=MockPWMPin)
     path = _sim_config(sim, tmp_path, "[gpio]\nled_pin = 27\n")
     config, token = daemon.load_config(str(path), with_token=True)
     assert token is not None
     notifier = RecordingNotifier()
-    build = functools.partial(demo.build_with_fake_audio, pin_factory=factory)
-    sup = daemon.Supervisor(str(path), config, token, build, notifier)
-    serving = asyncio.create_task(sup.serve())
-    try:
-        await _until(lambda: any(m.startswith("STATUS=idle") for m in notifier.messages))
-        await _until(lambda: factory.pin(27).state > 0)
-        assert "READY=1" in notifier.messages
-    finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert await asyncio.wait_for(serving, 10) == cli.EX_OK
-    assert factory.pin(27).state == 0
+    with mock_pins() as factory:
+        build = functools.partial(demo.build_with_fake_audio, pin_factory=factory)
+        sup = daemon.Supervisor(str(path), config, token, build, notifier)
+        serving = asyncio.create_task(sup.serve())
+        try:
+            await until(lambda: any(m.startswith("STATUS=idle") for m in notifier.messages))
+            await until(lambda: factory.pin(27).state > 0)
+            assert "READY=1" in notifier.messages
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await asyncio.wait_for(serving, 10) == cli.EX_OK
+        assert factory.pin(27).state == 0
     assert notifier.messages.count("STOPPING=1") >= 1
-    factory.close()
 
 
 async def test_reload_that_cannot_build_keeps_the_old_config(
@@ -856,10 +826,10 @@ async def test_reload_that_cannot_build_keeps_the_old_config(
 
     sup._build = build
     serving = asyncio.create_task(sup.serve())
-    await _until(lambda: len(apps) == 1)
+    await until(lambda: len(apps) == 1)
     (config_dir / "hark.toml").write_text(GOOD + "[log]\nlevel = 'error'\n")
     os.kill(os.getpid(), signal.SIGHUP)
-    await _until(lambda: len(apps) == 2)
+    await until(lambda: len(apps) == 2)
     assert apps[1].config.log.level == "info"
     assert any(m.startswith("STATUS=reload failed, old config kept") for m in notifier.messages)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -883,19 +853,17 @@ def test_run_with_unloadable_agent_exits_78(config_dir: Path) -> None:
 def test_failed_wiring_releases_pins(tmp_path: Path) -> None:
     """When wiring fails half-way (bad agent object), the button and LED pins are free again."""
     from gpiozero import LED, Button
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-    factory = MockFactory(pin_class=MockPWMPin)
     config = parse(
         '[backend]\nurl = "https://keys.example.com/v1"\n'
         "[agent]\nobject = 'no_such_pkg.kitchen:agent'\n[gpio]\nled_pin = 27\n"
         "[history]\nenabled = false\n"
     )
-    with pytest.raises(Exception, match="no_such_pkg"):
-        demo.build_with_fake_audio(config, "tok", None, pin_factory=factory)
-    Button(17, pin_factory=factory).close()  # GPIOPinInUse if the failed build kept it
-    LED(27, pin_factory=factory).close()
-    factory.close()
+    with mock_pins() as factory:
+        with pytest.raises(Exception, match="no_such_pkg"):
+            demo.build_with_fake_audio(config, "tok", None, pin_factory=factory)
+        Button(17, pin_factory=factory).close()  # GPIOPinInUse if the failed build kept it
+        LED(27, pin_factory=factory).close()
 
 
 def test_provision_is_forwarded(capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,6 +28,7 @@ from hark.events import (
     ShutdownRequested,
     TextRequested,
 )
+from hark.testing import mock_pins, until
 from hark.tools import function_tool
 from hark_sim import SimConfig, SimHandle, start_sim
 
@@ -48,13 +49,6 @@ def unlock_door() -> str:
 door = RealtimeAgent(name="Door", instructions="You guard the door.", tools=[unlock_door])
 
 # ----------------------------------------------------------------- helpers
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait for a condition (the timeout only guards against a hang)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -174,25 +168,22 @@ APPROVAL = """
 @pytest.mark.parametrize("scripted", [APPROVAL], indirect=True, ids=["script"])
 async def test_button_approves_then_long_press_refuses(scripted: SimHandle) -> None:
     """A short press approves a waiting tool, a long press refuses; the core never sees them."""
-    from gpiozero.pins.mock import MockFactory
-
-    factory = MockFactory()
-    daemon = build(
-        scripted,
-        """
-        [trigger]
-        mode = "button"
-        long_press_s = 0.3
-        [gpio]
-        button_pin = 17
-        bounce_s = 0
-        [agent]
-        object = "tests.device.test_daemon:door"
-        """,
-        pin_factory=factory,
-    )
-    pin = factory.pin(17)
-    try:
+    with mock_pins(pwm=False) as factory:
+        daemon = build(
+            scripted,
+            """
+            [trigger]
+            mode = "button"
+            long_press_s = 0.3
+            [gpio]
+            button_pin = 17
+            bounce_s = 0
+            [agent]
+            object = "tests.device.test_daemon:door"
+            """,
+            pin_factory=factory,
+        )
+        pin = factory.pin(17)
         async with Running(daemon) as running:
             app, conversation = running.app, running.app.conversation
             pending = lambda: getattr(conversation, "approval_pending", False)  # noqa: E731
@@ -217,8 +208,6 @@ async def test_button_approves_then_long_press_refuses(scripted: SimHandle) -> N
                 isinstance(e, ButtonPressed | ButtonReleased | ButtonLongPressed)
                 for e in running.events
             )
-    finally:
-        factory.close()
     assert outputs(scripted)[0] == "unlocked"
     assert json.loads(outputs(scripted)[1]) == {
         "error": "the user declined to run unlock_door; it was not run"

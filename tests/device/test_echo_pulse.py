@@ -17,10 +17,9 @@ from hark.echo import EchoGate, EchoReference
 from hark.events import Event, MicFrame
 from hark.pcm import Samples
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
-from hark.testing import read_pcm, speech_wav
+from hark.testing import read_pcm, speech_wav, until
 
 from tests.audio_rig import PulseRig, pulse_available
-from tests.device.test_soundcard_pulse import until
 
 pytestmark = [
     pytest.mark.slow,

@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gpiozero import LED, Device
+from gpiozero import LED
 from gpiozero.exc import BadPinFactory
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory
 from hark.events import ButtonLongPressed, ButtonPressed, ButtonReleased, Event
 from hark.gpio import PATTERNS, GpioButton, GpioError, GpioIndicator
+from hark.testing import mock_pins, until
 
 
 @pytest.fixture
 def pins() -> Iterator[MockFactory]:
     """A PWM-capable MockFactory as gpiozero's pin factory, the previous one restored after."""
-    previous = Device.pin_factory
-    factory = MockFactory(pin_class=MockPWMPin)
-    Device.pin_factory = factory
-    try:
+    with mock_pins() as factory:
         yield factory
-    finally:
-        factory.reset()
-        Device.pin_factory = previous
-
-
-async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
-    """Wait for something gpiozero's threads do; the limit only guards against a hang."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while not condition():
-        assert loop.time() < end, "condition never became true"
-        await asyncio.sleep(0.005)
 
 
 async def test_button_posts_press_release_and_long_press(pins: MockFactory) -> None:

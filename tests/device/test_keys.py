@@ -33,6 +33,23 @@ def test_backoff_jitter_stays_within_its_band():
     assert backoff.delay_s(2, 0.5) == pytest.approx(4.0)
 
 
+def test_backoff_draws_its_own_jitter_when_not_given_one():
+    """Without ``rand`` a jittered backoff still spreads; an unjittered one is exact."""
+    jittered = Backoff(initial_s=1.0, max_s=30.0, jitter=0.25)
+    assert all(0.75 <= jittered.delay_s(0) <= 1.25 for _ in range(50))
+    assert Backoff(initial_s=1.0, jitter=0.0).delay_s(3) == 8.0
+
+
+def test_app_and_sound_card_keep_their_schedules():
+    """The one Backoff carries the app's restart and the sound card's reopen delays as
+    they were: doubling from 0.5 s, no jitter, capped at 30 s and 10 s."""
+    from hark.app import RESTART_BACKOFF
+    from hark.soundcard import REOPEN_BACKOFF
+
+    assert [RESTART_BACKOFF.delay_s(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert [REOPEN_BACKOFF.delay_s(n) for n in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
+
+
 def make_policy() -> RetryPolicy:
     return RetryPolicy(Backoff(initial_s=1.0, max_s=8.0, jitter=0.0, slow_s=60.0), lambda: 0.0)
 

@@ -21,6 +21,7 @@ from hark import events as ev
 from hark.keys import Backoff
 from hark.link import MAX_FRAMES_PER_APPEND, WebSocketLink
 from hark.replay import Entry, TranscriptLog, TurnTracker, rotation_due, select_replay
+from hark.testing import until
 from hark_sim import SimConfig, SimHandle, start_sim
 from openai.types.realtime import RealtimeClientEvent
 from websockets.asyncio.server import ServerConnection, serve
@@ -312,13 +313,6 @@ def make_link(keys: KeyServer, rt: FakeRealtime | str, **kwargs: Any) -> WebSock
     }
     options.update(kwargs)
     return WebSocketLink(**options)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    """Wait for a condition (the timeout only guards against a hang; it asserts nothing else)."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def of_type(posted: list[ev.Event], cls: type) -> list[Any]:

@@ -18,32 +18,19 @@ from hark.conversation import Conversation, Settings
 from hark.events import SessionConfig, TextRequested
 from hark.keys import Backoff
 from hark.link import WebSocketLink
-from hark.testing import WavSpeaker
+from hark.testing import (
+    NullMicrophone,
+    RecordingIndicator,
+    RecordingNotifier,
+    WavSpeaker,
+    until,
+)
 from hark_sim import SimConfig, start_sim
 
 from tests.device.test_agent import load_example
-from tests.device.test_agent_sim import AgentRig, Led, SilentMic, sim_for, until
+from tests.device.test_agent_sim import AgentRig, sim_for
 
 pytestmark = pytest.mark.slow
-
-
-class Status:
-    """A notifier that keeps every status line (systemd's STATUS=)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def ready(self) -> None:
-        pass
-
-    def status(self, text: str) -> None:
-        self.lines.append(text)
-
-    def watchdog(self) -> None:
-        pass
-
-    def stopping(self) -> None:
-        pass
 
 
 async def test_refused_session_settings_fail_closed(caplog: pytest.LogCaptureFixture) -> None:
@@ -64,14 +51,14 @@ async def test_refused_session_settings_fail_closed(caplog: pytest.LogCaptureFix
         )
         settings = Settings(session=SessionConfig(voice="marin"), error_hold_s=0.2)
         conversation = Conversation(settings)
-        led, status = Led(), Status()
+        led, status = RecordingIndicator(), RecordingNotifier()
         app = App(
-            conversation, link, SilentMic(), WavSpeaker(None, speed=0.0), led, notifier=status
+            conversation, link, NullMicrophone(), WavSpeaker(None, speed=0.0), led, notifier=status
         )
         await app.start()
         try:
             await until(lambda: "error" in led.shown)
-            await until(lambda: any("session.tool_choice" in line for line in status.lines))
+            await until(lambda: any("session.tool_choice" in line for line in status.statuses))
             error = conversation.last_error or ""
             assert "refused the session settings" in error and "session.tool_choice" in error
             warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -105,7 +92,7 @@ async def test_refused_handoff_update_mid_turn_does_not_hang(tmp_path: Path) -> 
     with sim_for(script) as sim:
         async with AgentRig(sim, load_example().agent) as rig:
             led = rig.app.indicator
-            assert isinstance(led, Led)
+            assert isinstance(led, RecordingIndicator)
             sim.faults.unknown_session_fields = {"tool_choice"}  # from the handoff on
             rig.app.post(TextRequested("Help me bake bread."))
             await until(lambda: "session.tool_choice" in (rig.conversation.last_error or ""))

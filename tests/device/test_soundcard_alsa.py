@@ -23,6 +23,7 @@ PROBE = r"""
 import asyncio, json, sys
 import numpy as np
 from hark import soundcard
+from hark.backoff import Backoff
 from hark.events import MicFrame, PlaybackStopped
 
 out = {}
@@ -91,8 +92,9 @@ async def playback(rate_hz, pcm):
 
 async def missing():
     events = []
-    mic = soundcard.SoundcardMicrophone("ReSpeaker", reopen_initial_s=0.1, reopen_max_s=0.2)
-    speaker = soundcard.SoundcardSpeaker("ReSpeaker", reopen_initial_s=0.1, reopen_max_s=0.2)
+    reopen = Backoff(initial_s=0.1, max_s=0.2, jitter=0.0)
+    mic = soundcard.SoundcardMicrophone("ReSpeaker", reopen_backoff=reopen)
+    speaker = soundcard.SoundcardSpeaker("ReSpeaker", reopen_backoff=reopen)
     tasks = [asyncio.create_task(mic.run(events.append)),
              asyncio.create_task(speaker.run(events.append))]
     speaker.play("early", bytes(960))

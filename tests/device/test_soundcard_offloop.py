@@ -1,4 +1,5 @@
-"""hark.soundcard's blocking work off the loop: a cancel is never lost, a late stream is closed.
+"""hark.soundcard's blocking work off the loop: a cancel is never lost, a late stream is closed;
+what the speaker is told while its device opens.
 
 No device is needed: ``_off_loop`` runs any blocking function on a daemon thread.
 """
@@ -10,7 +11,8 @@ import threading
 import time
 
 import pytest
-from hark.soundcard import _off_loop
+from hark.events import Event, PlaybackStopped
+from hark.soundcard import SoundcardSpeaker, _off_loop
 
 
 def _threads_named(name: str) -> list[threading.Thread]:
@@ -71,3 +73,30 @@ async def test_a_failure_is_raised_to_the_caller() -> None:
 
     with pytest.raises(OSError, match="no such device"):
         await _off_loop(failing_open, 10)
+
+
+async def test_a_stop_while_the_speaker_opens_answers_for_the_reply_not_a_cue() -> None:
+    """Play, then a cue, then stop, all before the first open is done: the stop reports the
+    reply item as interrupted (a queued cue is no item), and nothing is replayed after."""
+    go = threading.Event()
+
+    def opening() -> None:
+        go.wait(10)
+        raise OSError("no such device")
+
+    speaker = SoundcardSpeaker("nothing")
+    speaker._open_blocking = opening  # type: ignore[method-assign, assignment]
+    posted: list[Event] = []
+    task = asyncio.create_task(speaker.run(posted.append))
+    await asyncio.sleep(0)  # run() is now waiting for the open
+    speaker.play("item_1", bytes(960))
+    speaker.cue("done")
+    speaker.stop()
+    assert posted == [PlaybackStopped("item_1", 0, interrupted=True)]
+    go.set()
+    while len(posted) < 2:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [type(e).__name__ for e in posted] == ["PlaybackStopped", "DeviceLost"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hark.echo import EchoReference
 from hark.events import PlaybackStopped
-from hark.playback import PlaybackBuffer
+from hark.playback import PlaybackBuffer, Volume
 
 RATE = 48_000
 CHUNK = 960  # 20 ms
@@ -108,10 +108,11 @@ def test_underrun_mid_item_dips_instead_of_clicking() -> None:
 
 def test_volume_change_ramps_over_one_chunk() -> None:
     """Setting volume at run time slides to the new gain over one chunk."""
-    buf = PlaybackBuffer(RATE, volume=1.0)
+    volume = Volume(1.0)
+    buf = PlaybackBuffer(RATE, volume=volume)
     buf.enqueue("a", loud(200))
     render_all(buf, 1)
-    buf.volume = 0.5
+    volume.set(0.5)
     data, _ = buf.render(CHUNK, 0.02)
     chunk = np.frombuffer(data, np.int16)
     assert chunk[0] > 9_900 and 5_000 <= chunk[-1] < 5_100

@@ -8,15 +8,16 @@ audio (frames, samples, correlation), never on wall-clock durations.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hark.backoff import Backoff
 from hark.events import DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
 from hark.pcm import resample
 from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
-from hark.testing import read_pcm, speech_wav
+from hark.testing import read_pcm, speech_wav, until
 from hark.vadgate import VadGate
 
 from tests.audio_rig import (
@@ -26,6 +27,8 @@ from tests.audio_rig import (
     pulse_available,
     read_wav_samples,
 )
+
+QUICK_REOPEN = Backoff(initial_s=0.2, max_s=10.0, jitter=0.0)  # the default but for the start
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,16 +43,6 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseRig]:
         for key, value in r.env.items():
             monkeypatch.setenv(key, value)
         yield r
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Wait for ``condition`` (a safety net against hangs, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 class Recorder:
@@ -204,7 +197,9 @@ async def test_barge_in_played_ms_matches_the_recording(rig: PulseRig, tmp_path:
 async def test_mic_vanishing_and_coming_back(rig: PulseRig, tmp_path: Path) -> None:
     """The sound server dies mid-stream: DeviceLost, then DeviceRestored and frames again."""
     rec = Recorder()
-    mic = SoundcardMicrophone("pulse", rate_hz=48_000, reopen_initial_s=0.2, stall_timeout_s=1.0)
+    mic = SoundcardMicrophone(
+        "pulse", rate_hz=48_000, reopen_backoff=QUICK_REOPEN, stall_timeout_s=1.0
+    )
     task = asyncio.create_task(mic.run(rec))
     try:
         await until(lambda: len(rec.frames) >= 10)
@@ -231,7 +226,9 @@ async def test_speaker_vanishing_mid_reply_and_coming_back(rig: PulseRig, tmp_pa
     t = np.arange(24_000 * 4) / 24_000
     pcm = (6000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16).tobytes()
     rec = Recorder()
-    speaker = SoundcardSpeaker("pulse", rate_hz=48_000, reopen_initial_s=0.2, stall_timeout_s=1.0)
+    speaker = SoundcardSpeaker(
+        "pulse", rate_hz=48_000, reopen_backoff=QUICK_REOPEN, stall_timeout_s=1.0
+    )
     task = asyncio.create_task(speaker.run(rec))
     try:
         await settle_speaker(speaker)

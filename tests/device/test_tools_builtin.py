@@ -8,7 +8,6 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import pytest
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 from hark.agent import ToolRunner, agent_from_config
 from hark.builtin_tools import (
@@ -19,20 +18,15 @@ from hark.builtin_tools import (
     volume_tool,
 )
 from hark.gpio import GpioError, GpioOutput
+from hark.testing import NullSpeaker, mock_pins
 from hark.tools import ToolContext
 
 
 @pytest.fixture
 def pins() -> Iterator[MockFactory]:
     """gpiozero's MockFactory as the pin factory, the previous one restored after."""
-    previous = Device.pin_factory
-    factory = MockFactory()
-    Device.pin_factory = factory
-    try:
+    with mock_pins(pwm=False) as factory:
         yield factory
-    finally:
-        factory.reset()
-        Device.pin_factory = previous
 
 
 def ctx() -> ToolContext[None]:
@@ -59,14 +53,9 @@ async def test_time_tool_uses_the_configured_zone() -> None:
     assert set(local) == {"date", "time", "timezone", "iso"}
 
 
-class Speaker:
-    def __init__(self) -> None:
-        self.volume = 0.5
-
-
 async def test_volume_tool_sets_absolute_and_relative_levels() -> None:
     """set_volume takes a percent or a step, clamps to 0..100 and reports the level."""
-    speaker = Speaker()
+    speaker = NullSpeaker(volume=0.5)
     tool = volume_tool(speaker)
     assert json.loads((await tool.invoke(ctx(), '{"percent": 30}')).output) == {
         "volume_percent": 30

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hark.daemon import build_app
+from hark.testing import RecordingNotifier, mock_pins, until
 
 from tests.audio_rig import PulseRig, pulse_available
 
@@ -63,18 +64,8 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseRig]:
 @pytest.fixture
 def factory() -> Iterator[Any]:
     """gpiozero's MockFactory with PWM pins, installed as the default and restored after."""
-    from gpiozero import Device
-    from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-    previous = Device.pin_factory
-    mock = MockFactory(pin_class=MockPWMPin)
-    Device.pin_factory = mock
-    try:
+    with mock_pins() as mock:
         yield mock
-    finally:
-        mock.reset()
-        mock.close()
-        Device.pin_factory = previous
 
 
 def write_config(sim: Any, tmp: Path, extra: str = "", *, device: str = "pulse") -> Path:
@@ -93,32 +84,10 @@ def write_config(sim: Any, tmp: Path, extra: str = "", *, device: str = "pulse")
     return path
 
 
-class Notes:
-    """A notifier that keeps what the daemon told systemd."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def ready(self) -> None:
-        self.messages.append("READY=1")
-
-    def reloading(self) -> None:
-        self.messages.append("RELOADING=1")
-
-    def status(self, text: str) -> None:
-        self.messages.append(f"STATUS={text}")
-
-    def watchdog(self) -> None:
-        pass
-
-    def stopping(self) -> None:
-        self.messages.append("STOPPING=1")
-
-
 class Running:
     """A running daemon: its app, the events it saw (with monotonic times), the pins."""
 
-    def __init__(self, daemon: Any, factory: Any, notes: Notes) -> None:
+    def __init__(self, daemon: Any, factory: Any, notes: RecordingNotifier) -> None:
         self.daemon = daemon
         self.app = daemon.app
         self.factory = factory
@@ -159,16 +128,6 @@ class Running:
         self.factory.pin(BUTTON_PIN).drive_high()
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait for ``condition`` (a safety net against hangs, not a timing assertion)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def running_daemon(path: Path, factory: Any) -> AsyncIterator[Running]:
     """Build the daemon from ``path`` with the real adapters and run it until the block ends."""
@@ -176,7 +135,7 @@ async def running_daemon(path: Path, factory: Any) -> AsyncIterator[Running]:
 
     config = parse(path.read_text(), base_dir=path.parent)
     token = (path.parent / "token").read_text().strip()
-    notes = Notes()
+    notes = RecordingNotifier()
     daemon = build_app(config, token, notes, pin_factory=factory)
     running = Running(daemon, factory, notes)
     task = asyncio.create_task(daemon.run())

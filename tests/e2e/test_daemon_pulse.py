@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hark.pcm import resample
-from hark.testing import read_pcm, speech_wav
+from hark.testing import read_pcm, speech_wav, until
 
 from tests.audio_rig import (
     PulseRig,
@@ -34,7 +34,6 @@ from tests.e2e.conftest import (
     needs_pulse,
     running_daemon,
     sent_of,
-    until,
     write_config,
 )
 
