@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from hark import defaults
+
 DEFAULT_PATH = Path("/etc/hark/hark.toml")
 DEFAULT_TOKEN_FILE = Path("/etc/hark/device-token")
 BuiltinTool = Literal["time", "volume", "end_conversation"]
@@ -304,7 +306,10 @@ class TriggerConfig(_Section):
         default=2.0, ge=0.3, le=30, description="Holding this long cancels the turn, seconds."
     )
     no_speech_timeout_s: float = Field(
-        default=5.0, gt=0, le=60, description="A tap turn with no speech at all closes after, s."
+        default=defaults.NO_SPEECH_TIMEOUT_S,
+        gt=0,
+        le=60,
+        description="A tap turn with no speech at all closes after, s.",
     )
     end_of_turn: Literal["local", "server"] = Field(
         default="local",
@@ -448,14 +453,18 @@ class SessionPolicyConfig(_Section):
         "turn starts, disconnect after idle_disconnect_s.",
     )
     idle_disconnect_s: float = Field(
-        default=300.0, gt=0, le=86400, description="on_demand: idle time before hanging up, s."
+        default=defaults.IDLE_DISCONNECT_S,
+        gt=0,
+        le=86400,
+        description="on_demand: idle time before hanging up, s.",
     )
     rotate_after_s: float = Field(
-        default=3300.0,
+        default=defaults.ROTATE_AFTER_S,
         ge=60,
         le=3600,
         description="Replace the session at a quiet moment after this age, seconds "
-        "(the server ends sessions at 60 minutes).",
+        "(the server ends sessions at 60 minutes; hark also rotates 5 minutes before the "
+        "cap the server announces).",
     )
     replay_budget_chars: int = Field(
         default=4000,
@@ -464,10 +473,16 @@ class SessionPolicyConfig(_Section):
         description="Transcript characters carried into a new session, characters.",
     )
     response_timeout_s: float = Field(
-        default=15.0, gt=0, le=300, description="Give up waiting for a reply after, seconds."
+        default=defaults.RESPONSE_TIMEOUT_S,
+        gt=0,
+        le=300,
+        description="Give up waiting for a reply after, seconds.",
     )
     max_turn_s: float = Field(
-        default=30.0, gt=0, le=600, description="Longest user turn before it is sent, seconds."
+        default=defaults.MAX_TURN_S,
+        gt=0,
+        le=600,
+        description="Longest user turn before it is sent, seconds.",
     )
 
 

@@ -35,11 +35,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from hark import defaults
 from hark.durations import bytes_to_ms
 from hark.events import (
     AudioCleared,
@@ -170,9 +171,13 @@ class Settings:
     # Who ends a voice/tap turn: local VAD silence (server turn_detection null) or server_vad.
     end_of_turn: EndOfTurn = "local"
     session_policy: SessionPolicy = "always"
-    idle_disconnect_s: float = 120.0
-    # Sessions are capped at 60 min (protocol doc 2.4): rotate at a quiet moment before.
-    rotate_after_s: float = 50 * 60.0
+    idle_disconnect_s: float = defaults.IDLE_DISCONNECT_S
+    # Sessions are capped at 60 min (protocol doc 2.4): rotate at a quiet moment before,
+    # at this age or this long before the cap the server announced, whichever is first.
+    rotate_after_s: float = defaults.ROTATE_AFTER_S
+    rotate_before_expiry_s: float = defaults.ROTATE_BEFORE_EXPIRY_S
+    rotate_quiet_s: float = defaults.ROTATE_QUIET_S
+    rotate_retry_s: float = defaults.ROTATE_RETRY_S
     session: SessionConfig = field(default_factory=SessionConfig)
     preroll_ms: int = 300
     vad_frame_ms: int = 20  # the length of one MicFrame (hark.capture.FRAME_MS)
@@ -184,15 +189,14 @@ class Settings:
     barge_in_slack_ms: int = 40
     vad_stop_ms: int = 700  # silence that ends a turn (local end of turn)
     end_quiet_s: float = 2.0  # wake VAD deaf after an ended conversation (the goodbye's tail)
-    no_speech_timeout_s: float = 5.0  # a tap turn with no voice at all closes
-    max_turn_s: float = 30.0
-    response_timeout_s: float = 15.0
+    no_speech_timeout_s: float = defaults.NO_SPEECH_TIMEOUT_S  # a voiceless tap turn closes
+    max_turn_s: float = defaults.MAX_TURN_S
+    response_timeout_s: float = defaults.RESPONSE_TIMEOUT_S
     # input_audio_buffer_commit_empty below 100 ms (protocol doc 2.5).
     min_commit_ms: int = 100
     error_hold_s: float = 3.0
     listening_cue: bool = True
     done_cue: bool = True
-    transcript_lines: int = 50
 
     def __post_init__(self) -> None:
         if self.preroll_ms < max(self.vad_start_ms, self.barge_in_ms):
@@ -227,14 +231,23 @@ class Settings:
         return PreRoll(self.preroll_ms, self.vad_frame_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class TranscriptLine:
-    """One user or assistant utterance, as heard (``interrupted`` when cut short)."""
+class LinkState(enum.Enum):
+    """Where the core stands with the link (one field, not three flags)."""
 
-    role: Literal["user", "assistant"]
-    text: str
-    item_id: str | None = None
-    interrupted: bool = False
+    DOWN = "down"  # no session and none asked for (on demand, or the link adapter gone)
+    CONNECTING = "connecting"  # Connect sent, or the link retries by itself
+    UP = "up"  # a session serves; wire commands go out
+    ROTATING = "rotating"  # Rotate sent: commands wait for the next LinkUp
+    HANGING_UP = "hanging up"  # Disconnect sent (on demand), its LinkDown still to come
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionClock:
+    """The serving session: its id, when it started, when the server will end it."""
+
+    session_id: str
+    started_at: float
+    expires_at: float | None  # on the core's clock
 
 
 @dataclass(slots=True)
@@ -273,15 +286,12 @@ class Conversation:
         self.last_error: str | None = None
         self.ignored_counts: Counter[str] = Counter()
         self.turns_completed = 0
-        self._transcript: deque[TranscriptLine] = deque(maxlen=settings.transcript_lines)
-        self._partials: dict[str, str] = {}
         self._vad = settings.trigger_mode in ("vad", "both")
         self._server_vad = self.session_config.turn_detection is not None
         # link
-        self._linked = False
-        self._connecting = False
-        self._disconnecting = False
-        self._session_started_at: float | None = None
+        self._link = LinkState.DOWN
+        self._session: _SessionClock | None = None
+        self._rotate_retry_at = float("-inf")
         self._link_failure_reported = False
         self._outbox: list[WireCommand] = []
         # input
@@ -318,8 +328,12 @@ class Conversation:
 
     @property
     def connected(self) -> bool:
-        """The Realtime session is up (``LinkUp`` seen, no ``LinkDown`` since)."""
-        return self._linked
+        """A Realtime session serves (``LinkUp`` seen, no ``LinkDown`` since)."""
+        return self._link in (LinkState.UP, LinkState.ROTATING)
+
+    @property
+    def link_state(self) -> LinkState:
+        return self._link
 
     @property
     def mic_demand(self) -> MicDemand:
@@ -328,11 +342,6 @@ class Conversation:
         if self._turn is not None:
             return "speech" if self._turn.source == "vad" else "every"
         return "batched" if self._vad else "off"
-
-    @property
-    def transcript(self) -> list[TranscriptLine]:
-        """The latest utterances, oldest first."""
-        return list(self._transcript)
 
     def status_text(self) -> str:
         text = self.phase.value
@@ -346,7 +355,6 @@ class Conversation:
         """First commands: the LED, and ``Connect`` when the policy stays connected."""
         self._last_activity = now
         if self.settings.session_policy == "always":
-            self._connecting = True
             return [*self._connect(), *self._go(Phase.CONNECTING)]
         return [SetLed(_LED[self.phase]), ReportStatus(self.status_text())]
 
@@ -374,11 +382,11 @@ class Conversation:
             times.append(due)
         if self.phase is Phase.ERROR and self._error_until is not None:
             times.append(self._error_until)
-        if self.phase is Phase.IDLE and self._linked:
+        if self.phase is Phase.IDLE and self._link is LinkState.UP:
             if s.session_policy == "on_demand":
                 times.append(self._last_activity + s.idle_disconnect_s)
-            if self._session_started_at is not None:
-                times.append(self._session_started_at + s.rotate_after_s)
+            if (due := self._rotation_due()) is not None:
+                times.append(due)
         return min(times) if times else None
 
     def interrupt(self, now: float, say: str | None = None) -> list[Command]:
@@ -442,8 +450,8 @@ class Conversation:
     def update_session(self, config: SessionConfig) -> list[Command]:
         """Switch instructions, tools or voice live (handoffs): one ``session.update``.
 
-        Turn detection stays what the settings imply; the new config is also what
-        ``LinkUp`` sends after a reconnect.
+        Turn detection stays what the settings imply; the link opens every later
+        session (reconnects, rotations) with the new config.
         """
         self.session_config = effective_session(dataclasses.replace(self.settings, session=config))
         # Straight to the link, linked or not: it opens every later session with it.
@@ -476,10 +484,10 @@ class Conversation:
     def _rest_phase(self) -> Phase:
         if self._faults:
             return Phase.ERROR
-        if self._linked or (self.settings.session_policy == "on_demand" and not self._connecting):
-            return Phase.IDLE
-        if self._connecting:
+        if self._link is LinkState.CONNECTING:
             return Phase.CONNECTING
+        if self.connected or self.settings.session_policy == "on_demand":
+            return Phase.IDLE
         return Phase.ERROR  # stays-connected policy, link closed for good
 
     def _settle(self, now: float) -> list[Command]:
@@ -508,11 +516,8 @@ class Conversation:
         self._gate = None
         self._preroll.clear()
         cmds: list[Command] = [PlayCue("done")]
-        if self.settings.session_policy == "on_demand" and self._linked:
-            self._linked = False
-            self._disconnecting = True
-            self._session_started_at = None
-            cmds.append(Disconnect("conversation ended"))
+        if self.settings.session_policy == "on_demand" and self._link is LinkState.UP:
+            cmds += self._hang_up("conversation ended")
         return cmds
 
     def _busy(self) -> bool:
@@ -531,13 +536,35 @@ class Conversation:
 
     def _connect(self) -> list[Command]:
         """Open the link; it opens every session with this config before ``LinkUp``."""
+        self._link = LinkState.CONNECTING
         return [UpdateSession(self.session_config), Connect()]
 
+    def _connect_if_down(self) -> list[Command]:
+        """A turn or a typed request needs a session: ask for one unless one is coming."""
+        if self._link in (LinkState.DOWN, LinkState.HANGING_UP):
+            return self._connect()
+        return []
+
+    def _hang_up(self, reason: str) -> list[Command]:
+        self._link = LinkState.HANGING_UP
+        return [Disconnect(reason)]
+
+    def _rotation_due(self) -> float | None:
+        """When to replace the session: its age or the server's cap, at a quiet moment."""
+        session, s = self._session, self.settings
+        if session is None:
+            return None
+        due = session.started_at + s.rotate_after_s
+        if session.expires_at is not None:
+            due = min(due, session.expires_at - s.rotate_before_expiry_s)
+        return max(due, self._last_activity + s.rotate_quiet_s, self._rotate_retry_at)
+
     def _wire(self, *cmds: WireCommand) -> list[Command]:
-        """Wire commands go out when linked, wait in the outbox while connecting."""
-        if self._linked:
+        """Wire commands go out while a session serves, wait in the outbox while one is
+        being opened (connecting, rotating), and are dropped otherwise."""
+        if self._link is LinkState.UP:
             return list(cmds)
-        if self._connecting:
+        if self._link in (LinkState.CONNECTING, LinkState.ROTATING):
             self._outbox.extend(cmds)
         else:
             self.ignored_counts["dropped_wire_command"] += len(cmds)
@@ -582,11 +609,7 @@ class Conversation:
 
     def _open_turn(self, source: TurnSource, now: float, gate: VadGate | None) -> list[Command]:
         """Open a turn; ``gate`` is the voice gate that opened it (its pre-roll goes first)."""
-        cmds: list[Command] = []
-        if not self._linked and not self._connecting:
-            self._connecting = True
-            self._disconnecting = False
-            cmds += self._connect()
+        cmds = self._connect_if_down()
         if gate is None:  # a button turn: speech has yet to be heard
             gate = self._open_gate
             gate.reset()
@@ -620,7 +643,7 @@ class Conversation:
     def _drop_turn(self, turn: _Turn, now: float) -> list[Command]:
         self._turn = None
         cmds: list[Command] = []
-        if not self._linked:  # the audio never left: forget it rather than send and clear
+        if self._link is not LinkState.UP:  # the audio never left: forget it, no clear
             self._outbox = [c for c in self._outbox if not isinstance(c, SendAudio)]
         elif turn.audio_ms > 0:
             cmds = self._wire(ClearAudio())
@@ -663,7 +686,6 @@ class Conversation:
         self._pending_create = None
         self._tool_calls.clear()
         self._outbox.clear()
-        self._partials.clear()
         if had_work:
             cmds.append(PlayCue("error"))
         return cmds
@@ -761,11 +783,7 @@ class Conversation:
     def _text(self, ev: TextRequested, now: float) -> list[Command]:
         if any(device != LINK_DEVICE for device in self._faults):
             return [PlayCue("error"), ReportStatus(self.status_text())]
-        cmds = self._interrupt()
-        if not self._linked and not self._connecting:
-            self._connecting = True
-            cmds += self._connect()
-        self._transcript.append(TranscriptLine("user", ev.text))
+        cmds = self._interrupt() + self._connect_if_down()
         item = Item(id="", type="message", role="user", text=ev.text)
         cmds += self._wire(CreateItem(item))
         cmds += self._request_response(CreateResponse(), now)
@@ -819,20 +837,6 @@ class Conversation:
             return []
         return [FinishPlayback(ev.item_id)]
 
-    def _transcript_delta(self, ev: TranscriptDelta, now: float) -> list[Command]:
-        self._partials[ev.item_id] = self._partials.get(ev.item_id, "") + ev.delta
-        return []
-
-    def _transcript_done(self, ev: TranscriptDone, now: float) -> list[Command]:
-        self._partials.pop(ev.item_id, None)
-        interrupted = ev.response_id in self._cancelled
-        self._transcript.append(TranscriptLine("assistant", ev.transcript, ev.item_id, interrupted))
-        return []
-
-    def _user_transcript(self, ev: UserTranscript, now: float) -> list[Command]:
-        self._transcript.append(TranscriptLine("user", ev.transcript, ev.item_id))
-        return []
-
     def _function_call(self, ev: FunctionCallRequested, now: float) -> list[Command]:
         if ev.response_id in self._cancelled:
             self.ignored_counts[type(ev).__name__] += 1
@@ -858,10 +862,6 @@ class Conversation:
         cancelled = ev.response_id in self._cancelled
         if ev.response_id == self._response_id:
             self._response_id = None
-        if cancelled:
-            for item_id, text in self._partials.items():
-                self._transcript.append(TranscriptLine("assistant", text, item_id, True))
-            self._partials.clear()
         cmds: list[Command] = []
         if self._pending_create is not None and not self._busy():
             cmds += self._wire(self._pending_create)
@@ -918,10 +918,18 @@ class Conversation:
     # ------------------------------------------------------------------ handlers: link, devices
 
     def _link_up(self, ev: LinkUp, now: float) -> list[Command]:
-        self._linked = True
-        self._connecting = self._disconnecting = False
+        session = self._session
+        if session is not None and ev.session_id == session.session_id:
+            # The same session again: a rotation that failed (try later), or a connect
+            # that overtook its own hang-up; its clock goes on.
+            if self._link is LinkState.ROTATING:
+                self._rotate_retry_at = now + self.settings.rotate_retry_s
+        else:
+            expires = None if ev.expires_in_s is None else now + ev.expires_in_s
+            self._session = _SessionClock(ev.session_id, now, expires)
+            self._last_activity = now
+        self._link = LinkState.UP
         self._link_failure_reported = False
-        self._session_started_at = self._last_activity = now
         self._clear_fault(LINK_DEVICE)
         if self.last_error is not None and self.last_error.startswith("link closed: "):
             self.last_error = None  # linked again: that error is over
@@ -933,12 +941,14 @@ class Conversation:
         return cmds + self._settle(now)
 
     def _link_down(self, ev: LinkDown, now: float) -> list[Command]:
-        self._linked = False
-        self._session_started_at = None
-        if self._disconnecting and not ev.retrying:
-            self._disconnecting = False
-            return [] if self._connecting else self._settle(now)
-        self._connecting = ev.retrying
+        # Only our own Disconnect ends the link for good (retrying=False).
+        if not ev.retrying and self._link is LinkState.CONNECTING:
+            return []  # the hang-up we asked for before this connect: the new one goes on
+        self._session = None
+        if not ev.retrying and self._link is LinkState.HANGING_UP:
+            self._link = LinkState.DOWN
+            return self._settle(now)
+        self._link = LinkState.CONNECTING if ev.retrying else LinkState.DOWN
         cmds = self._reset_session_state()
         if not ev.retrying and self.settings.session_policy == "always":
             self.last_error = f"link closed: {ev.reason}"
@@ -948,7 +958,8 @@ class Conversation:
         said = _BACKEND_FAILURE_TEXT.get(ev.kind) if ev.part == "backend" else None
         text = f"{said or _LINK_FAILURE_TEXT[ev.kind]} ({ev.message})"
         cmds = self._reset_session_state()  # cues if a turn or reply was lost
-        self._linked = False
+        self._link = LinkState.CONNECTING  # the link retries by itself
+        self._session = None
         self._faults[LINK_DEVICE] = text
         changed = text != self.last_error
         self.last_error = text
@@ -964,7 +975,7 @@ class Conversation:
         self.last_error = f"{ev.device}: {ev.message}"
         cmds: list[Command] = []
         if ev.device == LINK_DEVICE:
-            self._linked = self._connecting = False
+            self._link, self._session = LinkState.DOWN, None
             cmds += self._reset_session_state()
             cmds = [c for c in cmds if not isinstance(c, PlayCue)]
         else:
@@ -997,7 +1008,6 @@ class Conversation:
             return []
         cmds: list[Command] = []
         if ev.device == LINK_DEVICE and self.settings.session_policy == "always":
-            self._connecting = True
             cmds += self._connect()
         if self._faults:
             return cmds + self._go(Phase.ERROR, force_status=True)
@@ -1018,15 +1028,11 @@ class Conversation:
         if error_until is not None and now >= error_until:
             self._error_until = None
             return self._settle(now)
-        if self.phase is Phase.IDLE and self._linked:
+        if self.phase is Phase.IDLE and self._link is LinkState.UP:
             if s.session_policy == "on_demand" and now >= self._last_activity + s.idle_disconnect_s:
-                self._linked = False
-                self._disconnecting = True
-                self._session_started_at = None
-                return [Disconnect("idle")]
-            started = self._session_started_at
-            if started is not None and now >= started + s.rotate_after_s:
-                self._session_started_at = now
+                return self._hang_up("idle")
+            if (due := self._rotation_due()) is not None and now >= due:
+                self._link = LinkState.ROTATING
                 return [Rotate()]
         return []
 
@@ -1072,9 +1078,6 @@ _TABLE: dict[tuple[Phase, type[Any]], _Handler] = {
     **_rows(_ALL, ResponseCreated, C._response_created),
     **_rows(_REPLY, AudioDelta, C._audio_delta),
     **_rows(_REPLY, AudioDone, C._audio_done),
-    **_rows(_ALL, TranscriptDelta, C._transcript_delta),
-    **_rows(_ALL, TranscriptDone, C._transcript_done),
-    **_rows(_ALL, UserTranscript, C._user_transcript),
     **_rows(_REPLY, FunctionCallRequested, C._function_call),
     **_rows(_ALL, ToolFinished, C._tool_finished),
     **_rows(_ALL, ResponseDone, C._response_done),
@@ -1095,6 +1098,10 @@ _TABLE: dict[tuple[Phase, type[Any]], _Handler] = {
             ItemTruncated,
             ItemDeleted,
             InputTimedOut,
+            # who said what is the history's (hark.history), not the core's
+            TranscriptDelta,
+            TranscriptDone,
+            UserTranscript,
         )
     },
     **{(phase, AudioCommitted): C._observe for phase in (*_QUIET, *_REPLY)},

@@ -323,8 +323,8 @@ class Daemon:
         app: App,
         closers: list[Callable[[], None]],
         *,
-        runner: ToolRunner | None = None,
-        history: History | None = None,
+        runner: ToolRunner,
+        history: History,
     ) -> None:
         self.app = app
         self.runner = runner
@@ -563,6 +563,14 @@ def _wire(
     )
     runner = ToolRunner(agent, base=base, default_timeout_s=config.agent.tool_timeout_s)
     settings = conversation_settings(config, runner.session_config())
+    # The conversation's one memory: the link replays it into every new session.
+    history = History(
+        path=config.history.path if config.history.enabled else None,
+        max_items=config.history.max_items,
+        enabled=config.history.enabled,
+    )
+    closers.append(history.close)
+    opened.append(history.close)
     if link is None:
         from hark.link import WebSocketLink
 
@@ -573,19 +581,9 @@ def _wire(
             realtime_url=config.realtime.url,
             open_timeout_s=config.realtime.connect_timeout_s,
             http_timeout_s=config.backend.timeout_s,
-            max_session_age_s=config.session.rotate_after_s,
+            replay=history.replay,
             replay_budget_chars=config.session.replay_budget_chars,
-            history_max_items=config.history.max_items,
         )
-    history = History(
-        path=config.history.path if config.history.enabled else None,
-        max_items=config.history.max_items,
-        enabled=config.history.enabled,
-    )
-    closers.append(history.close)
-    opened.append(history.close)
-    if config.history.enabled:
-        link.seed_history(history.items_for_replay())
 
     interval_s = watchdog_interval_s()
     conversation = Conversation(settings)

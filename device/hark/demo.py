@@ -184,9 +184,10 @@ def run_demo(out: Path, text: str | None, speed: float) -> bool:
         finally:
             daemon.close()
     print()
-    for line in daemon.app.conversation.transcript:
-        mark = " (interrupted)" if line.interrupted else ""
-        print(f"  {line.role:>9}: {line.text}{mark}")
+    for item in daemon.history.items:
+        if item.type == "message" and item.role in ("user", "assistant") and item.text:
+            mark = " (interrupted)" if item.heard_ms is not None else ""
+            print(f"  {item.role:>9}: {item.text}{mark}")
     print(f"\nreply written to {out / 'reply.wav'}")
     return ok
 
@@ -304,9 +305,9 @@ def say(config: Config, token: str, text: str, *, fake_audio: bool = False) -> S
         failed = asyncio.run(_say(daemon, text, config.session.response_timeout_s))
     finally:
         daemon.close()
-    for line in daemon.app.conversation.transcript:
-        if line.role == "assistant":
-            print(line.text)
+    for item in daemon.history.items:
+        if item.type == "message" and item.role == "assistant" and item.text:
+            print(item.text)
     return failed
 
 

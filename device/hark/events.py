@@ -164,10 +164,15 @@ class ShutdownRequested:
 
 @dataclass(frozen=True, slots=True)
 class LinkUp:
-    """A WebSocket session is open; ``expires_at`` is epoch seconds (session cap)."""
+    """This session serves the core now (also after a rotation, or one that failed).
+
+    ``expires_at`` is the session cap in epoch seconds; ``expires_in_s`` the same as
+    seconds left when it was posted, for the core, which reads no clock.
+    """
 
     session_id: str
     expires_at: float | None
+    expires_in_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 Items are user and assistant messages (with transcripts), tool calls and their
 outputs; an interrupted reply is kept as it was heard (its transcript cut in
-proportion to the audio really played).  The file is append-only while running and
+proportion to the audio really played).  It is the device's one memory of the
+conversation: the link replays it into every new session (``replay``), the demo and
+``hark say`` print from it.  The file is append-only while running and
 rewritten atomically (temp file, fsync, ``os.replace``) when it grows past twice the
 item bound, so a restart or a session rotation continues the conversation.  This
 module must not import asyncio or any adapter; with retention off it never touches
@@ -57,20 +59,6 @@ class HistoryItem:
     heard_ms: int | None = None
     at: float = 0.0
 
-    def to_item(self) -> Item:
-        """As an ``events.Item`` (for ``Link.seed_history``)."""
-        return Item(
-            id=self.id,
-            type=self.type,
-            role=self.role,
-            status="completed",
-            text=self.text,
-            call_id=self.call_id,
-            name=self.name,
-            arguments=self.arguments,
-            output=self.output,
-        )
-
 
 ChangeKind = Literal["added", "updated", "removed"]
 Listener = Callable[[ChangeKind, HistoryItem], None]
@@ -120,21 +108,24 @@ class History:
     def find(self, item_id: str) -> HistoryItem | None:
         return next((i for i in self.items if i.id == item_id), None)
 
-    def items_for_replay(self, include_tools: bool = True) -> list[Item]:
-        """Items to carry into a new session, ids kept (so the server's echoes match).
+    def replay(self, budget_chars: int) -> list[Item]:
+        """Text items that recreate the conversation in a fresh session (``Link``'s replay).
 
-        Empty messages are skipped; a tool call only goes with its output.
+        The newest user and assistant messages whose texts fit ``budget_chars`` together,
+        oldest first, without ids (the link gives them its own). A reply cut off is
+        replayed as heard; tool calls stay behind (their outcome is in the replies).
         """
-        outputs = {i.call_id for i in self.items if i.type == "function_call_output"}
-        calls = {i.call_id for i in self.items if i.type == "function_call"}
-        replay: list[Item] = []
-        for item in self.items:
-            if item.type == "message":
-                if item.text and item.role in ("user", "assistant"):
-                    replay.append(item.to_item())
-            elif include_tools and item.call_id in (outputs & calls):
-                replay.append(item.to_item())
-        return replay
+        chosen: list[Item] = []
+        used = 0
+        for item in reversed(self.items):
+            if item.type != "message" or item.role not in ("user", "assistant") or not item.text:
+                continue
+            if used + len(item.text) > budget_chars:
+                break
+            used += len(item.text)
+            chosen.append(Item(id="", type="message", role=item.role, text=item.text))
+        chosen.reverse()
+        return chosen
 
     # ------------------------------------------------------------------ events
 

@@ -1,8 +1,9 @@
 """The Realtime link: a fresh key per connect attempt, the WebSocket, retries, rotation and replay.
 
-The pure parts live in ``hark.keys`` (``Backoff``, ``RetryPolicy``, ``classify_close``)
-and ``hark.replay`` (``TranscriptLog``, ``select_replay``, ``TurnTracker``,
-``rotation_due``), tested without I/O; ``WebSocketLink`` wires them to websockets.
+The pure parts live in ``hark.keys`` (``Backoff``, ``RetryPolicy``, ``classify_close``),
+tested without I/O; ``WebSocketLink`` wires them to websockets. What to replay comes
+from the conversation's one memory (``hark.history``) through the ``replay`` callable
+the composition root hands in; when to rotate is the core's decision (``Rotate``).
 Only this module and ``hark.keys`` do network I/O; foreign exceptions stop here and
 become ``LinkFailed``/``LinkDown`` events. It must not import the conversation,
 soundcard or gpio modules, and must never log a key or the device token.
@@ -17,7 +18,7 @@ import logging
 import random
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,6 @@ from hark.keys import (
     where_to,
 )
 from hark.ports import Post
-from hark.replay import TranscriptLog, TurnTracker, rotation_due
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ class _Session:
     session_id: str
     expires_at: float | None
     opened_s: float
-    deadline_s: float | None
     reader: asyncio.Task[None] | None = None
     expired: bool = False
     last_error: ev.ServerError | None = None
@@ -106,10 +105,12 @@ class LinkStats:
 class WebSocketLink:
     """The real ``ports.Link``. Construct with plain values (``hark.cli`` maps the config).
 
-    Posts ``LinkUp`` (after the config and history have been resent), ``LinkDown``,
-    ``LinkFailed`` and every decoded server event except ``session.created`` (it becomes
-    ``LinkUp``), ``session_expired`` (it becomes ``LinkDown("session expired")``) and the
-    echoes of replayed items. Call its methods on the loop's thread only.
+    Posts ``LinkUp`` (once the server took the config and the conversation has been
+    replayed), ``LinkDown``, ``LinkFailed`` and every decoded server event except
+    ``session.created`` (it becomes ``LinkUp``), ``session_expired`` (it becomes
+    ``LinkDown("session expired")``) and the echoes of replayed items. ``replay(budget)``
+    gives the items to recreate the conversation with in each new session. Call its
+    methods on the loop's thread only.
     """
 
     def __init__(
@@ -124,15 +125,11 @@ class WebSocketLink:
         ping_timeout_s: float = 5.0,
         open_timeout_s: float = 10.0,
         http_timeout_s: float = 10.0,
-        rotate_before_expiry_s: float = 300.0,
-        max_session_age_s: float = 3300.0,
-        quiet_s: float = 5.0,
         stable_s: float = 30.0,
+        replay: Callable[[int], Sequence[ev.Item]] = lambda budget_chars: (),
         replay_budget_chars: int = 4000,
-        history_max_items: int = 200,
         key_request_body: Mapping[str, Any] | None = None,
         send_queue_max: int = 256,
-        tick_s: float = 0.5,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._url = session_url(realtime_url, model)
@@ -144,15 +141,10 @@ class WebSocketLink:
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         self._open_timeout_s = open_timeout_s
-        self._rotate_before_expiry_s = rotate_before_expiry_s
-        self._max_session_age_s = max_session_age_s
-        self._quiet_s = quiet_s
         self._stable_s = stable_s
+        self._replay = replay
         self._replay_budget_chars = replay_budget_chars
         self._send_queue_max = send_queue_max
-        self._tick_s = tick_s
-        self.history = TranscriptLog(history_max_items)
-        self.turns = TurnTracker()
         self.decoder = realtime.Decoder()
         self.stats = LinkStats()
         self._config: ev.SessionConfig | None = None
@@ -160,7 +152,6 @@ class WebSocketLink:
         self._want = False
         self._disconnect_reason = ""
         self._rotate_requested = False
-        self._next_rotation_try_s = 0.0
         self._current: _Session | None = None
         # (command, its JSON); audio is encoded by the sender, merged with the frames
         # queued right behind it
@@ -188,18 +179,18 @@ class WebSocketLink:
         self._wake.set()
 
     def rotate(self) -> None:
+        """Open the next session, replay into it, switch; ``LinkUp`` names the one serving.
+
+        A failed attempt keeps the old session: ``LinkUp`` then names it again.
+        """
         if self._current is not None:
             self._rotate_requested = True
             self._wake.set()
-
-    def seed_history(self, items: list[ev.Item]) -> None:
-        self.history.seed(items)
 
     def send(self, command: ev.WireCommand) -> None:
         if isinstance(command, ev.UpdateSession):
             # Kept while down too: every session is opened with it before LinkUp.
             self._config = command.config
-            self.turns.manual_turns = command.config.turn_detection is None
         if self._current is None:
             if not isinstance(command, ev.UpdateSession):
                 self._count_drop(command)
@@ -218,7 +209,6 @@ class WebSocketLink:
             encoded = realtime.encode(command)
         self._queue.append((command, encoded))
         self._queue_ready.set()
-        self.turns.on_sent(command, time.monotonic())
 
     async def run(self, post: Post) -> None:
         self._post = post
@@ -333,13 +323,9 @@ class WebSocketLink:
             await ws.close()
             raise
         applied = await self._configure(ws)
-        now_s, wall_s = time.monotonic(), time.time()
-        deadline_s = None
-        if created.expires_at is not None and created.expires_at > wall_s:
-            deadline_s = now_s + (created.expires_at - wall_s)
         self.stats.sessions += 1
         log.info("session %s open", created.session_id)
-        session = _Session(ws, created.session_id, created.expires_at, now_s, deadline_s)
+        session = _Session(ws, created.session_id, created.expires_at, time.monotonic())
         session.applied = applied
         return session
 
@@ -419,9 +405,7 @@ class WebSocketLink:
         while True:
             assert session.reader is not None
             waiter = asyncio.ensure_future(self._wake.wait())
-            await asyncio.wait(
-                {session.reader, waiter}, timeout=self._tick_s, return_when="FIRST_COMPLETED"
-            )
+            await asyncio.wait({session.reader, waiter}, return_when="FIRST_COMPLETED")
             waiter.cancel()
             self._wake.clear()
             if not self._want:
@@ -433,20 +417,18 @@ class WebSocketLink:
             if session.reader.done():
                 await self._lost(session)
                 return
-            if self._rotation_wanted(session):
+            if self._rotate_requested:
+                self._rotate_requested = False
                 session = await self._rotate_from(session)
 
     async def _activate(self, session: _Session) -> None:
         """Make ``session`` current: resend the config, replay history, then post ``LinkUp``."""
-        now_s = time.monotonic()
-        self.turns.reset(now_s)
+        self._rotate_requested = False  # a fresh session answers any rotation asked before
         preamble: list[str] = []
         if self._config is not None and self._config != session.applied:
             # Changed while this session waited to take over (a rotation): send the latest.
             preamble.append(realtime.encode(ev.UpdateSession(self._config), self._config_id()))
-        if self._config is not None:
-            self.turns.manual_turns = self._config.turn_detection is None
-        for item in self.history.replay(self._replay_budget_chars):
+        for item in self._replay(self._replay_budget_chars):
             self._replay_counter += 1
             ident = f"{REPLAY_PREFIX}{self._replay_counter}"
             session.replay_ids.add(ident)
@@ -458,7 +440,12 @@ class WebSocketLink:
                     await session.ws.send(text)
         log.info("session %s active (replayed %d items)", session.session_id, len(preamble))
         session.reader = asyncio.create_task(self._read(session), name="link-reader")
-        self._emit(ev.LinkUp(session.session_id, session.expires_at))
+        self._link_up(session)
+
+    def _link_up(self, session: _Session) -> None:
+        """Tell the core which session serves it now, and for how long it may."""
+        left_s = None if session.expires_at is None else session.expires_at - time.time()
+        self._emit(ev.LinkUp(session.session_id, session.expires_at, left_s))
 
     async def _lost(self, session: _Session) -> None:
         self._current = None
@@ -479,36 +466,19 @@ class WebSocketLink:
             self._emit(decision.report)
         await self._pause(decision.delay_s)
 
-    def _rotation_wanted(self, session: _Session) -> bool:
-        if self._rotate_requested:
-            return True
-        now_s = time.monotonic()
-        if now_s < self._next_rotation_try_s:
-            return False
-        return rotation_due(
-            now_s,
-            session.opened_s,
-            session.deadline_s,
-            self._rotate_before_expiry_s,
-            self._max_session_age_s,
-        ) and self.turns.quiet(now_s, self._quiet_s)
-
     async def _rotate_from(self, old: _Session) -> _Session:
-        """Open the next session while the old one still serves, then switch when quiet."""
-        forced, self._rotate_requested = self._rotate_requested, False
-        log.info("rotating session %s (%s)", old.session_id, "asked" if forced else "due")
+        """Open the next session while the old one still serves, then switch to it.
+
+        The core asks only at a quiet moment and holds its commands until ``LinkUp``,
+        so nothing of a turn is split between the two sessions.
+        """
+        log.info("rotating session %s", old.session_id)
         try:
             new = await self._open()
         except _AttemptFailedError as exc:
-            delay_s = self._policy.backoff.delay_s(1, random.random())
-            log.warning("rotation failed (%s); trying again in %.1f s", exc, delay_s)
-            self._next_rotation_try_s = time.monotonic() + delay_s
+            log.warning("rotation failed (%s); session %s goes on", exc, old.session_id)
+            self._link_up(old)  # the core retries later
             return old
-        assert old.reader is not None
-        while not forced and not old.reader.done() and self._want:
-            if self.turns.quiet(time.monotonic(), self._quiet_s):
-                break
-            await asyncio.sleep(self._tick_s)  # a turn began meanwhile: let it finish
         if not self._want:
             await self._close(new, "disconnect")
             return old
@@ -543,9 +513,6 @@ class WebSocketLink:
                 session.last_error = event
             case ev.ItemAdded(item=item) | ev.ItemDone(item=item) if item.id in session.replay_ids:
                 return
-        now_s = time.monotonic()
-        self.turns.on_event(event, now_s)
-        self.history.observe(event)
         self._emit(event)
 
     async def _send_loop(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from hark.events import Cue, Event, Item, LedPattern, MicDemand, WireCommand
+from hark.events import Cue, Event, LedPattern, MicDemand, WireCommand
 
 if TYPE_CHECKING:
     from hark.config import Config
@@ -24,7 +24,11 @@ Post = Callable[[Event], None]
 
 
 class Link(Protocol):
-    """The Realtime connection: keys, WebSocket, retries, rotation and replay."""
+    """The Realtime connection: keys, WebSocket, retries, rotation and replay.
+
+    It posts ``LinkUp`` only for a session that runs the latest ``UpdateSession`` it was
+    given (kept while down too) and has the conversation replayed into it.
+    """
 
     async def run(self, post: Post) -> None:
         """Serve until cancelled: connect when asked, post link and server events."""
@@ -34,13 +38,12 @@ class Link(Protocol):
     def disconnect(self, reason: str) -> None: ...
 
     def rotate(self) -> None:
-        """Open a fresh session now and carry the conversation over."""
+        """Open the next session, replay into it and switch; ``LinkUp`` names the session
+        that serves afterwards (the old one again if the new one could not be opened).
+        The core asks only at a quiet moment, and holds its commands until then."""
 
     def send(self, command: WireCommand) -> None:
         """Queue a wire command; never blocks; dropped (and counted) while down."""
-
-    def seed_history(self, items: list[Item]) -> None:
-        """Items to replay into the next session (e.g. persisted history)."""
 
 
 class Microphone(Protocol):

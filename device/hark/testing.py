@@ -47,7 +47,6 @@ from hark.echo import EchoGate, EchoReference, now_s
 from hark.events import (
     Cue,
     Event,
-    Item,
     LedPattern,
     LinkUp,
     MicDemand,
@@ -411,19 +410,15 @@ class NullLink:
     def send(self, command: WireCommand) -> None:
         pass
 
-    def seed_history(self, items: list[Item]) -> None:
-        pass
-
 
 class RecordingLink(NullLink):
     """A ``NullLink`` that keeps what it was told: ``sent`` (wire commands), ``calls``
-    (``"connect"``, ``"disconnect:<reason>"``, ``"rotate"``) and ``seeded`` items."""
+    (``"connect"``, ``"disconnect:<reason>"``, ``"rotate"``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sent: list[WireCommand] = []
         self.calls: list[str] = []
-        self.seeded: list[Item] = []
 
     def connect(self) -> None:
         self.calls.append("connect")
@@ -437,9 +432,6 @@ class RecordingLink(NullLink):
 
     def send(self, command: WireCommand) -> None:
         self.sent.append(command)
-
-    def seed_history(self, items: list[Item]) -> None:
-        self.seeded.extend(items)
 
 
 class NullMicrophone:

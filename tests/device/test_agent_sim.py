@@ -92,15 +92,14 @@ class AgentRig:
         debounce_chars: int = 100,
         on_approval: Callable[[ToolRunner, str], None] | None = None,
     ) -> None:
+        self.history = history or History()
         self.link = WebSocketLink(
             backend_url=sim.base_url + "/realtime/client_secrets",
             device_token=sim.api_key,
             realtime_url=sim.ws_url,
             backoff=Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
-            tick_s=0.02,
-            quiet_s=0.05,
+            replay=self.history.replay,
         )
-        self.history = history or History()
         self.events: list[Event] = []
         self.runner = ToolRunner(
             agent,
@@ -126,11 +125,9 @@ class AgentRig:
             fallback="Let's keep it friendly.",
         )
         self.app.add_listener(self._observe)
-        if self.history.items:
-            self.link.seed_history(self.history.items_for_replay())
 
     def _agent_changed(self, agent: RealtimeAgent, config: SessionConfig) -> None:
-        self.conversation.session_config = config  # resent on every LinkUp
+        self.conversation.session_config = config  # the link opens later sessions with it
         self.link.send(UpdateSession(config))  # queued before the tool's output
 
     def _observe(self, event: Event, commands: Any) -> None:

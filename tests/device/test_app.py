@@ -35,6 +35,7 @@ from hark.events import (
     UpdateSession,
     WireCommand,
 )
+from hark.history import History
 from hark.ports import Post
 from hark.testing import (
     FakeButton,
@@ -124,6 +125,8 @@ def hold_to_talk(frames: int = 10) -> Sequence[Event]:
 async def test_whole_hold_to_talk_turn_through_the_app() -> None:
     """Press, speech, release from the button's thread: the reply plays and the LED follows."""
     rig = Rig()
+    history = History()  # who said what: the history, fed by a listener as the daemon does
+    rig.app.add_listener(lambda event, commands: history.observe(event))
     await rig.app.start()
     assert rig.notifier.times("ready")
     await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
@@ -142,7 +145,7 @@ async def test_whole_hold_to_talk_turn_through_the_app() -> None:
         "speaking",
         "idle",
     ]
-    assert rig.conv.transcript[-1].text == "Hello there."
+    assert history.items[-1].text == "Hello there."
     assert rig.notifier.statuses[-1] == "idle"
     # push to talk: no frames wanted but while the turn streamed, and then every one
     assert rig.mic.demands == ["off", "every", "off"]

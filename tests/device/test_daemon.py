@@ -244,7 +244,7 @@ async def test_end_conversation_tool_disconnects_after_the_goodbye(scripted: Sim
         await running.say("That's all, thanks.")
         await until(lambda: any(isinstance(e, LinkDown) for e in running.events))
         assert running.app.conversation.phase is Phase.IDLE
-        spoken = [line.text for line in running.app.conversation.transcript]
+        spoken = [i.text for i in running.daemon.history.items if i.role == "assistant"]
     assert spoken[-1] == "Goodbye."
     assert json.loads(outputs(scripted)[0])
 
@@ -487,7 +487,7 @@ def test_reload_waits_for_the_outcome_and_fails_when_refused(
         assert "reload refused, old config kept: trigger.mode" in refused.stderr
         told = run.notify.pending()
         reloading = next(n for n, m in enumerate(told) if m.startswith("RELOADING=1\n"))
-        assert told[-1] == "READY=1" and reloading < len(told) - 1, told
+        assert "READY=1" in told[reloading + 1 :], told  # a status line may follow it
         assert any(m.startswith("STATUS=reload refused") for m in told)
         assert run.proc.poll() is None
 

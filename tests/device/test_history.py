@@ -85,12 +85,11 @@ def test_items_from_events_with_tool_calls_and_listeners() -> None:
     assert history.items[1].arguments == '{"on": true}'
     assert history.items[2].id == "out1"
     assert ("added", "u1") in changes and ("updated", "a2") in changes
-    replay = history.items_for_replay()
-    assert [i.id for i in replay] == ["u1", "fc1", "out1", "a2"]
-    assert replay[0] == Item(
-        "u1", "message", role="user", status="completed", text="Lights on please"
-    )
-    assert [i.id for i in history.items_for_replay(include_tools=False)] == ["u1", "a2"]
+    # Replay recreates the conversation as text; the tool's outcome is in the reply.
+    assert history.replay(1000) == [
+        Item("", "message", role="user", text="Lights on please"),
+        Item("", "message", role="assistant", text="Done, the light is on."),
+    ]
 
 
 def test_interrupted_reply_is_kept_as_heard() -> None:
@@ -129,7 +128,7 @@ def test_persists_and_a_restart_continues(tmp_path: Path) -> None:
         ("message", "assistant", "It is nine."),
     ]
     assert restarted.items[0].at == 1_700_000_000.0
-    assert [i.text for i in restarted.items_for_replay()] == ["What time is it?", "It is nine."]
+    assert [i.text for i in restarted.replay(1000)] == ["What time is it?", "It is nine."]
     feed(restarted, user_turn(2, "Thanks"))
     restarted.close()
     assert [i.id for i in read_items(path)] == ["u1", "a1", "u2"]
@@ -291,3 +290,40 @@ def test_format_history(tmp_path: Path) -> None:
         "-  assistant: Sure thing,…  [cut off after 0.5 s]",
     ]
     assert isinstance(read_items(path)[0], HistoryItem)
+
+
+def test_replay_takes_the_newest_that_fit_oldest_first() -> None:
+    """The newest messages whose texts fit the budget together, oldest first; messages
+    without text (a reply still streaming) are passed over."""
+    history = History()
+    for n, (role, text) in enumerate(
+        [
+            ("user", "one"),
+            ("assistant", "two two"),
+            ("user", None),
+            ("user", "three"),
+            ("assistant", "four"),
+        ]
+    ):
+        history.observe(ItemDone(Item(f"i{n}", "message", role, "completed", text), None))
+    texts = lambda budget: [i.text for i in history.replay(budget)]  # noqa: E731
+    assert texts(9) == ["three", "four"]
+    assert texts(16) == ["two two", "three", "four"]
+    assert texts(100) == ["one", "two two", "three", "four"]
+    assert texts(3) == []
+
+
+def test_replay_carries_a_cut_off_reply_as_heard_and_forgets_deleted_items() -> None:
+    """A truncated reply is replayed as far as it was heard, never the unheard rest."""
+    history = History()
+    feed(history, user_turn(1, "Tell me a story"))
+    events = reply(1, "Once upon a time there was a small dragon who loved tea", audio_ms=4000)
+    feed(history, events[:-2])
+    history.observe(ItemTruncated("a1", 1000))
+    feed(history, events[-2:])
+    feed(history, user_turn(2, "never mind"))
+    history.observe(ItemDeleted("u2"))
+    assert [(i.role, i.text) for i in history.replay(1000)] == [
+        ("user", "Tell me a story"),
+        ("assistant", "Once upon a…"),
+    ]

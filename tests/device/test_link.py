@@ -18,112 +18,14 @@ from typing import Annotated, Any
 import pydantic
 import pytest
 from hark import events as ev
+from hark.history import History
 from hark.keys import Backoff
 from hark.link import MAX_FRAMES_PER_APPEND, WebSocketLink
-from hark.replay import Entry, TranscriptLog, TurnTracker, rotation_due, select_replay
 from hark.testing import until
 from hark_sim import SimConfig, SimHandle, start_sim
 from openai.types.realtime import RealtimeClientEvent
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-
-# --------------------------------------------------------------------------- pure parts
-
-
-def test_select_replay_takes_newest_that_fit_oldest_first():
-    """Replay keeps the newest entries within the budget, skips text-less ones, oldest first."""
-    entries = [
-        Entry("a", "user", "one"),
-        Entry("b", "assistant", "two two"),
-        Entry("c", "user", None),
-        Entry("d", "user", "three"),
-        Entry("e", "assistant", "four"),
-    ]
-    assert [e.item_id for e in select_replay(entries, 9)] == ["d", "e"]
-    assert [e.item_id for e in select_replay(entries, 16)] == ["b", "d", "e"]
-    assert [e.item_id for e in select_replay(entries, 100)] == ["a", "b", "d", "e"]
-    assert select_replay(entries, 3) == []
-
-
-def test_transcript_log_follows_the_conversation():
-    """User/assistant transcripts are kept in order; truncated and deleted items drop out."""
-    log = TranscriptLog(max_items=10)
-    user = ev.Item("u1", "message", "user", "completed", None)
-    log.observe(ev.ItemAdded(user, None))
-    log.observe(ev.ItemDone(ev.Item("a1", "message", "assistant", "completed", None), "u1"))
-    log.observe(ev.TranscriptDone("r1", "a1", "Hello there."))
-    log.observe(ev.UserTranscript("u1", "Hi."))  # arrives late, keeps its place
-    log.observe(ev.ItemDone(ev.Item("s1", "message", "system", None, "ignored"), None))
-    log.observe(ev.ItemDone(ev.Item("f1", "function_call", call_id="c", name="n"), None))
-    assert [(e.role, e.text) for e in log.entries] == [
-        ("user", "Hi."),
-        ("assistant", "Hello there."),
-    ]
-    log.observe(
-        ev.ItemDone(ev.Item("a2", "message", "assistant", "completed", "Long answer"), None)
-    )
-    log.observe(ev.ItemTruncated("a2", 500))
-    log.observe(ev.TranscriptDone("r2", "a2", "Long answer"))  # cannot come back after truncation
-    log.observe(ev.ItemDeleted("u1"))
-    assert [(e.item_id, e.text) for e in log.entries] == [("a1", "Hello there."), ("a2", None)]
-    assert log.replay(100) == [ev.Item("", "message", "assistant", None, "Hello there.")]
-
-
-def test_transcript_log_is_bounded_and_seedable():
-    """The log keeps at most max_items; seeded history goes before what this run saw."""
-    log = TranscriptLog(max_items=3)
-    log.observe(ev.ItemDone(ev.Item("x", "message", "user", None, "now"), None))
-    log.seed(
-        [
-            ev.Item("p1", "message", "user", None, "old question"),
-            ev.Item("p2", "message", "assistant", None, "old answer"),
-            ev.Item("p3", "function_call", call_id="c", name="n"),
-        ]
-    )
-    assert [e.text for e in log.entries] == ["old question", "old answer", "now"]
-    for n in range(5):
-        log.observe(ev.ItemDone(ev.Item(f"n{n}", "message", "user", None, str(n)), None))
-    assert [e.text for e in log.entries] == ["2", "3", "4"]
-
-
-def test_turn_tracker_knows_when_a_turn_is_under_way():
-    """Responses, speech, uncommitted manual audio and unanswered tool calls are not quiet."""
-    t = TurnTracker()
-    t.on_sent(ev.UpdateSession(ev.SessionConfig(turn_detection=None)), 0.0)
-    assert t.quiet(1.0, 1.0)
-    t.on_sent(ev.SendAudio(b"\0\0"), 1.0)
-    assert not t.quiet(5.0, 1.0)
-    t.on_sent(ev.CommitAudio(), 2.0)
-    t.on_sent(ev.CreateResponse(), 2.0)
-    assert not t.quiet(5.0, 1.0)
-    t.on_event(ev.ResponseCreated("r"), 2.1)
-    t.on_event(ev.FunctionCallRequested("r", "i", "call_1", "f", "{}"), 2.2)
-    t.on_event(ev.ResponseDone("r", "completed"), 2.3)
-    assert not t.quiet(5.0, 1.0)  # the tool still has to answer
-    t.on_sent(ev.CreateItem(ev.Item("", "function_call_output", call_id="call_1", output="1")), 3)
-    assert t.quiet(5.0, 1.0)
-    assert not t.quiet(3.5, 1.0)  # too soon after the last activity
-    t.on_event(ev.SpeechStarted(0, "u"), 6.0)
-    assert not t.quiet(9.0, 1.0)
-    t.on_event(ev.SpeechStopped(100, "u"), 6.5)
-    assert t.quiet(9.0, 1.0)
-
-
-def test_turn_tracker_ignores_streamed_audio_with_server_vad():
-    """With server VAD the mic streams all the time: only speech events mean a turn."""
-    t = TurnTracker()
-    t.on_sent(ev.UpdateSession(ev.SessionConfig(turn_detection=ev.TurnDetection())), 0.0)
-    t.on_sent(ev.SendAudio(b"\0\0"), 4.0)
-    assert t.quiet(5.0, 1.0)
-
-
-def test_rotation_due():
-    """Rotation is due near the session cap or past the maximum age."""
-    assert not rotation_due(100.0, 0.0, 3600.0, 300.0, 3300.0)
-    assert rotation_due(3301.0, 0.0, 3600.0, 300.0, 3300.0)
-    assert rotation_due(3300.0, 0.0, 3600.0, 300.0, 9999.0)
-    assert not rotation_due(3299.0, 0.0, None, 300.0, 3300.0)
-
 
 # --------------------------------------------------------------------------- loopback servers
 
@@ -287,10 +189,18 @@ FAST = Backoff(initial_s=0.01, max_s=0.05, jitter=0.2, slow_s=0.1)
 
 
 @contextlib.asynccontextmanager
-async def running(link: WebSocketLink) -> AsyncIterator[list[ev.Event]]:
-    """Run the link, collecting what it posts; cancel it afterwards."""
+async def running(
+    link: WebSocketLink, history: History | None = None
+) -> AsyncIterator[list[ev.Event]]:
+    """Run the link, collecting what it posts (and feeding ``history``, as the app does)."""
     posted: list[ev.Event] = []
-    task = asyncio.create_task(link.run(posted.append))
+
+    def post(event: ev.Event) -> None:
+        posted.append(event)
+        if history is not None:
+            history.observe(event)
+
+    task = asyncio.create_task(link.run(post))
     try:
         yield posted
     finally:
@@ -306,8 +216,6 @@ def make_link(keys: KeyServer, rt: FakeRealtime | str, **kwargs: Any) -> WebSock
         "model": "gpt-realtime",
         "realtime_url": rt if isinstance(rt, str) else rt.url,
         "backoff": FAST,
-        "tick_s": 0.02,
-        "quiet_s": 0.05,
         "ping_interval_s": 1.0,
         "ping_timeout_s": 1.0,
     }
@@ -331,7 +239,11 @@ async def test_connects_with_a_fresh_ephemeral_key(key_server, realtime_server):
         link.connect()
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
     assert of_type(posted, ev.LinkUp) == [
-        ev.LinkUp("sess_1", pytest.approx(time.time() + 3600, abs=5))
+        ev.LinkUp(
+            "sess_1",
+            pytest.approx(time.time() + 3600, abs=5),
+            pytest.approx(3600, abs=5),
+        )
     ]
     assert key_server.requests == [
         {"auth": "Bearer dev-token-1", "body": {"session": {"type": "realtime"}}}
@@ -670,7 +582,6 @@ async def test_only_completed_tool_calls_are_posted(key_server, realtime_server)
         "completed",
     ]
     assert not of_type(posted, ev.ProtocolError)
-    assert link.turns.pending_calls == {"call_3"}  # rotation waits for no cut-off call
 
 
 async def test_audio_is_dropped_and_counted_while_down(key_server, realtime_server):
@@ -733,11 +644,20 @@ def replayed(conn: Conn) -> list[tuple[str, str, str]]:
     ]
 
 
+def remembered(*texts: tuple[str, str]) -> History:
+    """A history holding these (role, text) messages, as a restart loads it from disk."""
+    history = History()
+    for n, (role, text) in enumerate(texts):
+        item = ev.Item(f"old{n}", "message", role, "completed", text)  # type: ignore[arg-type]
+        history.observe(ev.ItemDone(item, None))
+    return history
+
+
 async def test_rotate_carries_the_conversation_over(key_server, realtime_server):
     """rotate(): a new session gets the last config, then the transcripts as text items."""
-    link = make_link(key_server, realtime_server, replay_budget_chars=1000)
-    link.seed_history([ev.Item("old", "message", "assistant", text="Welcome back.")])
-    async with running(link) as posted:
+    history = remembered(("assistant", "Welcome back."))
+    link = make_link(key_server, realtime_server, replay=history.replay, replay_budget_chars=1000)
+    async with running(link, history) as posted:
         link.connect()
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
         first = realtime_server.conns[0]
@@ -772,14 +692,10 @@ async def test_rotate_carries_the_conversation_over(key_server, realtime_server)
 
 async def test_replay_respects_the_budget(key_server, realtime_server):
     """Only the newest transcripts that fit replay_budget_chars are replayed."""
-    link = make_link(key_server, realtime_server, replay_budget_chars=12)
-    link.seed_history(
-        [
-            ev.Item("1", "message", "user", text="first long question"),
-            ev.Item("2", "message", "assistant", text="answer"),
-            ev.Item("3", "message", "user", text="thanks"),
-        ]
+    history = remembered(
+        ("user", "first long question"), ("assistant", "answer"), ("user", "thanks")
     )
+    link = make_link(key_server, realtime_server, replay=history.replay, replay_budget_chars=12)
     async with running(link) as posted:
         link.connect()
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
@@ -790,49 +706,29 @@ async def test_replay_respects_the_budget(key_server, realtime_server):
     ]
 
 
-async def test_rotation_before_expiry_opens_the_new_session_first(key_server, realtime_server):
-    """Near the session cap, at a quiet moment, the link rotates make-before-break."""
-    realtime_server.session_s = 1.0
-    link = make_link(key_server, realtime_server, rotate_before_expiry_s=0.8)
+async def test_a_failed_rotation_keeps_the_old_session(key_server, realtime_server):
+    """The next session cannot be opened: the old one goes on, and LinkUp names it again
+    (the core then tries later); nothing is torn down."""
+    link = make_link(key_server, realtime_server)
     async with running(link) as posted:
         link.connect()
-        link.send(ev.UpdateSession(CONFIG))
-        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 2)
-        first, second = realtime_server.conns[:2]
-        await until(lambda: first.closed)
-    assert not of_type(posted, ev.LinkDown)
-    assert len(key_server.requests) >= 2
-    assert second.received and second.received[0]["type"] == "session.update"
-
-
-async def test_rotation_waits_for_the_turn_to_end(key_server, realtime_server):
-    """While a response is in flight, an expiring session is not rotated."""
-
-    async def busy(server: FakeRealtime, conn: Conn) -> None:
-        await server.created(conn)
-        await conn.ws.send(json.dumps({"type": "response.created", "response": {"id": "resp_1"}}))
-        await ok(server, conn)
-
-    realtime_server.session_s = 2.0
-    realtime_server.plan = [busy]
-    link = make_link(key_server, realtime_server, rotate_before_expiry_s=10.0)
-    async with running(link) as posted:
-        link.connect()
-        await until(lambda: bool(of_type(posted, ev.ResponseCreated)))
-        await asyncio.sleep(0.3)
-        assert len(realtime_server.conns) == 1  # not while the response runs
-        await realtime_server.conns[0].ws.send(
-            json.dumps(
-                {"type": "response.done", "response": {"id": "resp_1", "status": "completed"}}
-            )
-        )
-        await until(lambda: len(of_type(posted, ev.LinkUp)) >= 2)
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        key_server.plan = [(503, {"error": {"message": "busy"}})]
+        link.rotate()
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+        first, again = of_type(posted, ev.LinkUp)
+        assert again.session_id == first.session_id
+        assert not realtime_server.conns[0].closed
+        link.send(ev.CreateItem(ev.Item("", "message", "user", text="still there?")))
+        await until(lambda: bool(realtime_server.conns[0].received))
+    assert not of_type(posted, ev.LinkDown) and not of_type(posted, ev.LinkFailed)
 
 
 async def test_unplanned_loss_reconnects_and_replays(key_server, realtime_server):
     """A dropped session posts LinkDown(retrying), reconnects and replays the history."""
-    link = make_link(key_server, realtime_server)
-    async with running(link) as posted:
+    history = History()
+    link = make_link(key_server, realtime_server, replay=history.replay)
+    async with running(link, history) as posted:
         link.connect()
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
         first = realtime_server.conns[0]
@@ -902,8 +798,6 @@ def sim_link(sim: SimHandle, **kwargs: Any) -> WebSocketLink:
         "device_token": sim.api_key,
         "realtime_url": sim.ws_url,
         "backoff": Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
-        "tick_s": 0.02,
-        "quiet_s": 0.05,
     }
     options.update(kwargs)
     return WebSocketLink(**options)
@@ -971,8 +865,9 @@ async def test_parrot_round_trip_is_byte_exact(sim):
 
 async def test_rotation_carries_history_into_the_new_sim_session(sim):
     """rotate(): the next sim session gets the config and the transcripts of both turns."""
-    link = sim_link(sim)
-    async with running(link) as posted:
+    history = History()
+    link = sim_link(sim, replay=history.replay)
+    async with running(link, history) as posted:
         link.connect()
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
         link.send(ev.UpdateSession(MANUAL))
@@ -990,12 +885,31 @@ async def test_rotation_carries_history_into_the_new_sim_session(sim):
 
 
 async def test_sim_session_cap_is_rotated_before_it_expires(sim):
-    """With a short session cap the link rotates before the sim ends the session."""
+    """With a short session cap, the core (told the cap by LinkUp) has the link rotate
+    before the sim ends the session: never a session_expired, never a LinkDown."""
+    from hark.app import App
+    from hark.conversation import Conversation, Settings
+    from hark.testing import NullMicrophone, RecordingIndicator, WavSpeaker
+
     sim.config.max_session_s = 1.5
-    link = sim_link(sim, rotate_before_expiry_s=1.0)
-    async with running(link) as posted:
-        link.connect()
+    link = sim_link(sim)
+    posted: list[ev.Event] = []
+    settings = Settings(rotate_before_expiry_s=1.0, rotate_quiet_s=0.0, rotate_retry_s=0.1)
+    app = App(
+        Conversation(settings),
+        link,
+        NullMicrophone(),
+        WavSpeaker(None, speed=0.0),
+        RecordingIndicator(),
+    )
+    app.add_listener(lambda event, commands: posted.append(event))
+    await app.start()
+    try:
         await until(lambda: len(of_type(posted, ev.LinkUp)) >= 3)
+    finally:
+        await app.shutdown()
+    ups = of_type(posted, ev.LinkUp)
+    assert len({u.session_id for u in ups}) == len(ups)  # each a new session
     assert not of_type(posted, ev.LinkDown)
     assert not of_type(posted, ev.ServerError)
 
@@ -1003,8 +917,9 @@ async def test_sim_session_cap_is_rotated_before_it_expires(sim):
 async def test_sim_session_expiry_reconnects_and_replays(sim):
     """If the cap is hit anyway (session_expired), the link reconnects and replays at once."""
     sim.config.max_session_s = 2.0
-    link = sim_link(sim, rotate_before_expiry_s=-60.0, max_session_age_s=1e9)
-    async with running(link) as posted:
+    history = History()
+    link = sim_link(sim, replay=history.replay)  # no core here: nothing rotates
+    async with running(link, history) as posted:
         link.connect()
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
         link.send(ev.UpdateSession(MANUAL))

@@ -47,7 +47,6 @@ async def test_refused_session_settings_fail_closed(caplog: pytest.LogCaptureFix
             device_token=sim.api_key,
             realtime_url=sim.ws_url,
             backoff=Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
-            tick_s=0.02,
         )
         settings = Settings(session=SessionConfig(voice="marin"), error_hold_s=0.2)
         conversation = Conversation(settings)
