@@ -165,9 +165,15 @@ class WebSocketLink:
     # -- the Link protocol (called on the loop) ------------------------------------------------
 
     def connect(self) -> None:
-        if not self._want:
-            self._want = True
-            self._wake.set()
+        if self._want:
+            return
+        self._want = True
+        self._wake.set()
+        session = self._current
+        if session is not None and session.reader is not None and not session.reader.done():
+            # A disconnect not yet carried out: the session goes on, and the core, which
+            # took it for gone, hears so (it waits for a LinkUp).
+            self._link_up(session)
 
     def disconnect(self, reason: str) -> None:
         if not self._want:

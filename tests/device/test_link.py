@@ -1065,3 +1065,20 @@ async def test_settings_never_confirmed_is_a_server_failure(key_server, realtime
         await until(lambda: bool(of_type(posted, ev.LinkUp)))
     assert len(realtime_server.conns) >= 2
     assert realtime_server.conns[0].closed
+
+
+async def test_a_connect_right_after_a_disconnect_keeps_the_session(key_server, realtime_server):
+    """disconnect() then connect() before the link acted on the first: the session is kept,
+    and LinkUp names it again (the core, told it was going, waits for one)."""
+    link = make_link(key_server, realtime_server)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        link.disconnect("idle")
+        link.connect()  # the same loop pass: a press right after the idle hang-up
+        await until(lambda: len(of_type(posted, ev.LinkUp)) == 2)
+        await asyncio.sleep(0.1)
+    first, again = of_type(posted, ev.LinkUp)
+    assert again.session_id == first.session_id
+    assert not of_type(posted, ev.LinkDown)
+    assert len(realtime_server.conns) == 1
