@@ -75,7 +75,10 @@ _WIRE = (
     UpdateSession,
 )
 _YIELD_EVERY = 32  # events handled back to back before letting adapter tasks run
-_STUCK_RETRY_S = 0.05  # the core did not move its deadline after a Tick: tick again this late
+MAX_TICKS_WITHOUT_PROGRESS = 8
+"""Ticks in a row that leave a deadline due that the previous Tick already saw: more is a
+core bug (a deadline it reports but never handles), raised rather than spun on. Several
+deadlines may fall due together; each Tick must handle at least one."""
 RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.0)
 """How long a crashed adapter waits before its restart (no jitter: one device, one task)."""
 
@@ -197,8 +200,8 @@ class App:
         self._waiters: list[tuple[Callable[[Event], bool], asyncio.Future[Event]]] = []
         self._state_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._stuck_deadline: float | None = None
-        self._stuck_retry_at = 0.0
+        self._last_tick_at = float("-inf")
+        self._ticks_without_progress = 0
         self._deadline_armed = False  # a timer is set for the core's deadline
         self._dispatching = False  # _put_now is handling items (nested posts only queue)
         self._failure: Exception | None = None  # raised by _put_now, for the drain task
@@ -448,9 +451,17 @@ class App:
         """Arm the timer for the core's deadline; True if a Tick was due and handled now."""
         now = loop.time()
         deadline = self.conversation.deadline()
-        if deadline is not None and deadline == self._stuck_deadline:
-            deadline = self._stuck_retry_at  # the core did not move it: don't spin
         if deadline is not None and deadline <= now:
+            if deadline <= self._last_tick_at:  # already due at the previous Tick
+                self._ticks_without_progress += 1
+                if self._ticks_without_progress > MAX_TICKS_WITHOUT_PROGRESS:
+                    raise RuntimeError(
+                        f"the core's deadline {deadline:.3f} stays due after "
+                        f"{MAX_TICKS_WITHOUT_PROGRESS} ticks (phase {self.conversation.phase})"
+                    )
+            else:
+                self._ticks_without_progress = 0
+            self._last_tick_at = now
             self._dispatch(Tick(), now)
             return True
         if deadline != self._timer_at:
@@ -476,12 +487,7 @@ class App:
             self.notifier.stopping()
         elif self._interceptors and any(consume(item) for consume in list(self._interceptors)):
             return
-        before = self.conversation.deadline() if isinstance(item, Tick) else None
         commands = self.conversation.handle(item, now)
-        if isinstance(item, Tick):
-            after = self.conversation.deadline()
-            self._stuck_deadline = after if after is not None and after == before else None
-            self._stuck_retry_at = now + _STUCK_RETRY_S
         self._execute(commands)
         self._sync_mic()
         for listener in self._listeners:

@@ -16,8 +16,8 @@ the device only while it shows "listening"):
 - ERROR: a fault (link, device) until it clears, or a transient error for
   ``error_hold_s``.
 
-While a tool waits for the owner's approval (``approval_pending``, set by the glue),
-the LED shows "connecting" (the "waiting for something" blink; the mic is not
+While a tool waits for the owner's approval (``set_approval_pending``, from the glue
+through ``App.call``), the LED shows "connecting" (the "waiting for something" blink; the mic is not
 streaming, so not "listening"), a "listening" cue asks for the press, the buttons
 belong to the glue's interceptor and the response timeout is suspended (voice can
 still barge in).  ``end_after_reply`` (the "end the conversation" tool) lets the
@@ -251,6 +251,92 @@ class _SessionClock:
 
 
 @dataclass(slots=True)
+class _Reply:
+    """The server's side of a turn: the response under way, what is queued, what was
+    cancelled. ``reset`` forgets all but the cancelled ids (their late events stay ignored)."""
+
+    response_id: str | None = None
+    expected: bool = False  # response.create sent, not acknowledged yet
+    cancel_next_created: bool = False  # an id-less cancel went out: cancel what comes next
+    pending_create: CreateResponse | None = None  # asked for while another response ran
+    tool_calls: dict[str, str] = field(default_factory=dict)  # call_id -> response_id
+    cancelled: dict[str, None] = field(default_factory=dict)  # ordered set, trimmed
+
+    def reset(self) -> None:
+        self.response_id = None
+        self.expected = self.cancel_next_created = False
+        self.pending_create = None
+        self.tool_calls.clear()
+
+    def cancel(self, rid: str) -> None:
+        self.cancelled[rid] = None
+        while len(self.cancelled) > 32:
+            del self.cancelled[next(iter(self.cancelled))]
+
+    def busy(self) -> bool:
+        """A response exists (or is about to) on the server."""
+        return self.response_id is not None or self.expected or self.cancel_next_created
+
+    def awaited(self) -> bool:
+        """A reply the user still wants is on its way (cancelled ones do not count)."""
+        rid = self.response_id
+        return (
+            (rid is not None and rid not in self.cancelled)
+            or self.expected
+            or self.pending_create is not None
+            or any(r not in self.cancelled for r in self.tool_calls.values())
+        )
+
+
+@dataclass(slots=True)
+class _Playback:
+    """Reply audio handed to the speaker: the items playing, how much of each arrived, and
+    the interrupted ones whose truncation waits for the speaker's ``PlaybackStopped``
+    (it survives ``_settle`` and new turns: a quick tap can end before the speaker reports)."""
+
+    playing: set[str] = field(default_factory=set)
+    received_ms: dict[str, float] = field(default_factory=dict)
+    cuts: dict[str, float] = field(default_factory=dict)  # item -> received ms at the cut
+
+    def reset(self) -> None:
+        self.playing.clear()
+        self.cuts.clear()
+
+    def received(self, item: str, pcm: bytes) -> None:
+        self.received_ms[item] = self.received_ms.get(item, 0.0) + bytes_to_ms(len(pcm))
+        self.playing.add(item)
+
+    def cut(self) -> bool:
+        """Everything playing is interrupted; True if anything was."""
+        if not self.playing:
+            return False
+        for item in self.playing:
+            self.cuts[item] = self.received_ms.get(item, 0.0)
+        while len(self.cuts) > 8:  # a speaker that never reported
+            del self.cuts[next(iter(self.cuts))]
+        self.playing.clear()
+        return True
+
+    def stopped(self, ev: PlaybackStopped) -> Truncate | None:
+        """The speaker reports; the truncation owed for what was really heard, if any."""
+        item, owed = ev.item_id, None
+        if ev.interrupted and self.cuts:
+            if item is not None and item in self.cuts:
+                # Clamp to what arrived: a longer audio_end_ms is a server error (5.4).
+                owed = Truncate(item, max(0, min(ev.played_ms, int(self.cuts[item]))))
+            self.cuts.clear()  # the speaker stopped everything it had
+        elif item is None:
+            self.cuts.clear()
+        else:
+            self.cuts.pop(item, None)  # it had finished anyway: nothing to cut
+        if item is None or ev.interrupted:
+            self.playing.clear()
+        else:
+            self.playing.discard(item)
+        return owed
+
+
+@dataclass(slots=True)
 class _Turn:
     source: TurnSource
     opened_at: float
@@ -303,20 +389,9 @@ class Conversation:
         self._quiet_until = float("-inf")  # wake VAD deaf until then (end_after_reply)
         self._end_requested = False
         self._approval_pending = False
-        self._deferred: list[Command] = []  # from the approval_pending setter
-        self._now = 0.0  # the latest time seen, for the approval_pending setter
         # output
-        self._response_id: str | None = None
-        self._response_expected = False
-        self._cancel_next_created = False
-        self._cancelled: dict[str, None] = {}  # ordered set, trimmed
-        self._pending_create: CreateResponse | None = None
-        self._tool_calls: dict[str, str] = {}  # call_id -> response_id
-        self._playing: set[str] = set()
-        self._received_ms: dict[str, float] = {}
-        # Interrupted items awaiting the speaker's PlaybackStopped: item id -> received ms.
-        # Survives _settle and new turns (a quick tap can end before the speaker reports).
-        self._truncates: dict[str, float] = {}
+        self._reply = _Reply()
+        self._playback = _Playback()
         # time
         self._response_deadline: float | None = None
         self._error_until: float | None = None
@@ -360,13 +435,11 @@ class Conversation:
 
     def handle(self, event: Event, now: float) -> list[Command]:
         """Feed one event; return what the adapters must do, in order."""
-        self._now = now
         handler = None if self._stopped else _TABLE.get((self.phase, type(event)))
-        deferred, self._deferred = self._deferred, []
         if handler is None:
             self.ignored_counts[type(event).__name__] += 1
-            return deferred
-        return deferred + handler(self, event, now)
+            return []
+        return handler(self, event, now)
 
     def deadline(self) -> float | None:
         """When the next ``Tick`` is due (same clock as ``now``), or None."""
@@ -407,12 +480,6 @@ class Conversation:
     def approval_pending(self) -> bool:
         """A tool waits for the owner's press; the glue's interceptor owns the button."""
         return self._approval_pending
-
-    @approval_pending.setter
-    def approval_pending(self, pending: bool) -> None:
-        # Without ``now`` there is no caller to hand commands to: they go out with the
-        # next event.  ``set_approval_pending`` (via ``App.call``) is immediate.
-        self._deferred += self.set_approval_pending(pending, self._now)
 
     def set_approval_pending(self, pending: bool, now: float) -> list[Command]:
         """Enter or leave "waiting for approval": LED, cue, buttons, response timeout.
@@ -494,15 +561,15 @@ class Conversation:
         """Pick the phase the state implies; count a turn when a reply has ended."""
         if self._turn is not None:
             return self._go(Phase.LISTENING)
-        if self._playing:
+        if self._playback.playing:
             return self._go(Phase.SPEAKING)
-        if self._awaiting_reply():
+        if self._reply.awaited():
             if self.phase is not Phase.THINKING:
                 self._response_deadline = now + self.settings.response_timeout_s
             return self._go(Phase.THINKING)
         if self.phase in (Phase.THINKING, Phase.SPEAKING):
             self.turns_completed += 1
-        self._received_ms.clear()
+        self._playback.received_ms.clear()
         self._last_activity = now
         cmds = self._end_conversation(now) if self._end_requested else []
         if self.phase is Phase.ERROR and self._error_until is not None and now < self._error_until:
@@ -519,20 +586,6 @@ class Conversation:
         if self.settings.session_policy == "on_demand" and self._link is LinkState.UP:
             cmds += self._hang_up("conversation ended")
         return cmds
-
-    def _busy(self) -> bool:
-        """A response exists (or is about to) on the server."""
-        return self._response_id is not None or self._response_expected or self._cancel_next_created
-
-    def _awaiting_reply(self) -> bool:
-        """A reply the user still wants is on its way (cancelled ones do not count)."""
-        rid = self._response_id
-        return (
-            (rid is not None and rid not in self._cancelled)
-            or self._response_expected
-            or self._pending_create is not None
-            or any(r not in self._cancelled for r in self._tool_calls.values())
-        )
 
     def _connect(self) -> list[Command]:
         """Open the link; it opens every session with this config before ``LinkUp``."""
@@ -573,38 +626,27 @@ class Conversation:
     def _request_response(self, cmd: CreateResponse, now: float) -> list[Command]:
         """Ask for a response, or queue it until the current one is done (protocol doc 4)."""
         self._response_deadline = now + self.settings.response_timeout_s
-        if self._busy():
-            self._pending_create = cmd
+        if self._reply.busy():
+            self._reply.pending_create = cmd
             return []
-        self._response_expected = True
+        self._reply.expected = True
         return self._wire(cmd)
-
-    def _cancel_response(self, rid: str) -> None:
-        self._cancelled[rid] = None
-        while len(self._cancelled) > 32:
-            del self._cancelled[next(iter(self._cancelled))]
 
     def _interrupt(self) -> list[Command]:
         """Barge-in's first half: stop the speaker, cancel the response (reused by guardrails)."""
-        cmds: list[Command] = []
-        if self._playing:
-            cmds.append(StopPlayback())
-            for item in self._playing:
-                self._truncates[item] = self._received_ms.get(item, 0.0)
-            while len(self._truncates) > 8:  # a speaker that never reported
-                del self._truncates[next(iter(self._truncates))]
-            self._playing.clear()
-        rid = self._response_id
-        if rid is not None and rid not in self._cancelled:
-            self._cancel_response(rid)
+        cmds: list[Command] = [StopPlayback()] if self._playback.cut() else []
+        reply = self._reply
+        rid = reply.response_id
+        if rid is not None and rid not in reply.cancelled:
+            reply.cancel(rid)
             cmds += self._wire(CancelResponse(rid))
-        elif rid is None and self._response_expected:
+        elif rid is None and reply.expected:
             # response.create is on the wire but not yet acknowledged; the socket is
             # ordered, so an id-less cancel reaches the server after it.
-            self._response_expected = False
-            self._cancel_next_created = True
+            reply.expected = False
+            reply.cancel_next_created = True
             cmds += self._wire(CancelResponse())
-        self._pending_create = None
+        reply.pending_create = None
         return cmds
 
     def _open_turn(self, source: TurnSource, now: float, gate: VadGate | None) -> list[Command]:
@@ -661,11 +703,9 @@ class Conversation:
             cmds += self._wire(ClearAudio())
             self._turn = None
         # Forget the reply entirely: if it shows up later, _response_created cancels it.
-        if self._response_id is not None:
-            self._cancel_response(self._response_id)
-        self._response_id = None
-        self._response_expected = self._cancel_next_created = False
-        self._tool_calls.clear()
+        if self._reply.response_id is not None:
+            self._reply.cancel(self._reply.response_id)
+        self._reply.reset()
         self._outbox.clear()  # a turn that failed must not reach a later session
         self._error_until = now + self.settings.error_hold_s
         if self.phase is not Phase.ERROR:
@@ -674,17 +714,11 @@ class Conversation:
 
     def _reset_session_state(self) -> list[Command]:
         """The session is gone: nothing of it can be cancelled or truncated any more."""
-        cmds: list[Command] = []
-        if self._playing:
-            cmds.append(StopPlayback())
-        self._playing.clear()
-        self._truncates.clear()
-        had_work = self._turn is not None or self._busy() or bool(self._tool_calls)
+        cmds: list[Command] = [StopPlayback()] if self._playback.playing else []
+        self._playback.reset()
+        had_work = self._turn is not None or self._reply.busy() or bool(self._reply.tool_calls)
         self._turn = None
-        self._response_id = None
-        self._response_expected = self._cancel_next_created = False
-        self._pending_create = None
-        self._tool_calls.clear()
+        self._reply.reset()
         self._outbox.clear()
         if had_work:
             cmds.append(PlayCue("error"))
@@ -800,73 +834,73 @@ class Conversation:
         if not self._server_vad:
             return []  # the ack of our own commit
         self._turn = None  # server_vad ended the turn and creates the response itself
-        self._response_expected = True
+        self._reply.expected = True
         self._response_deadline = now + self.settings.response_timeout_s
         cmds: list[Command] = [PlayCue("done")] if self.settings.done_cue else []
         return cmds + self._settle(now)
 
     def _response_created(self, ev: ResponseCreated, now: float) -> list[Command]:
-        self._response_id = ev.response_id
-        if self._cancel_next_created:
-            self._cancel_next_created = False
-            self._cancel_response(ev.response_id)
+        reply = self._reply
+        reply.response_id = ev.response_id
+        if reply.cancel_next_created:
+            reply.cancel_next_created = False
+            reply.cancel(ev.response_id)
             return []
-        self._response_expected = False
+        reply.expected = False
         if self.phase in (Phase.THINKING, Phase.SPEAKING):
             self._response_deadline = now + self.settings.response_timeout_s
             return []
         # Nobody asked for it (e.g. server_vad answered a pause): the user comes first.
-        self._cancel_response(ev.response_id)
+        reply.cancel(ev.response_id)
         return self._wire(CancelResponse(ev.response_id))
 
     def _audio_delta(self, ev: AudioDelta, now: float) -> list[Command]:
-        if ev.response_id in self._cancelled:
+        if ev.response_id in self._reply.cancelled:
             self.ignored_counts[type(ev).__name__] += 1
             return []
-        item = ev.item_id
-        self._received_ms[item] = self._received_ms.get(item, 0.0) + bytes_to_ms(len(ev.pcm))
-        self._playing.add(item)
-        cmds: list[Command] = [Play(item, ev.pcm)]
+        self._playback.received(ev.item_id, ev.pcm)
+        cmds: list[Command] = [Play(ev.item_id, ev.pcm)]
         if self.phase is not Phase.SPEAKING:
             cmds += self._go(Phase.SPEAKING)
         return cmds
 
     def _audio_done(self, ev: AudioDone, now: float) -> list[Command]:
-        if ev.response_id in self._cancelled or ev.item_id not in self._playing:
+        if ev.response_id in self._reply.cancelled or ev.item_id not in self._playback.playing:
             self.ignored_counts[type(ev).__name__] += 1
             return []
         return [FinishPlayback(ev.item_id)]
 
     def _function_call(self, ev: FunctionCallRequested, now: float) -> list[Command]:
-        if ev.response_id in self._cancelled:
+        if ev.response_id in self._reply.cancelled:
             self.ignored_counts[type(ev).__name__] += 1
             return []
-        self._tool_calls[ev.call_id] = ev.response_id
+        self._reply.tool_calls[ev.call_id] = ev.response_id
         self._response_deadline = now + self.settings.response_timeout_s
         return [RunTool(ev.call_id, ev.name, ev.arguments)]
 
     def _tool_finished(self, ev: ToolFinished, now: float) -> list[Command]:
-        rid = self._tool_calls.pop(ev.call_id, None)
+        rid = self._reply.tool_calls.pop(ev.call_id, None)
         if rid is None:
             self.ignored_counts[type(ev).__name__] += 1
             return []
         # The output always goes back (the call item exists); a reply only if still wanted.
         output = Item(id="", type="function_call_output", call_id=ev.call_id, output=ev.output)
         cmds = self._wire(CreateItem(output))
-        wanted = rid not in self._cancelled and self.phase in (Phase.THINKING, Phase.SPEAKING)
-        if wanted and rid not in self._tool_calls.values():
+        wanted = rid not in self._reply.cancelled and self.phase in (Phase.THINKING, Phase.SPEAKING)
+        if wanted and rid not in self._reply.tool_calls.values():
             cmds += self._request_response(CreateResponse(), now)
         return cmds + (self._settle(now) if self.phase is Phase.THINKING else [])
 
     def _response_done(self, ev: ResponseDone, now: float) -> list[Command]:
-        cancelled = ev.response_id in self._cancelled
-        if ev.response_id == self._response_id:
-            self._response_id = None
+        reply = self._reply
+        cancelled = ev.response_id in reply.cancelled
+        if ev.response_id == reply.response_id:
+            reply.response_id = None
         cmds: list[Command] = []
-        if self._pending_create is not None and not self._busy():
-            cmds += self._wire(self._pending_create)
-            self._pending_create = None
-            self._response_expected = True
+        if reply.pending_create is not None and not reply.busy():
+            cmds += self._wire(reply.pending_create)
+            reply.pending_create = None
+            reply.expected = True
         if ev.status == "failed" and not cancelled:
             why = str(ev.error) if ev.error is not None else ev.reason or "no reason given"
             return cmds + self._fail(now, f"the response failed: {why}")
@@ -877,22 +911,8 @@ class Conversation:
         return cmds
 
     def _playback_stopped(self, ev: PlaybackStopped, now: float) -> list[Command]:
-        cmds: list[Command] = []
-        item = ev.item_id
-        if ev.interrupted and self._truncates:
-            if item is not None and item in self._truncates:
-                # Clamp to what arrived: a longer audio_end_ms is a server error (5.4).
-                heard_ms = max(0, min(ev.played_ms, int(self._truncates[item])))
-                cmds += self._wire(Truncate(item, heard_ms))
-            self._truncates.clear()  # the speaker stopped everything it had
-        elif item is None:
-            self._truncates.clear()
-        else:
-            self._truncates.pop(item, None)  # it had finished anyway: nothing to cut
-        if item is None or ev.interrupted:
-            self._playing.clear()
-        else:
-            self._playing.discard(item)
+        owed = self._playback.stopped(ev)
+        cmds = self._wire(owed) if owed is not None else []
         if self.phase is Phase.SPEAKING:
             cmds += self._settle(now)
         return cmds
@@ -902,8 +922,8 @@ class Conversation:
             self.ignored_counts[f"error:{ev.code}"] += 1
             if ev.code == "input_audio_buffer_commit_empty" and self.phase is Phase.THINKING:
                 # Nothing was committed, so no reply will come.
-                self._response_expected = False
-                self._pending_create = None
+                self._reply.expected = False
+                self._reply.pending_create = None
                 return self._settle(now)
             return []
         return self._fail(now, f"server error {ev.code}: {ev.message}")

@@ -663,3 +663,21 @@ def test_dropout_watch_summarises_once_a_window_and_forgets_old_ones() -> None:
     watch.update("speaker", 10, now=135.0)
     assert watch.summaries(135.0) == ["speaker: 1 audio dropout in the last 5 s (5 since start)"]
     assert watch.total() == 5 and watch.totals_text() == "speaker 5"
+
+
+class _NeverHandlesItsDeadline(Conversation):
+    """A core with a bug: a deadline it reports but no Tick ever handles."""
+
+    def deadline(self) -> float | None:
+        return 0.0
+
+
+async def test_a_deadline_the_core_never_handles_is_raised_not_spun_on() -> None:
+    """Ticks that leave the same deadline due are a core bug: the app ends with it (the
+    fuzz test in test_conversation_deadlines.py holds the real core to this), instead of
+    burning a core ticking, or quietly retrying later as it used to."""
+    rig = Rig()
+    rig.app.conversation = _NeverHandlesItsDeadline(Settings())
+    with pytest.raises(RuntimeError, match="stays due after"):
+        await rig.app.start()
+        await asyncio.wait_for(rig.app.wait_stopped(), 5.0)

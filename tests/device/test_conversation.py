@@ -1018,18 +1018,6 @@ def test_approval_pending_owns_the_button_and_suspends_the_timeout() -> None:
     )
 
 
-def test_approval_pending_property_defers_its_commands_to_the_next_event() -> None:
-    """Setting the plain property works too: the LED change goes out with the next event."""
-    conv = linked()
-    to_tool_call(conv)
-    conv.approval_pending = True
-    got = [c for c in conv.handle(ButtonPressed(), 2.0) if not isinstance(c, ReportStatus)]
-    assert got == [SetLed("connecting"), PlayCue("listening")]
-    conv.approval_pending = False
-    got = [c for c in conv.handle(Tick(), 3.0) if not isinstance(c, ReportStatus)]
-    assert got == [SetLed("thinking")]
-
-
 # ---------------------------------------------------------------------- end of conversation
 
 

@@ -29,6 +29,7 @@ from hark.events import (
     PlaybackStopped,
     ResponseCreated,
     ResponseDone,
+    Rotate,
     ServerError,
     SpeechStarted,
     TextRequested,
@@ -108,3 +109,19 @@ def test_ticks_at_the_deadline_always_make_progress(
             assert ticks_now <= 5, (conv.phase, due)  # as many deadlines as there are kinds
         now = target
         conv.handle(event, now)
+
+
+def test_two_deadlines_due_at_once_take_two_ticks() -> None:
+    """Found by the test above: a tap turn's no-speech drop and the rotation both due at
+    t=5. The first Tick drops the turn and leaves the rotation due (the same time); the
+    second rotates. App's old guard took that for a stuck deadline and delayed it."""
+    conv = Conversation(
+        Settings(button_mode="tap", rotate_after_s=2.0, rotate_quiet_s=0.0, no_speech_timeout_s=5.0)
+    )
+    conv.start(0.0)
+    conv.handle(ButtonPressed(), 0.0)
+    conv.handle(LinkUp("sess", None), 3.0)
+    assert conv.deadline() == 5.0
+    conv.handle(Tick(), 5.0)  # the turn had no speech: dropped
+    assert conv.deadline() == 5.0  # the rotation, due at the same moment
+    assert Rotate() in conv.handle(Tick(), 5.0)
