@@ -161,11 +161,18 @@ async def test_barge_in_truncates_at_what_was_heard(
 def missing_onset_ms(turn: np.ndarray, speech: np.ndarray) -> float:
     """How much of ``speech``'s audible onset lies before the start of ``turn``, in ms."""
     first_s, _ = audible_extent(turn, 24_000)
-    at = int((first_s + 0.2) * 24_000)
-    lag, corr = best_alignment(speech, turn[at : at + 2400])
-    assert corr >= 0.9, "the turn does not contain the speech"
+    # A 100 ms window is placed in the speech; the best of three (200, 300, 400 ms
+    # after the onset) so one resampler glitch in a window does not hide the lag.
+    # A dropout between the onset and the window only makes the figure larger.
+    placed = []
+    for after_s in (0.2, 0.3, 0.4):
+        at = int((first_s + after_s) * 24_000)
+        lag, corr = best_alignment(speech, turn[at : at + 2400])
+        placed.append((corr, lag - at))
+    corr, offset = max(placed)
+    assert corr >= 0.9, f"the turn does not contain the speech (best window {corr:.3f})"
     speech_onset = int(audible_extent(speech, 24_000)[0] * 24_000)
-    return max(0.0, (lag - at - speech_onset) / 24.0)
+    return max(0.0, (offset - speech_onset) / 24.0)
 
 
 async def test_echo_never_barges_in_but_the_user_does(
