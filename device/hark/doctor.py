@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,10 @@ def doctor_checks(config_path: str) -> list[Check]:
         config = load(config_path)
     except ConfigError as exc:
         fix = f"edit {config_path} (see docs/config.md)"
+        if Path(config_path).exists() and not os.access(config_path, os.R_OK):
+            # /etc/hark is root:hark 0750 and the token hark's own 0600: checking them,
+            # and the audio and GPIO access the service has, needs the service's user.
+            fix = "run it as the service user: sudo -u hark hark doctor"
         checks.append(Check("config", False, "; ".join(exc.problems), fix))
         return checks
     checks.append(Check("config", True, f"{config_path} is valid"))

@@ -368,3 +368,32 @@ def test_real_root_install_uninstall_and_purge(wheel: Path, tmp_path: Path) -> N
         assert "\nhark:" not in text
     marked = [ln for ln in real.log.read_text().splitlines() if ln.startswith("apt-mark")]
     assert marked and "python3-pyaudio" in marked[0]
+
+
+def test_owner_doctor_is_told_to_run_as_the_service_user(tmp_path: Path) -> None:
+    """/etc/hark is root:hark 0750 and the token hark's 0600: the owner's plain `hark doctor`
+    cannot read them, and says the one command that can (and checks what the service can)."""
+    config = tmp_path / "hark.toml"
+    config.write_text('[backend]\nurl = "https://keys.example.com/v1/realtime/client_secrets"\n')
+    config.chmod(0o600)
+    code = "import sys; from hark.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        # Root reads anything: the file becomes someone else's, and the doctor runs in a
+        # user namespace where this process is an ordinary user without capabilities.
+        if not shutil.which("unshare"):
+            pytest.skip("needs unshare to run as an ordinary user")
+        os.chown(config, 65534, 65534)
+        argv = ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--", *argv]
+    done = subprocess.run(
+        [*argv, "doctor", "--quiet", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if "unshare:" in done.stderr:
+        pytest.skip(f"no user namespaces here: {done.stderr.strip()}")
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "FAIL config" in done.stdout and "ermission denied" in done.stdout
+    assert "fix: run it as the service user: sudo -u hark hark doctor" in done.stdout
