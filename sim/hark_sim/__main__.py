@@ -10,14 +10,23 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
+try:
+    import uvicorn
 
-from hark_sim.app import SimState
-from hark_sim.brains import load_scenario
-from hark_sim.config import DEFAULT_API_KEY, SimConfig
-from hark_sim.server import uvicorn_config
+    from hark_sim.app import SimState
+    from hark_sim.brains import load_scenario
+    from hark_sim.config import DEFAULT_API_KEY, SimConfig
+    from hark_sim.server import uvicorn_config
+except ModuleNotFoundError as exc:  # a device install has hark-sim but not the [sim] extra
+    _MISSING: str | None = (exc.name or "?").partition(".")[0]
+else:
+    _MISSING = None
 
 log = logging.getLogger(__name__)
+NOT_INSTALLED = (
+    "hark-sim: the simulator's packages are not installed (no module named {!r}); a device "
+    "install leaves them out: use a checkout (make demo) or pip install '<hark wheel>[sim]'"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(NOT_INSTALLED.format(_MISSING), file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

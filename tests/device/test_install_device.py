@@ -397,3 +397,27 @@ def test_owner_doctor_is_told_to_run_as_the_service_user(tmp_path: Path) -> None
     assert done.returncode == 78, done.stdout + done.stderr
     assert "FAIL config" in done.stdout and "ermission denied" in done.stdout
     assert "fix: run it as the service user: sudo -u hark hark doctor" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("from hark.cli import main; sys.exit(main(['demo']))", "hark demo: needs the simulator"),
+        ("from hark_sim.__main__ import main; sys.exit(main([]))", "hark-sim: the simulator's"),
+    ],
+)
+def test_demo_and_sim_without_the_sim_extra_say_so(entry: str, expected: str) -> None:
+    """A device install has the `hark demo` command and the `hark-sim` script but not the
+    [sim] extra: one line that says so and how to get it, exit 69, no traceback."""
+    hide = "import sys; sys.modules['starlette'] = None; "  # as if never installed
+    done = subprocess.run(
+        [sys.executable, "-c", hide + entry],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 69, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
+    assert "'starlette'" in lines[0] and "[sim]" in lines[0]
