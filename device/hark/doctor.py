@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +38,7 @@ def doctor_checks(config_path: str) -> list[Check]:
         config = load(config_path)
     except ConfigError as exc:
         fix = f"edit {config_path} (see docs/config.md)"
-        if Path(config_path).exists() and not os.access(config_path, os.R_OK):
+        if _denied(config_path):
             # /etc/hark is root:hark 0750 and the token hark's own 0600: checking them,
             # and the audio and GPIO access the service has, needs the service's user.
             fix = "run it as the service user: sudo -u hark hark doctor"
@@ -57,6 +56,17 @@ def doctor_checks(config_path: str) -> list[Check]:
     checks += _check_audio(config)
     checks += _check_gpio(config)
     return checks
+
+
+def _denied(path: str) -> bool:
+    """The file, or a folder on the way to it, is not ours to read."""
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 TLS_FIX = (

@@ -373,9 +373,11 @@ def test_real_root_install_uninstall_and_purge(wheel: Path, tmp_path: Path) -> N
 def test_owner_doctor_is_told_to_run_as_the_service_user(tmp_path: Path) -> None:
     """/etc/hark is root:hark 0750 and the token hark's 0600: the owner's plain `hark doctor`
     cannot read them, and says the one command that can (and checks what the service can)."""
-    config = tmp_path / "hark.toml"
+    etc = tmp_path / "etc-hark"  # as installed: a folder the owner cannot even enter
+    etc.mkdir(mode=0o750)
+    config = etc / "hark.toml"
     config.write_text('[backend]\nurl = "https://keys.example.com/v1/realtime/client_secrets"\n')
-    config.chmod(0o600)
+    config.chmod(0o640)
     code = "import sys; from hark.cli import main; sys.exit(main(sys.argv[1:]))"
     argv = [sys.executable, "-c", code]
     if os.geteuid() == 0:
@@ -384,6 +386,7 @@ def test_owner_doctor_is_told_to_run_as_the_service_user(tmp_path: Path) -> None
         if not shutil.which("unshare"):
             pytest.skip("needs unshare to run as an ordinary user")
         os.chown(config, 65534, 65534)
+        os.chown(etc, 65534, 65534)
         argv = ["unshare", "--user", "--map-user=65534", "--map-group=65534", "--", *argv]
     done = subprocess.run(
         [*argv, "doctor", "--quiet", "--config", str(config)],
