@@ -213,6 +213,21 @@ def test_install_into_throwaway_root(
     assert "\nhark:" not in (root / "etc" / "passwd").read_text()
 
 
+def test_wheelhouse_install_into_throwaway_root(
+    wheel: Path, target: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """--wheelhouse DIR: hark-voice from that folder and nowhere else (pip's --no-index
+    and --find-links are install options: they go after `install`)."""
+    root, env = target
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    shutil.copy(wheel, house)
+    args = ("--root", root, "--wheelhouse", house, "--no-deps", "--no-apt", "--no-systemctl")
+    out = run(env, *args, "--python", _python())
+    assert "installing hark-voice from" in out and "installed hark 0.1.0" in out
+    assert (root / "opt" / "hark" / "venv" / "bin" / "hark").exists()
+
+
 def test_refuses_bad_arguments(target: tuple[Path, dict[str, str]]) -> None:
     """Unknown options and missing wheels fail with a message, before touching anything."""
     root, env = target
@@ -424,3 +439,30 @@ def test_demo_and_sim_without_the_sim_extra_say_so(entry: str, expected: str) ->
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
     assert "'starlette'" in lines[0] and "[sim]" in lines[0]
+
+
+def test_wheel_carries_the_installer_and_the_unit(wheel: Path) -> None:
+    """A first boot from a wheel alone (no checkout on the card) has the hardened unit and
+    install-device: the wheel carries them, byte for byte the checkout's."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        for member, source in (
+            ("hark/_install/install-device", "scripts/install-device"),
+            ("hark/_install/hark.service", "systemd/hark.service"),
+            ("hark/_install/hark.toml", "examples/hark.toml"),
+            ("hark/_install/config.md", "docs/config.md"),
+        ):
+            assert zf.read(member) == (ROOT / source).read_bytes(), member
+
+
+def test_device_wheels_is_device_less_what_debian_provides() -> None:
+    """`device-wheels` (the offline wheelhouse's extra) is `device` without PyAudio and
+    systemd-python, which a Pi gets from Debian: the two lists must not drift apart."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    native = {"pyaudio>=0.2.13", "systemd-python>=235"}
+    assert native <= set(extras["device"])
+    assert sorted(extras["device-wheels"]) == sorted(set(extras["device"]) - native)
