@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test demo bench lint format install clean
+.PHONY: test demo bench lint format install clean system-test wheel
 
 install: $(STAMP)
 
@@ -29,6 +29,18 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/hark demo
 
+# hark on arm64 Raspberry Pi OS-like roots and under a real systemd (system/README.md).
+# Needs root; caches in $${HARK_SYSTEM_CACHE:-/var/cache/hark-system}.
+system-test: $(STAMP)
+	system/run
+
+# dist/hark_voice-*.whl from a clean copy of this checkout's files (no stale build/lib).
+wheel: $(STAMP)
+	@rm -rf dist && tmp=$$(mktemp -d) && \
+	 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $$tmp && \
+	 $(BIN)/python -m pip wheel -q --no-deps -w dist $$tmp; rc=$$?; rm -rf $$tmp; exit $$rc
+	@ls dist/hark_voice-*.whl
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
@@ -37,4 +49,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -246,6 +246,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A whole spoken turn against the offline simulator (what ``make demo`` runs)."""
+    try:
+        import hark_sim.app  # noqa: F401 - starlette and uvicorn: the [sim] extra
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "?").partition(".")[0]
+        print(
+            f"hark demo: needs the simulator's packages (no module named {missing!r}), which "
+            "a device install leaves out: run `make demo` in a checkout, or "
+            "pip install '<hark wheel>[sim]'",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
     from hark.demo import run_demo
 
     return EX_OK if run_demo(Path(args.out), args.question, args.speed) else EX_SOFTWARE

@@ -39,6 +39,10 @@ def doctor_checks(config_path: str) -> list[Check]:
         config = load(config_path)
     except ConfigError as exc:
         fix = f"edit {config_path} (see docs/config.md)"
+        if _denied(config_path):
+            # /etc/hark is root:hark 0750 and the token hark's own 0600: checking them,
+            # and the audio and GPIO access the service has, needs the service's user.
+            fix = "run it as the service user: sudo -u hark hark doctor"
         checks.append(Check("config", False, "; ".join(exc.problems), fix))
         return checks
     checks.append(Check("config", True, f"{config_path} is valid"))
@@ -107,6 +111,17 @@ def check_service(
     failed = props.get("ActiveState") == "failed"
     fix = f"journalctl -u {unit} -e shows why; then systemctl restart {unit}" if failed else ""
     return [Check("service", not failed, detail, fix)]
+
+
+def _denied(path: str) -> bool:
+    """The file, or a folder on the way to it, is not ours to read."""
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 TLS_FIX = (

@@ -135,61 +135,45 @@ apt_install() {
     return 1
 }
 
-# Index mode: fetch hark's own wheel, then install it like a card wheel.
+# --from-index mode (explicitly asked for at provisioning): fetch that exact release's
+# wheel, then install it like a card wheel.  Never an sdist: it would run its setup code
+# as root here.
 fetch_wheel() {
     local pip_args=()
     [ -n "$INDEX_URL" ] && pip_args=(--index-url "$INDEX_URL")
     rm -rf "$STATE/download" || return 1
     mkdir -p "$STATE/download" || return 1
     python3 -m venv "$STATE/bootstrap" || return 1
-    "$STATE/bootstrap/bin/pip" download --no-deps "${pip_args[@]}" \
+    "$STATE/bootstrap/bin/pip" download --no-deps --only-binary=:all: "${pip_args[@]}" \
         --dest "$STATE/download" "$PACKAGE_SPEC"
 }
 
-# No install-device on the card (provisioned from an installed wheel): the same
-# steps, minimal: service user, venv under /opt/hark, unit file, enabled.
-fallback_install() {
-    local mode=$1 from=$2 venv="$ROOT/opt/hark/venv"
-    id -u "$SERVICE_USER" >/dev/null 2>&1 ||
-        useradd --system --home-dir /var/lib/hark --shell /usr/sbin/nologin \
-            --groups audio,gpio "$SERVICE_USER" || return 1
-    [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || return 1
-    if [ "$mode" = --wheel ]; then
-        "$venv/bin/pip" install --upgrade "${from}[device]" || return 1
-    else
-        "$venv/bin/pip" install --upgrade --no-index --find-links "$from" \
-            "hark-voice[device]" || return 1
-    fi
-    install -d -m 755 "$ROOT/etc/hark" "$UNIT_DIR" || return 1
-    if [ -f "$CARD/systemd/hark.service" ]; then
-        install -m 644 "$CARD/systemd/hark.service" "$UNIT_DIR/hark.service" || return 1
-    else
-        cat >"$UNIT_DIR/hark.service" <<EOF
-[Unit]
-Description=hark voice appliance (minimal unit written by hark first boot)
-Wants=network-online.target sound.target
-After=network-online.target sound.target
+# Every hark wheel carries install-device and the unit (hark/_install/): a card without
+# them (provisioned without a checkout) takes them from the wheel it installs.
+installer_from_wheel() {
+    rm -rf "$STATE/installer" || return 1
+    python3 - "$1" "$STATE/installer" <<'PY'
+import sys, zipfile
+from pathlib import Path
 
-[Service]
-Type=notify
-User=$SERVICE_USER
-ExecStart=/opt/hark/venv/bin/hark run --config $CONFIG_PATH
-Restart=on-failure
-RestartPreventExitStatus=78
-WatchdogSec=30
-
-[Install]
-WantedBy=multi-user.target
-EOF
-    fi
-    systemctl daemon-reload
+wheel, out = sys.argv[1], Path(sys.argv[2])
+with zipfile.ZipFile(wheel) as zf:
+    names = set(zf.namelist())
+    for member, dest in (("hark/_install/install-device", "scripts/install-device"),
+                         ("hark/_install/hark.service", "systemd/hark.service")):
+        if member not in names:
+            sys.exit(f"{wheel} carries no {member} (a hark wheel older than 0.1.0?); "
+                     "provision again with --install-script and --unit, or from a checkout")
+        (out / dest).parent.mkdir(parents=True, exist_ok=True)
+        (out / dest).write_bytes(zf.read(member))
+PY
 }
 
 install_hark() {
-    local args=() wheels
+    local args=() wheels script="$CARD/scripts/install-device"
     case "$INSTALL_FROM" in
-    wheel) args=(--wheel "$CARD/wheels/$WHEEL_NAME") ;;
-    wheelhouse) args=(--wheelhouse "$CARD/wheels") ;;
+    wheel) wheels=("$CARD/wheels/$WHEEL_NAME"); args=(--wheel "${wheels[0]}") ;;
+    wheelhouse) wheels=("$CARD"/wheels/hark_voice-*.whl); args=(--wheelhouse "$CARD/wheels") ;;
     index)
         fetch_wheel || return 1
         wheels=("$STATE"/download/*.whl)
@@ -199,16 +183,16 @@ install_hark() {
         ;;
     *) echo "unknown install source: $INSTALL_FROM"; return 1 ;;
     esac
-    if [ -f "$CARD/scripts/install-device" ]; then
-        # Its own options for a prefix root (tests, image builds): --root plus any
-        # extras in HARK_INSTALL_DEVICE_OPTS (e.g. --no-apt --no-systemctl).
-        [ -z "$ROOT" ] || args+=(--root "$ROOT")
-        # shellcheck disable=SC2206 # option words, split on purpose
-        [ -z "${HARK_INSTALL_DEVICE_OPTS:-}" ] || args+=($HARK_INSTALL_DEVICE_OPTS)
-        bash "$CARD/scripts/install-device" "${args[@]}"
-    else
-        fallback_install "${args[@]}"
+    if [ ! -f "$script" ]; then
+        installer_from_wheel "${wheels[0]}" || return 1
+        script="$STATE/installer/scripts/install-device"
     fi
+    # Its own options for a prefix root (tests, image builds): --root plus any
+    # extras in HARK_INSTALL_DEVICE_OPTS (e.g. --no-apt --no-systemctl).
+    [ -z "$ROOT" ] || args+=(--root "$ROOT")
+    # shellcheck disable=SC2206 # option words, split on purpose
+    [ -z "${HARK_INSTALL_DEVICE_OPTS:-}" ] || args+=($HARK_INSTALL_DEVICE_OPTS)
+    bash "$script" "${args[@]}"
 }
 
 # Same modes as scripts/install-device: config 0640 root:hark, token 0600 hark:hark.
@@ -250,7 +234,7 @@ main() {
         note "ok      start hark.service"
     else
         note "warning hark.service is installed but did not start; on the Pi run"
-        note "        'hark doctor' or 'journalctl -u hark' to see why"
+        note "        'sudo -u hark hark doctor' or 'journalctl -u hark' to see why"
     fi
     systemctl disable hark-firstboot.service >>"$OUT" 2>&1 || true
     note "done: hark is installed; the card no longer holds the device token or Wi-Fi key"

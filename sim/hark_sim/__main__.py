@@ -14,14 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-import uvicorn
+try:
+    import uvicorn
 
-from hark_sim.app import SimState
-from hark_sim.brains import load_scenario
-from hark_sim.config import DEFAULT_API_KEY, SimConfig
-from hark_sim.server import uvicorn_config
+    from hark_sim.app import SimState
+    from hark_sim.brains import load_scenario
+    from hark_sim.config import DEFAULT_API_KEY, SimConfig
+    from hark_sim.server import uvicorn_config
+except ModuleNotFoundError as exc:  # a device install has hark-sim but not the [sim] extra
+    _MISSING: str | None = (exc.name or "?").partition(".")[0]
+else:
+    _MISSING = None
 
 log = logging.getLogger(__name__)
+NOT_INSTALLED = (
+    "hark-sim: the simulator's packages are not installed (no module named {!r}); a device "
+    "install leaves them out: use a checkout (make demo) or pip install '<hark wheel>[sim]'"
+)
 
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -132,6 +141,9 @@ class _Server(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(NOT_INSTALLED.format(_MISSING), file=sys.stderr)
+        return 69  # EX_UNAVAILABLE
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -137,10 +137,20 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     files["token"].write_text(TOKEN + "\n")
     files["psk"].write_text(PASSPHRASE + "\n")
     files["key"].write_text(SSH_KEY + "\n")
+    files["wheel"] = tmp_path / "wheel" / "hark_voice-0.1.0-py3-none-any.whl"
+    files["wheel"].parent.mkdir()
+    files["wheel"].write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
     return files
 
 
-def argv(target: Path, inputs: dict[str, Path], *extra: str) -> list[str]:
+SOURCES = ("--wheel", "--wheelhouse", "--from-index")
+
+
+def argv(target: Path, inputs: dict[str, Path], *extra: str, source: bool = True) -> list[str]:
+    """The owner's usual command; a stand-in --wheel unless ``extra`` names the source
+    (``source=False``: none at all, as typed by an owner who relies on the default)."""
+    if source and not any(a in SOURCES for a in extra):
+        extra = (*extra, "--wheel", str(inputs["wheel"]))
     return [
         str(target),
         "--config",
@@ -605,3 +615,76 @@ def test_wrapper_script_runs_the_module() -> None:
     wrapper = Path(__file__).resolve().parents[2] / "scripts" / "provision-sd"
     done = subprocess.run([str(wrapper), "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "--wifi-ssid" in done.stdout
+
+
+# --------------------------------------------------------------------------- where hark comes from
+
+
+def test_default_is_this_checkouts_wheel_never_a_name_on_an_index(
+    tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no source option the wheel of this checkout is built (in a temporary copy) and
+    goes on the card: first boot installs it, never `hark-voice==…` from a public index."""
+    repo = Path(__file__).resolve().parents[2]
+    before = sorted(p.name for p in repo.iterdir())
+    folder = make_folder(tmp_path, "bookworm")
+    code = main(argv(folder, inputs, source=False))
+    err = capsys.readouterr().err
+    if code == 2 and "cannot build the wheel" in err:
+        pytest.skip(f"no build backend reachable here: {err.strip()}")
+    assert code == 0, err
+    wheels = list((folder / "hark" / "wheels").iterdir())
+    assert [w.name for w in wheels] == ["hark_voice-0.1.0-py3-none-any.whl"]
+    import zipfile
+
+    with zipfile.ZipFile(wheels[0]) as zf:
+        names = set(zf.namelist())
+    assert {"hark/_install/install-device", "hark/_install/hark.service"} <= names
+    firstboot = (folder / "hark" / "firstboot.sh").read_text()
+    assert "INSTALL_FROM=wheel" in firstboot
+    assert "PACKAGE_SPEC=''" in firstboot
+    assert "hark-voice==" not in "".join(
+        p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file()
+    )
+    assert sorted(p.name for p in repo.iterdir()) == before  # no build/ or egg-info
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (("--index-url", "https://pypi.example/simple"), "--index-url goes with --from-index"),
+        (("--from-index", "hark-voice"), "NAME==VERSION"),
+        (("--from-index", "hark-voice>=0.1"), "NAME==VERSION"),
+        (("--from-index", "hark-voice[sim]==0.1.0"), "NAME==VERSION"),
+        (("--from-index", "hark-voice==0.1.0\n"), "NAME==VERSION"),
+        (
+            ("--from-index", "hark-voice==0.1.0", "--index-url", "http://pypi.example/simple"),
+            "must be an https:// URL",
+        ),
+    ],
+)
+def test_index_only_by_explicit_exact_release_over_https(
+    tmp_path: Path,
+    inputs: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    extra: tuple[str, ...],
+    expected: str,
+) -> None:
+    """An index is used only for --from-index NAME==VERSION, and only over https."""
+    folder = make_folder(tmp_path, "bookworm")
+    args = argv(folder, inputs, *extra, source="--from-index" not in extra)
+    assert main(args) == 2
+    assert expected in capsys.readouterr().err
+    assert not (folder / "hark").exists()
+
+
+def test_from_index_is_passed_to_first_boot(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """--from-index with an https index: the first boot fetches exactly that release."""
+    folder = make_folder(tmp_path, "bookworm")
+    extra = ("--from-index", "hark-voice==0.1.0", "--index-url", "https://pypi.example/simple")
+    assert main(argv(folder, inputs, *extra)) == 0
+    firstboot = (folder / "hark" / "firstboot.sh").read_text()
+    assert "INSTALL_FROM=index" in firstboot
+    assert "PACKAGE_SPEC=hark-voice==0.1.0" in firstboot
+    assert "INDEX_URL=https://pypi.example/simple" in firstboot
+    assert not (folder / "hark" / "wheels").exists()

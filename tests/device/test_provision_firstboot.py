@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,12 @@ echo "$*" >>"$HARK_ROOT/install-device.args"
 units="$HARK_ROOT/etc/systemd/system"
 mkdir -p "$units" && echo "[Service]" >"$units/hark.service"
 """
-# Python 3 stand-in for the fallback and index paths: `python3 -m venv DIR` makes a pip
-# that records its arguments and, for `download`, drops a wheel into --dest.
+# Python 3 stand-in for the index path: `python3 -m venv DIR` makes a pip that records
+# its arguments and, for `download`, drops $HARK_FAKE_WHEEL into --dest; anything else
+# runs the real Python.
 PYTHON3 = """#!/bin/bash
 echo "python3 $*" >>"$HARK_ROOT/calls.log"
+[ "$1 $2" = "-m venv" ] || exec @PYTHON@ "$@"
 if [ "$1 $2" = "-m venv" ]; then
     mkdir -p "$3/bin"
     cat >"$3/bin/pip" <<'PIP'
@@ -67,7 +70,7 @@ if [ "$1 $2" = "-m venv" ]; then
 echo "pip $*" >>"$HARK_ROOT/calls.log"
 if [ "$1" = download ]; then
     while [ $# -gt 0 ]; do
-        [ "$1" = --dest ] && touch "$2/hark_voice-0.1.0-py3-none-any.whl"; shift
+        [ "$1" = --dest ] && cp "$HARK_FAKE_WHEEL" "$2/"; shift
     done
 fi
 PIP
@@ -114,7 +117,7 @@ def throwaway_root(tmp: Path) -> tuple[Path, dict[str, str]]:
     for name in STUBBED:
         (bin_dir / name).write_text(STUB)
     (bin_dir / "getent").write_text(GETENT)
-    (bin_dir / "python3").write_text(PYTHON3)
+    (bin_dir / "python3").write_text(PYTHON3.replace("@PYTHON@", sys.executable))
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
     env = {**os.environ, "HARK_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -154,7 +157,7 @@ def provision(tmp: Path, release: str, *extra: str) -> Path:
         str(tmp / "install-device"),
         *extra,
     ]
-    if "--index-url" not in extra and "--wheelhouse" not in extra:
+    if "--from-index" not in extra and "--wheelhouse" not in extra:
         argv += ["--wheel", str(wheel)]
     assert main(argv) == 0
     return boot
@@ -315,23 +318,49 @@ def test_missing_token_is_reported(tmp_path: Path) -> None:
     assert "no device token" in log and "--token-file" in log
 
 
-def test_index_install_without_install_device(tmp_path: Path) -> None:
-    """Index mode downloads hark's wheel; with no install-device on the card the built-in
-    fallback makes the venv, installs it, and writes a unit."""
-    boot = provision(tmp_path, "bookworm", "--index-url", "https://pypi.example/simple")
+def test_from_index_without_install_device_on_the_card(tmp_path: Path) -> None:
+    """--from-index: first boot downloads exactly that release (a wheel, never an sdist)
+    over https, and with no install-device on the card runs the one inside the wheel."""
+    boot = provision(
+        tmp_path,
+        "bookworm",
+        "--from-index",
+        "hark-voice==0.1.0",
+        "--index-url",
+        "https://pypi.example/simple",
+    )
     shutil.rmtree(boot / "hark/scripts")
     shutil.rmtree(boot / "hark/systemd", ignore_errors=True)
     root, env = throwaway_root(tmp_path)
+    wheel = tmp_path / "index" / "hark_voice-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("hark/_install/install-device", INSTALL_DEVICE)
+        zf.writestr("hark/_install/hark.service", "[Service]\n")
+    env["HARK_FAKE_WHEEL"] = str(wheel)
     done = run(boot / "hark/firstboot.sh", env)
     assert done.returncode == 0, done.stdout + (boot / "hark-firstboot.log").read_text()
     log = calls(root)
-    assert any(
-        c.startswith("pip download --no-deps --index-url https://pypi.example/simple") for c in log
-    )
-    assert any(c.startswith("pip install --upgrade") and c.endswith("[device]") for c in log)
-    assert any(c.startswith("useradd --system") for c in log)
-    unit = (root / "etc/systemd/system/hark.service").read_text()
-    assert "ExecStart=/opt/hark/venv/bin/hark run --config /etc/hark/hark.toml" in unit
+    assert (
+        "pip download --no-deps --only-binary=:all: --index-url https://pypi.example/simple "
+        f"--dest {root}/var/lib/hark/download hark-voice==0.1.0"
+    ) in log
+    args = (root / "install-device.args").read_text().split()
+    assert args == ["--wheel", f"{root}/var/lib/hark/download/{wheel.name}", "--root", str(root)]
+    assert not any(c.startswith("useradd") for c in log)  # install-device's job, not a fallback
+
+
+def test_wheel_without_install_device_fails_clearly(tmp_path: Path) -> None:
+    """A wheel that carries no installer (older hark) stops the first boot with a line that
+    says why, instead of a half-made install."""
+    boot = provision(tmp_path, "bookworm")
+    shutil.rmtree(boot / "hark/scripts")
+    root, env = throwaway_root(tmp_path)
+    done = run(boot / "hark/firstboot.sh", env)
+    assert done.returncode == 1
+    log = (boot / "hark-firstboot.log").read_text()
+    assert "FAILED: install hark" in log and "carries no hark/_install/install-device" in log
+    assert not (root / "etc/systemd/system/hark.service").exists()
 
 
 def _python() -> str | None:

@@ -9,15 +9,19 @@ checked, must not write outside the FAT boot partition, and must never print a s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
-import importlib.metadata
 import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from hark.provision.bootfs import TargetError, detect_release, open_target
+from hark.provision.bootfs import BootFs, Release, TargetError, detect_release, open_target
 from hark.provision.inputs import (
     FirstUser,
     InputError,
@@ -32,14 +36,19 @@ from hark.provision.inputs import (
     read_token_file,
     wpa_psk,
 )
-from hark.provision.plan import CONFIG_PATH, Request, apply, build_plan
+from hark.provision.plan import CONFIG_PATH, REPO_ROOT, Request, apply, build_plan
 
 log = logging.getLogger(__name__)
 
 EXIT_TARGET = 1
 EXIT_INPUT = 2
 EXIT_CONFIG = 78  # EX_CONFIG, as the daemon uses for a bad config
-DEFAULT_APT = ("python3-venv", "python3-pip", "alsa-utils", "libportaudio2")
+# What install-device needs from Debian, installed before it runs: PyAudio and
+# systemd-python as Debian builds them (PyPI has no aarch64 wheels; nothing is compiled).
+DEFAULT_APT = ("python3-venv", "python3-pyaudio", "python3-systemd", "alsa-utils")
+# --from-index: one exact release by name, nothing that makes pip run other code or look
+# elsewhere (no URL, extras, markers or version ranges).
+_FROM_INDEX = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?==[A-Za-z0-9][A-Za-z0-9.+!]*")
 PASSPHRASE_ENV = "HARK_WIFI_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 # A wheel's name goes into firstboot.sh and onto FAT: PEP 427's ASCII characters only.
 _WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+!-]+\.whl")
@@ -81,14 +90,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="create this login user (key-only, with sudo)")
     p.add_argument("--ssh-key", type=Path, help="the user's SSH public key file (*.pub)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--wheel", type=Path, help="hark wheel to copy onto the card")
+    src.add_argument(
+        "--wheel",
+        type=Path,
+        help="hark wheel to copy onto the card (default: build this checkout's wheel)",
+    )
     src.add_argument(
         "--wheelhouse",
         type=Path,
         help="folder of wheels (hark + dependencies) for a fully offline install",
     )
-    src.add_argument("--index-url", help="package index to install hark from (default PyPI)")
-    p.add_argument("--package", help="what to install from the index (default hark-voice==VERSION)")
+    src.add_argument(
+        "--from-index",
+        metavar="NAME==VERSION",
+        help="install this exact release from a package index on first boot instead "
+        "(only for a name you control)",
+    )
+    p.add_argument("--index-url", help="with --from-index: the index (https://…, default PyPI)")
     p.add_argument("--install-script", type=Path, help="scripts/install-device to put on the card")
     p.add_argument("--unit", type=Path, help="systemd/hark.service to put on the card")
     p.add_argument(
@@ -107,13 +125,6 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list what would be written; write nothing"
     )
     return p
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("hark-voice")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
 
 
 def _read_passphrase(args: argparse.Namespace) -> str:
@@ -211,6 +222,13 @@ def _gather(args: argparse.Namespace) -> tuple[str, Wifi | None, FirstUser | Non
             for w in sorted(args.wheelhouse.glob("*.whl"))
             if not _WHEEL_NAME.fullmatch(w.name)
         ]
+    problems += _check_index(args.from_index, args.index_url)
+    no_source = args.wheel is None and args.wheelhouse is None and args.from_index is None
+    if no_source and not (REPO_ROOT / "pyproject.toml").is_file():
+        problems.append(
+            "say where hark comes from: --wheel F (a wheel built from a hark checkout), "
+            "--wheelhouse D, or --from-index NAME==VERSION"
+        )
     if args.token_file is None and args.backend_admin is None:
         problems.append("no device token: pass --token-file F or --backend-admin COMMAND")
     for opt in ("install_script", "unit"):
@@ -224,6 +242,46 @@ def _gather(args: argparse.Namespace) -> tuple[str, Wifi | None, FirstUser | Non
 
 def _hark_wheels(folder: Path) -> list[Path]:
     return sorted(folder.glob("hark_voice-*.whl")) if folder.is_dir() else []
+
+
+def _check_index(spec: str | None, index_url: str | None) -> list[str]:
+    """--from-index must name one exact release; its index must be https."""
+    problems = []
+    if spec is not None and not _FROM_INDEX.fullmatch(spec):
+        problems.append(f"--from-index {spec!r}: give one exact release, NAME==VERSION")
+    if index_url is not None:
+        if spec is None:
+            problems.append("--index-url goes with --from-index NAME==VERSION")
+        if not index_url.startswith("https://") or any(c.isspace() for c in index_url):
+            problems.append(
+                f"--index-url {index_url!r}: must be an https:// URL (the Pi installs "
+                "from it as root; plain http can be tampered with on the way)"
+            )
+    return problems
+
+
+@contextlib.contextmanager
+def _checkout_wheel() -> Iterator[Path]:
+    """This checkout's wheel, built in a temporary copy (no build/ or egg-info left in the
+    checkout, no stale build/lib in the wheel); yields its path while it exists."""
+    with tempfile.TemporaryDirectory(prefix="hark-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        junk = shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "demo-out"
+        )
+        shutil.copytree(REPO_ROOT, src, symlinks=True, ignore=junk)
+        out = Path(tmp) / "dist"
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wheels = sorted(out.glob("hark_voice-*.whl"))
+        if built.returncode != 0 or not wheels:
+            tail = " | ".join(built.stderr.strip().splitlines()[-2:]) or "no wheel"
+            raise InputError([f"cannot build the wheel of {REPO_ROOT} ({tail}); pass --wheel F"])
+        yield wheels[0]
 
 
 def _load_config(path: Path) -> tuple[bytes, str]:
@@ -275,25 +333,44 @@ def main(argv: list[str] | None = None) -> int:
     except TargetError as exc:
         print(f"hark provision: refusing {args.target}: {exc}", file=sys.stderr)
         return EXIT_TARGET
-    try:
-        if args.token_file is not None:
-            token = read_token_file(args.token_file)
-        elif args.dry_run:
-            token = "<not minted in a dry run>"  # noqa: S105 - a placeholder
-        else:
-            token = mint_token(args.backend_admin)
-    except InputError as exc:
-        for line in exc.problems:
-            print(f"hark provision: {line}", file=sys.stderr)
-        return EXIT_INPUT
-    print(f"target:  {boot.description}")
-    print(f"release: {release.name}, first boot via {release.method} ({release.evidence})")
-    if args.wheel is None and args.wheelhouse is None:
-        where = args.index_url or "PyPI"
-        spec = args.package or f"hark-voice=={_version()}"
-        print(f"hark:    {spec} from {where} on first boot (--wheel F puts a build on the card)")
-    if args.dry_run and args.backend_admin:
-        print(f"token:   would be minted by running: {args.backend_admin}")
+    with contextlib.ExitStack() as stack:
+        wheel: Path | None = args.wheel
+        try:
+            # Before a token is minted: a failed build must not leave a device registered.
+            if wheel is None and args.wheelhouse is None and args.from_index is None:
+                wheel = stack.enter_context(_checkout_wheel())
+            if args.token_file is not None:
+                token = read_token_file(args.token_file)
+            elif args.dry_run:
+                token = "<not minted in a dry run>"  # noqa: S105 - a placeholder
+            else:
+                token = mint_token(args.backend_admin)
+        except InputError as exc:
+            for line in exc.problems:
+                print(f"hark provision: {line}", file=sys.stderr)
+            return EXIT_INPUT
+        print(f"target:  {boot.description}")
+        print(f"release: {release.name}, first boot via {release.method} ({release.evidence})")
+        if args.from_index is not None:
+            where = args.index_url or "PyPI"
+            print(f"hark:    {args.from_index} from {where} on first boot (--from-index)")
+        elif wheel is not None and args.wheel is None:
+            print(f"hark:    {wheel.name}, built from this checkout, goes on the card")
+        if args.dry_run and args.backend_admin:
+            print(f"token:   would be minted by running: {args.backend_admin}")
+        return _write(args, boot, release, inputs, config, token, wheel)
+
+
+def _write(
+    args: argparse.Namespace,
+    boot: BootFs,
+    release: Release,
+    inputs: tuple[str, Wifi | None, FirstUser | None, str | None],
+    config: tuple[bytes, str],
+    token: str,
+    wheel: Path | None,
+) -> int:
+    """Build the plan and write it (or list it); the exit code."""
     try:
         hostname, wifi, user, timezone = inputs
         country = (
@@ -310,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             config_bytes=config[0],
             token_path=config[1],
             token=token,
-            wheel=args.wheel,
+            wheel=wheel,
             wheelhouse=args.wheelhouse,
             index_url=args.index_url or "",
-            package=args.package or f"hark-voice=={_version()}",
+            package=args.from_index or "",
             install_script=args.install_script,
             unit=args.unit,
             apt_packages=(*DEFAULT_APT, *args.apt_package),

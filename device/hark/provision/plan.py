@@ -37,7 +37,7 @@ class Request:
     wheel: Path | None = None
     wheelhouse: Path | None = None
     index_url: str = ""
-    package: str = "hark-voice"
+    package: str = ""  # --from-index NAME==VERSION; never a default name
     install_script: Path | None = None
     unit: Path | None = None
     apt_packages: tuple[str, ...] = ()
@@ -90,8 +90,10 @@ def build_plan(boot: BootFs, release: Release, req: Request) -> list[Write]:
     elif req.wheelhouse is not None:
         wheels = sorted(req.wheelhouse.glob("*.whl"))
         install_from, wheel_name = "wheelhouse", ""
-    else:
+    elif req.package:
         install_from, wheel_name = "index", ""
+    else:
+        raise ValueError("no source for hark: a wheel, a wheelhouse or --from-index")
     for wheel in wheels:
         plan.append(Write(f"{card}/wheels/{wheel.name}", source=wheel))
     ours = [w for w in wheels if w.name.startswith("hark_voice-")]
@@ -152,7 +154,7 @@ def _check_space(boot: BootFs, plan: list[Write]) -> None:
     if needed_b > free_b:
         raise TargetError(
             f"the boot partition has {free_b / 2**20:.1f} MiB free but this needs "
-            f"{needed_b / 2**20:.1f} MiB more; use --wheel or --index-url instead of "
+            f"{needed_b / 2**20:.1f} MiB more; use --wheel or --from-index instead of "
             "--wheelhouse, or remove files from the boot partition"
         )
 
