@@ -1,0 +1,34 @@
+# A held-button turn: press (gpio-sim pulls line 17 low), the question into the
+# microphone, release; hark-sim's parrot answers with the question's own audio; the
+# speaker's side of the loopback is recorded and compared piece by piece.  The LED
+# (line 25) must change during the turn.  The turn's journal is printed.
+. /share/checks/lib.sh
+ensure_backend >/dev/null
+ensure_hark
+wait_for 60 bash -c 'systemctl show -p StatusText --value hark.service | grep -q "^idle"' || note "STATUS is '$(prop StatusText)', not idle"
+speak /tmp/q.wav "What time is it in the kitchen, and is the oven still on?"
+note "question: $(soxi -D /tmp/q.wav) s at $(soxi -r /tmp/q.wav) Hz"
+pid=$(main_pid); r0=$(prop NRestarts)
+L=$GPIO_SYS/sim_gpio$LED_LINE
+( for _ in $(seq 1 600); do cat $L/value; sleep 0.1; done ) > /tmp/led.txt 2>/dev/null & LEDW=$!
+c=$(cursor)
+arecord -q -D $SPEAKER_TAP -f S16_LE -r 48000 -c 1 -d 90 /tmp/reply.wav & REC=$!
+sleep 1
+echo "  .. press at $(uptime_s)"; press
+sleep 0.6
+aplay -q -D $MIC_FEED /tmp/q.wav
+sleep 0.4
+echo "  .. release at $(uptime_s)"; release
+spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }
+wait_for 60 spoke_and_done || note "no 'status: speaking' then idle within 60 s"
+sleep 1; kill -TERM $REC; wait $REC; kill $LEDW 2>/dev/null; wait $LEDW 2>/dev/null
+cp /tmp/q.wav $OUT/button-question.wav; cp /tmp/reply.wav $OUT/button-reply.wav
+echo "  .. the guest's journal for this turn (hark.service):"
+hark_journal "$c" | sed 's/^/  | /'
+hark_journal "$c" > $OUT/button-turn.journal
+out=$("$RIG_PY" $CHECKS/pieces.py /tmp/q.wav /tmp/reply.wav); prc=$?
+echo "$out" | sed 's/^/  .. /'
+verdict button-turn "$([ $prc = 0 ] && [ "$(main_pid)" = "$pid" ] && echo 1)" "$(echo "$out" | head -n1)"
+led=$(sort -u /tmp/led.txt | tr '\n' ' ')
+verdict led "$([ "$(sort -u /tmp/led.txt | wc -l)" -ge 2 ] && echo 1)" "LED line $LED_LINE took values: ${led:-none}"
+finish
