@@ -77,7 +77,8 @@ def test_dropouts_in_capture_and_playback_still_match_and_show_as_drift() -> Non
     assert v.ok, v.reason
     assert v.matched < len(v.scores)  # the pieces across the cut are damaged ...
     drift = v.shifts_ms[-1] - v.shifts_ms[0]
-    assert 0 < drift < 60  # ... and -125 + 100 + 50 ms shows as the drift
+    assert 0 < drift < 60  # ... and -125 + 100 + 50 ms shows as the drift ...
+    assert v.jumps == 3  # ... in three jumps
 
 
 def test_noise_added_and_quieter_still_matches() -> None:
@@ -93,6 +94,15 @@ def test_another_utterance_does_not_match() -> None:
     v = pieces.compare(q, RATE_Q, reply_of(other), RATE_R)
     assert not v.ok
     assert "median" in v.reason
+
+
+def test_a_reply_sharing_only_some_words_does_not_match() -> None:
+    q = speechlike(5.0, RATE_Q, seed=11)
+    other = speechlike(5.0, RATE_Q, seed=12)
+    half = np.concatenate((q[: int(2.0 * RATE_Q)], other[int(2.0 * RATE_Q) :]))  # 60 % differs
+    v = pieces.compare(q, RATE_Q, reply_of(half), RATE_R)
+    assert not v.ok
+    assert v.matched < 0.75 * len(v.scores)
 
 
 def test_silence_does_not_match() -> None:

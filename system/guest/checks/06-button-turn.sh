@@ -5,6 +5,10 @@
 . /share/checks/lib.sh
 ensure_backend >/dev/null
 ensure_hark
+if ! grep -q '^mode = "button"' /etc/hark/hark.toml; then   # run on its own after 08
+  set_config 's/^mode = ".*"/mode = "button"/'; c=$(cursor); systemctl reload hark.service
+  wait_for 90 bash -c "journalctl --after-cursor '$c' -u hark.service -q -o cat | grep -q -E ': config reloaded$'"
+fi
 wait_for 60 bash -c 'systemctl show -p StatusText --value hark.service | grep -q "^idle"' || note "STATUS is '$(prop StatusText)', not idle"
 speak /tmp/q.wav "What time is it in the kitchen, and is the oven still on?"
 note "question: $(soxi -D /tmp/q.wav) s at $(soxi -r /tmp/q.wav) Hz"

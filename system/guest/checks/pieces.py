@@ -35,11 +35,18 @@ class Verdict:
     ok: bool = False
     reason: str = ""
 
+    @property
+    def jumps(self) -> int:
+        """How often the alignment moved by more than 30 ms: dropouts, roughly."""
+        steps = np.diff(np.asarray(self.shifts_ms, dtype=np.float64))
+        return int(np.sum(np.abs(steps) > 30))
+
     def summary(self) -> str:
         drift = (self.shifts_ms[-1] - self.shifts_ms[0]) if self.shifts_ms else 0.0
         return (
             f"{self.matched}/{len(self.scores)} voiced pieces matched, median "
-            f"{self.median:.2f}, reply at {self.lag_s:.2f} s, drift {drift:+.0f} ms"
+            f"{self.median:.2f}, reply at {self.lag_s:.2f} s, {self.jumps} jumps, "
+            f"drift {drift:+.0f} ms"
         )
 
 
@@ -81,11 +88,11 @@ def compare(
     recording: Signal,
     rec_rate_hz: int,
     *,
-    piece_s: float = 0.25,
-    search_s: float = 0.4,
+    piece_s: float = 0.1,
+    search_s: float = 0.8,
     voiced_dbfs: float = -40.0,
-    piece_ok: float = 0.5,
-    median_ok: float = 0.75,
+    piece_ok: float = 0.6,
+    median_ok: float = 0.6,
     matched_ok: float = 0.75,
 ) -> Verdict:
     """Find each voiced piece of ``reference`` in ``recording``, in order.
