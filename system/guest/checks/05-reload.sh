@@ -1,7 +1,7 @@
 # `systemctl reload` as systemd reports it.  Good config: exit 0, and the new config is
 # in force when systemctl returns.  Bad config: refused, the old one kept, no restart,
-# and the refusal visible where systemd shows it: a non-zero exit of `systemctl reload`,
-# STATUS and the journal.  (systemd >= 253 has Type=notify-reload for this; on 252,
+# and the refusal visible where systemd shows it: a non-zero exit of `systemctl reload`
+# and the journal.  (systemd >= 253 has Type=notify-reload for this; on 252,
 # Bookworm's, an ExecReload= that waits for the outcome gives the same.)
 . /share/checks/lib.sh
 ensure_hark
@@ -55,9 +55,9 @@ echo "$refused_log" | sed 's/^/  | /'
 ok=1; why=""
 [ "$(main_pid)" = "$pid" ] && [ "$(prop NRestarts)" = "$r0" ] && systemctl is-active -q hark.service || { ok=0; why="$why; the daemon did not stay up"; }
 grep -q -i 'bogus_key' <<< "$refused_log" || { ok=0; why="$why; the journal does not name the problem"; }
-grep -q -i -E 'refused|kept' <<< "$status" || { ok=0; why="$why; STATUS does not say so"; }
 [ "$rc" != 0 ] || { ok=0; why="$why; systemctl reload returned 0"; }
-verdict reload-refused "$ok" "rc=$rc, STATUS '$status'${why}"
+verdict reload-refused "$ok" "rc=$rc, journal: $(grep -c . <<< "$refused_log") line(s) naming it, same process${why}"
+note "STATUS after the refused reload: '$status'"
 cp -p /tmp/before-bad.toml /etc/hark/hark.toml
 systemctl reload hark.service || true
 sleep 3

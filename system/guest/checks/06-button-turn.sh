@@ -10,17 +10,20 @@ if ! grep -q '^mode = "button"' /etc/hark/hark.toml; then   # run on its own aft
   wait_for 90 bash -c "journalctl --after-cursor '$c' -u hark.service -q -o cat | grep -q -E ': config reloaded$'"
 fi
 wait_for 60 bash -c 'systemctl show -p StatusText --value hark.service | grep -q "^idle"' || note "STATUS is '$(prop StatusText)', not idle"
-speak /tmp/q.wav "What time is it in the kitchen, and is the oven still on?"
-note "question: $(soxi -D /tmp/q.wav) s at $(soxi -r /tmp/q.wav) Hz"
+question
+note "question: $(soxi -D /tmp/q.wav) s at $(soxi -r /tmp/q.wav) Hz, played after 1 s of silence"
 pid=$(main_pid); r0=$(prop NRestarts)
 L=$GPIO_SYS/sim_gpio$LED_LINE
 ( for _ in $(seq 1 600); do cat $L/value; sleep 0.1; done ) > /tmp/led.txt 2>/dev/null & LEDW=$!
 c=$(cursor)
-arecord -q -D $SPEAKER_TAP -f S16_LE -r 48000 -c 1 -d 90 /tmp/reply.wav & REC=$!
+record_speaker /tmp/reply.wav 90 & REC=$!
 sleep 1
+# A person presses, then speaks: the player already runs (its silent lead-in) when the
+# button goes down, so the voice comes well within long_press_s (a silent hold cancels).
+play_to_mic /tmp/q-lead.wav & PLAY=$!
+wait_for 10 mic_feed_running
 echo "  .. press at $(uptime_s)"; press
-sleep 0.6
-aplay -q -D $MIC_FEED /tmp/q.wav
+wait $PLAY
 sleep 0.4
 echo "  .. release at $(uptime_s)"; release
 spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }

@@ -11,11 +11,11 @@ reloaded() { hark_journal "$c" -o cat | grep -q -E ': config reloaded$' && hark_
 wait_for 90 reloaded || note "no 'config reloaded' and a new session within 90 s"
 wait_for 30 bash -c 'systemctl show -p StatusText --value hark.service | grep -q "^idle"'
 pid=$(main_pid)
-[ -f /tmp/q.wav ] || speak /tmp/q.wav "What time is it in the kitchen, and is the oven still on?"
+question
 c=$(cursor)
-arecord -q -D $SPEAKER_TAP -f S16_LE -r 48000 -c 1 -d 90 /tmp/reply-vad.wav & REC=$!
+record_speaker /tmp/reply-vad.wav 90 & REC=$!
 sleep 1
-echo "  .. speak at $(uptime_s)"; aplay -q -D $MIC_FEED /tmp/q.wav; echo "  .. spoken at $(uptime_s)"
+echo "  .. speak at $(uptime_s)"; play_to_mic /tmp/q-lead.wav; echo "  .. spoken at $(uptime_s)"
 spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }
 wait_for 60 spoke_and_done || note "no 'status: speaking' then idle within 60 s"
 sleep 1; kill -TERM $REC; wait $REC
@@ -26,15 +26,16 @@ echo "$out" | sed 's/^/  .. /'
 verdict handsfree-turn "$([ $prc = 0 ] && [ "$(main_pid)" = "$pid" ] && echo 1)" "$(echo "$out" | head -n1)"
 # The daemon's own count of dropouts: those the emulation caused by chance, and one
 # made on purpose (the daemon frozen for 0.8 s while the card runs on: the capture
-# overruns, the playback underruns).  Either way the journal must count them.
+# overruns, the playback underruns).  Either way the journal must count them (a daemon
+# may summarise them once a minute: up to 90 s are allowed).
 natural=$(journalctl -b -u hark.service -q -o cat | grep -i -E 'xrun|overrun|overflow|underrun|underflow|dropout' | grep -E '[0-9]' | tail -n 3)
 [ -z "$natural" ] || echo "$natural" | sed 's/^/  | (so far) /'
 pid=$(main_pid); c=$(cursor)
 kill -STOP "$pid"; sleep 0.8; kill -CONT "$pid"; note "froze pid $pid for 0.8 s at $(uptime_s)"
 counted() { hark_journal "$c" -o cat | grep -i -E 'xrun|overrun|overflow|underrun|underflow|dropout' | grep -q -E '[0-9]'; }
-wait_for 30 counted && seen=1 || seen=0
+wait_for 90 counted && seen=1 || seen=0
 counts=$(hark_journal "$c" -o cat | grep -i -E 'xrun|overrun|overflow|underrun|underflow|dropout' | head -n 3)
 echo "$counts" | sed 's/^/  | /'
 note "STATUS: '$(prop StatusText)'"
-verdict dropouts-logged "$seen" "$([ $seen = 1 ] && echo "counted within 30 s: $(echo "$counts" | head -n1)" || echo "no over/underrun count in hark's journal within 30 s of a 0.8 s freeze")"
+verdict dropouts-logged "$seen" "$([ $seen = 1 ] && echo "counted within 90 s: $(echo "$counts" | head -n1)" || echo "no over/underrun count in hark's journal within 90 s of a 0.8 s freeze")"
 finish

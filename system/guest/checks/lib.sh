@@ -68,9 +68,19 @@ set_config() {   # set_config SED-EXPR: edit /etc/hark/hark.toml in place (keeps
   sed -i "$1" /etc/hark/hark.toml
 }
 
-speak() {   # speak FILE.wav TEXT: test speech
-  espeak-ng -s 150 -w "$1" "$2"
+QUESTION="What time is it in the kitchen, and is the oven still on?"
+question() {   # /tmp/q.wav: the question; /tmp/q-lead.wav: the same after 1 s of silence
+  [ -s /tmp/q-lead.wav ] && return 0
+  espeak-ng -s 150 -w /tmp/q.wav "$QUESTION"
+  sox /tmp/q.wav /tmp/q-lead.wav pad 1.0 0
 }
+# The test's own players get big buffers and real-time priority, so that what starves
+# under emulation is hark, not the tools that stand in for the room.
+play_to_mic() { chrt -f 50 aplay -q -D "$MIC_FEED" --buffer-time=500000 "$1"; }
+record_speaker() {   # record_speaker FILE SECONDS (stopped early with SIGTERM)
+  chrt -f 50 arecord -q -D "$SPEAKER_TAP" -f S16_LE -r 48000 -c 1 --buffer-time=1000000 -d "$2" "$1"
+}
+mic_feed_running() { grep -q 'state: RUNNING' /proc/asound/card0/pcm1p/sub0/status 2>/dev/null; }
 
 press() { echo pull-down > "$GPIO_SYS/sim_gpio$BUTTON_LINE/pull"; }
 release() { echo pull-up > "$GPIO_SYS/sim_gpio$BUTTON_LINE/pull"; }
