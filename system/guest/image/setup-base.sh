@@ -60,11 +60,11 @@ python3 -m venv --system-site-packages /tmp/warm
 /tmp/warm/bin/pip install -q --disable-pip-version-check "$IN/dist/$(ls $IN/dist)[device]"
 rm -rf /tmp/warm
 # debootstrap's packages out of apt's cache; then what install-device once asked apt for
-# (compilers, headers), downloaded, not installed, so a run of such a version installs
+# (compilers, headers, ALSA's plugins), downloaded, not installed, so a run of such a version installs
 # them without the network.
 apt-get clean
 apt-get install -y -q --no-install-recommends --download-only \
-  python3-dev gcc pkg-config portaudio19-dev libsystemd-dev || true
+  python3-dev gcc pkg-config portaudio19-dev libsystemd-dev libasound2-plugins || true
 
 # A smaller image is a quicker mke2fs per run: kernel modules no guest here loads.
 M=/lib/modules/$KVER/kernel
