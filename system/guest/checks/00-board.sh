@@ -5,6 +5,7 @@
 . /share/checks/lib.sh
 note "kernel $(uname -r); $(systemctl --version | head -1); PID 1 is $(cat /proc/1/comm)"
 note "$(systemd-analyze time 2>/dev/null | head -1)"
+systemd-analyze blame --no-pager 2>/dev/null | head -n 5 | sed "s/^/  .. slowest: /"
 ifaces=$(ls /sys/class/net | grep -v '^lo$' | tr '\n' ' ')
 verdict board-no-network "$([ -z "$ifaces" ] && echo 1)" "network interfaces besides lo: ${ifaces:-none}"
 card=$(sed -n 's/^ *0 \[\([^] ]*\) *\].*/\1/p' /proc/asound/cards)

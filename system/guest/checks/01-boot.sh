@@ -2,16 +2,17 @@
 # must be running (READY, not failed, not restarting), and once the backend comes up it
 # connects by itself, without a restart.
 . /share/checks/lib.sh
-boot_id=$(journalctl --list-boots -q 2>/dev/null | tail -1 | awk '{print $2}')
 note "hark.service: $(prop ActiveState)/$(prop SubState), enabled: $(systemctl is-enabled hark.service), NRestarts=$(prop NRestarts)"
 journalctl -b -u hark.service --no-pager -q -o short-monotonic | head -n 25 | sed 's/^/  | /'
 pid=$(main_pid); restarts=$(prop NRestarts)
 active=$(systemctl is-active hark.service || true)
 started=$(journalctl -b -u hark.service -q -o cat | grep -c -E '^Started hark' || true)
-verdict boot-start "$([ "$active" = active ] && [ "$started" -ge 1 ] && [ "$restarts" = 0 ] && echo 1)" \
-  "at boot with no backend: $active, READY ${started}x, NRestarts=$restarts, STATUS '$(prop StatusText)'"
 backend_state=$(systemctl is-active rig-backend.service || true)
-note "hark-backend before: $backend_state; starting hark-sim and hark-backend"
+bootlog() { journalctl -b -u hark.service -q -o short-monotonic | grep -m1 -E -- "$1" | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'; }
+note "at boot: READY at $(bootlog 'systemd\[1\]: Started hark') s, microphone open at $(bootlog "$OPENED_MIC") s, speaker open at $(bootlog "$OPENED_SPK") s"
+verdict boot-start "$([ "$active" = active ] && [ "$started" -ge 1 ] && [ "$restarts" = 0 ] && [ "$backend_state" != active ] && echo 1)" \
+  "at boot with no backend ($backend_state): $active, READY ${started}x, NRestarts=$restarts, STATUS '$(prop StatusText)'"
+note "starting hark-sim and hark-backend"
 c=$(cursor)
 ensure_backend
 t0=$(date +%s)
