@@ -12,30 +12,39 @@ fi
 wait_for 60 bash -c 'systemctl show -p StatusText --value hark.service | grep -q "^idle"' || note "STATUS is '$(prop StatusText)', not idle"
 question
 note "question: $(soxi -D /tmp/q.wav) s at $(soxi -r /tmp/q.wav) Hz, played after 1 s of silence"
-pid=$(main_pid); r0=$(prop NRestarts)
+pid=$(main_pid)
 L=$GPIO_SYS/sim_gpio$LED_LINE
-( for _ in $(seq 1 600); do cat $L/value; sleep 0.1; done ) > /tmp/led.txt 2>/dev/null & LEDW=$!
-c=$(cursor)
-record_speaker /tmp/reply.wav 90 & REC=$!
-sleep 1
-# A person presses, then speaks: the player already runs (its silent lead-in) when the
-# button goes down, so the voice comes well within long_press_s (a silent hold cancels).
-play_to_mic /tmp/q-lead.wav & PLAY=$!
-wait_for 10 mic_feed_running
-echo "  .. press at $(uptime_s)"; press
-wait $PLAY
-sleep 0.4
-echo "  .. release at $(uptime_s)"; release
-spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }
-wait_for 60 spoke_and_done || note "no 'status: speaking' then idle within 60 s"
-sleep 1; kill -TERM $REC; wait $REC; kill $LEDW 2>/dev/null; wait $LEDW 2>/dev/null
-cp /tmp/q.wav $OUT/button-question.wav; cp /tmp/reply.wav $OUT/button-reply.wav
-echo "  .. the guest's journal for this turn (hark.service):"
-hark_journal "$c" | sed 's/^/  | /'
-hark_journal "$c" > $OUT/button-turn.journal
-out=$("$RIG_PY" $CHECKS/pieces.py /tmp/q.wav /tmp/reply.wav); prc=$?
-echo "$out" | sed 's/^/  .. /'
-verdict button-turn "$([ $prc = 0 ] && [ "$(main_pid)" = "$pid" ] && echo 1)" "$(echo "$out" | head -n1)"
+( for _ in $(seq 1 1200); do cat $L/value; sleep 0.1; done ) > /tmp/led.txt 2>/dev/null & LEDW=$!
+turn() {   # turn N: one held-button turn, its journal, the reply judged; returns the verdict
+  local n=$1 prc
+  c=$(cursor)
+  record_speaker /tmp/reply.wav 90 & REC=$!
+  sleep 1
+  # A person presses, then speaks: the player already runs (its silent lead-in) when the
+  # button goes down, so the voice comes well within long_press_s (a silent hold cancels).
+  play_to_mic /tmp/q-lead.wav & PLAY=$!
+  wait_for 10 mic_feed_running
+  echo "  .. attempt $n: press at $(uptime_s)"; press
+  wait $PLAY
+  sleep 0.4
+  echo "  .. release at $(uptime_s)"; release
+  spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }
+  wait_for 60 spoke_and_done || note "no 'status: speaking' then idle within 60 s"
+  sleep 1; kill -TERM $REC; wait $REC
+  cp /tmp/q.wav $OUT/button-question.wav; cp /tmp/reply.wav "$OUT/button-reply-$n.wav"
+  echo "  .. the guest's journal for this turn (hark.service):"
+  hark_journal "$c" | sed 's/^/  | /'
+  hark_journal "$c" > "$OUT/button-turn-$n.journal"
+  out=$("$RIG_PY" $CHECKS/pieces.py /tmp/q.wav /tmp/reply.wav); prc=$?
+  echo "$out" | sed 's/^/  .. /'
+  return $prc
+}
+# Under emulation a starved guest can mangle one turn's audio past judging; a second
+# turn is allowed, and said.  A turn that does not work fails both.
+attempt=1; turn 1 || { attempt=2; turn 2; }; prc=$?
+kill $LEDW 2>/dev/null; wait $LEDW 2>/dev/null
+verdict button-turn "$([ $prc = 0 ] && [ "$(main_pid)" = "$pid" ] && echo 1)" \
+  "$(echo "$out" | head -n1)$([ $attempt = 2 ] && echo " (second attempt)")"
 led=$(sort -u /tmp/led.txt | tr '\n' ' ')
 verdict led "$([ "$(sort -u /tmp/led.txt | wc -l)" -ge 2 ] && echo 1)" "LED line $LED_LINE took values: ${led:-none}"
 finish
