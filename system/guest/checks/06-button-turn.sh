@@ -14,23 +14,22 @@ question
 note "question: $(soxi -D /tmp/q.wav) s at $(soxi -r /tmp/q.wav) Hz, played after 1 s of silence"
 pid=$(main_pid)
 L=$GPIO_SYS/sim_gpio$LED_LINE
-( for _ in $(seq 1 1200); do cat $L/value; sleep 0.1; done ) > /tmp/led.txt 2>/dev/null & LEDW=$!
+( for _ in $(seq 1 900); do read -r v < $L/value; echo "$v"; nap 0.2; done ) > /tmp/led.txt 2>/dev/null & LEDW=$!
 turn() {   # turn N: one held-button turn, its journal, the reply judged; returns the verdict
   local n=$1 prc
   c=$(cursor)
-  record_speaker /tmp/reply.wav 90 & REC=$!
-  sleep 1
+  record_speaker /tmp/reply.wav 90
+  nap 1
   # A person presses, then speaks: the player already runs (its silent lead-in) when the
   # button goes down, so the voice comes well within long_press_s (a silent hold cancels).
   play_to_mic /tmp/q-lead.wav & PLAY=$!
   wait_for 10 mic_feed_running
   echo "  .. attempt $n: press at $(uptime_s)"; press
   wait $PLAY
-  sleep 0.4
+  nap 0.4
   echo "  .. release at $(uptime_s)"; release
-  spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }
-  wait_for 60 spoke_and_done || note "no 'status: speaking' then idle within 60 s"
-  sleep 1; kill -TERM $REC; wait $REC
+  WAIT_STEP=1 wait_for 60 turn_done "$c" || note "no 'status: speaking' then idle within 60 s"
+  nap 1; stop_recording
   cp /tmp/q.wav $OUT/button-question.wav; cp /tmp/reply.wav "$OUT/button-reply-$n.wav"
   echo "  .. the guest's journal for this turn (hark.service):"
   hark_journal "$c" | sed 's/^/  | /'

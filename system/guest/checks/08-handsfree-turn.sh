@@ -15,12 +15,11 @@ question
 turn() {   # turn N: one hands-free turn, its journal, the reply judged; returns the verdict
   local n=$1 prc
   c=$(cursor)
-  record_speaker /tmp/reply-vad.wav 90 & REC=$!
-  sleep 1
+  record_speaker /tmp/reply-vad.wav 90
+  nap 1
   echo "  .. attempt $n: speak at $(uptime_s)"; play_to_mic /tmp/q-lead.wav; echo "  .. spoken at $(uptime_s)"
-  spoke_and_done() { hark_journal "$c" -o cat | grep -q 'status: speaking' && [ "$(prop StatusText | cut -d';' -f1)" = idle ]; }
-  wait_for 60 spoke_and_done || note "no 'status: speaking' then idle within 60 s"
-  sleep 1; kill -TERM $REC; wait $REC
+  WAIT_STEP=1 wait_for 60 turn_done "$c" || note "no 'status: speaking' then idle within 60 s"
+  nap 1; stop_recording
   cp /tmp/reply-vad.wav "$OUT/handsfree-reply-$n.wav"
   hark_journal "$c" | sed 's/^/  | /'
   out=$("$RIG_PY" $CHECKS/pieces.py /tmp/q.wav /tmp/reply-vad.wav); prc=$?

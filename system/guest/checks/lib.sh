@@ -29,12 +29,20 @@ cursor() { journalctl -n 0 --show-cursor -q 2>/dev/null | sed -n 's/^-- cursor: 
 journal_since() { local c=$1; shift; journalctl --after-cursor "$c" --no-pager -q -o short-monotonic "$@"; }
 hark_journal() { journal_since "$1" -u hark.service "${@:2}"; }
 
-# wait_for SECONDS CMD...: poll CMD every 0.5 s until it succeeds
+# nap SECONDS: sleep without a fork (under emulation every fork costs the daemon CPU)
+mkfifo /tmp/.nap 2>/dev/null; exec 7<>/tmp/.nap
+nap() { read -r -t "$1" -u 7 || true; }
+# wait_for SECONDS CMD...: poll CMD every ${WAIT_STEP:-0.5} s until it succeeds
 wait_for() {
   local limit=$1; shift
-  local end=$(( $(date +%s) + limit ))
-  while [ "$(date +%s)" -lt "$end" ]; do "$@" && return 0; sleep 0.5; done
+  local end=$(( SECONDS + limit ))
+  while [ "$SECONDS" -lt "$end" ]; do "$@" && return 0; nap "${WAIT_STEP:-0.5}"; done
   "$@"
+}
+# turn_done CURSOR: hark spoke since CURSOR and is idle again (STATUS first: cheaper)
+turn_done() {
+  local st; st=$(systemctl show -p StatusText --value hark.service)
+  [ "${st%%;*}" = idle ] && hark_journal "$1" -o cat | grep -q 'status: speaking'
 }
 
 ensure_hark() {   # leave hark running (after a failed check) so later checks can run
@@ -77,9 +85,11 @@ question() {   # /tmp/q.wav: the question; /tmp/q-lead.wav: the same after 1 s o
 # The test's own players get big buffers and real-time priority, so that what starves
 # under emulation is hark, not the tools that stand in for the room.
 play_to_mic() { chrt -f 50 aplay -q -D "$MIC_FEED" --buffer-time=500000 "$1"; }
-record_speaker() {   # record_speaker FILE SECONDS (stopped early with SIGTERM)
-  chrt -f 50 arecord -q -D "$SPEAKER_TAP" -f S16_LE -r 48000 -c 1 --buffer-time=1000000 -d "$2" "$1"
+record_speaker() {   # record_speaker FILE SECONDS: in the background, REC its pid (arecord's own)
+  chrt -f 50 arecord -q -D "$SPEAKER_TAP" -f S16_LE -r 48000 -c 1 --buffer-time=1000000 -d "$2" "$1" &
+  REC=$!
 }
+stop_recording() { kill -TERM "$REC" 2>/dev/null; wait "$REC" 2>/dev/null || true; }
 mic_feed_running() { grep -q 'state: RUNNING' /proc/asound/card0/pcm1p/sub0/status 2>/dev/null; }
 
 press() { echo pull-down > "$GPIO_SYS/sim_gpio$BUTTON_LINE/pull"; }
