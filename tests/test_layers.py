@@ -10,18 +10,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = ROOT / "device" / "hark"
 
-# module -> top-level names (or hark submodules as "hark.x") it must not import
+# module (dotted) -> top-level names (or hark modules, "hark.x") it must not import
 FORBIDDEN: dict[str, set[str]] = {
-    "events": {"hark.*"},
-    "ports": {"asyncio", "websockets", "pyaudio", "gpiozero", "systemd", "soxr", "numpy"},
-    "config": {"hark.*"},
-    "backoff": {"asyncio", "hark.*"},
-    "vadgate": {"asyncio", "numpy", "hark.*"},
-    "durations": {"asyncio", "numpy", "hark.*"},
-    "pcm": {"asyncio", "pyaudio"},
-    "keys": {"hark.conversation", "hark.soundcard", "hark.gpio", "hark.app"},
-    "realtime": {"asyncio", "websockets"},
-    "conversation": {
+    "hark.events": {"hark.*"},
+    "hark.ports": {"asyncio", "websockets", "pyaudio", "gpiozero", "systemd", "soxr", "numpy"},
+    "hark.config": {"hark.*"},
+    "hark.backoff": {"asyncio", "hark.*"},
+    "hark.vadgate": {"asyncio", "numpy", "hark.*"},
+    "hark.durations": {"asyncio", "numpy", "hark.*"},
+    "hark.pcm": {"asyncio", "pyaudio"},
+    "hark.keys": {"hark.conversation", "hark.soundcard", "hark.gpio", "hark.app"},
+    "hark.realtime": {"asyncio", "websockets"},
+    "hark.conversation": {
         "asyncio",
         "time",
         "websockets",
@@ -36,7 +36,7 @@ FORBIDDEN: dict[str, set[str]] = {
         "hark.app",
         "hark.cli",
     },
-    "history": {
+    "hark.history": {
         "asyncio",
         "numpy",
         "hark.pcm",
@@ -45,18 +45,18 @@ FORBIDDEN: dict[str, set[str]] = {
         "hark.gpio",
         "hark.app",
     },
-    "link": {"hark.conversation", "hark.soundcard", "hark.gpio"},
-    "soundcard": {"hark.conversation", "hark.link", "hark.gpio"},
-    "gpio": {"hark.conversation", "hark.link", "hark.soundcard"},
-    "app": {"websockets", "pyaudio", "gpiozero", "systemd", "soxr", "webrtcvad", "numpy"},
+    "hark.link": {"hark.conversation", "hark.soundcard", "hark.gpio"},
+    "hark.soundcard": {"hark.conversation", "hark.link", "hark.gpio"},
+    "hark.gpio": {"hark.conversation", "hark.link", "hark.soundcard"},
+    "hark.app": {"websockets", "pyaudio", "gpiozero", "systemd", "soxr", "webrtcvad", "numpy"},
 }
 # Exceptions to a wildcard above: what a module may import all the same.
-ALLOWED: dict[str, set[str]] = {"config": {"hark.defaults"}}
+ALLOWED: dict[str, set[str]] = {"hark.config": {"hark.defaults"}}
 # Only the link and the codec speak WebSocket; nothing but the CLI (the
 # composition root, for `hark demo`) may use the fakes.
 ONLY_IN: dict[str, set[str]] = {
-    "websockets": {"link", "realtime", "keys"},
-    "hark.testing": {"cli", "testing", "demo"},
+    "websockets": {"hark.link", "hark.realtime", "hark.keys"},
+    "hark.testing": {"hark.cli", "hark.testing", "hark.demo"},
 }
 
 
@@ -84,33 +84,50 @@ def matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".")
 
 
+def module_path(module: str) -> Path:
+    """The file of a dotted hark module name: ``hark.a.b`` is a/b.py or a/b/__init__.py."""
+    base = DEVICE.parent.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(DEVICE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def device_modules() -> list[Path]:
-    return sorted(p for p in DEVICE.glob("*.py") if p.stem != "__init__")
+    return sorted(DEVICE.rglob("*.py"))
+
+
+NAMED = sorted(set(FORBIDDEN) | set(ALLOWED) | {m for where in ONLY_IN.values() for m in where})
+
+
+@pytest.mark.parametrize("module", NAMED)
+def test_every_module_the_rules_name_exists(module: str) -> None:
+    """A rule naming a module that moved or went away would pass silently: it fails here."""
+    assert module_path(module).is_file(), f"{module} ({module_path(module)}) does not exist"
 
 
 @pytest.mark.parametrize("module", sorted(FORBIDDEN))
 def test_module_respects_its_forbidden_imports(module: str) -> None:
     """Each device module imports none of what the architecture table forbids it."""
-    path = DEVICE / f"{module}.py"
-    if not path.exists():
-        pytest.skip(f"{module}.py does not exist")
     allowed = ALLOWED.get(module, set())
     bad = {
         n
-        for n in imports_of(path)
+        for n in imports_of(module_path(module))
         for p in FORBIDDEN[module]
         if matches(n, p) and not any(matches(n, a) for a in allowed)
     }
-    assert not bad, f"hark.{module} must not import {sorted(bad)}"
+    assert not bad, f"{module} must not import {sorted(bad)}"
 
 
 @pytest.mark.parametrize("target", sorted(ONLY_IN))
 def test_restricted_imports_stay_in_their_modules(target: str) -> None:
     """websockets stays in the link and codec; the fakes stay out of production code."""
     offenders = [
-        p.stem
+        module_name(p)
         for p in device_modules()
-        if p.stem not in ONLY_IN[target] and any(matches(n, target) for n in imports_of(p))
+        if module_name(p) not in ONLY_IN[target] and any(matches(n, target) for n in imports_of(p))
     ]
     assert not offenders, f"{target} imported by {offenders}"
 
