@@ -1,8 +1,8 @@
 """Audio path costs: CPU per audio-second (capture, playback), first delta → first frame latency.
 
 CPU figures use ``time.process_time`` over many seconds of speech pushed through the
-same objects the daemon uses (``hark.capture.CaptureChain``, ``hark.pcm.Resampler``,
-``hark.playback.PlaybackBuffer``, ``hark.echo``), in 20 ms device chunks at 48 kHz.
+same objects the daemon uses (``hark.audio.capture.CaptureChain``, ``hark.audio.pcm.Resampler``,
+``hark.audio.playback.PlaybackBuffer``, ``hark.audio.echo``), in 20 ms device chunks at 48 kHz.
 Latency is measured from ``Speaker.play()`` to the item's first frame being handed to
 the device: with the paced WAV speaker, and with real PyAudio through a private
 PulseAudio server when one can be started.  Figures are printed, never asserted.
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hark.capture import CaptureChain
-from hark.echo import ECHO_RATE_HZ, EchoGate, EchoReference
-from hark.pcm import MODEL_RATE_HZ, Resampler, as_samples
-from hark.playback import PlaybackBuffer, Volume
+from hark.audio.capture import CaptureChain
+from hark.audio.echo import ECHO_RATE_HZ, EchoGate, EchoReference
+from hark.audio.pcm import MODEL_RATE_HZ, Resampler, as_samples
+from hark.audio.playback import PlaybackBuffer, Volume
 from hark.testing import WavSpeaker, read_pcm, speech_wav
 
 DEVICE_RATE_HZ = 48_000
@@ -154,7 +154,7 @@ async def _wav_speaker_latency_ms(trials: int) -> list[float]:
 
 
 async def _pulse_speaker_latency_ms(trials: int) -> list[float]:
-    from hark.soundcard import SoundcardSpeaker
+    from hark.audio.soundcard import SoundcardSpeaker
 
     speaker = SoundcardSpeaker("pulse", rate_hz=DEVICE_RATE_HZ)
     task = asyncio.create_task(speaker.run(lambda e: None))

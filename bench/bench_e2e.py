@@ -86,7 +86,7 @@ def _config_text(sim: Any) -> str:
 
 async def _turns(sim: Any, rig: Any, tmp: Path, speech: Path) -> None:
     from hark.config import parse
-    from hark.daemon import build_app
+    from hark.service.wiring import build_app
     from hark.testing import NullNotifier, mock_pins
 
     (tmp / "token").write_text(sim.api_key)
@@ -228,7 +228,7 @@ _BARE_STREAMS = """
 import ctypes, sys, threading, time
 import pyaudio
 pinned = set()
-def pin():  # what hark.soundcard does: keep the callback thread's Python state
+def pin():  # what hark.audio.soundcard does: keep the callback thread's Python state
     if threading.get_ident() not in pinned:
         pinned.add(threading.get_ident())
         ctypes.pythonapi.PyGILState_Ensure()

@@ -1,6 +1,6 @@
 """The appliance loop's own latency: trigger or server event → the adapter call, with fakes.
 
-Fake adapters and a fake link with zero delay isolate what ``hark.app`` and
+Fake adapters and a fake link with zero delay isolate what ``hark.service.loop`` and
 ``hark.conversation`` add.  Button events come from a thread of their own, as
 gpiozero's do; server events are posted on the loop, as the link does.  Figures are
 printed, never asserted.
@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from hark.app import App
 from hark.conversation import Conversation, Phase, Settings
 from hark.events import (
     AudioDelta,
@@ -30,6 +29,7 @@ from hark.events import (
     WireCommand,
 )
 from hark.ports import Post
+from hark.service.loop import App
 from hark.testing import NullIndicator, NullLink, NullMicrophone, NullTrigger
 
 TURNS = 300

@@ -133,7 +133,7 @@ def main() -> None:
     print(f"   python startup (python -c pass):       {_time_cmd([py, '-c', 'pass']):6.3f} s")
     version_s = _time_cmd([py, "-m", "hark.cli", "--version"])
     print(f"   hark --version:                        {version_s:6.3f} s")
-    for module in ("hark.config", "hark.app", "hark.link", "hark.soundcard"):
+    for module in ("hark.config", "hark.service.loop", "hark.net.link", "hark.audio.soundcard"):
         t = _time_cmd([py, "-c", f"import {module}"])
         print(f"   import {module:<31} {t:6.3f} s")
 

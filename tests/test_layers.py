@@ -18,8 +18,13 @@ FORBIDDEN: dict[str, set[str]] = {
     "hark.backoff": {"asyncio", "hark.*"},
     "hark.vadgate": {"asyncio", "numpy", "hark.*"},
     "hark.durations": {"asyncio", "numpy", "hark.*"},
-    "hark.pcm": {"asyncio", "pyaudio"},
-    "hark.keys": {"hark.conversation", "hark.soundcard", "hark.gpio", "hark.app"},
+    "hark.audio.pcm": {"asyncio", "pyaudio"},
+    "hark.net.keys": {
+        "hark.conversation",
+        "hark.audio.soundcard",
+        "hark.gpio",
+        "hark.service.loop",
+    },
     "hark.realtime": {"asyncio", "websockets"},
     "hark.conversation": {
         "asyncio",
@@ -29,33 +34,65 @@ FORBIDDEN: dict[str, set[str]] = {
         "gpiozero",
         "systemd",
         "numpy",
-        "hark.pcm",
-        "hark.link",
-        "hark.soundcard",
+        "hark.audio.pcm",
+        "hark.net.link",
+        "hark.audio.soundcard",
         "hark.gpio",
-        "hark.app",
+        "hark.service.loop",
         "hark.cli",
     },
     "hark.history": {
         "asyncio",
         "numpy",
-        "hark.pcm",
-        "hark.link",
-        "hark.soundcard",
+        "hark.audio.pcm",
+        "hark.net.link",
+        "hark.audio.soundcard",
         "hark.gpio",
-        "hark.app",
+        "hark.service.loop",
     },
-    "hark.link": {"hark.conversation", "hark.soundcard", "hark.gpio"},
-    "hark.soundcard": {"hark.conversation", "hark.link", "hark.gpio"},
-    "hark.gpio": {"hark.conversation", "hark.link", "hark.soundcard"},
-    "hark.app": {"websockets", "pyaudio", "gpiozero", "systemd", "soxr", "webrtcvad", "numpy"},
+    "hark.net.link": {"hark.conversation", "hark.audio.soundcard", "hark.gpio"},
+    "hark.audio.soundcard": {"hark.conversation", "hark.net.link", "hark.gpio"},
+    "hark.gpio": {"hark.conversation", "hark.net.link", "hark.audio.soundcard"},
+    "hark.service.loop": {
+        "websockets",
+        "pyaudio",
+        "gpiozero",
+        "systemd",
+        "soxr",
+        "webrtcvad",
+        "numpy",
+    },
+}
+# The layers of docs/architecture.md: the core (sans-I/O) at the bottom, then the
+# adapters (audio, net, agents, gpio), each knowing only the core, and the service on
+# top wiring them together.  A package's every module obeys its line.
+CORE = (
+    "hark.events",
+    "hark.ports",
+    "hark.config",
+    "hark.defaults",
+    "hark.durations",
+    "hark.conversation",
+    "hark.realtime",
+    "hark.vadgate",
+    "hark.history",
+    "hark.backoff",
+)
+ABOVE_CORE = ("hark.audio", "hark.net", "hark.agents", "hark.service", "hark.gpio", "hark.cli")
+LAYERS: dict[str, set[str]] = {
+    **{core: {*ABOVE_CORE, "hark.testing"} for core in CORE},
+    "hark.audio": {"hark.net", "hark.agents", "hark.service", "hark.conversation", "hark.gpio"},
+    "hark.net": {"hark.audio", "hark.agents", "hark.service", "hark.conversation", "hark.gpio"},
+    "hark.agents": {"hark.audio", "hark.net", "hark.service", "hark.conversation"},
+    "hark.gpio": {"hark.audio", "hark.net", "hark.agents", "hark.service", "hark.conversation"},
+    "hark.service": {"hark.cli", "hark.demo", "hark.doctor", "hark.testing"},
 }
 # Exceptions to a wildcard above: what a module may import all the same.
 ALLOWED: dict[str, set[str]] = {"hark.config": {"hark.defaults"}}
 # Only the link and the codec speak WebSocket; nothing but the CLI (the
 # composition root, for `hark demo`) may use the fakes.
 ONLY_IN: dict[str, set[str]] = {
-    "websockets": {"hark.link", "hark.realtime", "hark.keys"},
+    "websockets": {"hark.net.link", "hark.realtime", "hark.net.keys"},
     "hark.testing": {"hark.cli", "hark.testing", "hark.demo"},
 }
 
@@ -119,6 +156,21 @@ def test_module_respects_its_forbidden_imports(module: str) -> None:
         if matches(n, p) and not any(matches(n, a) for a in allowed)
     }
     assert not bad, f"{module} must not import {sorted(bad)}"
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_each_layer_imports_only_what_is_below_it(layer: str) -> None:
+    """No arrow back up and none sideways between adapters: each package's modules, checked."""
+    base = module_path(layer)
+    paths = sorted(base.parent.rglob("*.py")) if base.name == "__init__.py" else [base]
+    bad = {
+        f"{module_name(p)} imports {n}"
+        for p in paths
+        for n in imports_of(p)
+        for f in LAYERS[layer]
+        if matches(n, f)
+    }
+    assert not bad, sorted(bad)
 
 
 @pytest.mark.parametrize("target", sorted(ONLY_IN))

@@ -1,7 +1,7 @@
 """Jittered exponential backoff: one policy for every retry loop on the device.
 
-The link's connect attempts (``hark.keys.RetryPolicy``), the app's adapter restarts
-(``hark.app``) and the sound card's reopens (``hark.soundcard``) each count their
+The link's connect attempts (``hark.net.keys.RetryPolicy``), the app's adapter restarts
+(``hark.service.loop``) and the sound card's reopens (``hark.audio.soundcard``) each count their
 attempts and wait ``delay_s(attempt)``.  Pure: no clock, no sleeping.
 """
 

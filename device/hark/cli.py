@@ -1,7 +1,7 @@
 """The ``hark`` command: argv, exit codes and logging set-up; each command delegates.
 
 ``main`` parses argv and dispatches to a thin ``cmd_*``; the daemon's wiring and life
-cycle live in ``hark.daemon``, ``hark demo``/``hark say`` in ``hark.demo``, the checks
+cycle live in ``hark.service.wiring``, ``hark demo``/``hark say`` in ``hark.demo``, the checks
 in ``hark.doctor``, provisioning in ``hark.provision``. It must stay lean at import
 time: ``hark --version`` and ``hark check-config`` must not import numpy, PyAudio or
 websockets, so every heavy import happens inside a command.
@@ -90,8 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from hark.config import ConfigError
-    from hark.daemon import Supervisor, build_app, load_config
-    from hark.notify import SystemdNotifier, setup_logging, under_systemd
+    from hark.service.notify import SystemdNotifier, setup_logging, under_systemd
+    from hark.service.wiring import Supervisor, build_app, load_config
 
     setup_logging("info")
     notifier = SystemdNotifier()
@@ -132,9 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _start_failure(exc: Exception) -> tuple[int, str]:
     """Exit code and status line: a bad agent object or link URL is a config error, a busy
     pin a missing device (systemd retries 69, not 78); anything else is a crash."""
-    agent = sys.modules.get("hark.agent")
+    agent = sys.modules.get("hark.agents.agent")
     gpio = sys.modules.get("hark.gpio")
-    keys = sys.modules.get("hark.keys")
+    keys = sys.modules.get("hark.net.keys")
     if agent is not None and isinstance(exc, agent.AgentLoadError):
         return EX_CONFIG, str(exc)
     if keys is not None and isinstance(exc, keys.LinkConfigError):  # a URL config let through
@@ -149,7 +149,7 @@ def _start_failure(exc: Exception) -> tuple[int, str]:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from hark.config import ConfigError, redacted
-    from hark.daemon import load_config
+    from hark.service.wiring import load_config
 
     try:
         config, _ = load_config(args.config, with_token=not args.no_token)
@@ -157,7 +157,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return EX_CONFIG
     if config.agent.object is not None:  # only importing it tells whether `hark run` can
-        from hark.agent import AgentLoadError, check_object
+        from hark.agents.agent import AgentLoadError, check_object
 
         try:
             check_object(config.agent.object)
@@ -175,7 +175,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """SIGHUP the daemon and wait for the outcome (the unit's ``ExecReload=``)."""
-    from hark.daemon import reload_and_wait
+    from hark.service.wiring import reload_and_wait
 
     pid = args.pid or os.environ.get("MAINPID", "")
     directory = args.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
@@ -194,12 +194,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     try:
-        from hark import soundcard
+        from hark.audio import portaudio
     except ImportError as exc:
         print(f"hark devices: audio support is not installed ({exc})", file=sys.stderr)
         return EX_UNAVAILABLE
     try:
-        listing = soundcard.list_devices()
+        listing = portaudio.list_devices()
     except Exception as exc:  # PortAudio/ALSA failures: report, do not trace back
         print(f"hark devices: cannot list audio devices: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -212,7 +212,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from hark.config import ConfigError
-    from hark.daemon import load_config
+    from hark.service.wiring import load_config
 
     try:
         config, _ = load_config(args.config, with_token=False)
@@ -269,9 +269,9 @@ def cmd_say(args: argparse.Namespace) -> int:
         print("hark say: nothing to say (TEXT is empty)", file=sys.stderr)
         return EX_USAGE
     from hark.config import ConfigError
-    from hark.daemon import load_config
     from hark.demo import say
-    from hark.notify import setup_logging
+    from hark.service.notify import setup_logging
+    from hark.service.wiring import load_config
 
     try:
         config, token = load_config(args.config, with_token=True)

@@ -180,7 +180,7 @@ class Settings:
     rotate_retry_s: float = defaults.ROTATE_RETRY_S
     session: SessionConfig = field(default_factory=SessionConfig)
     preroll_ms: int = 300
-    vad_frame_ms: int = 20  # the length of one MicFrame (hark.capture.FRAME_MS)
+    vad_frame_ms: int = 20  # the length of one MicFrame (hark.audio.capture.FRAME_MS)
     # Voiced audio within (voiced + slack) ms that opens a turn (4 of 6 frames)...
     vad_start_ms: int = 80
     vad_slack_ms: int = 40

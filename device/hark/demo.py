@@ -4,7 +4,7 @@ The demo starts ``hark_sim`` (and the real key backend in front of it when insta
 on loopback and plays a spoken question through the WAV-backed mic and speaker;
 ``say`` sends a typed turn and plays the reply. This is the one place besides the CLI
 that picks ``hark.testing``'s fakes (``build_with_fake_audio`` is ``hark run
---fake-audio``). It must not wire adapters itself: ``hark.daemon.build_app`` does.
+--fake-audio``). It must not wire adapters itself: ``hark.service.wiring.build_app`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hark.daemon import Daemon, NullIndicator, build_app, cue_files
+from hark.service.wiring import Daemon, NullIndicator, build_app, cue_files
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -139,7 +139,7 @@ def run_demo(out: Path, text: str | None, speed: float) -> bool:
     from hark_sim import SimConfig, start_sim
 
     from hark.config import BackendConfig, Config, HistoryConfig, RealtimeConfig
-    from hark.notify import setup_logging
+    from hark.service.notify import setup_logging
     from hark.testing import WavMicrophone, WavSpeaker, speech_wav
 
     setup_logging("warning")
@@ -198,7 +198,7 @@ async def _demo_turn(daemon: Daemon, mic: Any, question: Path, say: Callable[[st
     import time
     import wave
 
-    from hark.capture import FRAME_MS
+    from hark.audio.capture import FRAME_MS
     from hark.events import (
         AudioDelta,
         ButtonPressed,

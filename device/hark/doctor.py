@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hark.config import Config
-    from hark.keys import KeyFetchError
+    from hark.net.keys import KeyFetchError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def doctor_checks(config_path: str) -> list[Check]:
 
 
 def _check_agent(ref: str) -> Check:
-    from hark.agent import AgentLoadError, check_object
+    from hark.agents.agent import AgentLoadError, check_object
 
     try:
         check_object(ref)
@@ -141,7 +141,7 @@ def _check_backend(config: Config, token: str | None) -> Check:
         return Check("backend", False, "not tried (no usable token)", "fix the token first")
     import time
 
-    from hark.keys import KeyFetchError, KeySource
+    from hark.net.keys import KeyFetchError, KeySource
 
     try:
         source = KeySource(config.backend.url, token, None, config.backend.timeout_s)
@@ -204,10 +204,10 @@ def _check_audio(config: Config) -> list[Check]:
     try:
         import pyaudio
 
-        from hark import soundcard
+        from hark.audio import portaudio
     except ImportError as exc:
         return [Check("audio", False, f"audio support missing: {exc}", "reinstall hark[device]")]
-    soundcard.quiet_alsa()
+    portaudio.quiet_alsa()
     checks: list[Check] = []
     try:
         pa = pyaudio.PyAudio()
@@ -220,7 +220,7 @@ def _check_audio(config: Config) -> list[Check]:
         ):
             key = f"audio.{direction}_device"
             try:
-                device = soundcard.find_device(pa, wanted, direction)  # type: ignore[arg-type]
+                device = portaudio.find_device(pa, wanted, direction)  # type: ignore[arg-type]
             except Exception as exc:
                 first = str(exc).splitlines()[0]
                 checks.append(
@@ -329,7 +329,7 @@ def _speak(config: Config, text: str) -> None:
     import pyaudio
     import soxr
 
-    from hark import soundcard
+    from hark.audio import portaudio
 
     espeak = shutil.which("espeak-ng")
     if espeak is None:
@@ -342,7 +342,7 @@ def _speak(config: Config, text: str) -> None:
             data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
     pa = pyaudio.PyAudio()
     try:
-        device = soundcard.find_device(pa, config.audio.output_device, "output")
+        device = portaudio.find_device(pa, config.audio.output_device, "output")
         out_rate = config.audio.output_rate_hz or device.default_rate_hz
         samples = soxr.resample(data.astype(np.float32) / 32768, rate_hz, out_rate)
         samples = np.clip(samples * config.audio.volume, -1, 1)

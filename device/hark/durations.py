@@ -1,7 +1,7 @@
 """Durations of PCM16 audio and the Realtime API's audio format: plain arithmetic.
 
-Split from ``hark.pcm`` so the core and the history can count audio without importing
-numpy, soxr or webrtcvad (``hark.pcm`` re-exports all of it).
+Split from ``hark.audio.pcm`` so the core and the history can count audio without importing
+numpy, soxr or webrtcvad (``hark.audio.pcm`` re-exports all of it).
 """
 
 from __future__ import annotations

@@ -410,7 +410,7 @@ Event = (
 )
 
 # --------------------------------------------------------------------------- commands
-# Wire commands (encoded by ``hark.realtime``, sent by ``hark.link``).
+# Wire commands (encoded by ``hark.realtime``, sent by ``hark.net.link``).
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 The loop and the core see hardware, network, systemd and the agent's tools only
 through these.  Every adapter port (link, microphone, speaker, trigger, indicator,
 notifier, switch) has a real implementation and fakes in ``hark.testing``; the
-composition root (``hark.daemon.build_app``) picks the real ones, ``hark.demo``
+composition root (``hark.service.wiring.build_app``) picks the real ones, ``hark.demo``
 (``hark demo``, ``hark say``, ``hark run --fake-audio``) and tests pass fakes
 instead.  Nothing here may import a concrete library.  Adapters call ``post`` from
 any thread; it must be cheap and is the only thing that crosses threads.
@@ -145,7 +145,7 @@ class Switch(Protocol):
 class ToolExecutor(Protocol):
     """Runs a function call the model asked for; the returned string goes back as its output.
 
-    ``hark.agent.ToolRunner`` is the real one (the agent's tools, approvals, handoffs).
+    ``hark.agents.agent.ToolRunner`` is the real one (the agent's tools, approvals, handoffs).
     """
 
     async def run(self, call_id: str, name: str, arguments: str) -> str: ...
@@ -155,7 +155,7 @@ class ToolExecutor(Protocol):
 
 
 class Notifier(Protocol):
-    """What the loop tells the service manager (``hark.notify.SystemdNotifier``)."""
+    """What the loop tells the service manager (``hark.service.notify.SystemdNotifier``)."""
 
     def ready(self) -> None: ...
 
@@ -182,5 +182,5 @@ class RunningApp(Protocol):
 
 
 AppFactory = Callable[["Config", str, Notifier], RunningApp]
-"""Builds one app from a validated config and the device token (``hark.daemon.build_app``);
+"""Builds one app from a validated config and the device token (``hark.service.wiring.build_app``);
 the supervisor calls it at start and on every reload."""

@@ -4,7 +4,7 @@ As gpiozero ships ``MockFactory``, hark ships its fakes:
 
 - ``WavMicrophone`` and ``WavSpeaker`` implement ``hark.ports.Microphone`` and
   ``hark.ports.Speaker`` with the same capture chain and playback engine as the real
-  sound card (``hark.capture``, ``hark.playback``), paced at real time × ``speed``, so
+  sound card (``hark.audio.capture``, ``hark.audio.playback``), paced at real time × ``speed``, so
   the demo, the benchmarks and timing tests see the real frame and accounting semantics.
 - For each port a null fake (does nothing, keeps nothing: ``NullLink``,
   ``NullMicrophone``, ``NullSpeaker``, ``NullTrigger``, ``NullIndicator``,
@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from hark import ports
-from hark.app import NullNotifier
-from hark.capture import FRAME_MS, CaptureChain
-from hark.cues import load_cues, read_wav
-from hark.daemon import NullIndicator
-from hark.echo import EchoGate, EchoReference, now_s
+from hark.audio.capture import FRAME_MS, CaptureChain
+from hark.audio.cues import load_cues, read_wav
+from hark.audio.echo import EchoGate, EchoReference, now_s
+from hark.audio.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
+from hark.audio.playback import PlaybackBuffer, Volume
 from hark.events import (
     Cue,
     Event,
@@ -53,9 +53,9 @@ from hark.events import (
     PlaybackStopped,
     WireCommand,
 )
-from hark.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
-from hark.playback import PlaybackBuffer, Volume
 from hark.ports import Post
+from hark.service.loop import NullNotifier
+from hark.service.wiring import NullIndicator
 
 log = logging.getLogger(__name__)
 

@@ -467,7 +467,7 @@ def test_serve_over_tls_to_a_device(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``serve --ssl-certfile``: a device that trusts the CA gets a key over https."""
-    from hark import keys
+    from hark.net import keys
 
     token = cli("device", "add", "kitchen", "--db", sqlite_url).stdout.strip().splitlines()[-1]
     log_path = tmp_path / "serve.log"

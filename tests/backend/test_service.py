@@ -90,8 +90,8 @@ def test_mint_returns_openais_shape(backend: Backend) -> None:
 
 
 def test_mint_parses_with_the_devices_key_model(backend: Backend) -> None:
-    """The contract with the device: hark.keys.KeyGrant accepts the backend's answer."""
-    keys = pytest.importorskip("hark.keys")
+    """The contract with the device: hark.net.keys.KeyGrant accepts the backend's answer."""
+    keys = pytest.importorskip("hark.net.keys")
     token = backend.add("kitchen")
     grant = keys.KeyGrant.model_validate_json(backend.mint(token).content)
     assert grant.value.startswith("ek_")
@@ -429,7 +429,7 @@ async def test_device_key_fetcher_end_to_end(backend: Backend, upstream: Any) ->
 
     import websockets
 
-    keys = pytest.importorskip("hark.keys")
+    keys = pytest.importorskip("hark.net.keys")
     token = backend.add("kitchen")
     source = keys.KeySource(backend_url=f"{backend.url}{MINT}", device_token=token)
     grant = await source.fetch()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from hark import config as hark_config
-from hark.agent import (
+from hark.agents.agent import (
     AgentLoadError,
     PendingApproval,
     RealtimeAgent,
@@ -21,9 +21,9 @@ from hark.agent import (
     handoff,
     load_object,
 )
+from hark.agents.tools import EndConversation, RunContext, function_tool
 from hark.events import AudioDelta, SessionConfig, SessionCreated, ToolSpec, TurnDetection
 from hark.testing import NullSpeaker, RecordingSwitch
-from hark.tools import EndConversation, RunContext, function_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -252,7 +252,7 @@ def test_object_agent_is_loaded_and_gets_output_tools(tmp_path: Path) -> None:
     (tmp_path / "my_house_agent.py").write_text(
         textwrap.dedent(
             """
-            from hark.agent import RealtimeAgent
+            from hark.agents.agent import RealtimeAgent
             agent = RealtimeAgent(name="House", instructions="Hi.")
             def make():
                 return RealtimeAgent(name="Made", instructions="Made.")

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hark.agent import RealtimeAgent
-from hark.events import TranscriptDelta, TranscriptDone
-from hark.guardrails import (
+from hark.agents.agent import RealtimeAgent
+from hark.agents.guardrails import (
     GuardrailFunctionOutput,
     GuardrailMonitor,
     GuardrailTripped,
     OutputGuardrail,
     output_guardrail,
 )
-from hark.tools import RunContext
+from hark.agents.tools import RunContext
+from hark.events import TranscriptDelta, TranscriptDone
 
 checked: list[str] = []
 

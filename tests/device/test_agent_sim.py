@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hark.agent import RealtimeAgent, ToolRunner
-from hark.app import App
+from hark.agents.agent import RealtimeAgent, ToolRunner
+from hark.agents.guardrails import GuardrailMonitor
+from hark.agents.tools import function_tool
 from hark.conversation import Conversation, Settings
 from hark.events import (
     AudioDelta,
@@ -32,12 +33,11 @@ from hark.events import (
     TextRequested,
     UpdateSession,
 )
-from hark.guardrails import GuardrailMonitor
 from hark.history import History
-from hark.keys import Backoff
-from hark.link import WebSocketLink
+from hark.net.keys import Backoff
+from hark.net.link import WebSocketLink
+from hark.service.loop import App
 from hark.testing import NullMicrophone, RecordingIndicator, WavSpeaker, until
-from hark.tools import function_tool
 from hark_sim import SimConfig, SimHandle, start_sim
 
 from tests.device.test_agent import load_example

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from hark.app import App, NoTools
 from hark.backoff import Backoff
 from hark.conversation import Conversation, Phase, Settings
 from hark.events import (
@@ -37,6 +36,7 @@ from hark.events import (
 )
 from hark.history import History
 from hark.ports import Post
+from hark.service.loop import App, NoTools
 from hark.testing import (
     FakeButton,
     RecordingIndicator,
@@ -627,7 +627,7 @@ async def test_dropouts_reach_status_and_the_journal_once(
     rig = Rig(health_interval_s=0.01, dropout_window_s=600)
     speaker = CountingSpeaker()
     rig.app.speaker = rig.speaker = speaker
-    caplog.set_level("INFO", logger="hark.app")
+    caplog.set_level("INFO", logger="hark.service.loop")
     await rig.app.start()
     await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
     for n in (1, 3, 7):
@@ -643,7 +643,7 @@ async def test_dropouts_reach_status_and_the_journal_once(
 
 def test_dropout_watch_summarises_once_a_window_and_forgets_old_ones() -> None:
     """The pure bookkeeping: first dropout at once, a summary a window, the note expires."""
-    from hark.app import _DropoutWatch
+    from hark.service.loop import _DropoutWatch
 
     watch = _DropoutWatch(window_s=60)
     watch.track("speaker", 5, now=0.0)  # counted before tracking began: not ours

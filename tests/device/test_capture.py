@@ -1,4 +1,4 @@
-"""hark.capture.CaptureChain: VAD at the device rate, resampling deferred while holding."""
+"""hark.audio.capture.CaptureChain: VAD at the device rate, resampling deferred while holding."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hark.capture import CaptureChain
+from hark.audio.capture import CaptureChain
+from hark.audio.pcm import resample
 from hark.events import MicDemand, MicFrame
-from hark.pcm import resample
 from hark.testing import read_pcm, speech_wav
 
 CHUNK_MS = 40

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hark import __version__, cli, daemon, demo
+from hark import __version__, cli, demo
 from hark.config import Config, parse
+from hark.service import wiring as daemon
 from hark.testing import RecordingNotifier, mock_pins, until
 
 GOOD = """\

@@ -1,4 +1,4 @@
-"""hark.daemon's own glue over the real stack: handoffs, button approvals, end of conversation.
+"""The wiring's own glue over the real stack: handoffs, button approvals, end of conversation.
 
 Each test builds the daemon with ``build_app`` (WAV audio from ``hark.demo``) against
 ``hark_sim``'s script brain on loopback and drives it with typed turns and posted
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hark.agent import RealtimeAgent
+from hark.agents.agent import RealtimeAgent
+from hark.agents.tools import function_tool
 from hark.config import parse
-from hark.daemon import Daemon
 from hark.demo import build_with_fake_audio
 from hark.events import (
     ButtonLongPressed,
@@ -28,8 +28,8 @@ from hark.events import (
     ShutdownRequested,
     TextRequested,
 )
+from hark.service.wiring import Daemon
 from hark.testing import mock_pins, until
-from hark.tools import function_tool
 from hark_sim import SimConfig, SimHandle, start_sim
 
 pytestmark = pytest.mark.slow
@@ -256,8 +256,8 @@ def _gate_shape(gate: Any) -> tuple[int, int, int, int]:
 def test_default_config_runs_the_gates_the_echo_tests_prove() -> None:
     """A config with no [vad] section gives the core exactly Settings()' gates and pre-roll."""
     from hark.conversation import Settings
-    from hark.daemon import conversation_settings
     from hark.events import SessionConfig
+    from hark.service.wiring import conversation_settings
 
     config = parse('[backend]\nurl = "https://keys.example.com/v1/realtime/client_secrets"\n')
     daemon_settings = conversation_settings(config, SessionConfig())
@@ -457,7 +457,7 @@ def test_ready_only_after_the_microphone_and_speaker_are_open(
         run.notify.until(lambda m: m == "READY=1")
         run.proc.terminate()
     lines = run.output.splitlines()
-    ready = next(n for n, line in enumerate(lines) if line.endswith("hark.app: ready"))
+    ready = next(n for n, line in enumerate(lines) if line.endswith("hark.service.loop: ready"))
     opened = [n for n, line in enumerate(lines) if " at 48000 Hz, " in line]
     assert len(opened) == 2 and max(opened) < ready, run.output
 

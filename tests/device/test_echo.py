@@ -1,4 +1,4 @@
-"""hark.echo: the echo gate against a synthetic room (delayed, attenuated copy of playback)."""
+"""hark.audio.echo: the echo gate against a synthetic room (a delayed, quieter copy of playback)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hark.capture import CaptureChain
+from hark.audio.capture import CaptureChain
+from hark.audio.cues import read_wav
+from hark.audio.echo import ECHO_RATE_HZ, EchoGate, EchoReference, StreamClock
+from hark.audio.pcm import MODEL_RATE_HZ, resample
 from hark.conversation import Settings
-from hark.cues import read_wav
-from hark.echo import ECHO_RATE_HZ, EchoGate, EchoReference, StreamClock
-from hark.pcm import MODEL_RATE_HZ, resample
 from hark.testing import speech_wav, synthetic_speech
 
 FRAME_MS = 20

@@ -12,11 +12,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hark.audio.echo import EchoGate, EchoReference
+from hark.audio.pcm import Samples
+from hark.audio.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.conversation import Settings
-from hark.echo import EchoGate, EchoReference
 from hark.events import Event, MicFrame
-from hark.pcm import Samples
-from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav, until
 
 from tests.audio_rig import PulseRig, pulse_available

@@ -1,4 +1,4 @@
-"""hark.keys.KeySource against real loopback HTTP(S) servers: redirects, bad answers, bad URLs.
+"""hark.net.keys.KeySource against real loopback HTTP(S) servers: redirects, bad answers, bad URLs.
 
 The device token is a secret: it goes to ``backend.url`` and nowhere else, whatever
 the server answers. A key from the backend goes into a header, so it is checked first.
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hark import keys
-from hark.keys import KeyFetchError, KeyGrant, KeySource, LinkConfigError
+from hark.net import keys
+from hark.net.keys import KeyFetchError, KeyGrant, KeySource, LinkConfigError
 
 TOKEN = "hark_dt_secret_token_for_tests"
 MINT = "/v1/realtime/client_secrets"

@@ -1,10 +1,10 @@
-"""hark.keys: the backoff schedule, failure classes and retry policy, URL rules (no I/O)."""
+"""hark.net.keys: the backoff schedule, failure classes and retry policy, URL rules (no I/O)."""
 
 from __future__ import annotations
 
 import pytest
 from hark import events as ev
-from hark.keys import (
+from hark.net.keys import (
     MAX_RETRY_AFTER_S,
     Backoff,
     Failure,
@@ -43,8 +43,8 @@ def test_backoff_draws_its_own_jitter_when_not_given_one():
 def test_app_and_sound_card_keep_their_schedules():
     """The one Backoff carries the app's restart and the sound card's reopen delays as
     they were: doubling from 0.5 s, no jitter, capped at 30 s and 10 s."""
-    from hark.app import RESTART_BACKOFF
-    from hark.soundcard import REOPEN_BACKOFF
+    from hark.audio.soundcard import REOPEN_BACKOFF
+    from hark.service.loop import RESTART_BACKOFF
 
     assert [RESTART_BACKOFF.delay_s(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert [REOPEN_BACKOFF.delay_s(n) for n in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]

@@ -1,4 +1,4 @@
-"""hark.link on loopback (purpose-built servers and hark_sim): keys, failures, rotation, replay."""
+"""hark.net.link on loopback (own servers and hark_sim): keys, failures, rotation, replay."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pydantic
 import pytest
 from hark import events as ev
 from hark.history import History
-from hark.keys import Backoff
-from hark.link import MAX_FRAMES_PER_APPEND, WebSocketLink
+from hark.net.keys import Backoff
+from hark.net.link import MAX_FRAMES_PER_APPEND, WebSocketLink
 from hark.testing import until
 from hark_sim import SimConfig, SimHandle, start_sim
 from openai.types.realtime import RealtimeClientEvent
@@ -387,7 +387,7 @@ async def test_dead_peer_is_noticed_by_keepalive(key_server, realtime_server):
 
 def test_plain_text_urls_only_to_loopback():
     """ws:// and http:// are refused for remote hosts, with the URL in the message."""
-    from hark.keys import LinkConfigError
+    from hark.net.keys import LinkConfigError
 
     good = {"backend_url": "https://keys.example/v1", "device_token": "t"}
     WebSocketLink(**good)
@@ -416,7 +416,7 @@ def test_a_url_no_client_can_send_is_refused_at_construction(bad: str) -> None:
     ended the daemon with exit 70 and systemd restarted it every few seconds); the CLI
     turns it into exit 78, which the unit does not restart."""
     from hark.cli import EX_CONFIG, _start_failure
-    from hark.keys import LinkConfigError
+    from hark.net.keys import LinkConfigError
 
     with pytest.raises(LinkConfigError, match="key backend URL") as refused:
         WebSocketLink(backend_url=bad, device_token="t")
@@ -887,8 +887,8 @@ async def test_rotation_carries_history_into_the_new_sim_session(sim):
 async def test_sim_session_cap_is_rotated_before_it_expires(sim):
     """With a short session cap, the core (told the cap by LinkUp) has the link rotate
     before the sim ends the session: never a session_expired, never a LinkDown."""
-    from hark.app import App
     from hark.conversation import Conversation, Settings
+    from hark.service.loop import App
     from hark.testing import NullMicrophone, RecordingIndicator, WavSpeaker
 
     sim.config.max_session_s = 1.5

@@ -1,4 +1,4 @@
-"""hark.notify: sd_notify datagrams on a real NOTIFY_SOCKET, watchdog interval, log routing."""
+"""hark.service.notify: sd_notify datagrams on a real socket, watchdog interval, log routing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hark.notify import (
+from hark.service.notify import (
     HEADER_LOGGERS,
     SystemdNotifier,
     priority_of,
@@ -162,8 +162,8 @@ def test_debug_logging_never_carries_the_token_or_a_key(
     """At ``[log] level = "debug"``, through the daemon's own log set-up and a real turn
     against hark_sim, no log record and no line the handler writes holds the device token
     or an ``ek_`` key (websockets used to log ``> Authorization: Bearer ek_…``)."""
-    from hark.daemon import load_config
     from hark.demo import say
+    from hark.service.wiring import load_config
     from hark_sim import SimConfig, start_sim
 
     token = "hark_dt_" + secrets.token_hex(16)  # the sim, as the key backend, takes it
@@ -190,7 +190,7 @@ def test_debug_logging_never_carries_the_token_or_a_key(
     written = capfd.readouterr().err
     logged = "\n".join(f"{r.name}: {r.getMessage()}" for r in records)
     assert minted and any(r.levelno == logging.DEBUG for r in records)
-    assert "hark.link" in logged  # the link did log, at debug level
+    assert "hark.net.link" in logged  # the link did log, at debug level
     for text in (logged, written):
         assert token not in text
         assert not any(key in text for key in minted)

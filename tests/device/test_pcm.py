@@ -1,4 +1,4 @@
-"""hark.pcm: pure PCM arithmetic, no device."""
+"""hark.audio.pcm: pure PCM arithmetic, no device."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hark import pcm
-from hark.pcm import Framer, Resampler, Vad
+from hark.audio import pcm
+from hark.audio.pcm import Framer, Resampler, Vad
 from hark.vadgate import PreRoll, VadGate
 from hypothesis import given, settings
 from hypothesis import strategies as st

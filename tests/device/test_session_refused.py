@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hark.app import App
 from hark.conversation import Conversation, Settings
 from hark.events import SessionConfig, TextRequested
-from hark.keys import Backoff
-from hark.link import WebSocketLink
+from hark.net.keys import Backoff
+from hark.net.link import WebSocketLink
+from hark.service.loop import App
 from hark.testing import (
     NullMicrophone,
     RecordingIndicator,

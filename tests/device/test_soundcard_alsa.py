@@ -1,4 +1,4 @@
-"""hark.soundcard through real PyAudio and ALSA file PCMs: selection, formats, bytes in and out.
+"""hark.audio.soundcard via real PyAudio and ALSA file PCMs: selection, formats, bytes in and out.
 
 PortAudio reads the ALSA configuration when it initialises, so each probe runs in a
 fresh subprocess with ``ALSA_CONFIG_PATH`` from ``tests.audio_rig.alsa_file_env``.  The
@@ -22,27 +22,27 @@ from tests.audio_rig import alsa_file_env
 PROBE = r"""
 import asyncio, json, sys
 import numpy as np
-from hark import soundcard
+from hark.audio import portaudio, soundcard
 from hark.backoff import Backoff
 from hark.events import MicFrame, PlaybackStopped
 
 out = {}
-listing = soundcard.list_devices()
+listing = portaudio.list_devices()
 out["inputs"] = [d.name for d in listing.inputs]
 out["outputs"] = [d.name for d in listing.outputs]
 out["listing"] = str(listing)
-pa = soundcard._open_portaudio()
-out["by_name"] = soundcard.find_device(pa, "filein", "input").name
-idx = soundcard.find_device(pa, "fileout", "output").index
-out["by_index"] = soundcard.find_device(pa, idx, "output").name
-out["by_index_str"] = soundcard.find_device(pa, str(idx), "output").name
-out["default_in"] = soundcard.find_device(pa, None, "input").name
+pa = portaudio._open_portaudio()
+out["by_name"] = portaudio.find_device(pa, "filein", "input").name
+idx = portaudio.find_device(pa, "fileout", "output").index
+out["by_index"] = portaudio.find_device(pa, idx, "output").name
+out["by_index_str"] = portaudio.find_device(pa, str(idx), "output").name
+out["default_in"] = portaudio.find_device(pa, None, "input").name
 try:
-    soundcard.find_device(pa, "ReSpeaker", "input")
-except soundcard.DeviceNotFound as exc:
+    portaudio.find_device(pa, "ReSpeaker", "input")
+except portaudio.DeviceNotFound as exc:
     out["not_found"] = str(exc)
-dev = soundcard.find_device(pa, "filein", "input")
-out["format_auto"] = soundcard.choose_format(pa, dev, "input")
+dev = portaudio.find_device(pa, "filein", "input")
+out["format_auto"] = portaudio.choose_format(pa, dev, "input")
 out["default_rate"] = dev.default_rate_hz
 pa.terminate()
 

@@ -1,4 +1,4 @@
-"""hark.testing and hark.cues: the WAV-backed microphone and speaker, test speech, cues."""
+"""hark.testing and hark.audio.cues: the WAV-backed microphone and speaker, test speech, cues."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hark.cues import CUES, load_cues, tone
+from hark.audio.cues import CUES, load_cues, tone
 from hark.events import Event, MicFrame, PlaybackStopped
 from hark.testing import (
     WavMicrophone,

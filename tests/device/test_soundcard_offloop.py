@@ -1,4 +1,4 @@
-"""hark.soundcard's blocking work off the loop: a cancel is never lost, a late stream is closed;
+"""The sound card's blocking work off the loop: a cancel is never lost, a late stream is closed;
 what the speaker is told while its device opens.
 
 No device is needed: ``_off_loop`` runs any blocking function on a daemon thread.
@@ -11,8 +11,9 @@ import threading
 import time
 
 import pytest
+from hark.audio.portaudio import _off_loop
+from hark.audio.soundcard import SoundcardSpeaker
 from hark.events import Event, PlaybackStopped
-from hark.soundcard import SoundcardSpeaker, _off_loop
 
 
 def _threads_named(name: str) -> list[threading.Thread]:

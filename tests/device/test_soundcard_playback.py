@@ -1,11 +1,11 @@
-"""hark.playback: jitter buffer, fades, volume and played-audio accounting, without a device."""
+"""hark.audio.playback: jitter buffer, fades, volume and played-audio counts, without a device."""
 
 from __future__ import annotations
 
 import numpy as np
-from hark.echo import EchoReference
+from hark.audio.echo import EchoReference
+from hark.audio.playback import PlaybackBuffer, Volume
 from hark.events import PlaybackStopped
-from hark.playback import PlaybackBuffer, Volume
 
 RATE = 48_000
 CHUNK = 960  # 20 ms

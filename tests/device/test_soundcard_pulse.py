@@ -1,4 +1,4 @@
-"""hark.soundcard at real time: real PyAudio through a private PulseAudio server with null sinks.
+"""The sound card at real time: real PyAudio through a private PulseAudio server with null sinks.
 
 The daemon's mic captures ``micfeed.monitor`` (what ``paplay -d micfeed`` plays), its
 speaker plays into ``speaker`` (recorded from ``speaker.monitor``).  Assertions are on
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hark.audio.pcm import resample
+from hark.audio.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.backoff import Backoff
 from hark.events import DeviceLost, DeviceRestored, Event, MicFrame, PlaybackStopped
-from hark.pcm import resample
-from hark.soundcard import SoundcardMicrophone, SoundcardSpeaker
 from hark.testing import read_pcm, speech_wav, until
 from hark.vadgate import VadGate
 

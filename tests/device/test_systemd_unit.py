@@ -59,12 +59,13 @@ libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(65, 1, 0, 0, 0) != 0:
     print("unsupported"); sys.exit(0)
 callback = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda x: None)
-callback(1)  # a libffi closure, as soundcard.quiet_alsa() makes
+callback(1)  # a libffi closure, as portaudio.quiet_alsa() makes
 import numpy as np, soxr, webrtcvad, pyaudio, pydantic_core, websockets
 out = soxr.resample(np.zeros(4800, dtype=np.float32), 48000, 24000)
 vad = webrtcvad.Vad(2)
 vad.is_speech(bytes(960), 48000)
-import hark.cli, hark.config, hark.app, hark.link, hark.soundcard, hark.gpio, hark.agent
+import hark.cli, hark.config, hark.service.loop, hark.net.link, hark.audio.soundcard
+import hark.gpio, hark.agents.agent
 print("ok", len(out))
 """
 

@@ -8,7 +8,7 @@ import threading
 from typing import Annotated, Literal
 
 import pytest
-from hark.tools import (
+from hark.agents.tools import (
     EndConversation,
     FunctionTool,
     RunContext,

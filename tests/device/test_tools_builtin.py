@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 from gpiozero.pins.mock import MockFactory
-from hark.agent import ToolRunner, agent_from_config
-from hark.builtin_tools import (
+from hark.agents.agent import ToolRunner, agent_from_config
+from hark.agents.builtin import (
     device_tools,
     end_conversation_tool,
     output_tool_name,
     time_tool,
     volume_tool,
 )
+from hark.agents.tools import ToolContext
 from hark.gpio import GpioError, GpioOutput
 from hark.testing import NullSpeaker, mock_pins
-from hark.tools import ToolContext
 
 
 @pytest.fixture

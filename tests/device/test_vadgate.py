@@ -72,7 +72,8 @@ def test_vadgate_imports_without_the_audio_stack() -> None:
     """The core's dependency stays lean: importing hark.vadgate pulls no numpy or webrtcvad."""
     code = (
         "import sys, hark.vadgate, hark.conversation; "
-        "print(sorted(m for m in ('numpy', 'webrtcvad', 'soxr', 'hark.pcm') if m in sys.modules))"
+        "print(sorted(m for m in ('numpy', 'webrtcvad', 'soxr', 'hark.audio.pcm')"
+        " if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hark.daemon import build_app
+from hark.service.wiring import build_app
 from hark.testing import RecordingNotifier, mock_pins, until
 
 from tests.audio_rig import PulseRig, pulse_available

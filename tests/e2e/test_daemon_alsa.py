@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hark.pcm import resample
+from hark.audio.pcm import resample
 from hark.testing import read_pcm, speech_wav
 
 from tests.audio_rig import alsa_file_env, coverage

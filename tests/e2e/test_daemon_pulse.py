@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hark.pcm import resample
+from hark.audio.pcm import resample
 from hark.testing import read_pcm, speech_wav, until
 
 from tests.audio_rig import (

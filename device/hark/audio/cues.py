@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hark.audio.pcm import Samples, as_samples, downmix, fade_in, fade_out, resample
 from hark.events import Cue
-from hark.pcm import Samples, as_samples, downmix, fade_in, fade_out, resample
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from hark.agents.tools import EndConversation, FunctionTool, build_tool, function_tool
 from hark.ports import Switch, VolumeControl
-from hark.tools import EndConversation, FunctionTool, build_tool, function_tool
 
 log = logging.getLogger(__name__)
 

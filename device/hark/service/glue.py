@@ -1,7 +1,7 @@
 """The agent layer hooked into a running app: handoffs, tool approval, end of conversation.
 
 It also feeds every handled event but mic frames to the history, the tool runner and the guardrails.
-It must not build adapters or the app (that is ``hark.daemon``); it only registers
+It must not build adapters or the app (that is ``hark.service.wiring``); it only registers
 callbacks, an interceptor and a listener on what it is given.
 """
 
@@ -20,11 +20,11 @@ from hark.events import (
 )
 
 if TYPE_CHECKING:
-    from hark.agent import PendingApproval, RealtimeAgent, ToolRunner
-    from hark.app import App
+    from hark.agents.agent import PendingApproval, RealtimeAgent, ToolRunner
+    from hark.agents.guardrails import GuardrailMonitor
     from hark.events import Command, Event, SessionConfig
-    from hark.guardrails import GuardrailMonitor
     from hark.history import History
+    from hark.service.loop import App
 
 log = logging.getLogger(__name__)
 

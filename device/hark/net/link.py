@@ -1,10 +1,10 @@
 """The Realtime link: a fresh key per connect attempt, the WebSocket, retries, rotation and replay.
 
-The pure parts live in ``hark.keys`` (``Backoff``, ``RetryPolicy``, ``classify_close``),
+The pure parts live in ``hark.net.keys`` (``Backoff``, ``RetryPolicy``, ``classify_close``),
 tested without I/O; ``WebSocketLink`` wires them to websockets. What to replay comes
 from the conversation's one memory (``hark.history``) through the ``replay`` callable
 the composition root hands in; when to rotate is the core's decision (``Rotate``).
-Only this module and ``hark.keys`` do network I/O; foreign exceptions stop here and
+Only this module and ``hark.net.keys`` do network I/O; foreign exceptions stop here and
 become ``LinkFailed``/``LinkDown`` events. It must not import the conversation,
 soundcard or gpio modules, and must never log a key or the device token.
 """
@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from hark import events as ev
 from hark import realtime
-from hark.keys import (
+from hark.net.keys import (
     Backoff,
     Failure,
     KeyFetchError,

@@ -1,7 +1,7 @@
 """Telling systemd the truth: sd_notify messages (READY, STATUS, WATCHDOG…) and journal logging.
 
 This module only talks to systemd's notify socket and sets up log handlers; it must
-not decide *when* the daemon is ready or healthy (that is ``hark.app``'s job), and
+not decide *when* the daemon is ready or healthy (that is ``hark.service.loop``'s job), and
 it must not import anything from the package but the standard library.
 
 Decision: the datagram goes through systemd-python's ``systemd.daemon.notify``

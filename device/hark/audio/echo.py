@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from hark.pcm import Resampler, Samples, decimate
+from hark.audio.pcm import Resampler, Samples, decimate
 
 log = logging.getLogger(__name__)
 

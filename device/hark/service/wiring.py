@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import asyncio
 
-    from hark.agent import ToolRunner
-    from hark.app import App
+    from hark.agents.agent import ToolRunner
     from hark.config import Config
     from hark.conversation import Settings
     from hark.events import LedPattern, SessionConfig
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
         Speaker,
         Trigger,
     )
+    from hark.service.loop import App
 
 log = logging.getLogger(__name__)
 
@@ -464,22 +464,22 @@ def _wire(
     link: Link | None,
     pin_factory: Any,
 ) -> Daemon:
-    from hark import builtin_tools
-    from hark.agent import ToolRunner, agent_from_config
-    from hark.app import App
+    from hark.agents import builtin as builtin_tools
+    from hark.agents.agent import ToolRunner, agent_from_config
+    from hark.agents.guardrails import GuardrailMonitor
     from hark.conversation import Conversation
     from hark.events import SessionConfig
-    from hark.guardrails import GuardrailMonitor
     from hark.history import History
-    from hark.notify import watchdog_interval_s
+    from hark.service.loop import App
+    from hark.service.notify import watchdog_interval_s
 
     closers: list[Callable[[], None]] = []
     notes: dict[str, str] = {}
     a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
     hands_free = t.mode in ("vad", "both")
     if mic is None or speaker is None:
-        from hark import soundcard
-        from hark.echo import EchoGate, EchoReference
+        from hark.audio import soundcard
+        from hark.audio.echo import EchoGate, EchoReference
 
         reference = EchoReference() if hands_free and v.echo_gate else None
         if speaker is None:
@@ -572,7 +572,7 @@ def _wire(
     closers.append(history.close)
     opened.append(history.close)
     if link is None:
-        from hark.link import WebSocketLink
+        from hark.net.link import WebSocketLink
 
         link = WebSocketLink(
             backend_url=config.backend.url,
@@ -602,7 +602,7 @@ def _wire(
         watchdog_interval_s=interval_s / 2 if interval_s else None,
         status_notes=notes,
     )
-    from hark.agent_glue import AgentGlue
+    from hark.service.glue import AgentGlue
 
     glue = AgentGlue(app, runner, history, GuardrailMonitor(lambda: runner.agent))
     glue.install()

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hark.echo import ECHO_RATE_HZ, EchoReference
+from hark.audio.echo import ECHO_RATE_HZ, EchoReference
+from hark.audio.pcm import Samples, apply_gain, frames_to_ms, ramp, upmix
 from hark.events import PlaybackStopped
-from hark.pcm import Samples, apply_gain, frames_to_ms, ramp, upmix
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from hark.echo import ECHO_RATE_HZ, EchoGate
-from hark.events import MicDemand, MicFrame
-from hark.pcm import (
+from hark.audio.echo import ECHO_RATE_HZ, EchoGate
+from hark.audio.pcm import (
     MODEL_RATE_HZ,
     VAD_RATES_HZ,
     Framer,
@@ -37,6 +36,7 @@ from hark.pcm import (
     downmix,
     ms_to_bytes,
 )
+from hark.events import MicDemand, MicFrame
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class CaptureChain:
 
     ``gain`` is software gain for quiet mics (1.0 costs nothing).  ``echo_gate``, when
     given, turns voiced frames that are our own playback into unvoiced ones (see
-    ``hark.echo``).  ``hold_ms``: the most audio ``process`` keeps back before handing
+    ``hark.audio.echo``).  ``hold_ms``: the most audio ``process`` keeps back before handing
     it out.
     """
 

@@ -1,0 +1,1 @@
+"""Audio: PCM helpers, capture, playback, echo suppression, cues, and the PortAudio sound card."""

@@ -1,0 +1,1 @@
+"""The network edge: the Realtime link and the ephemeral-key fetch."""

@@ -1,0 +1,1 @@
+"""The daemon around the core: its loop, its wiring (composition root), systemd and agent glue."""
