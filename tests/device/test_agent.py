@@ -344,3 +344,16 @@ async def test_always_approve_skips_later_prompts() -> None:
     assert await task == "opened"
     assert await runner.run("call_2", "open_garage", "{}") == "opened"
     assert [p.call_id for p in asked] == ["call_1"]
+
+
+def test_the_names_owners_import_are_the_agents_package() -> None:
+    """hark.agent, hark.tools and hark.guardrails (README, examples) re-export hark.agents."""
+    import hark.agent
+    import hark.guardrails
+    import hark.tools
+    from hark.agents import agent, guardrails, tools
+
+    for shim, real in ((hark.agent, agent), (hark.tools, tools), (hark.guardrails, guardrails)):
+        assert shim.__all__
+        for name in shim.__all__:
+            assert getattr(shim, name) is getattr(real, name), f"{shim.__name__}.{name}"
