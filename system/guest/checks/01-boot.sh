@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # Started at boot (enabled by install-device) while hark-backend was not up yet: hark
 # must be running (READY, not failed, not restarting), and once the backend comes up it
 # connects by itself, without a restart.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 note "hark.service: $(prop ActiveState)/$(prop SubState), enabled: $(systemctl is-enabled hark.service), NRestarts=$(prop NRestarts)"
 journalctl -b -u hark.service --no-pager -q -o short-monotonic | head -n 25 | sed 's/^/  | /'

@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # STATUS tells the truth: connected (after the failed first connects at boot), with no
 # stale "last error" from before the backend came up.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_hark
 systemctl is-active -q rig-backend.service || ensure_backend

@@ -1,6 +1,8 @@
+# shellcheck shell=bash
 # READY only after the microphone, the speaker and the GPIO are open: `systemctl start`
 # returns when systemd got READY=1, so hark must already hold the PCM and GPIO nodes
 # then; and in the journal the streams' "open" lines come before systemd's "Started".
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_backend >/dev/null
 systemctl stop hark.service

@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # The watchdog is on and fed: WatchdogUSec set, and the last WATCHDOG=1 keeps moving
 # while the daemon idles (systemd's own record of it), with no restart.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_hark
 pid=$(main_pid); r0=$(prop NRestarts); wd=$(prop WatchdogUSec)

@@ -1,8 +1,10 @@
+# shellcheck shell=bash
 # `systemctl reload` as systemd reports it.  Good config: exit 0, and the new config is
 # in force when systemctl returns.  Bad config: refused, the old one kept, no restart,
 # and the refusal visible where systemd shows it: a non-zero exit of `systemctl reload`
 # and the journal.  (systemd >= 253 has Type=notify-reload for this; on 252,
 # Bookworm's, an ExecReload= that waits for the outcome gives the same.)
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_hark
 sdver=$(systemctl --version | awk 'NR==1 {print $2}')

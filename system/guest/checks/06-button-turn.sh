@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # A held-button turn: press (gpio-sim pulls line 17 low), the question into the
 # microphone, release; hark-sim's parrot answers with the question's own audio; the
 # speaker's side of the loopback is recorded and compared piece by piece.  The LED
 # (line 25) must change during the turn.  The turn's journal is printed.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_backend >/dev/null
 ensure_hark

@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # The sound card vanishes (its driver unbound, as a USB card pulled out) and comes back:
 # hark stays up (same process, no restart), says so, and reopens both streams.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_hark
 pid=$(main_pid); r0=$(prop NRestarts)

@@ -1,7 +1,9 @@
+# shellcheck shell=bash
 # A hands-free turn: trigger.mode = "vad" (by reload), the question spoken with no
 # button, the parrot's reply recorded and compared piece by piece.  Under emulation
 # audio drops out now and then; the daemon must count such over- and underruns in
 # the journal (a Pi that drops audio must not look healthy).
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_backend >/dev/null
 ensure_hark

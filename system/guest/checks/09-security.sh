@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # The unit's sandbox as systemd itself scores it, online (the unit as loaded, with the
 # rig's drop-in): at most 2.0.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 out=$(systemd-analyze security hark.service --no-pager 2>&1)
 echo "$out" | grep -E '^✗' | head -n 12 | sed 's/^/  | /'

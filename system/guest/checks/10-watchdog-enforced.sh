@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # The watchdog is enforced: a frozen daemon (SIGSTOP) is killed by systemd after
 # WatchdogSec and started again, up to READY.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_hark
 pid=$(main_pid); r0=$(prop NRestarts); c=$(cursor); t0=$(date +%s)

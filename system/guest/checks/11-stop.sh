@@ -1,4 +1,6 @@
+# shellcheck shell=bash
 # A clean stop: `systemctl stop` within TimeoutStopSec, exit 0, nothing killed.
+# shellcheck source=lib.sh
 . /share/checks/lib.sh
 ensure_hark
 c=$(cursor); t0=$(now_us)

@@ -1,8 +1,8 @@
 # Helpers for the checks inside the guest (sourced).  Each check prints one or more
 # "PASS <name>: ..." / "FAIL <name>: ..." lines; the host collects them.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the names below are for the checks that source this
 set -u
-export SYSTEMD_PAGER= SYSTEMD_COLORS=0 LC_ALL=C.UTF-8
+export SYSTEMD_PAGER='' SYSTEMD_COLORS=0 LC_ALL=C.UTF-8
 RIG_PY=/opt/hark-rig/venv/bin/python
 CHECKS=/share/checks
 OUT=/share/out

@@ -8,7 +8,7 @@ IN=/in
 WHEEL=$(ls $IN/dist/*.whl)
 
 # The rig's side: backend and simulator from the same wheel, a registered device.
-/opt/hark-rig/venv/bin/pip install -q --disable-pip-version-check "$WHEEL[backend,sim]"
+/opt/hark-rig/venv/bin/pip install -q --disable-pip-version-check "${WHEEL}[backend,sim]"
 /opt/hark-rig/venv/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall "$WHEEL"
 rm -f /var/lib/hark-rig/devices.db
 /opt/hark-rig/venv/bin/hark-backend device add hark-guest --db sqlite:////var/lib/hark-rig/devices.db \
