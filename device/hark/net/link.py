@@ -103,7 +103,7 @@ class LinkStats:
 
 
 class WebSocketLink:
-    """The real ``ports.Link``. Construct with plain values (``hark.cli`` maps the config).
+    """The real ``ports.Link``, built from plain values (``hark.service.wiring`` maps the config).
 
     Posts ``LinkUp`` (once the server took the config and the conversation has been
     replayed), ``LinkDown``, ``LinkFailed`` and every decoded server event except
