@@ -247,7 +247,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """A whole spoken turn against the offline simulator (what ``make demo`` runs)."""
     try:
-        import hark_sim.app  # noqa: F401 - starlette and uvicorn: the [sim] extra
+        import hark_sim.app  # starlette and (below) uvicorn: the [sim] extra
+        import hark_sim.server  # noqa: F401
     except ModuleNotFoundError as exc:
         missing = (exc.name or "?").partition(".")[0]
         print(

@@ -113,31 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, announcing the address it actually bound (``--port 0`` picks one)."""
+def _server(config: uvicorn.Config, sim: SimConfig) -> uvicorn.Server:
+    """uvicorn, announcing the address it bound; made here, not at import, because a device
+    install has no uvicorn and must still get ``NOT_INSTALLED``, not a NameError."""
 
-    def __init__(self, config: uvicorn.Config, sim: SimConfig) -> None:
-        super().__init__(config)
-        self.sim = sim
+    class _Server(uvicorn.Server):
+        """uvicorn, announcing the address it actually bound (``--port 0`` picks one)."""
 
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        except SystemExit:
-            # uvicorn has logged the OSError; say once, plainly, what could not be done.
-            print(
-                f"hark-sim: cannot listen on {self.sim.host}:{self.sim.port} (see above)",
-                file=sys.stderr,
-            )
-            raise
-        if not self.started:
-            return
-        scheme = "https" if self.sim.tls_certfile else "http"
-        for server in self.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                shown = f"[{host}]" if ":" in host else host
-                log.info("hark-sim on %s://%s:%d/v1 brain=%s", scheme, shown, port, self.sim.brain)
+        def __init__(self, config: uvicorn.Config, sim: SimConfig) -> None:
+            super().__init__(config)
+            self.sim = sim
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            try:
+                await super().startup(sockets)
+            except SystemExit:
+                # uvicorn has logged the OSError; say once, plainly, what could not be done.
+                print(
+                    f"hark-sim: cannot listen on {self.sim.host}:{self.sim.port} (see above)",
+                    file=sys.stderr,
+                )
+                raise
+            if not self.started:
+                return
+            scheme = "https" if self.sim.tls_certfile else "http"
+            for server in self.servers:
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    shown = f"[{host}]" if ":" in host else host
+                    log.info(
+                        "hark-sim on %s://%s:%d/v1 brain=%s", scheme, shown, port, self.sim.brain
+                    )
+
+    return _Server(config, sim)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         tls_certfile=args.ssl_certfile,
         tls_keyfile=args.ssl_keyfile,
     )
-    server = _Server(uvicorn_config(cfg, SimState(cfg), log_level="warning"), cfg)
+    server = _server(uvicorn_config(cfg, SimState(cfg), log_level="warning"), cfg)
     try:
         server.run()
-    except SystemExit:  # uvicorn could not start; _Server.startup said why
+    except SystemExit:  # uvicorn could not start; its startup() said why
         return 1
     return 0
 

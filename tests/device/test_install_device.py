@@ -417,6 +417,7 @@ def test_owner_doctor_is_told_to_run_as_the_service_user(tmp_path: Path) -> None
     assert "fix: run it as the service user: sudo -u hark hark doctor" in done.stdout
 
 
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn"])
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
@@ -424,10 +425,10 @@ def test_owner_doctor_is_told_to_run_as_the_service_user(tmp_path: Path) -> None
         ("from hark_sim.__main__ import main; sys.exit(main([]))", "hark-sim: the simulator's"),
     ],
 )
-def test_demo_and_sim_without_the_sim_extra_say_so(entry: str, expected: str) -> None:
+def test_demo_and_sim_without_the_sim_extra_say_so(entry: str, expected: str, missing: str) -> None:
     """A device install has the `hark demo` command and the `hark-sim` script but not the
     [sim] extra: one line that says so and how to get it, exit 69, no traceback."""
-    hide = "import sys; sys.modules['starlette'] = None; "  # as if never installed
+    hide = f"import sys; sys.modules[{missing!r}] = None; "  # as if never installed
     done = subprocess.run(
         [sys.executable, "-c", hide + entry],
         capture_output=True,
@@ -438,7 +439,7 @@ def test_demo_and_sim_without_the_sim_extra_say_so(entry: str, expected: str) ->
     assert done.returncode == 69, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), done.stderr
-    assert "'starlette'" in lines[0] and "[sim]" in lines[0]
+    assert f"'{missing}'" in lines[0] and "[sim]" in lines[0]
 
 
 def test_wheel_carries_the_installer_and_the_unit(wheel: Path) -> None:
