@@ -1,7 +1,9 @@
 """Run every ``bench/bench_*.py`` (or those named on the command line) and print figures.
 
-Usage: ``python -m bench [NAME ...]`` where NAME is e.g. ``codec`` for ``bench_codec``.
-Each module has a ``main() -> None`` that prints its own lines.
+Usage: ``python -m bench [NAME ...]`` where NAME is e.g. ``codec`` for ``bench_codec``;
+``python -m bench NAME --option ...`` hands the options to that one benchmark (e.g.
+``python -m bench soak --turns 1000 --faults 120``). Each module has a ``main()`` that
+prints its own lines (taking ``argv`` when it has options).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
+    if len(argv) > 1 and argv[1].startswith("-"):
+        print(f"== {argv[0]}", flush=True)
+        importlib.import_module(f"bench.bench_{argv[0]}").main(argv[1:])
+        return 0
     names = argv or sorted(p.stem.removeprefix("bench_") for p in here.glob("bench_*.py"))
     failed = 0
     for name in names:

@@ -110,8 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("hark %s starting (config %s)", __version__, args.config)
     build: AppFactory = build_app
     if args.fake_audio:
-        from hark.demo import build_with_fake_audio
+        from hark.demo import build_with_fake_audio, fake_speed
 
+        try:
+            fake_speed()
+        except ValueError as exc:
+            print(f"hark run: {exc}", file=sys.stderr)
+            return EX_USAGE
         log.warning("--fake-audio: WAV-backed silence in, nothing out (tests, benchmarks)")
         build = build_with_fake_audio
     supervisor = Supervisor(args.config, config, token, build, notifier)

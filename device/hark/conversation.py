@@ -906,6 +906,8 @@ class Conversation:
             return cmds + self._fail(now, f"the response failed: {why}")
         if ev.status == "incomplete":  # cut short: whatever was said stays, no tool ran
             log.info("response %s incomplete: %s", ev.response_id, ev.reason or "no reason given")
+        if ev.status == "completed" and not cancelled:
+            self._error_is_past()  # a reply came through: a failed turn's error is over
         if self.phase in (Phase.THINKING, Phase.SPEAKING):
             cmds += self._settle(now)
         return cmds
@@ -1011,17 +1013,22 @@ class Conversation:
         """Forget ``device``'s fault; the status line's error goes with it (it would lie).
 
         ``last_error`` then names a fault still standing, or nothing; an error of the
-        past that no fault stands for (a failed turn) stays as the last error.
+        past that no fault stands for (a failed turn) stays as the last error until a
+        reply comes through (``_response_done``).
         """
         message = self._faults.pop(device, None)
         if message is None:
             return False
         if self.last_error in (message, f"{device}: {message}"):
-            self.last_error = None
-            for other, text in reversed(self._faults.items()):
-                self.last_error = text if other == LINK_DEVICE else f"{other}: {text}"
-                break
+            self._error_is_past()
         return True
+
+    def _error_is_past(self) -> None:
+        """``last_error`` names the newest fault still standing, or nothing."""
+        self.last_error = None
+        for other, text in reversed(self._faults.items()):
+            self.last_error = text if other == LINK_DEVICE else f"{other}: {text}"
+            break
 
     def _device_restored(self, ev: DeviceRestored, now: float) -> list[Command]:
         if not self._clear_fault(ev.device):

@@ -42,13 +42,27 @@ def build_with_fake_audio(
     link: Link | None = None,
     pin_factory: Any = None,
 ) -> Daemon:
-    """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks)."""
-    from hark.testing import WavMicrophone, WavSpeaker
+    """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks).
 
+    ``$HARK_FAKE_SPEED`` paces both fakes (default 1, real time); ``$HARK_FAKE_CONTROL``
+    names a Unix socket through which another process presses the button and speaks
+    (``hark.testing.ControlSocket``), in place of the configured GPIO button.
+    """
+    import os
+
+    from hark.testing import ControlSocket, WavMicrophone, WavSpeaker
+
+    speed = fake_speed()
+    wav_mic = None
     if mic is None:
-        mic = WavMicrophone(vad_aggressiveness=config.vad.aggressiveness)
+        mic = wav_mic = WavMicrophone(vad_aggressiveness=config.vad.aggressiveness, speed=speed)
     if speaker is None:
-        speaker = WavSpeaker(None, volume=config.audio.volume, cue_files=cue_files(config))
+        speaker = WavSpeaker(
+            None, volume=config.audio.volume, cue_files=cue_files(config), speed=speed
+        )
+    control = os.environ.get("HARK_FAKE_CONTROL")
+    if control and wav_mic is not None and triggers is None:
+        triggers = [ControlSocket(control, wav_mic)]
     return build_app(
         config,
         token,
@@ -60,6 +74,20 @@ def build_with_fake_audio(
         link=link,
         pin_factory=pin_factory,
     )
+
+
+def fake_speed() -> float:
+    """``$HARK_FAKE_SPEED`` as a pace factor; ValueError naming a bad value."""
+    import os
+
+    text = os.environ.get("HARK_FAKE_SPEED", "1")
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = -1.0
+    if not 0 < speed <= 100:
+        raise ValueError(f"HARK_FAKE_SPEED must be a number in (0, 100], got {text!r}")
+    return speed
 
 
 @contextlib.contextmanager

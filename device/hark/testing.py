@@ -12,6 +12,9 @@ As gpiozero ships ``MockFactory``, hark ships its fakes:
   ``RecordingMicrophone``, ``RecordingSpeaker``, ``RecordingIndicator``,
   ``RecordingNotifier``, ``RecordingSwitch``); ``FakeButton`` presses from a thread
   of its own, as gpiozero does.
+- ``ControlSocket`` is a trigger that takes line commands on a Unix socket (press,
+  release, say, unplug): the hands of a harness driving a separate ``hark run
+  --fake-audio`` process (``bench soak``).
 - ``until`` waits for a condition; ``mock_pins`` installs gpiozero's ``MockFactory``
   and tears it down (gpiozero is imported only then).
 
@@ -45,7 +48,11 @@ from hark.audio.echo import EchoGate, EchoReference, now_s
 from hark.audio.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
 from hark.audio.playback import PlaybackBuffer, Volume
 from hark.events import (
+    ButtonPressed,
+    ButtonReleased,
     Cue,
+    DeviceLost,
+    DeviceRestored,
     Event,
     LedPattern,
     LinkUp,
@@ -89,6 +96,7 @@ class WavMicrophone:
         )
         self._queue: deque[Samples] = deque()
         self.frames_posted = 0
+        self._unplugged_until: float | None = None
         if path is not None:
             self.say(path)
 
@@ -107,6 +115,11 @@ class WavMicrophone:
     def set_demand(self, demand: MicDemand) -> None:
         """Every frame is posted as it is "heard" anyway (tests want exact timing)."""
 
+    def unplug(self, seconds: float) -> None:
+        """Lose the device now for ``seconds``, as a USB mic pulled out and put back:
+        ``DeviceLost``, no frames (queued audio is dropped), then ``DeviceRestored``."""
+        self._unplugged_until = time.monotonic() + seconds
+
     @property
     def pending_ms(self) -> float:
         return sum(len(s) for s in self._queue) * 1000 / self.rate_hz
@@ -120,6 +133,10 @@ class WavMicrophone:
         started = loop.time()
         frames_done = 0
         while True:
+            if self._unplugged_until is not None:
+                await self._unplugged(post)
+                current, offset = np.zeros(0, dtype=np.int16), 0
+                started, frames_done = loop.time(), 0
             if offset >= len(current) and self._queue:
                 current, offset = self._queue.popleft(), 0
             if offset < len(current):
@@ -146,6 +163,15 @@ class WavMicrophone:
             for frame in self.chain.process(piece.tobytes(), now_s()):
                 post(frame)
                 self.frames_posted += 1
+
+    async def _unplugged(self, post: Post) -> None:
+        post(DeviceLost("microphone", "fake microphone unplugged"))
+        until = self._unplugged_until
+        if until is not None:
+            await asyncio.sleep(max(0.0, until - time.monotonic()))
+        self._unplugged_until = None
+        self._queue.clear()
+        post(DeviceRestored("microphone"))
 
 
 class WavSpeaker:
@@ -373,6 +399,71 @@ def mock_pins(*, pwm: bool = True) -> Iterator[Any]:
 
 async def _forever() -> None:
     await asyncio.Event().wait()
+
+
+# --------------------------------------------------------------------------- remote control
+
+
+class ControlSocket:
+    """A ``Trigger`` whose button and microphone a harness drives over a Unix socket.
+
+    One command per line, each answered ``ok`` or ``error: <why>``: ``press``,
+    ``release``, ``say <wav path>``, ``silence <ms>``, ``unplug <seconds>`` (the
+    microphone), ``ping``. A separate process (``bench soak``) can so drive a real
+    ``hark run --fake-audio`` (``$HARK_FAKE_CONTROL``): nothing else reaches into it.
+    """
+
+    def __init__(self, path: Path | str, mic: WavMicrophone) -> None:
+        self.path = Path(path)
+        self.mic = mic
+        self._post: Post | None = None
+        self._pressed_at: float | None = None
+
+    async def run(self, post: Post) -> None:
+        self._post = post
+        self.path.unlink(missing_ok=True)  # a previous app's (a reload) or a stale one
+        server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        try:
+            await _forever()
+        finally:
+            server.close()
+            self.path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write((self.command(line.decode("utf-8", "replace")) + "\n").encode())
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def command(self, line: str) -> str:
+        """Carry out one command line; the answer line."""
+        verb, _, arg = line.strip().partition(" ")
+        post = self._post
+        try:
+            if post is None:
+                return "error: not running"
+            if verb == "press":
+                self._pressed_at = time.monotonic()
+                post(ButtonPressed())
+            elif verb == "release":
+                held = time.monotonic() - (self._pressed_at or time.monotonic())
+                self._pressed_at = None
+                post(ButtonReleased(held_s=held))
+            elif verb == "say":
+                self.mic.say(arg)
+            elif verb == "silence":
+                self.mic.silence(int(arg))
+            elif verb == "unplug":
+                self.mic.unplug(float(arg))
+            elif verb != "ping":
+                return f"error: unknown command {verb!r}"
+        except (OSError, ValueError, EOFError, wave.Error) as exc:
+            return f"error: {exc}"
+        return "ok"
 
 
 # --------------------------------------------------------------------------- null and recording

@@ -47,6 +47,8 @@ class Faults:
       and right before every ``response.created``.
     - ``unknown_events``: write one event of an unknown type (``sim.unknown_event``) at
       the same two points.
+    - ``server_errors``: write one ``error`` event (``server_error``, code
+      ``sim_fault``), at the same two points, as a server with a passing fault does.
     - ``unknown_session_fields``: dotted paths under ``session`` (``"tool_choice"``,
       ``"audio.input.noise_reduction"``) this server does not know, like one that has
       dropped or not yet shipped a field: a ``session.update`` carrying one is refused
@@ -62,6 +64,7 @@ class Faults:
     stall_after_audio_deltas: int | None = None
     malformed_json: bool = False
     unknown_events: bool = False
+    server_errors: bool = False
     unknown_session_fields: set[str] = field(default_factory=set)
 
 
@@ -72,6 +75,10 @@ class SimConfig:
     ``realtime_factor`` scales the pacing of audio deltas: a 100 ms chunk is followed by
     a pause of ``0.1 * realtime_factor`` seconds (1.0 = real time, 0.5 = twice as fast,
     0 = as fast as possible).
+
+    ``call_next`` steers the model: while it holds ``(name, JSON arguments)`` pairs, the
+    next response of any session makes the first pair's function call instead of asking
+    the brain (a harness picks tool and handoff turns; the brain answers the output).
 
     ``tls_certfile`` (PEM, the key in it or in ``tls_keyfile``) serves https:// and
     wss://, for testing a client's certificate checks; the URLs follow.
@@ -87,5 +94,6 @@ class SimConfig:
     port: int = 0
     audio_chunk_ms: int = 100
     faults: Faults = field(default_factory=Faults)
+    call_next: list[tuple[str, str]] = field(default_factory=list)
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hark_sim.config import Faults
-from hark_sim.protocol import JSON, new_id
+from hark_sim.protocol import JSON, error_event, new_id
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,19 @@ class Outbox:
         self._queue.put_nowait(_Entry(time.monotonic(), None, raw=text))
 
     def inject_faults(self) -> None:
-        """The malformed-frame and unknown-event faults, at their documented points."""
+        """The malformed-frame, unknown-event and server-error faults, where documented."""
         if self.faults.malformed_json:
             self.put_raw(MALFORMED_FRAME)
         if self.faults.unknown_events:
             self.put({"type": UNKNOWN_EVENT_TYPE, "note": "hark_sim fault injection"})
+        if self.faults.server_errors:
+            self.put(
+                error_event(
+                    "hark_sim fault injection: the server had an error",
+                    "sim_fault",
+                    error_type="server_error",
+                )
+            )
 
     async def flush(self) -> None:
         """Wait until everything queued so far has been written (or the socket died)."""

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from hark_sim import audio, protocol
-from hark_sim.brains import Brain, ConvItem
+from hark_sim.brains import Brain, Call, ConvItem
 from hark_sim.config import SimConfig
 from hark_sim.outbox import Outbox, SessionRecord
 from hark_sim.protocol import JSON, new_id
@@ -384,7 +384,11 @@ class RealtimeSession(TurnsMixin):
         in_band = params.get("conversation", "auto") != "none"
         new_items = [i for i in self.items if str(i.data.get("id")) not in self._seen]
         self._seen.update(str(i.data.get("id")) for i in self.items)
-        reply = self.brain.reply(list(self.items), list(new_items))
+        steered = self.sim.call_next.pop(0) if self.sim.call_next else None
+        if steered is not None:
+            reply: list[Any] = [Call(*steered)]
+        else:
+            reply = self.brain.reply(list(self.items), list(new_items))
         setup = ResponseSetup(
             response_id=new_id("resp"),
             conversation_id=self.conversation_id if in_band else None,

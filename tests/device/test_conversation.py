@@ -476,6 +476,29 @@ def test_a_failed_response_reports_the_servers_error(caplog: pytest.LogCaptureFi
     assert conv.last_error == "the response failed: no reason given"
 
 
+def test_a_completed_reply_ends_a_failed_turns_error() -> None:
+    """Found by the soak: "last error: no reply" stayed in STATUS through later good turns.
+
+    A reply that completes means the failure is over; a fault still standing (a lost
+    microphone) stays on the status line.
+    """
+    conv = linked(error_hold_s=0.5)
+    to_speaking(conv, 1.0)
+    conv.handle(ResponseDone("resp_1", "failed"), 2.0)
+    assert conv.last_error == "the response failed: no reason given"
+    conv.handle(Tick(), 3.0)
+    assert conv.phase is Phase.IDLE and "last error" in conv.status_text()
+    to_speaking(conv, 4.0)
+    commands = conv.handle(ResponseDone("resp_1", "completed"), 5.0)
+    commands += conv.handle(PlaybackStopped("item_a", 200, interrupted=False), 5.1)
+    assert conv.last_error is None
+    assert [c.text for c in commands if isinstance(c, ReportStatus)][-1] == "idle"
+    standing = linked()
+    standing.handle(DeviceLost("microphone", "unplugged"), 0.5)
+    standing.handle(ResponseDone("resp_9", "completed"), 1.0)
+    assert standing.last_error == "microphone: unplugged"
+
+
 def test_a_key_backend_failure_names_the_key_backend() -> None:
     """A failure of the key fetch says "key backend" on the status line, not "Realtime server"."""
     conv = Conversation(Settings())

@@ -87,6 +87,36 @@ async def test_unknown_event_types(sim: SimHandle) -> None:
         check_server_event(event)
 
 
+async def test_server_error_events(sim: SimHandle) -> None:
+    """server_errors: a valid ``error`` event of type server_error, then the response."""
+    sim.faults.server_errors = True
+    async with connect(sim) as c:
+        event = await c.recv()
+        assert event["type"] == "error"
+        assert event["error"]["type"] == "server_error"
+        await c.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        seen = [e["type"] for e in await c.until("response.done")]
+    assert seen.index("error") < seen.index("response.created")
+
+
+async def test_call_next_steers_one_response(sim: SimHandle) -> None:
+    """call_next: the next response calls that tool; the one after asks the brain again."""
+    sim.config.call_next.append(("get_current_time", "{}"))
+    async with connect(sim) as c:
+        await c.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = (await c.until("response.done"))[-1]
+        (item,) = done["response"]["output"]
+        assert (item["type"], item["name"], item["arguments"]) == (
+            "function_call",
+            "get_current_time",
+            "{}",
+        )
+        await c.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = (await c.until("response.done"))[-1]
+    assert [i["type"] for i in done["response"]["output"]] == ["message"]
+    assert sim.config.call_next == []
+
+
 async def test_faults_apply_to_running_sessions(sim: SimHandle) -> None:
     """A fault set while a session is open applies to its next response."""
     async with connect(sim) as c:
