@@ -389,6 +389,7 @@ class Conversation:
         self._quiet_until = float("-inf")  # wake VAD deaf until then (end_after_reply)
         self._end_requested = False
         self._approval_pending = False
+        self._stop_when_quiet_by: float | None = None  # a reload waiting for a quiet moment
         # output
         self._reply = _Reply()
         self._playback = _Playback()
@@ -438,8 +439,17 @@ class Conversation:
         handler = None if self._stopped else _TABLE.get((self.phase, type(event)))
         if handler is None:
             self.ignored_counts[type(event).__name__] += 1
-            return []
-        return handler(self, event, now)
+            cmds: list[Command] = []
+        else:
+            cmds = handler(self, event, now)
+        by = self._stop_when_quiet_by
+        if by is not None and not self._stopped and (self._quiet() or now >= by):
+            cmds += self._stop_now()
+        return cmds
+
+    def _quiet(self) -> bool:
+        """No turn, no reply, no tool waiting for approval: a moment to stop or reload."""
+        return self.phase in _QUIET and self._turn is None and not self._approval_pending
 
     def deadline(self) -> float | None:
         """When the next ``Tick`` is due (same clock as ``now``), or None."""
@@ -447,6 +457,8 @@ class Conversation:
             return None
         times: list[float] = []
         s = self.settings
+        if self._stop_when_quiet_by is not None:
+            times.append(self._stop_when_quiet_by)
         if (turn := self._turn) is not None:
             times.append(turn.opened_at + s.max_turn_s)
             if self._no_speech_applies(turn):
@@ -593,9 +605,12 @@ class Conversation:
         return [UpdateSession(self.session_config), Connect()]
 
     def _connect_if_down(self) -> list[Command]:
-        """A turn or a typed request needs a session: ask for one unless one is coming."""
+        """A turn or a typed request needs a session: ask for one, or, while the link is
+        retrying, ask again (someone is waiting: it may cut a network backoff short)."""
         if self._link in (LinkState.DOWN, LinkState.HANGING_UP):
             return self._connect()
+        if self._link is LinkState.CONNECTING:
+            return [Connect()]
         return []
 
     def _hang_up(self, reason: str) -> list[Command]:
@@ -1064,7 +1079,17 @@ class Conversation:
         return []
 
     def _shutdown(self, ev: ShutdownRequested, now: float) -> list[Command]:
+        if ev.when_quiet_s > 0 and not self._quiet():
+            log.info("stopping once this turn is over (at most %.0f s)", ev.when_quiet_s)
+            by = now + ev.when_quiet_s
+            if self._stop_when_quiet_by is None or by < self._stop_when_quiet_by:
+                self._stop_when_quiet_by = by
+            return []
+        return self._stop_now()
+
+    def _stop_now(self) -> list[Command]:
         self._stopped = True
+        self._stop_when_quiet_by = None
         return [
             StopPlayback(),
             Disconnect("shutdown"),

@@ -156,7 +156,13 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class ShutdownRequested:
-    """SIGTERM or the end of a demo: wind down cleanly."""
+    """SIGTERM or the end of a demo: wind down cleanly.
+
+    ``when_quiet_s`` > 0 (a reload): let a turn or reply in progress finish first, for
+    at most that long, so reloading the config does not cut a user off mid-sentence.
+    """
+
+    when_quiet_s: float = 0.0
 
 
 # The link (connection state).

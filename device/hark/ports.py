@@ -177,8 +177,11 @@ class RunningApp(Protocol):
 
     async def run(self) -> None: ...
 
-    def shutdown(self) -> None:
-        """Wind down cleanly (LED off, playback faded, files closed); ``run`` then returns."""
+    def shutdown(self, when_quiet_s: float = 0.0) -> None:
+        """Wind down cleanly (LED off, playback faded, files closed); ``run`` then returns.
+
+        ``when_quiet_s`` > 0 (a reload): first let a turn in progress end, at most that long.
+        """
 
 
 AppFactory = Callable[["Config", str, Notifier], RunningApp]

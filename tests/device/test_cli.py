@@ -275,7 +275,7 @@ class FakeApp:
         if self.stubborn:
             await asyncio.Event().wait()  # ignores shutdown: must be cancelled
 
-    def shutdown(self) -> None:
+    def shutdown(self, when_quiet_s: float = 0.0) -> None:
         self.shutdowns += 1
         self._done.set()
 
@@ -848,6 +848,17 @@ def test_run_with_unloadable_agent_exits_78(config_dir: Path) -> None:
     result = hark("run", "--fake-audio", "--config", path, env=env)
     assert result.returncode == cli.EX_CONFIG, result.stderr
     assert "agent.object 'no_such_pkg.kitchen:agent'" in result.stderr
+
+
+def test_run_fake_audio_names_a_bad_speed(config_dir: Path) -> None:
+    """$HARK_FAKE_SPEED that is not a pace: one line naming it, exit 2, no traceback."""
+    path = config_dir / "hark.toml"
+    path.write_text('[backend]\nurl = "https://keys.example.com/v1"\ntoken_file = "token"\n')
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", HARK_FAKE_SPEED="fast")
+    result = hark("run", "--fake-audio", "--config", path, env=env)
+    assert result.returncode == cli.EX_USAGE
+    assert "HARK_FAKE_SPEED must be a number in (0, 100], got 'fast'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.filterwarnings("ignore:The callback was set to None")

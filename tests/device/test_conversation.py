@@ -499,6 +499,39 @@ def test_a_completed_reply_ends_a_failed_turns_error() -> None:
     assert standing.last_error == "microphone: unplugged"
 
 
+def test_a_turn_while_the_link_retries_asks_for_it_again() -> None:
+    """A press while the link retries sends Connect again: the link may cut its backoff."""
+    conv = Conversation(Settings())
+    conv.start(0.0)
+    conv.handle(LinkFailed("network", "unreachable"), 1.0)
+    assert conv.link_state is LinkState.CONNECTING
+    assert Connect() in conv.handle(ButtonPressed(), 2.0)
+    linked_conv = linked()
+    assert Connect() not in linked_conv.handle(ButtonPressed(), 1.0)
+
+
+def test_a_reload_lets_the_turn_finish_first() -> None:
+    """Found by the soak: SIGHUP mid-turn cut the user off. A reload now waits for a quiet
+    moment (the reply played out), at most ``when_quiet_s``; SIGTERM never waits."""
+    conv = linked()
+    to_speaking(conv, 1.0)
+    assert conv.handle(ShutdownRequested(when_quiet_s=30.0), 1.5) == []
+    assert conv.deadline() is not None and conv.deadline() <= 31.5
+    conv.handle(ResponseDone("resp_1", "completed"), 2.0)
+    stopped = conv.handle(PlaybackStopped("item_a", 200, interrupted=False), 2.5)
+    assert Stop() in stopped and Disconnect("shutdown") in stopped
+    # A turn that never ends: stopped at the bound.
+    conv = linked()
+    to_speaking(conv, 1.0)
+    conv.handle(ShutdownRequested(when_quiet_s=10.0), 1.0)
+    assert Stop() in conv.handle(Tick(), 11.0)
+    # Quiet already, or SIGTERM: at once.
+    assert Stop() in linked().handle(ShutdownRequested(when_quiet_s=10.0), 1.0)
+    conv = linked()
+    to_speaking(conv, 1.0)
+    assert Stop() in conv.handle(ShutdownRequested(), 1.0)
+
+
 def test_a_key_backend_failure_names_the_key_backend() -> None:
     """A failure of the key fetch says "key backend" on the status line, not "Realtime server"."""
     conv = Conversation(Settings())

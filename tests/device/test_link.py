@@ -327,6 +327,33 @@ async def test_unreachable_backend_is_a_network_failure(key_server, realtime_ser
     assert not realtime_server.conns
 
 
+@pytest.mark.parametrize(
+    ("status", "hurries"), [(503, True), (401, False), (400, False)], ids=["5xx", "401", "400"]
+)
+async def test_a_waiting_turn_cuts_a_network_backoff_short(
+    key_server, realtime_server, status, hurries
+):
+    """Found by the soak: after an outage the user's press waited out a 20 s backoff.
+
+    ``connect()`` again (the core does so for a turn while the link retries) ends the
+    pause after a network or server failure, but never a refusal's or bad config's.
+    """
+    key_server.plan = [(status, {"error": {"message": "nope", "code": "x"}})]
+    slow = Backoff(initial_s=60.0, max_s=60.0, jitter=0.0, slow_s=60.0)
+    link = make_link(key_server, realtime_server, backoff=slow)
+    async with running(link) as posted:
+        link.connect()
+        await until(lambda: bool(of_type(posted, ev.LinkFailed)))
+        await asyncio.sleep(0.05)  # in the pause now
+        link.connect()  # a press
+        if hurries:
+            await until(lambda: bool(of_type(posted, ev.LinkUp)))
+        else:
+            await asyncio.sleep(0.3)
+    assert bool(of_type(posted, ev.LinkUp)) is hurries
+    assert len(key_server.requests) == (2 if hurries else 1)
+
+
 async def test_auth_close_retries_once_then_reports_refused(key_server, realtime_server):
     """Close 3000: one quick retry with a new key; a second 3000 is reported as "refused"."""
     realtime_server.plan = [closer(3000, "invalid_api_key")] * 2

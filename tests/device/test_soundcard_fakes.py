@@ -9,13 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hark.audio.cues import CUES, load_cues, tone
-from hark.events import Event, MicFrame, PlaybackStopped
+from hark.events import (
+    ButtonPressed,
+    ButtonReleased,
+    DeviceLost,
+    DeviceRestored,
+    Event,
+    MicFrame,
+    PlaybackStopped,
+)
 from hark.testing import (
+    ControlSocket,
     WavMicrophone,
     WavSpeaker,
     read_pcm,
     speech_wav,
     synthetic_speech,
+    until,
     write_wav,
 )
 from hark.vadgate import VadGate
@@ -65,6 +75,49 @@ async def test_wav_microphone_paces_at_speed(tmp_path: Path) -> None:
     await mic.run(lambda e: None)
     assert loop.time() - started >= 0.09
     assert mic.frames_posted >= 19
+
+
+async def test_wav_microphone_unplugged_and_back() -> None:
+    """unplug(s): DeviceLost at once, no frames meanwhile, DeviceRestored after, frames again."""
+    mic = WavMicrophone(rate_hz=24_000, speed=0)
+    events: list[Event] = []
+    task = asyncio.create_task(mic.run(events.append))
+    await until(lambda: mic.frames_posted > 3)
+    mic.say(synthetic_speech(200, 24_000).tobytes())
+    mic.unplug(0.2)
+    await until(lambda: any(isinstance(e, DeviceRestored) for e in events))
+    kinds = [type(e).__name__ for e in events]
+    lost, back = kinds.index("DeviceLost"), kinds.index("DeviceRestored")
+    assert set(kinds[lost + 1 : back]) <= {"MicFrame"} and back - lost <= 2  # the frame in flight
+    assert events[lost] == DeviceLost("microphone", "fake microphone unplugged")
+    await until(lambda: len(events) > back + 3)
+    task.cancel()
+
+
+async def test_control_socket_drives_button_and_microphone(tmp_path: Path) -> None:
+    """A harness in another process presses, speaks and unplugs through the socket."""
+    path = tmp_path / "control.sock"
+    mic = WavMicrophone(rate_hz=24_000, speed=0)
+    control = ControlSocket(path, mic)
+    events: list[Event] = []
+    task = asyncio.create_task(control.run(events.append))
+    await until(path.exists)
+    speech = write_wav(tmp_path / "s.wav", synthetic_speech(300, 24_000), 24_000)
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    answers = []
+    for line in ("press", f"say {speech}", "silence 100", "release", "say /nope.wav", "dance"):
+        writer.write(line.encode() + b"\n")
+        answers.append((await reader.readline()).decode().strip())
+    writer.close()
+    assert answers[:4] == ["ok"] * 4
+    assert answers[4].startswith("error: ") and "nope.wav" in answers[4]
+    assert answers[5] == "error: unknown command 'dance'"
+    assert [type(e) for e in events] == [ButtonPressed, ButtonReleased]
+    assert mic.pending_ms == pytest.approx(400, abs=1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not path.exists()
 
 
 async def test_wav_microphone_accepts_raw_pcm() -> None:

@@ -391,6 +391,9 @@ class RetryDecision:
 
     report: ev.LinkFailed | None
     delay_s: float
+    may_hurry: bool = False
+    """A user waiting (a press) may cut the wait short: a network or server failure with
+    no ``Retry-After``. Never a refusal or a bad config, which retrying now cannot fix."""
 
 
 class RetryPolicy:
@@ -414,7 +417,8 @@ class RetryPolicy:
             delay = max(delay, self.backoff.slow_s * (1.0 + self.backoff.jitter * self._rand()))
         if failure.retry_after_s is not None:
             delay = max(delay, min(failure.retry_after_s, MAX_RETRY_AFTER_S))
-        return RetryDecision(ev.LinkFailed(kind, failure.message, failure.part), delay)
+        may_hurry = kind in ("network", "server") and failure.retry_after_s is None
+        return RetryDecision(ev.LinkFailed(kind, failure.message, failure.part), delay, may_hurry)
 
     def authorised(self) -> None:
         """A session opened: the key worked, so a later 3000 again earns one quick retry."""

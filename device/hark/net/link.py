@@ -150,6 +150,7 @@ class WebSocketLink:
         self._config: ev.SessionConfig | None = None
         self._post: Post | None = None
         self._want = False
+        self._hurry = False
         self._disconnect_reason = ""
         self._rotate_requested = False
         self._current: _Session | None = None
@@ -166,6 +167,10 @@ class WebSocketLink:
 
     def connect(self) -> None:
         if self._want:
+            # Someone is waiting (the core asks again for a turn): a network or server
+            # failure's backoff ends now, once per press (see ``RetryDecision.may_hurry``).
+            self._hurry = True
+            self._wake.set()
             return
         self._want = True
         self._wake.set()
@@ -257,7 +262,7 @@ class WebSocketLink:
             )
             if decision.report is not None:
                 self._emit(decision.report)
-            await self._pause(decision.delay_s)
+            await self._pause(decision.delay_s, decision.may_hurry)
             return
         if not self._want:  # disconnect() arrived while we were connecting
             await self._close(session, "disconnect")
@@ -390,11 +395,16 @@ class WebSocketLink:
             return Failure(failure.kind, failure.message, wait_s)
         return failure
 
-    async def _pause(self, delay_s: float) -> None:
-        """Sleep before the next attempt; cut short by ``disconnect()``."""
+    async def _pause(self, delay_s: float, may_hurry: bool = False) -> None:
+        """Sleep before the next attempt; cut short by ``disconnect()``, and when
+        ``may_hurry`` by a ``connect()`` during the pause (a user is waiting)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay_s
+        self._hurry = False
         while self._want and (remaining := deadline - loop.time()) > 0:
+            if self._hurry and may_hurry:
+                log.info("a turn is waiting: retrying now, %.0f s early", remaining)
+                break
             self._wake.clear()
             # Not wait_for: on 3.11 it swallows a cancel that comes with the wake-up
             # (shutdown does both at once), and the link would then never stop.
@@ -470,7 +480,7 @@ class WebSocketLink:
         self._emit(ev.LinkDown(failure.message, retrying=True))
         if decision.report is not None and failure.kind not in ("network", "server"):
             self._emit(decision.report)
-        await self._pause(decision.delay_s)
+        await self._pause(decision.delay_s, decision.may_hurry)
 
     async def _rotate_from(self, old: _Session) -> _Session:
         """Open the next session while the old one still serves, then switch to it.

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 EX_OK = 0
 STOP_WITHIN_S = 4.5
 """SIGTERM must end the process within 5 s (the unit allows more, owners expect less)."""
+RELOAD_WAITS_FOR_TURN_S = 30.0
+"""A reload lets a turn in progress finish first, at most this long (``hark reload`` waits 50)."""
 RELOAD_RESULT = "reload.json"
 """In ``$RUNTIME_DIRECTORY``: the outcome of the latest reload, for ``hark reload``."""
 
@@ -142,7 +144,7 @@ class Supervisor:
         self._pending = (config, token)
         self._outcome = (True, "config reloaded")
         if self._app is not None:
-            self._app.shutdown()
+            self._app.shutdown(when_quiet_s=RELOAD_WAITS_FOR_TURN_S)
 
     def _app_ready(self) -> None:
         """The app just sent READY=1: a reload waiting for it is over."""
@@ -341,12 +343,12 @@ class Daemon:
         finally:
             self.close()
 
-    def shutdown(self) -> None:
+    def shutdown(self, when_quiet_s: float = 0.0) -> None:
         # Through the core, so the reply fades, the LED goes off and the link closes
         # cleanly; the supervisor cancels the loop if this takes too long.
         from hark.events import ShutdownRequested
 
-        self.app.post(ShutdownRequested())
+        self.app.post(ShutdownRequested(when_quiet_s))
 
     def close(self) -> None:
         for close in reversed(self._closers):
