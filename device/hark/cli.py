@@ -10,6 +10,7 @@ websockets, so every heavy import happens inside a command.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -119,6 +120,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EX_USAGE
         log.warning("--fake-audio: WAV-backed silence in, nothing out (tests, benchmarks)")
         build = build_with_fake_audio
+    elif args.control_socket:
+        from hark.demo import build_with_control_socket
+
+        log.warning("--control-socket: the button is %s (tests, benchmarks)", args.control_socket)
+        build = functools.partial(build_with_control_socket, socket_path=args.control_socket)
     supervisor = Supervisor(args.config, config, token, build, notifier)
     try:
         return asyncio.run(supervisor.serve())
@@ -332,6 +338,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon (what hark.service starts)")
     with_config(p)
     p.add_argument("--fake-audio", action="store_true", help=argparse.SUPPRESS)
+    # The real sound card, the button a harness's Unix socket (bench soak --audio pulse).
+    p.add_argument("--control-socket", default="", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("reload", help="reload the running daemon's config; exits 78 if refused")

@@ -90,6 +90,16 @@ def fake_speed() -> float:
     return speed
 
 
+def build_with_control_socket(
+    config: Config, token: str, notifier: Notifier | None, *, socket_path: str
+) -> Daemon:
+    """``build_app`` with the real sound card and, for a button, a harness's Unix socket
+    (``hark run --control-socket PATH``: a soak through a real PulseAudio)."""
+    from hark.testing import ControlSocket
+
+    return build_app(config, token, notifier, triggers=[ControlSocket(socket_path, None)])
+
+
 @contextlib.contextmanager
 def _demo_backend(sim: Any, tmp: Path) -> Iterator[tuple[str, str, str]]:
     """The real key backend on loopback in front of ``hark_sim``; yields (url, token, label).

@@ -409,11 +409,12 @@ class ControlSocket:
 
     One command per line, each answered ``ok`` or ``error: <why>``: ``press``,
     ``release``, ``say <wav path>``, ``silence <ms>``, ``unplug <seconds>`` (the
-    microphone), ``ping``. A separate process (``bench soak``) can so drive a real
-    ``hark run --fake-audio`` (``$HARK_FAKE_CONTROL``): nothing else reaches into it.
+    microphone, when it is a ``WavMicrophone``), ``ping``. A separate process (``bench
+    soak``) can so drive a real ``hark run --fake-audio`` (``$HARK_FAKE_CONTROL``) or
+    ``hark run --control-socket PATH`` (the real sound card): nothing else reaches in.
     """
 
-    def __init__(self, path: Path | str, mic: WavMicrophone) -> None:
+    def __init__(self, path: Path | str, mic: WavMicrophone | None) -> None:
         self.path = Path(path)
         self.mic = mic
         self._post: Post | None = None
@@ -453,11 +454,13 @@ class ControlSocket:
                 held = time.monotonic() - (self._pressed_at or time.monotonic())
                 self._pressed_at = None
                 post(ButtonReleased(held_s=held))
-            elif verb == "say":
+            elif verb in ("say", "silence", "unplug") and self.mic is None:
+                return "error: the microphone is a real one here"
+            elif verb == "say" and self.mic is not None:
                 self.mic.say(arg)
-            elif verb == "silence":
+            elif verb == "silence" and self.mic is not None:
                 self.mic.silence(int(arg))
-            elif verb == "unplug":
+            elif verb == "unplug" and self.mic is not None:
                 self.mic.unplug(float(arg))
             elif verb != "ping":
                 return f"error: unknown command {verb!r}"
