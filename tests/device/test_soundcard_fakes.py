@@ -118,6 +118,10 @@ async def test_control_socket_drives_button_and_microphone(tmp_path: Path) -> No
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not path.exists()
+    real = ControlSocket(path, None)  # hark run --control-socket: the mic is a real one
+    real._post = events.append
+    assert real.command("say /x.wav") == "error: the microphone is a real one here"
+    assert real.command("press") == "ok"
 
 
 async def test_wav_microphone_accepts_raw_pcm() -> None:
