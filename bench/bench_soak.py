@@ -499,6 +499,7 @@ class Campaign:
         self.rewrite = rewrite
         self.button = "hold"
         self.volume = 1.0
+        self.agent = "main"  # who answers now: a handoff turn flips it, a reload resets it
         self.tally = Tally()
         self.pending: list[tuple[str, float]] = []  # faults awaiting a completed turn
         self.trace: Callable[[str], None] = lambda line: None
@@ -588,7 +589,7 @@ class Campaign:
             if kind == "tool":
                 self.sim.config.call_next.append(("lookup", '{"city": "Oslo"}'))
             elif kind == "handoff":
-                target = "transfer_to_helper" if self.volume == 1.0 else "transfer_to_main"
+                target = "transfer_to_helper" if self.agent == "main" else "transfer_to_main"
                 self.sim.config.call_next.append((target, "{}"))
             self.button_turn(during=during)
         elif kind == "handsfree":
@@ -615,6 +616,8 @@ class Campaign:
         ok = speaking >= (2 if kind.startswith("barge") else 1) and not hung
         if ok:
             t.completed[kind] += 1
+            if kind == "handoff":
+                self.agent = "helper" if self.agent == "main" else "main"
             now = time.monotonic()
             for kind_, at in self.pending:
                 t.recovery_s[kind_].append(now - at)
@@ -698,11 +701,13 @@ class Campaign:
         self.voice.unplug(1.5)
 
     def reload_now(self) -> None:
+        self.agent = "main"
         self.volume = 0.9 if self.volume == 1.0 else 1.0
         self.rewrite(self.button, self.volume)
         self.d.reload()
 
     def switch_button(self) -> None:
+        self.agent = "main"
         self.button = "tap" if self.button == "hold" else "hold"
         mark = len(self.n.ready)
         self.rewrite(self.button, self.volume)
