@@ -353,6 +353,8 @@ def _log_problems(replicas: list[Replica]) -> list[str]:
     """Lines in the replicas' logs that show a bug (an unhandled exception, a traceback)."""
     found = []
     for replica in replicas:
+        if not replica.log_path.exists():
+            continue
         for line in replica.log_path.read_text(errors="replace").splitlines():
             if re.search(r"unhandled|Traceback|status=500", line):
                 found.append(f"{replica.name}: {line.strip()[:200]}")
@@ -476,11 +478,11 @@ def run(duration_s: float = 600.0, rate_hz: float = 40.0, devices: int = 200) ->
                 sim.kill()
         with contextlib.suppress(subprocess.CalledProcessError):
             pg.stop("immediate")
-    problems = _log_problems(replicas)
-    if os.environ.get("HARK_BENCH_KEEP"):
-        print(f"   kept {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+        problems = _log_problems(replicas)
+        if os.environ.get("HARK_BENCH_KEEP"):
+            print(f"   kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     # -- figures and verdict --
     _report_buckets(soak, duration_s)
