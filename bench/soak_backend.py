@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -335,7 +336,7 @@ def _report_buckets(soak: Soak, duration_s: float) -> None:
     for at_s, what in soak.events:
         events.setdefault(int(at_s // bucket_s), []).append(f"{what} @{at_s:.0f}s")
     print(f"   per {bucket_s:.0f} s (statuses by code; latency of the 200s from their due time):")
-    for index in range(int(duration_s // bucket_s + 0.999)):
+    for index in range(math.ceil(duration_s / bucket_s)):
         rows = buckets.get(index, [])
         statuses = Counter(o.status for o in rows)
         shown = " ".join(f"{'none' if s == 0 else s}:{n}" for s, n in sorted(statuses.items()))
