@@ -228,8 +228,16 @@ class Registry:
     worker threads, one autocommit connection each.
     """
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, pg_threads: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        pg_threads: int = 4,
+        pg_connect_timeout_s: int = 5,
+    ) -> None:
         self.url = url
+        self._pg_connect_timeout_s = pg_connect_timeout_s
         self.postgres = is_postgres_url(url)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
@@ -255,7 +263,14 @@ class Registry:
         if self.postgres:
             import psycopg
 
-            conn: Any = psycopg.connect(self.url, autocommit=True)
+            # libpq waits forever by default for a server that accepts and never answers
+            # (a black-holed or hung host): every worker thread would block and requests
+            # queue up behind them instead of getting a 503.  A timeout the operator set in
+            # the URL or in PGCONNECT_TIMEOUT wins.
+            timeout: dict[str, Any] = {}
+            if "connect_timeout" not in self.url and "PGCONNECT_TIMEOUT" not in os.environ:
+                timeout["connect_timeout"] = self._pg_connect_timeout_s
+            conn: Any = psycopg.connect(self.url, autocommit=True, **timeout)
         else:
             if self._path != ":memory:":
                 _private_sqlite_file(Path(self._path))

@@ -2,13 +2,17 @@
 
 Found by ``bench/soak_backend.py``: after a database restart each registry worker thread
 kept its dead connection and failed its next request with a 503, however long after the
-database was back; and each refused request logged an ERROR spanning two lines.
+database was back; and each refused request logged an ERROR spanning two lines.  Not
+found by it but next to it: a host that accepts and never answers blocked a worker thread
+for ever (libpq's default connect timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -126,3 +130,30 @@ def test_an_outage_is_503_in_the_envelope_and_recovery_is_immediate(
         assert [r.status_code for r in back] == [200] * 16
         assert "device registry available again after" in caplog.text
         assert "(13 requests refused with 503)" in caplog.text
+
+
+def test_a_server_that_never_answers_is_unavailable_not_a_hang() -> None:
+    """A PostgreSQL host that accepts connections and never answers (hung, black-holed):
+    the registry gives up after its connect timeout with RegistryUnavailableError (a 503),
+    instead of blocking its worker thread for ever (libpq's default)."""
+    pytest.importorskip("psycopg")
+    from hark_backend.registry import RegistryUnavailableError
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody reads
+        port = silent.getsockname()[1]
+        registry = Registry(f"postgresql://postgres@127.0.0.1:{port}/x", pg_connect_timeout_s=2)
+        outcome: list[BaseException | None] = []
+
+        def ping() -> None:
+            try:
+                registry.ping()
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=ping, daemon=True)
+        worker.start()
+        worker.join(60)  # a guard against hanging the suite, not a timing assertion
+        assert not worker.is_alive(), "the registry is still waiting for a silent server"
+        registry.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], RegistryUnavailableError), outcome
