@@ -226,6 +226,51 @@ def _set_outcome(request: Request, outcome: str, device: str | None = None) -> N
         request.state.device = device
 
 
+class OutageLog:
+    """Says a registry outage in a few lines: when it starts, every ``every_s`` while it
+    lasts, and when it ends (with how long and how many requests got 503).
+
+    One ERROR line per refused request would be dozens a second during a database restart
+    (the soak bench counted 40/s), and the driver's message spans lines; this keeps the log
+    readable and each line one line.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.since: float | None = None  # monotonic start of the outage, None while healthy
+        self.refused = 0
+        self._last_logged = 0.0
+
+    def failed(self, exc: BaseException, now: float) -> None:
+        """A request found the registry unavailable."""
+        self.refused += 1
+        if self.since is None:
+            self.since = self._last_logged = now
+            log.error(
+                "device registry unavailable, answering 503 until it is back: %s",
+                logsafe.prose(str(exc)),
+            )
+        elif now - self._last_logged >= self.every_s:
+            self._last_logged = now
+            log.error(
+                "device registry still unavailable after %.0f s (%d requests refused): %s",
+                now - self.since,
+                self.refused,
+                logsafe.prose(str(exc)),
+            )
+
+    def answered(self, now: float) -> None:
+        """The registry answered; ends an outage if one was under way (one test otherwise)."""
+        if self.since is not None:
+            log.warning(
+                "device registry available again after %.1f s (%d requests refused with 503)",
+                now - self.since,
+                self.refused,
+            )
+            self.since = None
+            self.refused = 0
+
+
 # -- ASGI middleware -----------------------------------------------------------------------
 
 
@@ -418,6 +463,7 @@ async def authenticate(request: Request) -> Admission:
     settings: Settings = request.app.state.settings
     if token.startswith(TOKEN_PREFIX) and len(token) <= MAX_TOKEN_CHARS:
         admission = await reg.call(reg.admit, token, now_s=time.time(), limit=settings.rate_limit)
+        request.app.state.outage_log.answered(time.monotonic())
     else:
         admission = Admission("unknown_token")
     if admission.device is not None:
@@ -528,6 +574,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         """Liveness and database reachability (does not call OpenAI)."""
         reg: Registry = request.app.state.registry
         await reg.call(reg.ping)
+        request.app.state.outage_log.answered(time.monotonic())
         return {"status": "ok"}
 
     # -- errors: always the envelope --------------------------------------------------------
@@ -547,7 +594,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     @app.exception_handler(RegistryUnavailableError)
     async def on_registry(request: Request, exc: RegistryUnavailableError) -> JSONResponse:
-        log.error("device registry unavailable: %s", exc)
+        request.app.state.outage_log.failed(exc, time.monotonic())
         _set_outcome(request, "registry_unavailable")
         return envelope(
             503,
@@ -616,6 +663,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.auth_limiter = FailedAuthLimiter(settings.auth_fail_limit)
+    app.state.outage_log = OutageLog()
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog)
     return app

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import secrets
+import select
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -192,6 +193,27 @@ def _private_sqlite_file(path: Path) -> None:
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
+def _server_hung_up(conn: Any) -> bool:
+    """True if PostgreSQL has ended this idle connection (a restart, ``pg_terminate_backend``).
+
+    Without this check a worker thread learns it only by failing its next request with a
+    503, after the database is back: one such 503 per worker thread per replica, at any time
+    later, since an idle thread may wait long for its next request (the soak bench found it).
+    An idle autocommit connection has nothing to read unless the server wrote on its own,
+    which it does when it ends the session (a FATAL message, then end of file); a zero
+    timeout poll of the socket sees that without a round trip.  A rare asynchronous message
+    (a parameter change) costs a needless reconnect, nothing worse.
+    """
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except Exception:  # psycopg.OperationalError from fileno() on a closed socket, OSError
+        return True
+
+
 def is_postgres_url(url: str) -> bool:
     """A ``postgresql://`` (or ``postgres://``) URL selects PostgreSQL; anything else SQLite."""
     return urlsplit(url).scheme in ("postgresql", "postgres")
@@ -206,8 +228,16 @@ class Registry:
     worker threads, one autocommit connection each.
     """
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, pg_threads: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        pg_threads: int = 4,
+        pg_connect_timeout_s: int = 5,
+    ) -> None:
         self.url = url
+        self._pg_connect_timeout_s = pg_connect_timeout_s
         self.postgres = is_postgres_url(url)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
@@ -233,7 +263,14 @@ class Registry:
         if self.postgres:
             import psycopg
 
-            conn: Any = psycopg.connect(self.url, autocommit=True)
+            # libpq waits forever by default for a server that accepts and never answers
+            # (a black-holed or hung host): every worker thread would block and requests
+            # queue up behind them instead of getting a 503.  A timeout the operator set in
+            # the URL or in PGCONNECT_TIMEOUT wins.
+            timeout: dict[str, Any] = {}
+            if "connect_timeout" not in self.url and "PGCONNECT_TIMEOUT" not in os.environ:
+                timeout["connect_timeout"] = self._pg_connect_timeout_s
+            conn: Any = psycopg.connect(self.url, autocommit=True, **timeout)
         else:
             if self._path != ":memory:":
                 _private_sqlite_file(Path(self._path))
@@ -252,6 +289,9 @@ class Registry:
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and self.postgres and _server_hung_up(conn):
+            self._drop_conn()
+            conn = None
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
