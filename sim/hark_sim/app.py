@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
 import time
@@ -143,14 +144,15 @@ def _check_secret_request(body: JSON) -> tuple[int, JSON]:
 async def realtime_calls(request: Request) -> Response:
     """``POST /v1/realtime/calls``: a WebRTC session (``hark_sim.webrtc``, the webrtc extra)."""
     try:
-        from hark_sim import webrtc
+        webrtc = importlib.import_module("hark_sim.webrtc")
     except ImportError as exc:
         message = (
             "hark_sim answers WebRTC offers only with the webrtc extra installed "
             f"(missing: {exc.name})."
         )
         return _fail(501, message, "not_implemented")
-    return await webrtc.answer(request)
+    answer: Response = await webrtc.answer(request)
+    return answer
 
 
 async def beta_sessions(request: Request) -> JSONResponse:
