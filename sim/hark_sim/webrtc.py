@@ -80,6 +80,39 @@ def no_prefetch(pc: RTCPeerConnection) -> None:
             transceiver.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(16, prefetch=0)
 
 
+OPUS_BITRATE = 32_000
+"""A voice at 24 kHz (aiortc's own encoder sends 96 kbit/s of 48 kHz stereo)."""
+
+
+class OpusFrames:
+    """20 ms of 24 kHz PCM16 mono to one Opus packet (a track handing aiortc packets skips
+    its encoder, its resampler and its per-sample audio level)."""
+
+    def __init__(self) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.bit_rate = OPUS_BITRATE
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = audio.RATE_HZ
+        codec.time_base = Fraction(1, audio.RATE_HZ)
+        codec.options = {"application": "voip"}
+        self._codec = codec
+        self._pts = 0
+
+    def encode(self, pcm: bytes) -> av.Packet[Any]:
+        samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = audio.RATE_HZ
+        frame.time_base = Fraction(1, audio.RATE_HZ)
+        frame.pts = self._pts
+        (packet,) = self._codec.encode(frame)  # libopus: one packet per 20 ms frame
+        packet.pts = self._pts
+        packet.time_base = Fraction(1, audio.RATE_HZ)
+        self._pts += samples.shape[1]
+        return packet
+
+
 class ReplyTrack(MediaStreamTrack):
     """The assistant's audio as an Opus track, 20 ms frames paced in real time.
 
@@ -97,7 +130,7 @@ class ReplyTrack(MediaStreamTrack):
         self._started: set[str] = set()
         self._done: set[str] = set()
         self._next_s = 0.0
-        self._pts = 0
+        self._opus = OpusFrames()
         self.paused = False
         self.sent_bytes = 0
 
@@ -129,7 +162,7 @@ class ReplyTrack(MediaStreamTrack):
         self._done.discard(rid)
         self._emit({"type": "output_audio_buffer.stopped", "response_id": rid})
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet[Any]:
         loop = asyncio.get_running_loop()
         while True:
             while not self._chunks or self.paused:
@@ -152,14 +185,8 @@ class ReplyTrack(MediaStreamTrack):
             self._emit({"type": "output_audio_buffer.started", "response_id": rid})
         if rid in self._done and not self.has(rid):
             self._stopped(rid)
-        samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = audio.RATE_HZ
-        frame.time_base = Fraction(1, audio.RATE_HZ)
-        frame.pts = self._pts
-        self._pts += samples.shape[1]
         self.sent_bytes += len(pcm)
-        return frame
+        return self._opus.encode(pcm)
 
     def stop(self) -> None:
         super().stop()

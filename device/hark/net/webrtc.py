@@ -116,49 +116,92 @@ def no_prefetch(pc: RTCPeerConnection) -> None:
 # --------------------------------------------------------------------------- tracks
 
 
+OPUS_BITRATE = 32_000
+"""Opus for a voice at 24 kHz: aiortc's own encoder would send 96 kbit/s of 48 kHz stereo."""
+FRAME_BYTES = 20 * BYTES_PER_MS
+
+
+class OpusFrames:
+    """24 kHz PCM16 mono to Opus packets, one per 20 ms, for a track that sends packets.
+
+    A track that hands aiortc ``av.Packet``s skips its encoder: no resampling to 48 kHz
+    stereo in a worker thread, and no audio level computed sample by sample in Python
+    on the event loop (aiortc does that for every frame it encodes itself).
+    """
+
+    def __init__(self, bitrate: int = OPUS_BITRATE) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.bit_rate = bitrate
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = MODEL_RATE_HZ
+        codec.time_base = Fraction(1, MODEL_RATE_HZ)
+        codec.options = {"application": "voip"}
+        self._codec = codec
+        self._pts = 0
+
+    def encode(self, pcm: bytes) -> list[av.Packet[Any]]:
+        """One 20 ms frame (``FRAME_BYTES``) in, its packet(s) out, stamped in 1/24000 s."""
+        samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = MODEL_RATE_HZ
+        frame.time_base = Fraction(1, MODEL_RATE_HZ)
+        frame.pts = self._pts
+        packets = self._codec.encode(frame)
+        for packet in packets:
+            packet.pts = self._pts  # libopus starts at minus its pre-skip
+            packet.time_base = Fraction(1, MODEL_RATE_HZ)
+        self._pts += samples.shape[1]
+        return packets
+
+
 class MicTrack(MediaStreamTrack):
-    """The Opus send track: 24 kHz PCM16 frames as ``SendAudio`` hands them over.
+    """The Opus send track: ``SendAudio``'s 24 kHz PCM16, cut into 20 ms Opus packets.
 
     ``recv`` waits while nothing is queued (no packets go out between turns);
-    ``drained`` lets a commit wait until the audio before it has been encoded and sent.
+    ``drained`` lets a commit wait until the audio before it has gone out, the last
+    part of a frame padded with silence.
     """
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._pcm = bytearray()
+        self._packets: collections.deque[av.Packet[Any]] = collections.deque()
+        self._opus = OpusFrames()
         self._ready = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
-        self._pts = 0
         self.sent_bytes = 0
 
     def push(self, pcm: bytes) -> None:
-        self._queue.append(pcm)
-        self._empty.clear()
-        self._ready.set()
+        self._pcm += pcm
+        if len(self._pcm) >= FRAME_BYTES:
+            self._empty.clear()
+            self._ready.set()
 
-    async def recv(self) -> av.AudioFrame:
-        while not self._queue:
+    async def recv(self) -> av.Packet[Any]:
+        while not self._packets:
+            if len(self._pcm) >= FRAME_BYTES:
+                frame = bytes(self._pcm[:FRAME_BYTES])
+                del self._pcm[:FRAME_BYTES]
+                self.sent_bytes += len(frame)
+                self._packets.extend(self._opus.encode(frame))
+                continue
             if self.readyState != "live":
                 raise MediaStreamError
             self._empty.set()
             self._ready.clear()
             await self._ready.wait()
-        pcm = self._queue.popleft()
-        samples = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = MODEL_RATE_HZ
-        frame.time_base = Fraction(1, MODEL_RATE_HZ)
-        frame.pts = self._pts
-        self._pts += samples.shape[1]
-        self.sent_bytes += len(pcm)
-        return frame
+        return self._packets.popleft()
 
     async def drained(self) -> None:
-        """Return once every queued frame went to the encoder, plus one frame's time."""
-        while self._queue and self.readyState == "live":
+        """Return once everything pushed has been handed to the sender, plus one frame."""
+        if self._pcm and len(self._pcm) < FRAME_BYTES:
+            self.push(bytes(FRAME_BYTES - len(self._pcm)))  # the tail, padded
+        while not self._empty.is_set() and self.readyState == "live":
             await self._empty.wait()
         await asyncio.sleep(0.03)
 
@@ -219,11 +262,14 @@ class RtcChannel:
         pending = bytearray()
         while True:
             try:
-                frame = await asyncio.wait_for(track.recv(), timeout=DRAIN_QUIET_S / 2)
+                if pending:  # a piece shorter than POST_BYTES goes once the track pauses
+                    frame = await asyncio.wait_for(track.recv(), timeout=DRAIN_QUIET_S / 2)
+                else:
+                    frame = await track.recv()
             except TimeoutError:
-                if pending:
-                    self._on_audio(self, bytes(pending))
-                    pending.clear()
+                self.received_bytes += len(pending)
+                self._on_audio(self, bytes(pending))
+                pending.clear()
                 continue
             except MediaStreamError:
                 return
