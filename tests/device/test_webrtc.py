@@ -236,3 +236,33 @@ def test_the_wiring_names_the_missing_extra(monkeypatch):
 )
 def test_calls_url(realtime: str, calls: str) -> None:
     assert calls_url(realtime) == calls
+
+
+async def test_the_sim_answers_an_offer_201_with_sdp_and_a_location(sim):
+    """``POST /v1/realtime/calls`` as OpenAI documents it: SDP in, 201 + SDP + Location out."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    key = await asyncio.to_thread(
+        rtc_link(sim)._keys.fetch_blocking
+    )  # a minted ek_ key, as the link gets one
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio")
+        pc.createDataChannel("oai-events")
+        await pc.setLocalDescription(await pc.createOffer())
+        request = urllib.request.Request(  # noqa: S310
+            sim.base_url + "/realtime/calls",
+            data=pc.localDescription.sdp.encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {key.value}", "Content-Type": "application/sdp"},
+        )
+        response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        with response:
+            body = response.read().decode()
+            assert response.status == 201
+            assert response.headers["Content-Type"].startswith("application/sdp")
+            assert re.fullmatch(r"/v1/realtime/calls/rtc_\w+", response.headers["Location"])
+        assert body.startswith("v=0") and "webrtc-datachannel" in body
+    finally:
+        await pc.close()
+    assert sim.sessions[-1].key_kind == "ephemeral"

@@ -329,8 +329,8 @@ class WebRTCLink(WebSocketLink):
     Reply audio is attributed to the assistant message items announced on the data
     channel (``response.output_item.added``), in order; an ``AudioDone`` is held until
     the track has drained (the server finishes generating long before playback ends).
-    A ``CancelResponse`` goes out behind an ``output_audio_buffer.clear``, and the
-    cancelled response's audio still arriving is dropped.
+    A ``CancelResponse`` of a response still playing goes out behind an
+    ``output_audio_buffer.clear``, and its audio still arriving is dropped.
     """
 
     def __init__(self, *, ice_servers: Sequence[str] = (), **kwargs: Any) -> None:
@@ -450,8 +450,12 @@ class WebRTCLink(WebSocketLink):
         if isinstance(command, ev.CommitAudio | ev.ClearAudio) and channel is not None:
             await channel.mic.drained()  # RTP and the data channel are not ordered together
         if isinstance(command, ev.CancelResponse):
-            self._cancel_audio(command.response_id)
-            return [CLEAR_OUTPUT, text]
+            rid = command.response_id
+            playing = any(rid in (None, t[0]) for t in self._targets)
+            self._cancel_audio(rid)
+            # Only while its audio is still coming: the server is not asked to clear
+            # a buffer that has already played out (what it says to that is unknown).
+            return [CLEAR_OUTPUT, text] if playing else [text]
         return [text]
 
     def _on_audio(self, channel: RtcChannel, pcm: bytes) -> None:
