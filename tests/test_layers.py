@@ -51,6 +51,7 @@ FORBIDDEN: dict[str, set[str]] = {
         "hark.service.loop",
     },
     "hark.net.link": {"hark.conversation", "hark.audio.soundcard", "hark.gpio"},
+    "hark.net.webrtc": {"hark.conversation", "hark.audio.soundcard", "hark.gpio"},
     "hark.audio.soundcard": {"hark.conversation", "hark.net.link", "hark.gpio"},
     "hark.gpio": {"hark.conversation", "hark.net.link", "hark.audio.soundcard"},
     "hark.service.loop": {
@@ -93,6 +94,10 @@ ALLOWED: dict[str, set[str]] = {"hark.config": {"hark.defaults"}}
 # composition root, for `hark demo`) may use the fakes.
 ONLY_IN: dict[str, set[str]] = {
     "websockets": {"hark.net.link", "hark.realtime", "hark.net.keys"},
+    # The webrtc extra: one module, imported by the wiring only when configured.
+    "aiortc": {"hark.net.webrtc"},
+    "aioice": {"hark.net.webrtc"},
+    "av": {"hark.net.webrtc"},
     "hark.testing": {"hark.cli", "hark.testing", "hark.demo"},
 }
 

@@ -170,11 +170,23 @@ class BackendConfig(_Section):
 
 
 class RealtimeConfig(_Section):
-    """The Realtime WebSocket endpoint and the session's model settings."""
+    """The Realtime endpoint, its transport and the session's model settings."""
 
     url: str = Field(
         default="wss://api.openai.com/v1/realtime",
-        description="Realtime WebSocket URL (?model= is added); ws:// only on loopback.",
+        description="Realtime WebSocket URL (?model= is added); ws:// only on loopback. "
+        "WebRTC offers go to <url>/calls over https (http on loopback).",
+    )
+    transport: Literal["websocket", "webrtc"] = Field(
+        default="websocket",
+        description='"websocket" (base64 PCM in JSON) or "webrtc" (Opus over UDP; needs '
+        "the hark-voice[webrtc] extra: aiortc).",
+    )
+    ice_servers: tuple[str, ...] = Field(
+        default=(),
+        strict=False,
+        description='STUN servers for "webrtc", e.g. ["stun:stun.example.com:3478"]; none by '
+        "default (OpenAI's endpoint needs none from the client).",
     )
     model: str = Field(default="gpt-realtime", min_length=1, description="Realtime model name.")
     transcription_model: str | None = Field(
@@ -193,6 +205,15 @@ class RealtimeConfig(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         return _check_url(value, "wss", "ws")
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _stun_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            host = url.removeprefix("stun:")
+            if not url.startswith("stun:") or not host or any(c.isspace() for c in url):
+                raise ValueError(f"each entry must be a stun:host[:port] URL (got {url!r})")
+        return value
 
     @field_validator("transcription_model", "language")
     @classmethod

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SimConfig()
     p = _Parser(
         prog="hark-sim",
-        description="Offline stand-in for OpenAI's Realtime API (WebSocket + client_secrets).",
+        description="Offline stand-in for OpenAI's Realtime API "
+        "(client_secrets, the WebSocket, WebRTC calls).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")

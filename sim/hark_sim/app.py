@@ -1,4 +1,5 @@
-"""The ASGI app: ``POST /v1/realtime/client_secrets`` and the ``/v1/realtime`` WebSocket.
+"""The ASGI app: ``POST /v1/realtime/client_secrets``, the ``/v1/realtime`` WebSocket and
+``POST /v1/realtime/calls`` (WebRTC, in ``hark_sim.webrtc``).
 
 It must not contain protocol logic beyond the handshake (auth, model, beta checks,
 expiry); per-event behaviour lives in ``RealtimeSession``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
 import time
@@ -16,7 +18,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -24,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from hark_sim import jsonin, protocol
 from hark_sim.brains import make_brain
 from hark_sim.config import KNOWN_MODELS, SimConfig
-from hark_sim.outbox import Link, Outbox, SessionRecord
+from hark_sim.outbox import Droppable, Link, Outbox, SessionRecord
 from hark_sim.protocol import JSON, error_body, error_event, new_id
 from hark_sim.schema import BETA_SESSION_FIELDS, Num, ProtocolError, check_session
 from hark_sim.session import RealtimeSession
@@ -53,7 +55,7 @@ class SimState:
     config: SimConfig
     sessions: list[SessionRecord] = field(default_factory=list)
     keys: dict[str, MintedKey] = field(default_factory=dict)
-    live: dict[str, Link] = field(default_factory=dict)  # open connections by session id
+    live: dict[str, Droppable] = field(default_factory=dict)  # open connections by session id
 
 
 def _bearer(header: str | None) -> str | None:
@@ -137,6 +139,20 @@ def _check_secret_request(body: JSON) -> tuple[int, JSON]:
             f"Invalid model: '{session['model']}'.", "invalid_value", "session.model"
         )
     return seconds, {k: v for k, v in session.items() if k != "type"}
+
+
+async def realtime_calls(request: Request) -> Response:
+    """``POST /v1/realtime/calls``: a WebRTC session (``hark_sim.webrtc``, the webrtc extra)."""
+    try:
+        webrtc = importlib.import_module("hark_sim.webrtc")
+    except ImportError as exc:
+        message = (
+            "hark_sim answers WebRTC offers only with the webrtc extra installed "
+            f"(missing: {exc.name})."
+        )
+        return _fail(501, message, "not_implemented")
+    answer: Response = await webrtc.answer(request)
+    return answer
 
 
 async def beta_sessions(request: Request) -> JSONResponse:
@@ -314,6 +330,7 @@ def create_app(state: SimState) -> ASGIApp:
         routes=[
             Route("/v1/realtime/client_secrets", client_secrets, methods=["POST"]),
             Route("/v1/realtime/sessions", beta_sessions, methods=["POST"]),
+            Route("/v1/realtime/calls", realtime_calls, methods=["POST"]),
             WebSocketRoute("/v1/realtime", realtime_ws),
         ]
     )

@@ -14,9 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from hark_sim.config import Faults
 from hark_sim.protocol import JSON, error_event, new_id
@@ -78,6 +78,22 @@ class Link:
             transport.pause_reading()
 
 
+class Droppable(Protocol):
+    """A connection the faults can drop or stall: ``Link`` (WebSocket) or a WebRTC call."""
+
+    def abort(self) -> None: ...
+
+    def stall(self) -> None: ...
+
+
+class TextSocket(Protocol):
+    """What the outbox writes to: starlette's ``WebSocket``, or the WebRTC data channel."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
 class ConnectionDroppedError(Exception):
     """The drop fault fired: the transport was aborted."""
 
@@ -87,10 +103,10 @@ class Outbox:
 
     def __init__(
         self,
-        ws: WebSocket,
+        ws: TextSocket,
         record: SessionRecord,
         faults: Faults,
-        link: Link,
+        link: Droppable,
         on_audio_written: Callable[[str, bytes], None],
     ) -> None:
         self.ws = ws
@@ -159,9 +175,12 @@ class Outbox:
             self.record.raw_sent.append(entry.raw)
             return
         event = entry.event
-        await self.ws.send_text(json.dumps(event))
-        self.record.sent.append(event)
         kind = event["type"]
+        if kind == "response.output_audio.delta":
+            await self.write_audio(event, entry.audio)
+        else:
+            await self.ws.send_text(json.dumps(event))
+            self.record.sent.append(event)
         if kind == "response.created":
             self._deltas_this_response = 0
         elif kind == "response.output_audio.delta":
@@ -177,6 +196,11 @@ class Outbox:
                 log.info("session %s: fault: stalling the connection", self.record.id)
                 self.link.stall()
                 await asyncio.Event().wait()  # silent until the session ends
+
+    async def write_audio(self, event: JSON, pcm: bytes) -> None:
+        """An audio delta goes out as the event itself here; WebRTC puts ``pcm`` on a track."""
+        await self.ws.send_text(json.dumps(event))
+        self.record.sent.append(event)
 
     async def close(self, code: int, reason: str) -> None:
         """Flush, then send a close frame with ``code``."""

@@ -87,7 +87,7 @@ class SimHandle:
             self._thread.join(timeout=5)
 
     def drop_connections(self) -> int:
-        """Abort every open WebSocket now (no close frame); returns how many."""
+        """Abort every open WebSocket (no close frame) and WebRTC call now; returns how many."""
         if self._loop is None:
             return 0
 

@@ -268,6 +268,18 @@ class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
+def strict_opener(url: str) -> urllib.request.OpenerDirector:
+    """urllib for a request that carries a secret: no redirects, verified TLS, and no
+    proxy for loopback (the simulator, tests; the environment's otherwise)."""
+    parts = urllib.parse.urlsplit(url)
+    handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
+    if parts.scheme == "https":
+        handlers.append(urllib.request.HTTPSHandler(context=tls_context()))
+    if is_loopback_host(parts.hostname):
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
+
+
 def _not_a_key(raw: bytes, exc: pydantic.ValidationError) -> NoReturn:
     """A 200 whose body is not a key: say which field and why, never the body itself."""
     problems = []
@@ -309,14 +321,7 @@ class KeySource:
                 "Accept": "application/json",
             },
         )
-        parts = urllib.parse.urlsplit(self.backend_url)
-        handlers: list[urllib.request.BaseHandler] = [_RefuseRedirects()]
-        if parts.scheme == "https":
-            handlers.append(urllib.request.HTTPSHandler(context=tls_context()))
-        # No proxies for loopback (the simulator, tests); honour the environment otherwise.
-        if is_loopback_host(parts.hostname):
-            handlers.append(urllib.request.ProxyHandler({}))
-        opener = urllib.request.build_opener(*handlers)
+        opener = strict_opener(self.backend_url)
         try:
             with opener.open(request, timeout=self.timeout_s) as response:
                 raw = response.read(MAX_RESPONSE_BYTES + 1)

@@ -18,11 +18,11 @@ import logging
 import random
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from hark import events as ev
@@ -70,6 +70,35 @@ class _connect_without_redirects(connect):  # noqa: N801  (websockets' class is 
         return exc
 
 
+class ChannelClosedError(Exception):
+    """A ``Channel`` that is not a WebSocket was closed (websockets raises its own)."""
+
+
+class Channel(Protocol):
+    """One session's ordered text stream to the Realtime server: what a transport dials.
+
+    A ``websockets`` connection is one as it is; ``hark.net.webrtc`` wraps the data channel.
+    ``recv`` and iteration raise ``ConnectionClosed`` or ``ChannelClosedError`` once closed.
+    """
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def close_reason(self) -> str | None: ...
+
+    async def send(self, message: str) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+CLOSED: tuple[type[Exception], ...] = (ConnectionClosed, ChannelClosedError)
+
+
 class _AttemptFailedError(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.message)
@@ -78,7 +107,7 @@ class _AttemptFailedError(Exception):
 
 @dataclass(eq=False)
 class _Session:
-    ws: ClientConnection
+    ws: Channel
     session_id: str
     expires_at: float | None
     opened_s: float
@@ -288,13 +317,46 @@ class WebSocketLink:
         except KeyFetchError as exc:
             failure = Failure(exc.kind, str(exc), exc.retry_after_s, part="backend")
             raise _AttemptFailedError(failure) from None
+        ws = await self._dial(grant.value)
+        error: ev.ServerError | None = None
+        created: ev.SessionCreated | None = None
+        try:
+            async with asyncio.timeout(self._open_timeout_s):
+                while created is None:
+                    event = self.decoder.decode(await ws.recv())
+                    if isinstance(event, ev.SessionCreated):
+                        created = event
+                    elif isinstance(event, ev.ServerError):
+                        error = event
+        except CLOSED:
+            raise _AttemptFailedError(
+                classify_close(ws.close_code, ws.close_reason or "", error)
+            ) from None
+        except TimeoutError:
+            await ws.close()
+            raise _AttemptFailedError(Failure("network", "no session.created in time")) from None
+        except BaseException:
+            await ws.close()
+            raise
+        applied = await self._configure(ws)
+        self.stats.sessions += 1
+        log.info("session %s open", created.session_id)
+        session = _Session(ws, created.session_id, created.expires_at, time.monotonic())
+        session.applied = applied
+        return session
+
+    async def _dial(self, key: str) -> Channel:
+        """Open the transport with ``key``; failures raise ``_AttemptFailedError``.
+
+        The WebSocket here; ``hark.net.webrtc.WebRTCLink`` overrides it (and the audio).
+        """
         try:
             tls: dict[str, Any] = {}
             if not self._plain:  # the CA store loads once, in a worker thread
                 tls["ssl"] = await asyncio.to_thread(tls_context)
-            ws = await _connect_without_redirects(
+            return await _connect_without_redirects(
                 self._url,
-                additional_headers={"Authorization": f"Bearer {grant.value}"},
+                additional_headers={"Authorization": f"Bearer {key}"},
                 user_agent_header="hark",
                 compression=None,  # base64 audio barely compresses; spare the Pi's CPU
                 proxy=None if self._loopback else True,
@@ -313,34 +375,8 @@ class WebSocketLink:
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             said = tls_failure(exc) or repr(exc)
             raise _AttemptFailedError(Failure("network", f"cannot connect: {said}")) from None
-        error: ev.ServerError | None = None
-        created: ev.SessionCreated | None = None
-        try:
-            async with asyncio.timeout(self._open_timeout_s):
-                while created is None:
-                    event = self.decoder.decode(await ws.recv())
-                    if isinstance(event, ev.SessionCreated):
-                        created = event
-                    elif isinstance(event, ev.ServerError):
-                        error = event
-        except ConnectionClosed:
-            raise _AttemptFailedError(
-                classify_close(ws.close_code, ws.close_reason or "", error)
-            ) from None
-        except TimeoutError:
-            await ws.close()
-            raise _AttemptFailedError(Failure("network", "no session.created in time")) from None
-        except BaseException:
-            await ws.close()
-            raise
-        applied = await self._configure(ws)
-        self.stats.sessions += 1
-        log.info("session %s open", created.session_id)
-        session = _Session(ws, created.session_id, created.expires_at, time.monotonic())
-        session.applied = applied
-        return session
 
-    async def _configure(self, ws: ClientConnection) -> ev.SessionConfig | None:
+    async def _configure(self, ws: Channel) -> ev.SessionConfig | None:
         """Send the latest ``session.update`` and wait until the server confirms it.
 
         A refusal (an ``error`` answering it: a field this server does not know, a value
@@ -362,7 +398,7 @@ class WebSocketLink:
                     if isinstance(event, ev.ServerError) and event.event_id == eid:
                         refused = event
                         break
-        except ConnectionClosed:
+        except CLOSED:
             raise _AttemptFailedError(
                 classify_close(ws.close_code, ws.close_reason or "", None)
             ) from None
@@ -451,7 +487,7 @@ class WebSocketLink:
             preamble.append(realtime.encode(ev.CreateItem(_with_id(item, ident)), ident))
         async with self._send_lock:
             self._current = session
-            with contextlib.suppress(ConnectionClosed):
+            with contextlib.suppress(*CLOSED):
                 for text in preamble:
                     await session.ws.send(text)
         log.info("session %s active (replayed %d items)", session.session_id, len(preamble))
@@ -505,8 +541,10 @@ class WebSocketLink:
 
     async def _read(self, session: _Session) -> None:
         """Decode and post every frame; bad frames become events, never exceptions."""
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(*CLOSED):
             async for raw in session.ws:
+                if session is self._current:
+                    self._observe(raw)
                 event = self.decoder.decode(raw)
                 if event is None or session is not self._current:
                     continue
@@ -514,6 +552,9 @@ class WebSocketLink:
                     self._dispatch(session, event)
                 except Exception:  # a bug in a post target must not end the session
                     log.exception("dispatching %s failed", type(event).__name__)
+
+    def _observe(self, raw: str | bytes) -> None:
+        """A hook for a transport that needs more of the server's events than the core."""
 
     def _dispatch(self, session: _Session, event: ev.ServerEvent) -> None:
         match event:
@@ -539,8 +580,9 @@ class WebSocketLink:
                 continue
             command, text = self._queue.popleft()
             commands = [command]
-            if text is None:
-                text = self._audio_append(commands)
+            texts = await self._outgoing(commands, text)
+            if not texts:
+                continue
             async with self._send_lock:
                 session = self._current
                 if session is None:
@@ -548,10 +590,19 @@ class WebSocketLink:
                         self._count_drop(dropped)
                     continue
                 try:
-                    await session.ws.send(text)
-                except ConnectionClosed:
+                    for message in texts:
+                        await session.ws.send(message)
+                except CLOSED:
                     for dropped in commands:
                         self._count_drop(dropped)
+
+    async def _outgoing(self, commands: list[ev.WireCommand], text: str | None) -> list[str]:
+        """The messages that carry ``commands[0]`` (``text``: its JSON, None for audio).
+
+        A transport with its own audio path (WebRTC) overrides this; here audio becomes
+        one append with the frames queued right behind it.
+        """
+        return [text if text is not None else self._audio_append(commands)]
 
     def _audio_append(self, commands: list[ev.WireCommand]) -> str:
         """One ``input_audio_buffer.append`` for ``commands[0]`` and the audio queued behind it.

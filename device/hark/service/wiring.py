@@ -574,18 +574,7 @@ def _wire(
     closers.append(history.close)
     opened.append(history.close)
     if link is None:
-        from hark.net.link import WebSocketLink
-
-        link = WebSocketLink(
-            backend_url=config.backend.url,
-            device_token=token,
-            model=config.realtime.model,
-            realtime_url=config.realtime.url,
-            open_timeout_s=config.realtime.connect_timeout_s,
-            http_timeout_s=config.backend.timeout_s,
-            replay=history.replay,
-            replay_budget_chars=config.session.replay_budget_chars,
-        )
+        link = make_link(config, token, history)
 
     interval_s = watchdog_interval_s()
     conversation = Conversation(settings)
@@ -609,3 +598,31 @@ def _wire(
     glue = AgentGlue(app, runner, history, GuardrailMonitor(lambda: runner.agent))
     glue.install()
     return Daemon(app, closers, runner=runner, history=history)
+
+
+def make_link(config: Config, token: str, history: History) -> Link:
+    """The ``Link`` that ``realtime.transport`` names; WebRTC's libraries load only for it."""
+    from hark.net.link import WebSocketLink
+
+    options: dict[str, Any] = {
+        "backend_url": config.backend.url,
+        "device_token": token,
+        "model": config.realtime.model,
+        "realtime_url": config.realtime.url,
+        "open_timeout_s": config.realtime.connect_timeout_s,
+        "http_timeout_s": config.backend.timeout_s,
+        "replay": history.replay,
+        "replay_budget_chars": config.session.replay_budget_chars,
+    }
+    if config.realtime.transport == "websocket":
+        return WebSocketLink(**options)
+    try:
+        from hark.net.webrtc import WebRTCLink
+    except ImportError as exc:
+        from hark.net.keys import LinkConfigError
+
+        raise LinkConfigError(
+            'realtime.transport = "webrtc" needs the webrtc extra '
+            f"(pip install 'hark-voice[webrtc]'; missing: {exc.name})"
+        ) from None
+    return WebRTCLink(ice_servers=config.realtime.ice_servers, **options)
