@@ -384,6 +384,42 @@ def cue_files(config: Config) -> dict[str, Path | str]:
     return files
 
 
+def session_base(config: Config) -> SessionConfig:
+    """The session options of ``[realtime]``: the agent adds instructions, voice and tools."""
+    from hark.events import SessionConfig, Truncation, TurnDetection
+
+    r = config.realtime
+    truncation: Truncation | Literal["auto", "disabled"] | None = None
+    if r.truncation is None or isinstance(r.truncation, str):
+        truncation = r.truncation
+    else:
+        truncation = Truncation(r.truncation.retention_ratio, r.truncation.post_instructions_tokens)
+    detection: TurnDetection | None = None
+    if r.turn_detection is not None:
+        td = r.turn_detection
+        detection = TurnDetection(
+            type=td.type,
+            threshold=td.threshold,
+            prefix_padding_ms=td.prefix_padding_ms,
+            silence_duration_ms=td.silence_duration_ms,
+            idle_timeout_ms=td.idle_timeout_ms,
+            eagerness=td.eagerness,
+        )
+    return SessionConfig(
+        model=r.model,
+        speed=r.speed,
+        turn_detection=detection,
+        transcription_model=r.transcription_model,
+        transcription_language=r.language,
+        transcription_prompt=r.transcription_prompt,
+        transcription_keywords=r.transcription_keywords,
+        noise_reduction=r.noise_reduction,
+        max_output_tokens=r.max_output_tokens,
+        truncation=truncation,
+        reasoning_effort=r.reasoning_effort,
+    )
+
+
 def conversation_settings(config: Config, session: SessionConfig) -> Settings:
     """The core's settings from the config: the one mapping, so tests can hold it."""
     from hark.conversation import Settings
@@ -468,7 +504,6 @@ def _wire(
     from hark.agents.agent import ToolRunner, agent_from_config
     from hark.agents.guardrails import GuardrailMonitor
     from hark.conversation import Conversation
-    from hark.events import SessionConfig
     from hark.history import History
     from hark.service.loop import App
     from hark.service.notify import watchdog_interval_s
@@ -556,11 +591,7 @@ def _wire(
     closers += [s.close for s in switches if hasattr(s, "close")]
     opened += closers
     agent = agent_from_config(config.agent, volume=speaker, switches=switches)
-    base = SessionConfig(
-        model=config.realtime.model,
-        transcription_model=config.realtime.transcription_model,
-        transcription_language=config.realtime.language,
-    )
+    base = session_base(config)
     runner = ToolRunner(agent, base=base, default_timeout_s=config.agent.tool_timeout_s)
     settings = conversation_settings(config, runner.session_config())
     # The conversation's one memory: the link replays it into every new session.
