@@ -671,6 +671,41 @@ class VadConfig(_Section):
     )
 
 
+class FrontEndConfig(_Section):
+    """The audio front end: in-process echo cancellation, noise suppression, automatic gain.
+
+    Each stage is off by default and switched on here; what reaches the model (and the
+    VAD) is the cleaned signal. With a stage on, the microphone is processed at 16 kHz.
+    """
+
+    echo_cancel: Literal["off", "speex", "webrtc"] = Field(
+        default="off",
+        description="In-process echo canceller: 'speex' (libspeexdsp1, light), 'webrtc' "
+        "(WebRTC AEC3 through the livekit package: best, ~42 MB of memory) or 'off' "
+        "(the echo gate alone).",
+    )
+    echo_tail_ms: int = Field(
+        default=200,
+        ge=50,
+        le=500,
+        description="speex: the longest echo (room reverberation) the canceller models, ms; "
+        "longer costs CPU.",
+    )
+    noise_suppression: int = Field(
+        default=0,
+        ge=0,
+        le=4,
+        description="WebRTC noise suppression level, 0 (off) to 4 (strongest) "
+        "(webrtc-noise-gain package).",
+    )
+    auto_gain_dbfs: int = Field(
+        default=0,
+        ge=0,
+        le=31,
+        description="WebRTC automatic gain: target level, dB below full scale (e.g. 3); 0 = off.",
+    )
+
+
 class SessionPolicyConfig(_Section):
     """When to be connected, and for how long."""
 
@@ -746,6 +781,9 @@ class Config(_Section):
     gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO pins.")
     audio: AudioConfig = Field(default_factory=AudioConfig, description="Sound devices.")
     vad: VadConfig = Field(default_factory=VadConfig, description="Voice activity detection.")
+    frontend: FrontEndConfig = Field(
+        default_factory=FrontEndConfig, description="Audio front end (AEC, NS, AGC)."
+    )
     session: SessionPolicyConfig = Field(
         default_factory=SessionPolicyConfig, description="Session policy."
     )

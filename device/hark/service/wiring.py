@@ -514,9 +514,32 @@ def _wire(
     hands_free = t.mode in ("vad", "both")
     if mic is None or speaker is None:
         from hark.audio import soundcard
+        from hark.audio.capture import EchoJudge
         from hark.audio.echo import EchoGate, EchoReference
 
-        reference = EchoReference() if hands_free and v.echo_gate else None
+        f = config.frontend
+        front_end = None
+        reference: EchoReference | None = None
+        if f.echo_cancel != "off" or f.noise_suppression or f.auto_gain_dbfs:
+            from hark.audio import frontend
+
+            tee = frontend.TeeReference() if f.echo_cancel != "off" else None
+            try:
+                front_end = frontend.make_front_end(
+                    f.echo_cancel,
+                    tee,
+                    tail_ms=f.echo_tail_ms,
+                    noise_suppression=f.noise_suppression,
+                    auto_gain_dbfs=f.auto_gain_dbfs,
+                )
+            except frontend.FrontEndUnavailableError as exc:
+                # The echo gate still keeps our own voice out; say what to install.
+                log.error("%s; running without the audio front end", exc)
+                notes["frontend"] = "audio front end unavailable"
+            else:
+                reference = tee if front_end is not None and front_end.aec is not None else None
+        if reference is None and hands_free and v.echo_gate:
+            reference = EchoReference()
         if speaker is None:
             speaker = soundcard.SoundcardSpeaker(
                 a.output_device,
@@ -527,21 +550,24 @@ def _wire(
                 echo_reference=reference,
             )
         if mic is None:
-            gate = (
-                EchoGate(
-                    reference,
-                    margin_db=v.echo_margin_db,
-                    max_delay_ms=v.echo_delay_max_ms,
-                )
-                if reference is not None
-                else None
-            )
+            gate: EchoJudge | None = None
+            if reference is not None and hands_free and v.echo_gate:
+                if front_end is not None and front_end.aec is not None:
+                    from hark.audio.frontend import ResidualGate
+
+                    # After a canceller, the residual's level is what tells echo from user.
+                    gate = ResidualGate(reference)
+                else:
+                    gate = EchoGate(
+                        reference, margin_db=v.echo_margin_db, max_delay_ms=v.echo_delay_max_ms
+                    )
             mic = soundcard.SoundcardMicrophone(
                 a.input_device,
                 rate_hz=a.capture_rate_hz,
                 vad_aggressiveness=v.aggressiveness,
                 echo_gate=gate,
                 buffer_ms=a.capture_buffer_ms,
+                front_end=front_end,
             )
     if triggers is None:
         triggers = []
