@@ -212,3 +212,54 @@ def test_bench_is_importable_from_tests() -> None:
     """The room the tests use is the bench's (one definition of a reverberant room)."""
     assert Path(__file__).resolve().parents[2].joinpath("bench", "bench_frontend.py").is_file()
     assert len(room_impulse()) == int(RATE_HZ * 0.3)
+
+
+# --------------------------------------------------------------------------- the wiring
+
+BASE = '[backend]\nurl = "https://keys.example.com/x"\n'
+HANDS_FREE = '[trigger]\nmode = "vad"\n'
+
+
+def test_wiring_without_a_front_end_is_todays_gate() -> None:
+    """No [frontend]: hands-free gets the classic echo gate, push to talk nothing."""
+    from hark.audio.echo import EchoGate
+    from hark.service.wiring import echo_path
+
+    path = echo_path(parse(BASE + HANDS_FREE))
+    assert isinstance(path.gate, EchoGate) and path.front_end is None
+    assert echo_path(parse(BASE)).reference is None
+
+
+@needs_speex
+def test_wiring_puts_the_canceller_before_a_residual_gate() -> None:
+    """echo_cancel = "speex": the speaker feeds a 16 kHz reference too, the mic's chain
+    gets the front end, and the gate after it is the residual gate; in push to talk the
+    canceller still runs (what it cleans goes to the model), with no gate."""
+    from hark.service.wiring import echo_path
+
+    path = echo_path(parse(BASE + HANDS_FREE + '[frontend]\necho_cancel = "speex"\n'))
+    assert isinstance(path.reference, TeeReference)
+    assert isinstance(path.gate, ResidualGate) and path.gate.reference is path.reference
+    assert path.front_end is not None and path.front_end.reference is path.reference.ring16
+    button = echo_path(parse(BASE + '[frontend]\necho_cancel = "speex"\n'))
+    assert button.front_end is not None and button.front_end.aec is not None
+    assert button.gate is None and isinstance(button.reference, TeeReference)
+
+
+def test_a_missing_library_falls_back_to_the_gate(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A configured stage whose library is missing: one error line naming what to install,
+    a STATUS note, and the classic echo gate carries on."""
+    from hark.audio import frontend
+    from hark.audio.echo import EchoGate
+    from hark.service.wiring import echo_path
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise FrontEndUnavailableError("echo cancellation needs libspeexdsp (apt install x)")
+
+    monkeypatch.setattr(frontend.SpeexEchoCanceller, "__init__", missing)
+    path = echo_path(parse(BASE + HANDS_FREE + '[frontend]\necho_cancel = "speex"\n'))
+    assert path.front_end is None and isinstance(path.gate, EchoGate)
+    assert path.note == "audio front end unavailable"
+    assert "apt install" in caplog.text and "running without the audio front end" in caplog.text

@@ -120,11 +120,14 @@ class SpeexEchoCanceller:
         self._lib.speex_echo_state_reset(self._echo)
 
     def close(self) -> None:
-        if self._pre is not None:
-            self._lib.speex_preprocess_state_destroy(self._pre)
+        lib = getattr(self, "_lib", None)  # None: __init__ failed before loading it
+        if lib is None:
+            return
+        if getattr(self, "_pre", None) is not None:
+            lib.speex_preprocess_state_destroy(self._pre)
             self._pre = None
-        if self._echo:
-            self._lib.speex_echo_state_destroy(self._echo)
+        if getattr(self, "_echo", None):
+            lib.speex_echo_state_destroy(self._echo)
             self._echo = None
 
     def __del__(self) -> None:

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from hark.agents.agent import ToolRunner
+    from hark.audio.capture import EchoJudge
+    from hark.audio.echo import EchoReference
+    from hark.audio.frontend import FrontEnd
     from hark.config import Config
     from hark.conversation import Settings
     from hark.events import LedPattern, SessionConfig
@@ -384,6 +388,61 @@ def cue_files(config: Config) -> dict[str, Path | str]:
     return files
 
 
+@dataclass
+class EchoPath:
+    """How the mic keeps our own voice out: the speaker's reference, the gate, the front end.
+
+    ``note``: a STATUS remark when a configured front-end library is missing.
+    """
+
+    reference: EchoReference | None = None
+    gate: EchoJudge | None = None
+    front_end: FrontEnd | None = None
+    note: str | None = None
+
+
+def echo_path(config: Config) -> EchoPath:
+    """The echo handling the config asks for ([frontend], [vad] echo_gate, the trigger).
+
+    A canceller needs the speaker's reference in any mode (what it cleans is sent to the
+    model); the gate only hands-free. After a canceller the gate is a ``ResidualGate``.
+    A missing library is one error line; the echo gate alone then carries on.
+    """
+    from hark.audio.echo import EchoGate, EchoReference
+
+    f, v = config.frontend, config.vad
+    hands_free = config.trigger.mode in ("vad", "both")
+    path = EchoPath()
+    if f.echo_cancel != "off" or f.noise_suppression or f.auto_gain_dbfs:
+        from hark.audio import frontend
+
+        tee = frontend.TeeReference() if f.echo_cancel != "off" else None
+        try:
+            path.front_end = frontend.make_front_end(
+                f.echo_cancel,
+                tee,
+                tail_ms=f.echo_tail_ms,
+                noise_suppression=f.noise_suppression,
+                auto_gain_dbfs=f.auto_gain_dbfs,
+            )
+        except frontend.FrontEndUnavailableError as exc:
+            log.error("%s; running without the audio front end", exc)
+            path.note = "audio front end unavailable"
+        else:
+            if path.front_end is not None and path.front_end.aec is not None and tee:
+                path.reference = tee
+                if hands_free and v.echo_gate:
+                    # After a canceller, the residual's level tells echo from the user.
+                    path.gate = frontend.ResidualGate(tee)
+                return path
+    if hands_free and v.echo_gate:
+        path.reference = EchoReference()
+        path.gate = EchoGate(
+            path.reference, margin_db=v.echo_margin_db, max_delay_ms=v.echo_delay_max_ms
+        )
+    return path
+
+
 def session_base(config: Config) -> SessionConfig:
     """The session options of ``[realtime]``: the agent adds instructions, voice and tools."""
     from hark.events import SessionConfig, Truncation, TurnDetection
@@ -510,36 +569,14 @@ def _wire(
 
     closers: list[Callable[[], None]] = []
     notes: dict[str, str] = {}
-    a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
-    hands_free = t.mode in ("vad", "both")
+    a, t, g = config.audio, config.trigger, config.gpio
     if mic is None or speaker is None:
         from hark.audio import soundcard
-        from hark.audio.capture import EchoJudge
-        from hark.audio.echo import EchoGate, EchoReference
 
-        f = config.frontend
-        front_end = None
-        reference: EchoReference | None = None
-        if f.echo_cancel != "off" or f.noise_suppression or f.auto_gain_dbfs:
-            from hark.audio import frontend
-
-            tee = frontend.TeeReference() if f.echo_cancel != "off" else None
-            try:
-                front_end = frontend.make_front_end(
-                    f.echo_cancel,
-                    tee,
-                    tail_ms=f.echo_tail_ms,
-                    noise_suppression=f.noise_suppression,
-                    auto_gain_dbfs=f.auto_gain_dbfs,
-                )
-            except frontend.FrontEndUnavailableError as exc:
-                # The echo gate still keeps our own voice out; say what to install.
-                log.error("%s; running without the audio front end", exc)
-                notes["frontend"] = "audio front end unavailable"
-            else:
-                reference = tee if front_end is not None and front_end.aec is not None else None
-        if reference is None and hands_free and v.echo_gate:
-            reference = EchoReference()
+        path = echo_path(config)
+        reference = path.reference
+        if path.note:
+            notes["frontend"] = path.note
         if speaker is None:
             speaker = soundcard.SoundcardSpeaker(
                 a.output_device,
@@ -550,24 +587,13 @@ def _wire(
                 echo_reference=reference,
             )
         if mic is None:
-            gate: EchoJudge | None = None
-            if reference is not None and hands_free and v.echo_gate:
-                if front_end is not None and front_end.aec is not None:
-                    from hark.audio.frontend import ResidualGate
-
-                    # After a canceller, the residual's level is what tells echo from user.
-                    gate = ResidualGate(reference)
-                else:
-                    gate = EchoGate(
-                        reference, margin_db=v.echo_margin_db, max_delay_ms=v.echo_delay_max_ms
-                    )
             mic = soundcard.SoundcardMicrophone(
                 a.input_device,
                 rate_hz=a.capture_rate_hz,
-                vad_aggressiveness=v.aggressiveness,
-                echo_gate=gate,
+                vad_aggressiveness=config.vad.aggressiveness,
+                echo_gate=path.gate,
                 buffer_ms=a.capture_buffer_ms,
-                front_end=front_end,
+                front_end=path.front_end,
             )
     if triggers is None:
         triggers = []
