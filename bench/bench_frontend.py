@@ -128,12 +128,6 @@ def run(
     first (DAC time = capture time: the stamps are exact here)."""
     ref8 = EchoReference()
     ref16 = EchoReference16k()
-    gate: Any = None
-    if method.endswith("+rgate"):
-        gate = ResidualGate(ref8)
-    elif "gate" in method:
-        gate = EchoGate(ref8)
-    chain = CaptureChain(RATE_HZ, echo_gate=gate)
     front: FrontEnd | None = None
     if method != "gate" and method != "vad":
         aec: Any = WebRtcEchoCanceller() if method.startswith("aec3") else SpeexEchoCanceller()
@@ -145,6 +139,12 @@ def run(
             for i in range(0, len(w_mic) - CHUNK + 1, CHUNK):
                 ref16.record_played(w_played[i : i + CHUNK], RATE_HZ, t + i / RATE_HZ)
                 front.process(w_mic[i : i + CHUNK], t + (i + CHUNK) / RATE_HZ)
+    gate: Any = None
+    if method.endswith("+rgate"):
+        gate = ResidualGate(ref8, front_end=front)
+    elif "gate" in method:
+        gate = EchoGate(ref8)
+    chain = CaptureChain(RATE_HZ, echo_gate=gate)
     played16 = np.clip(played, -32768, 32767).astype(np.int16)
     mic16 = np.clip(mic, -32768, 32767).astype(np.int16)
     t0 = 1000.0

@@ -73,14 +73,14 @@ def _room(played: np.ndarray) -> np.ndarray:
 
 
 def _run(
-    played: np.ndarray, mic: np.ndarray, *, aec: bool, gate: str | None = None
+    played: np.ndarray, mic: np.ndarray, *, aec: bool, gate: str | None = None, ns: int = 0
 ) -> tuple[np.ndarray, list[bool]]:
     """Play and capture in 20 ms chunks at 48 kHz; (24 kHz audio for the model, verdicts)."""
     tee = TeeReference()
-    front = make_front_end("speex", tee) if aec else None
+    front = make_front_end("speex", tee, noise_suppression=ns) if aec else None
     judge = None
     if gate == "residual":
-        judge = ResidualGate(tee)
+        judge = ResidualGate(tee, front_end=front)
     chain = CaptureChain(DEVICE_HZ, echo_gate=judge, front_end=front)
     step = DEVICE_HZ * CHUNK_MS // 1000
     played16 = np.clip(played, -32768, 32767).astype(np.int16)
@@ -130,21 +130,23 @@ def test_the_user_still_comes_through(voices: tuple[np.ndarray, np.ndarray]) -> 
 
 
 @needs_speex
+@pytest.mark.parametrize("ns", [0, pytest.param(2, marks=needs_noise_gain)])
 def test_residual_gate_barge_in_without_self_interruption(
-    voices: tuple[np.ndarray, np.ndarray],
+    voices: tuple[np.ndarray, np.ndarray], ns: int
 ) -> None:
     """Canceller + residual gate, reverberant room, echo as loud as the user: our own reply
-    never opens the barge-in gate; the user talking over it does."""
+    never opens the barge-in gate; the user talking over it does. Also with noise
+    suppression after the canceller (the gate judges the canceller's output level)."""
     reply, user = voices
     played = np.concatenate([reply, reply, reply])
     echo = _room(played)
     user = user * np.sqrt(np.mean(echo[np.abs(echo) > 100] ** 2) / np.mean(user[user != 0] ** 2))
-    _, alone = _run(played, echo, aec=True, gate="residual")
+    _, alone = _run(played, echo, aec=True, gate="residual", ns=ns)
     assert Settings().barge_in_gate().feed(alone) == []
     at = len(reply) * 2 + DEVICE_HZ
     mic = echo.copy()
     mic[at : at + len(user)] += user
-    _, heard = _run(played, mic, aec=True, gate="residual")
+    _, heard = _run(played, mic, aec=True, gate="residual", ns=ns)
     gate = Settings().barge_in_gate()
     opened = [k for k, v in enumerate(heard) if gate.update(v) == "opened"]
     assert opened, "the user was not heard"
@@ -240,6 +242,7 @@ def test_wiring_puts_the_canceller_before_a_residual_gate() -> None:
     path = echo_path(parse(BASE + HANDS_FREE + '[frontend]\necho_cancel = "speex"\n'))
     assert isinstance(path.reference, TeeReference)
     assert isinstance(path.gate, ResidualGate) and path.gate.reference is path.reference
+    assert path.gate.front_end is path.front_end
     assert path.front_end is not None and path.front_end.reference is path.reference.ring16
     button = echo_path(parse(BASE + '[frontend]\necho_cancel = "speex"\n'))
     assert button.front_end is not None and button.front_end.aec is not None

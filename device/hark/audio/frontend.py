@@ -311,6 +311,9 @@ class FrontEnd:
         self.reference = reference
         self.delay_s = delay_s
         self._pending = np.zeros(0, dtype=np.int16)
+        # (capture time, mean power) of the canceller's output, before noise suppression
+        # and gain change its level: what the residual gate judges.
+        self.cancelled_power: deque[tuple[float, float]] = deque(maxlen=64)
 
     def process(self, samples: Samples, adc_end_s: float) -> Samples:
         """Clean what ``samples`` completes; returns whole frames only (the rest waits)."""
@@ -327,6 +330,10 @@ class FrontEnd:
             if self.aec is not None and self.reference is not None:
                 ref = self.reference.window(start_s + k * FRAME_S, FRAME_SAMPLES)
                 frame = self.aec.process(frame, ref)
+                if self.noise_gain is not None:
+                    f = frame.astype(np.float32)
+                    power = float(np.dot(f, f)) / FRAME_SAMPLES
+                    self.cancelled_power.append((start_s + k * FRAME_S, power))
             if self.noise_gain is not None:
                 frame = self.noise_gain.process(frame)
             out[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES] = frame
@@ -351,7 +358,9 @@ class ResidualGate:
     before it, where reverberation comes from) is tracked as a floor that drops at once
     and rises by ``rise_db_per_s``: echo alone keeps it at the residual, while a user's
     words, much louder than that, stand out. Same interface as ``EchoGate.is_echo``
-    (8 kHz frames, capture time), so ``CaptureChain`` takes either.
+    (8 kHz frames, capture time), so ``CaptureChain`` takes either. Given the
+    ``front_end``, it judges the canceller's output level at that time rather than the
+    frame's: noise suppression and gain after the canceller would move it.
     """
 
     def __init__(
@@ -361,8 +370,10 @@ class ResidualGate:
         tail_s: float = 0.15,
         rise_db_per_s: float = 3.0,
         frame_s: float = 0.02,
+        front_end: FrontEnd | None = None,
     ) -> None:
         self.reference = reference
+        self.front_end = front_end
         self.tail_s = tail_s
         self._margin = 10 ** (margin_db / 10)
         self._rise = 10 ** (rise_db_per_s * frame_s / 10)
@@ -379,6 +390,16 @@ class ResidualGate:
         self.checked += 1
         x = mic.astype(np.float32)
         e_mic = float(np.dot(x, x)) / len(x)
+        if self.front_end is not None and self.front_end.cancelled_power:
+            # Noise suppression and gain came after the canceller: judge its output.
+            half = FRAME_S / 2
+            powers = [
+                p
+                for t, p in self.front_end.cancelled_power
+                if adc_start_s - half <= t < adc_start_s + frame_s - half
+            ]
+            if powers:
+                e_mic = sum(powers) / len(powers)
         e_ref = float(np.dot(ref, ref)) / len(ref) + 1.0
         ratio = e_mic / e_ref
         floor = self._ratio
