@@ -27,9 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from hark.audio.echo import ECHO_RATE_HZ, EchoReference
+from hark.audio.echo import ECHO_RATE_HZ, EchoGate, EchoReference
 from hark.audio.pcm import Resampler, Samples, decimate
 
+LEAD_MARGIN_S = 0.06
+"""How far before the echo's measured delay the reference is read (the filter needs the
+echo after its reference; the delay search wanders by tens of ms)."""
+DRIFT_S = 0.05
+"""The smoothed disagreement between the capture stamps and the running reference position
+that makes the reader jump back to the stamps (clock drift, a reopened stream)."""
+CONVERGE_S = 2.0
+"""After the filter starts over, the residual gate calls playback echo for this long."""
 RATE_HZ = 16_000
 FRAME_SAMPLES = 160  # 10 ms at 16 kHz: what both libraries take
 FRAME_S = FRAME_SAMPLES / RATE_HZ
@@ -79,6 +87,7 @@ class SpeexEchoCanceller:
 
     def __init__(self, tail_ms: int = 200, suppress_db: int = 40) -> None:
         self._lib = _speexdsp()
+        self.tail_s = tail_ms / 1000
         lib = self._lib
         self._echo = lib.speex_echo_state_init(FRAME_SAMPLES, RATE_HZ * tail_ms // 1000)
         rate = ctypes.c_int(RATE_HZ)
@@ -163,6 +172,7 @@ class EchoReference16k:
     def __init__(self, history_ms: int = 2_000) -> None:
         self._ring = np.zeros(RATE_HZ * history_ms // 1000, dtype=np.int16)
         self._end_s = -1e9  # DAC time just after the newest sample
+        self._written = 0  # samples written since the start
         self._lock = threading.Lock()
         self._queued: deque[tuple[Samples | None, int, int, float]] = deque()
         self._resamplers: dict[int, Resampler] = {}
@@ -193,28 +203,36 @@ class EchoReference16k:
                 if rs is None:
                     rs = self._resamplers[rate_hz] = Resampler(rate_hz, RATE_HZ, quality="QQ")
                 part = rs.process(samples)
-            # a gap (or overlap) since the last write: pad with zeros or overwrite
-            gap = round((start_s - self._end_s) * RATE_HZ)
-            if 0 < gap < len(self._ring):
-                part = np.concatenate([np.zeros(gap, dtype=np.int16), part])
+            # The output stream runs continuously (silence included): the ring is contiguous
+            # and only its anchor, the DAC time of the newest sample, moves with each write.
             ring = self._ring
             if len(part) >= len(ring):
                 ring[:] = part[-len(ring) :]
             elif len(part):
                 ring[: -len(part)] = ring[len(part) :]
                 ring[-len(part) :] = part
-            self._end_s = start_s + n16 / RATE_HZ
+            self._written += len(part)
+            self._end_s = start_s + len(part) / RATE_HZ
 
-    def window(self, start_s: float, n: int) -> Samples:
-        """``n`` samples from DAC time ``start_s`` (zeros where nothing is known)."""
+    def index_at(self, t_s: float) -> int:
+        """The absolute sample index (counted since the first write) played at DAC time ``t_s``."""
+        self._fold()
+        return self._written - round((self._end_s - t_s) * RATE_HZ)
+
+    def read(self, index: int, n: int) -> Samples:
+        """``n`` samples from absolute ``index`` on (zeros where the ring has none)."""
         self._fold()
         out = np.zeros(n, dtype=np.int16)
         ring = self._ring
-        first = len(ring) - round((self._end_s - start_s) * RATE_HZ)
+        first = len(ring) - (self._written - index)
         lo, hi = max(first, 0), min(first + n, len(ring))
         if hi > lo:
             out[lo - first : hi - first] = ring[lo:hi]
         return out
+
+    def window(self, start_s: float, n: int) -> Samples:
+        """``n`` samples from DAC time ``start_s`` (zeros where nothing is known)."""
+        return self.read(self.index_at(start_s), n)
 
 
 class TeeReference(EchoReference):
@@ -284,9 +302,12 @@ def make_front_end(
         ns = NoiseGain(noise_suppression, auto_gain_dbfs)
     if aec is None and ns is None:
         return None
-    if aec is not None and reference is None:
+    if aec is None:
+        return FrontEnd(None, ns)
+    if reference is None:
         raise ValueError("echo cancellation needs the speaker's reference")
-    return FrontEnd(aec, ns, reference.ring16 if reference is not None else None)
+    # The gate's delay search, on the raw mic, keeps the reference aligned.
+    return FrontEnd(aec, ns, reference.ring16, delay_tracker=EchoGate(reference))
 
 
 class FrontEnd:
@@ -303,6 +324,7 @@ class FrontEnd:
         noise_gain: NoiseGain | None = None,
         reference: EchoReference16k | None = None,
         delay_s: float = 0.0,
+        delay_tracker: EchoGate | None = None,
     ) -> None:
         if aec is not None and reference is None:
             raise ValueError("echo cancellation needs a reference")
@@ -310,6 +332,14 @@ class FrontEnd:
         self.noise_gain = noise_gain
         self.reference = reference
         self.delay_s = delay_s
+        self.delay_tracker = delay_tracker
+        self.realigned = 0  # times the bulk delay moved and the filter started over
+        self.drift_resyncs = 0  # times the stamps and the running position parted
+        self._track: list[Samples] = []  # raw 10 ms frames not yet shown to the tracker
+        self.tail_s = getattr(aec, "tail_s", 0.2)
+        self.converged_from_s = -1e9  # capture time before which the filter is still learning
+        self._ref_index: int | None = None  # next reference sample, advanced per frame
+        self._offset = 0.0  # smoothed (stamped - running) reference position, samples
         self._pending = np.zeros(0, dtype=np.int16)
         # (capture time, mean power) of the canceller's output, before noise suppression
         # and gain change its level: what the residual gate judges.
@@ -327,8 +357,10 @@ class FrontEnd:
         out = np.empty(n * FRAME_SAMPLES, dtype=np.int16)
         for k in range(n):
             frame = pending[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
+            if self.delay_tracker is not None:
+                self._follow_delay(frame, start_s + self.delay_s + k * FRAME_S)
             if self.aec is not None and self.reference is not None:
-                ref = self.reference.window(start_s + k * FRAME_S, FRAME_SAMPLES)
+                ref = self._reference_frame(start_s + k * FRAME_S)
                 frame = self.aec.process(frame, ref)
                 if self.noise_gain is not None:
                     f = frame.astype(np.float32)
@@ -339,6 +371,70 @@ class FrontEnd:
             out[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES] = frame
         return out
 
+    def _restart(self, at_s: float) -> None:
+        """The filter starts over: it needs a few seconds of playback to learn the room."""
+        if self.aec is not None:
+            self.aec.reset()
+        self.converged_from_s = at_s + CONVERGE_S
+
+    def _reference_frame(self, frame_start_s: float) -> Samples:
+        """The reference for one mic frame, read sample-continuously.
+
+        Capture stamps wander by tens of ms (bursty callbacks, soxr's varying hold-back);
+        an adaptive filter needs a steady alignment, so the read position advances by
+        exactly one frame per frame and follows the stamps only when their smoothed
+        disagreement passes ``DRIFT_S`` (clock drift, a reopened stream): then the filter
+        starts over.
+        """
+        reference = self.reference
+        assert reference is not None and self.aec is not None
+        stamped = reference.index_at(frame_start_s)
+        if self._ref_index is None:
+            self._ref_index, self._offset = stamped, 0.0
+            if self.converged_from_s < 0:  # the very first frame: the filter knows nothing
+                self.converged_from_s = frame_start_s + CONVERGE_S
+        else:
+            self._offset += 0.02 * ((stamped - self._ref_index) - self._offset)
+            if abs(self._offset) > DRIFT_S * RATE_HZ:
+                self._ref_index, self._offset = stamped, 0.0
+                self.drift_resyncs += 1
+                self._restart(frame_start_s)
+        ref = reference.read(self._ref_index, FRAME_SAMPLES)
+        self._ref_index += FRAME_SAMPLES
+        return ref
+
+    def _follow_delay(self, frame: Samples, frame_start_s: float) -> None:
+        """Keep the reference aligned with the echo's bulk delay (sound server buffering,
+        the two streams' clocks: tens to hundreds of ms) so the filter only models the room.
+
+        The echo gate's delay search runs on the raw mic, 20 ms at a time, while playback
+        is recent; when the delay it locks on moves by more than 15 ms the reference is
+        shifted to 20 ms before it (the filter needs the echo after its reference) and
+        the filter starts over.
+        """
+        tracker = self.delay_tracker
+        assert tracker is not None
+        self._track.append(frame)
+        if len(self._track) < 2:
+            return
+        raw = np.concatenate(self._track)
+        self._track = []
+        tracker.is_echo(decimate(raw, RATE_HZ // ECHO_RATE_HZ), frame_start_s - FRAME_S)
+        delay_ms = tracker.delay_ms
+        if delay_ms is None:
+            return
+        delay_s = delay_ms / 1000
+        # The filter models echoes from 0 to its tail after the reference: keep the delay
+        # inside that span with room both ways, and move (and start over) only when it
+        # leaves it. The search wanders by tens of ms; the filter absorbs that.
+        early = delay_s < self.delay_s + LEAD_MARGIN_S / 2
+        late = delay_s > self.delay_s + self.tail_s - LEAD_MARGIN_S
+        if (early or late) and (self.delay_s > 0 or delay_s > LEAD_MARGIN_S):
+            self.delay_s = max(0.0, delay_s - LEAD_MARGIN_S)
+            self.realigned += 1
+            self._ref_index = None  # re-read from the new position
+            self._restart(frame_start_s)
+
     @property
     def pending_s(self) -> float:
         """Audio waiting for a whole frame: the cleaned output ends this much earlier."""
@@ -348,6 +444,7 @@ class FrontEnd:
         """Forget a partial frame (after a gap). The canceller keeps what it learned of the
         room: it took seconds of playback to learn and the room has not changed."""
         self._pending = np.zeros(0, dtype=np.int16)
+        self._ref_index = None
 
 
 class ResidualGate:
@@ -388,6 +485,9 @@ class ResidualGate:
         if ref is None:
             return False
         self.checked += 1
+        fe = self.front_end
+        if fe is not None and adc_start_s < fe.converged_from_s:
+            return True  # the canceller is still learning the room: do not trust it yet
         x = mic.astype(np.float32)
         e_mic = float(np.dot(x, x)) / len(x)
         if self.front_end is not None and self.front_end.cancelled_power:
