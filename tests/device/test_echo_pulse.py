@@ -142,7 +142,7 @@ SPEEX_ON_THE_RIG = (
 )
 AEC3_ON_THE_RIG = (
     "measured 2026-12-06: AEC3 with no gate after it let our own voice barge in on real "
-    "streams (3 of 3 runs), although it passes every synthetic room"
+    "streams (4 of 4 cases, 2 runs), although it passes every synthetic room"
 )
 
 
