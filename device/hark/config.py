@@ -39,6 +39,7 @@ BUILTIN_TOOLS: tuple[BuiltinTool, ...] = ("time", "volume", "end_conversation")
 _OBJECT_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: it goes into an HTTP header
 _URL_USERINFO = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -169,6 +170,100 @@ class BackendConfig(_Section):
         return _check_url(value, "https", "http")
 
 
+# What the installed ``openai`` package's ``types/realtime`` allows (the API's own limits).
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar")
+_CUSTOM_VOICE = re.compile(r"voice_[A-Za-z0-9_-]+")
+_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9.:_-]*")
+# Reasoning (``session.reasoning``) is for the gpt-realtime-2 family only: gpt-realtime-2,
+# -2.1, -2.1-mini and their dated snapshots; not gpt-realtime(-mini), -1.5 or gpt-audio-*.
+_REASONING_MODEL = re.compile(r"gpt-realtime-2(\.\d+)?(-mini)?(-\d{4}-\d{2}-\d{2})?")
+# ``transcription.keywords`` is "supported by gpt-transcribe and gpt-live-transcribe";
+# ``transcription.prompt`` "is not supported with gpt-realtime-whisper".
+KEYWORD_TRANSCRIBERS = ("gpt-transcribe", "gpt-live-transcribe")
+_ISO_639_1 = re.compile(r"[a-z]{2}")
+MAX_OUTPUT_TOKENS = 4096
+
+
+def reasoning_model(model: str) -> bool:
+    """True for the models that take ``reasoning.effort``."""
+    return _REASONING_MODEL.fullmatch(model) is not None
+
+
+class TurnDetectionConfig(_Section):
+    """Server-side turn detection, used when ``trigger.end_of_turn = "server"``.
+
+    ``create_response``/``interrupt_response`` are not options: the device always lets the
+    server answer at the end of speech and does barge-in itself (echo gate, truncation).
+    """
+
+    type: Literal["server_vad", "semantic_vad"] = Field(
+        default="server_vad",
+        description="'server_vad' (silence-based) or 'semantic_vad' (a model judges "
+        "whether you finished).",
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="server_vad: activation threshold 0 to 1 (server default 0.5); higher "
+        "needs louder speech.",
+    )
+    prefix_padding_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        description="server_vad: audio kept before detected speech, ms (server default 300).",
+    )
+    silence_duration_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        description="server_vad: silence that ends your turn, ms (server default 500).",
+    )
+    idle_timeout_ms: int | None = Field(
+        default=None,
+        ge=5000,
+        le=30000,
+        description="server_vad: after a reply has played, this much silence makes the model "
+        "prompt you, ms (5000-30000; default never).",
+    )
+    eagerness: Literal["low", "medium", "high", "auto"] | None = Field(
+        default=None,
+        description="semantic_vad: how soon the model answers: low (waits up to 8 s), "
+        "medium (4 s), high (2 s), auto (= medium, the server default).",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> TurnDetectionConfig:
+        server_only = ("threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms")
+        if self.type == "semantic_vad":
+            wrong = [f for f in server_only if getattr(self, f) is not None]
+            if wrong:
+                raise ValueError(
+                    f"{wrong[0]}: only for type 'server_vad' (type is 'semantic_vad'; "
+                    "it takes eagerness)"
+                )
+        elif self.eagerness is not None:
+            raise ValueError("eagerness: only for type 'semantic_vad' (type is 'server_vad')")
+        return self
+
+
+class TruncationConfig(_Section):
+    """Truncation by retention ratio: drop old turns down to a fraction when the context is full."""
+
+    retention_ratio: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the conversation (after instructions) kept, 0 to 1.",
+    )
+    post_instructions_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Truncate when the conversation after the instructions exceeds this, "
+        "tokens; default the model's limit.",
+    )
+
+
 class RealtimeConfig(_Section):
     """The Realtime endpoint, its transport and the session's model settings."""
 
@@ -188,14 +283,64 @@ class RealtimeConfig(_Section):
         description='STUN servers for "webrtc", e.g. ["stun:stun.example.com:3478"]; none by '
         "default (OpenAI's endpoint needs none from the client).",
     )
-    model: str = Field(default="gpt-realtime", min_length=1, description="Realtime model name.")
+    model: str = Field(
+        default="gpt-realtime",
+        min_length=1,
+        description="Realtime model, e.g. gpt-realtime, gpt-realtime-mini, gpt-realtime-2, "
+        "gpt-realtime-2.1-mini.",
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        default=None,
+        description="Reasoning effort, gpt-realtime-2 family only (server default low); "
+        "more costs latency and tokens.",
+    )
+    max_output_tokens: int | Literal["inf"] | None = Field(
+        default=None,
+        description='Longest reply, tokens (1-4096, or "inf" for the model\'s maximum, the '
+        "server default); a reply hitting it is cut off.",
+    )
+    truncation: Literal["auto", "disabled"] | TruncationConfig | None = Field(
+        default=None,
+        description='When the context is full: "auto" (the server default) drops the oldest '
+        'turns, "disabled" makes the reply fail instead, or a table '
+        "{retention_ratio, post_instructions_tokens}.",
+    )
+    noise_reduction: Literal["near_field", "far_field", "off"] | None = Field(
+        default=None,
+        description="The server's input noise reduction: near_field (close-talking mic), "
+        "far_field (a speaker-phone or Pi mic across the room) or off; unset: not sent "
+        "(OpenAI's default, off, or what the key backend pinned).",
+    )
+    speed: float | None = Field(
+        default=None,
+        ge=0.25,
+        le=1.5,
+        description="Speaking speed of replies, a multiple of normal (0.25-1.5; default 1.0).",
+    )
+    turn_detection: TurnDetectionConfig | None = Field(
+        default=None,
+        description="[realtime.turn_detection]: the server's end-of-turn detection, used when "
+        'trigger.end_of_turn = "server".',
+    )
     transcription_model: str | None = Field(
         default="gpt-4o-mini-transcribe",
-        description="Model transcribing the user's speech (for history and replay); "
-        '"" turns transcription off.',
+        description="Model transcribing the user's speech (for history and replay), e.g. "
+        'gpt-4o-mini-transcribe, gpt-4o-transcribe, gpt-transcribe, whisper-1; "" turns '
+        "transcription off.",
     )
     language: str | None = Field(
         default=None, description="ISO-639-1 language hint for transcription, e.g. 'en'."
+    )
+    transcription_prompt: str | None = Field(
+        default=None,
+        description="Text guiding transcription (style, expected topics; whisper-1: a list of "
+        "words); not with gpt-realtime-whisper.",
+    )
+    transcription_keywords: tuple[str, ...] = Field(
+        default=(),
+        strict=False,
+        description="Words or phrases to listen for (names, places); gpt-transcribe and "
+        "gpt-live-transcribe only.",
     )
     connect_timeout_s: float = Field(
         default=10.0, gt=0, le=120, description="WebSocket open timeout, seconds."
@@ -215,10 +360,79 @@ class RealtimeConfig(_Section):
                 raise ValueError(f"each entry must be a stun:host[:port] URL (got {url!r})")
         return value
 
-    @field_validator("transcription_model", "language")
+    @field_validator("transcription_model", "language", "transcription_prompt")
     @classmethod
     def _empty_is_off(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("model", "transcription_model")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not _MODEL_NAME.fullmatch(value):
+            raise ValueError(
+                f"must be a model name like 'gpt-realtime' (lower case, no spaces; got {value!r})"
+            )
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is not None and not _ISO_639_1.fullmatch(value):
+            raise ValueError(
+                f"must be a two-letter ISO-639-1 code in lower case, e.g. 'en' (got {value!r})"
+            )
+        return value
+
+    @field_validator("max_output_tokens", mode="before")
+    @classmethod
+    def _max_output_tokens(cls, value: object) -> object:
+        ok_int = isinstance(value, int) and not isinstance(value, bool)
+        if value is None or value == "inf" or (ok_int and 1 <= value <= MAX_OUTPUT_TOKENS):  # type: ignore[operator]
+            return value
+        raise ValueError(f'must be an integer 1-{MAX_OUTPUT_TOKENS} or "inf" (got {value!r})')
+
+    @field_validator("truncation", mode="before")
+    @classmethod
+    def _truncation(cls, value: object) -> object:
+        if (
+            value is None
+            or isinstance(value, dict | TruncationConfig)
+            or value in ("auto", "disabled")
+        ):
+            return value
+        raise ValueError(
+            f'must be "auto", "disabled" or a table with retention_ratio (got {value!r})'
+        )
+
+    @field_validator("transcription_keywords")
+    @classmethod
+    def _keywords(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not k.strip() for k in value):
+            raise ValueError("keywords must not be empty strings")
+        return value
+
+    @model_validator(mode="after")
+    def _model_takes_it(self) -> RealtimeConfig:
+        if self.reasoning_effort is not None and not reasoning_model(self.model):
+            raise ValueError(
+                f"reasoning_effort: model {self.model!r} does not reason; only the "
+                "gpt-realtime-2 family (gpt-realtime-2, gpt-realtime-2.1, "
+                "gpt-realtime-2.1-mini) takes it"
+            )
+        transcriber = self.transcription_model
+        if self.transcription_keywords and transcriber not in KEYWORD_TRANSCRIBERS:
+            raise ValueError(
+                f"transcription_keywords: only {' and '.join(KEYWORD_TRANSCRIBERS)} take "
+                f"keywords (transcription_model is {transcriber!r}); use transcription_prompt"
+            )
+        if self.transcription_prompt and transcriber == "gpt-realtime-whisper":
+            raise ValueError("transcription_prompt: gpt-realtime-whisper takes no prompt")
+        if transcriber is None and (self.language or self.transcription_prompt):
+            raise ValueError(
+                "transcription_model: transcription is off, so language and "
+                "transcription_prompt would be ignored; set a transcription_model"
+            )
+        return self
 
 
 class OutputConfig(_Section):
@@ -244,7 +458,10 @@ class AgentConfig(_Section):
         description="System instructions for the model.",
     )
     voice: str = Field(
-        default="marin", min_length=1, description="Output voice, e.g. 'marin' or 'cedar'."
+        default="marin",
+        min_length=1,
+        description="Output voice: alloy, ash, ballad, coral, echo, sage, shimmer, verse, "
+        "marin or cedar (marin and cedar sound best), or a custom voice id 'voice_…'.",
     )
     tools: tuple[BuiltinTool, ...] = Field(
         default=BUILTIN_TOOLS,
@@ -269,6 +486,16 @@ class AgentConfig(_Section):
         strict=False,
         description="GPIO outputs ([[agent.outputs]]), each becoming a tool.",
     )
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, value: str) -> str:
+        if value not in VOICES and not _CUSTOM_VOICE.fullmatch(value):
+            raise ValueError(
+                f"unknown voice {value!r} (built-in: {', '.join(VOICES)}; or a custom "
+                "voice id 'voice_…')"
+            )
+        return value
 
     @field_validator("tools")
     @classmethod
@@ -465,6 +692,41 @@ class VadConfig(_Section):
     )
 
 
+class FrontEndConfig(_Section):
+    """The audio front end: in-process echo cancellation, noise suppression, automatic gain.
+
+    Each stage is off by default and switched on here; what reaches the model (and the
+    VAD) is the cleaned signal. With a stage on, the microphone is processed at 16 kHz.
+    """
+
+    echo_cancel: Literal["off", "speex", "webrtc"] = Field(
+        default="off",
+        description="In-process echo canceller: 'speex' (libspeexdsp1, light), 'webrtc' "
+        "(WebRTC AEC3 through the livekit package: best, ~42 MB of memory) or 'off' "
+        "(the echo gate alone).",
+    )
+    echo_tail_ms: int = Field(
+        default=200,
+        ge=50,
+        le=500,
+        description="speex: the longest echo (room reverberation) the canceller models, ms; "
+        "longer costs CPU.",
+    )
+    noise_suppression: int = Field(
+        default=0,
+        ge=0,
+        le=4,
+        description="WebRTC noise suppression level, 0 (off) to 4 (strongest) "
+        "(webrtc-noise-gain package).",
+    )
+    auto_gain_dbfs: int = Field(
+        default=0,
+        ge=0,
+        le=31,
+        description="WebRTC automatic gain: target level, dB below full scale (e.g. 3); 0 = off.",
+    )
+
+
 class SessionPolicyConfig(_Section):
     """When to be connected, and for how long."""
 
@@ -540,6 +802,9 @@ class Config(_Section):
     gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO pins.")
     audio: AudioConfig = Field(default_factory=AudioConfig, description="Sound devices.")
     vad: VadConfig = Field(default_factory=VadConfig, description="Voice activity detection.")
+    frontend: FrontEndConfig = Field(
+        default_factory=FrontEndConfig, description="Audio front end (AEC, NS, AGC)."
+    )
     session: SessionPolicyConfig = Field(
         default_factory=SessionPolicyConfig, description="Session policy."
     )
@@ -551,6 +816,13 @@ class Config(_Section):
         problems: list[str] = []
         if self.trigger.mode in ("button", "both") and self.gpio.button_pin is None:
             problems.append(f"gpio.button_pin: required when trigger.mode is {self.trigger.mode!r}")
+        if self.realtime.turn_detection is not None and (
+            self.trigger.end_of_turn != "server" or self.trigger.mode == "button"
+        ):
+            problems.append(
+                "realtime.turn_detection: only used when the server ends turns "
+                '(trigger.end_of_turn = "server" and trigger.mode "vad" or "both")'
+            )
         if self.vad.pre_roll_ms < max(self.vad.start_ms, self.vad.barge_in_ms):
             problems.append(
                 "vad.pre_roll_ms: must be at least vad.start_ms and vad.barge_in_ms "
@@ -712,11 +984,14 @@ def _problems(exc: ValidationError) -> list[str]:
     """One line per error: dotted path, what is wrong, what was given."""
     out: list[str] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        path = ".".join(str(p) for p in loc)
         kind = err["type"]
         ctx = err.get("ctx") or {}
         given = err.get("input")
+        if kind == "literal_error" and isinstance(given, dict):
+            continue  # a table given for "word | table": the table member says what is wrong
+        # Union members show up in the path ("literal['auto','disabled']", a class name).
+        loc = tuple(p for p in err["loc"] if not isinstance(p, str) or _FIELD_NAME.fullmatch(p))
+        path = ".".join(str(p) for p in loc)
         if kind == "extra_forbidden":
             allowed = _section_fields(loc[:-1])
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

@@ -57,12 +57,24 @@ class TurnDetection:
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
+ReasoningEffort = Literal["minimal", "low", "medium", "high", "xhigh"]
+
+
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """`truncation` by retention ratio: keep this fraction of the conversation when cutting."""
+
+    retention_ratio: float
+    post_instructions_tokens: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     """The complete session the device wants; encoded whole into every `session.update`.
 
     ``turn_detection=None`` means manual turns (the wire's ``null``): the device
-    commits and asks for responses itself.
+    commits and asks for responses itself. ``None`` elsewhere means "not sent" (the
+    server's default); ``voice`` starting ``voice_`` is a custom voice id.
     """
 
     model: str = "gpt-realtime"
@@ -74,7 +86,12 @@ class SessionConfig:
     turn_detection: TurnDetection | None = None
     transcription_model: str | None = None
     transcription_language: str | None = None
-    noise_reduction: Literal["near_field", "far_field"] | None = None
+    transcription_prompt: str | None = None
+    transcription_keywords: tuple[str, ...] = ()
+    noise_reduction: Literal["near_field", "far_field", "off"] | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
+    truncation: Literal["auto", "disabled"] | Truncation | None = None
+    reasoning_effort: ReasoningEffort | None = None
 
 
 # --------------------------------------------------------------------------- inputs

@@ -63,12 +63,18 @@ def session_json(config: ev.SessionConfig) -> dict[str, Any]:
         transcription = {"model": config.transcription_model}
         if config.transcription_language:
             transcription["language"] = config.transcription_language
+        if config.transcription_prompt:
+            transcription["prompt"] = config.transcription_prompt
+        if config.transcription_keywords:
+            transcription["keywords"] = list(config.transcription_keywords)
     output: dict[str, Any] = {"format": dict(AUDIO_FORMAT)}
     if config.voice is not None:
-        output["voice"] = config.voice
+        # A custom voice is an object ({"id": "voice_…"}); the built-in ones are names.
+        custom = config.voice.startswith("voice_")
+        output["voice"] = {"id": config.voice} if custom else config.voice
     if config.speed is not None:
         output["speed"] = config.speed
-    return {
+    session: dict[str, Any] = {
         "type": "realtime",
         "model": config.model,
         "instructions": config.instructions,
@@ -78,9 +84,6 @@ def session_json(config: ev.SessionConfig) -> dict[str, Any]:
                 "format": dict(AUDIO_FORMAT),
                 "turn_detection": turn_detection_json(config.turn_detection),
                 "transcription": transcription,
-                "noise_reduction": (
-                    {"type": config.noise_reduction} if config.noise_reduction else None
-                ),
             },
             "output": output,
         },
@@ -95,6 +98,29 @@ def session_json(config: ev.SessionConfig) -> dict[str, Any]:
         ],
         "tool_choice": config.tool_choice,
     }
+    if config.noise_reduction is not None:  # "off" is the wire's null; None: not sent
+        reduction = None if config.noise_reduction == "off" else {"type": config.noise_reduction}
+        session["audio"]["input"]["noise_reduction"] = reduction
+    if config.max_output_tokens is not None:
+        session["max_output_tokens"] = config.max_output_tokens
+    if config.truncation is not None:
+        session["truncation"] = truncation_json(config.truncation)
+    if config.reasoning_effort is not None:
+        session["reasoning"] = {"effort": config.reasoning_effort}
+    return session
+
+
+def truncation_json(truncation: str | ev.Truncation) -> str | dict[str, Any]:
+    """`truncation`: "auto", "disabled", or a retention ratio with optional token limit."""
+    if isinstance(truncation, str):
+        return truncation
+    out: dict[str, Any] = {
+        "type": "retention_ratio",
+        "retention_ratio": truncation.retention_ratio,
+    }
+    if truncation.post_instructions_tokens is not None:
+        out["token_limits"] = {"post_instructions": truncation.post_instructions_tokens}
+    return out
 
 
 def item_json(item: ev.Item) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from hark import ports
 from hark.audio.capture import FRAME_MS, CaptureChain
 from hark.audio.cues import load_cues, read_wav
 from hark.audio.echo import EchoGate, EchoReference, now_s
+from hark.audio.frontend import FrontEnd
 from hark.audio.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
 from hark.audio.playback import PlaybackBuffer, Volume
 from hark.events import (
@@ -87,12 +88,18 @@ class WavMicrophone:
         vad_aggressiveness: int = 2,
         gain: float = 1.0,
         echo_gate: EchoGate | None = None,
+        front_end: FrontEnd | None = None,
     ) -> None:
         self.rate_hz = rate_hz
         self.speed = speed
         self.after = after
         self.chain = CaptureChain(
-            rate_hz, 1, vad_aggressiveness=vad_aggressiveness, gain=gain, echo_gate=echo_gate
+            rate_hz,
+            1,
+            vad_aggressiveness=vad_aggressiveness,
+            gain=gain,
+            echo_gate=echo_gate,
+            front_end=front_end,
         )
         self._queue: deque[Samples] = deque()
         self.frames_posted = 0

@@ -28,7 +28,13 @@ from hark_sim.brains import make_brain
 from hark_sim.config import KNOWN_MODELS, SimConfig
 from hark_sim.outbox import Droppable, Link, Outbox, SessionRecord
 from hark_sim.protocol import JSON, error_body, error_event, new_id
-from hark_sim.schema import BETA_SESSION_FIELDS, Num, ProtocolError, check_session
+from hark_sim.schema import (
+    BETA_SESSION_FIELDS,
+    Num,
+    ProtocolError,
+    check_model_fit,
+    check_session,
+)
 from hark_sim.session import RealtimeSession
 
 log = logging.getLogger(__name__)
@@ -138,6 +144,7 @@ def _check_secret_request(body: JSON) -> tuple[int, JSON]:
         raise ProtocolError(
             f"Invalid model: '{session['model']}'.", "invalid_value", "session.model"
         )
+    check_model_fit(session, str(session.get("model", protocol.DEFAULT_MODEL_NAME)))
     return seconds, {k: v for k, v in session.items() if k != "type"}
 
 

@@ -67,6 +67,40 @@ def resample(pcm: bytes, from_hz: int, to_hz: int) -> bytes:
     return bytes(np.round(out).clip(-32768, 32767).astype("<i2").tobytes())
 
 
+def stretch(pcm: bytes, speed: float) -> bytes:
+    """``pcm`` played ``speed`` times as fast (``audio.output.speed``): 1/speed as long.
+
+    Plain resampling, so the pitch moves too; the sim only needs the length right.
+    """
+    return resample(pcm, RATE_HZ, round(RATE_HZ / speed))
+
+
+# Each OpenAI voice as an espeak-ng variant, so replies in different voices differ.
+VOICE_VARIANTS = {
+    "alloy": "f3",
+    "ash": "m3",
+    "ballad": "m5",
+    "coral": "f2",
+    "echo": "m2",
+    "sage": "f4",
+    "shimmer": "f5",
+    "verse": "m4",
+    "marin": "f1",
+    "cedar": "m1",
+}
+
+
+def espeak_voice(language: str, voice: object) -> str:
+    """The espeak-ng voice for a session voice: ``en`` + the voice's variant (``en+f1``).
+
+    A scenario's own variant (``en+m7``), a custom voice or an unknown name keep ``language``.
+    """
+    variant = VOICE_VARIANTS.get(voice) if isinstance(voice, str) else None
+    if variant is None or "+" in language:
+        return language
+    return f"{language}+{variant}"
+
+
 def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 

@@ -16,15 +16,26 @@ DEFAULT_API_KEY = "sk-sim-standard-key"
 DEFAULT_MODEL = "gpt-realtime"
 # Models the simulator accepts in ?model=; anything else gets invalid_model + close 4000.
 KNOWN_MODELS = frozenset(
-    {
+    {  # the model names openai's RealtimeSessionCreateRequest lists
         "gpt-realtime",
-        "gpt-realtime-mini",
         "gpt-realtime-1.5",
         "gpt-realtime-2",
         "gpt-realtime-2.1",
+        "gpt-realtime-2.1-mini",
         "gpt-realtime-2025-08-28",
         "gpt-4o-realtime-preview",
+        "gpt-4o-realtime-preview-2024-10-01",
+        "gpt-4o-realtime-preview-2024-12-17",
+        "gpt-4o-realtime-preview-2025-06-03",
         "gpt-4o-mini-realtime-preview",
+        "gpt-4o-mini-realtime-preview-2024-12-17",
+        "gpt-realtime-mini",
+        "gpt-realtime-mini-2025-10-06",
+        "gpt-realtime-mini-2025-12-15",
+        "gpt-audio-1.5",
+        "gpt-audio-mini",
+        "gpt-audio-mini-2025-10-06",
+        "gpt-audio-mini-2025-12-15",
     }
 )
 

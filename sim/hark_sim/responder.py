@@ -33,9 +33,10 @@ class ResponseSetup:
     audio_output: JSON
     max_output_tokens: Any
     metadata: JSON | None
-    voice: str
+    voice: str  # the espeak-ng voice synthesised speech uses
     input_audio_ms: int
     input_text_chars: int
+    speed: float = 1.0  # session.audio.output.speed: synthesised and given audio is stretched
 
 
 class ResponseRun:
@@ -57,6 +58,7 @@ class ResponseRun:
         self.output: list[JSON] = []
         self.audio_ms = 0
         self.output_chars = 0
+        self.limit_hit = False  # max_output_tokens reached: the response ends incomplete
 
     @property
     def id(self) -> str:
@@ -72,6 +74,8 @@ class ResponseRun:
         details: JSON | None = None
         if status == "cancelled":
             details = {"type": "cancelled", "reason": self.cancel_reason}
+        elif status == "incomplete":
+            details = {"type": "incomplete", "reason": "max_output_tokens"}
         usage = None
         if status != "in_progress":
             usage = protocol.usage(
@@ -98,13 +102,17 @@ class ResponseRun:
         self.out.inject_faults()
         self.out.put({"type": "response.created", "response": self._response("in_progress")})
         for index, part in enumerate(reply):
-            if self.cancel_reason is not None:
+            if self.cancel_reason is not None or self.limit_hit:
                 break
             if isinstance(part, Speech):
                 await self._speech(index, part)
             else:
                 await self._call(index, part)
-        status = "cancelled" if self.cancel_reason is not None else "completed"
+        status = "completed"
+        if self.cancel_reason is not None:
+            status = "cancelled"
+        elif self.limit_hit:
+            status = "incomplete"
         final = self._response(status)
         self.out.put({"type": "response.done", "response": final})
         tokens = int(final["usage"]["total_tokens"]) if final["usage"] else 0
@@ -159,6 +167,8 @@ class ResponseRun:
         pcm = b"" if text_only else speech.pcm
         if pcm is None:
             pcm = await asyncio.to_thread(audio.speak, speech.text, self.setup.voice)
+        if self.setup.speed != 1.0 and pcm:
+            pcm = audio.stretch(pcm, self.setup.speed)
         item_id = new_id("item")
         item: JSON = {
             "id": item_id,
@@ -190,8 +200,17 @@ class ResponseRun:
         self.out.put({"type": "response.content_part.done", **ids, "part": part})
         if not conv.cut:
             content[key] = said
-        item["status"] = "completed" if self.cancel_reason is None else "incomplete"
+        ended = self.cancel_reason is None and not self.limit_hit
+        item["status"] = "completed" if ended else "incomplete"
         self._end_item(index, item, previous)
+
+    def _over_limit(self, extra_audio_ms: int, extra_chars: int) -> bool:
+        """Would this much more output pass ``max_output_tokens``? (Counted like ``usage``.)"""
+        limit = self.setup.max_output_tokens
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return False  # "inf"
+        tokens = (self.audio_ms + extra_audio_ms) // 100 + (self.output_chars + extra_chars) // 4
+        return tokens > limit
 
     async def _stream(
         self, ids: JSON, text: str, pcm: bytes, text_only: bool, content: JSON, conv: ConvItem
@@ -224,6 +243,10 @@ class ResponseRun:
                 break
             upto = len(words) if i == n_chunks - 1 else (len(words) * (i + 1)) // n_chunks
             delta = "".join(words[sent_words:upto])
+            chunk_ms = len(pcm[i * chunk_bytes : (i + 1) * chunk_bytes]) // audio.BYTES_PER_MS
+            if self._over_limit(chunk_ms, len(said) + len(delta)):
+                self.limit_hit = True
+                break
             sent_words = upto
             if delta:
                 said += delta
@@ -244,6 +267,9 @@ class ResponseRun:
         return said
 
     async def _call(self, index: int, call: Call) -> None:
+        if self._over_limit(0, len(call.arguments)):
+            self.limit_hit = True  # a call is all or nothing: it is not started
+            return
         item_id, call_id = new_id("item"), new_id("call")
         item: JSON = {
             "id": item_id,

@@ -225,7 +225,30 @@ SEMANTIC_VAD = Obj(
         "interrupt_response": Bool(),
     }
 )
-VOICE = Str()
+
+
+class Voice(Spec):
+    """A voice name, or a custom voice ``{"id": "voice_…"}``."""
+
+    def check(self, value: Any, path: str) -> None:
+        if isinstance(value, Mapping):
+            Obj({"id": Str()}, required=("id",)).check(value, path)
+        elif not isinstance(value, str):
+            raise _bad_type(path, "a string or an object", value)
+
+
+VOICE = Voice()
+REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+TRANSCRIPTION = Obj(
+    {
+        "model": Str(),
+        "language": Str(),
+        "languages": ListOf(Str()),
+        "prompt": Str(),
+        "keywords": ListOf(Str()),
+        "delay": Enum(("minimal", "low", "medium", "high", "xhigh")),
+    }
+)
 FUNCTION_TOOL = Obj(
     {"type": Str(), "name": Str(), "description": Str(), "parameters": Anything()},
     required=("name",),
@@ -252,14 +275,12 @@ SESSION = Obj(
                 "input": Obj(
                     {
                         "format": AUDIO_FORMAT,
-                        "transcription": Nullable(
-                            Obj({"model": Str(), "language": Str(), "prompt": Str()})
-                        ),
+                        "transcription": Nullable(TRANSCRIPTION),
                         "noise_reduction": Nullable(
                             Obj(
                                 {
                                     "type": Enum(("near_field", "far_field")),
-                                    "strength": Anything(),
+                                    "strength": Num(),
                                 }
                             )
                         ),
@@ -279,7 +300,7 @@ SESSION = Obj(
         "include": Nullable(ListOf(Enum(("item.input_audio_transcription.logprobs",)))),
         "prompt": Nullable(Obj({"id": Str(), "version": Nullable(Str()), "variables": Anything()})),
         "parallel_tool_calls": Bool(),
-        "reasoning": Anything(),
+        "reasoning": Obj({"effort": Enum(REASONING_EFFORTS)}),
     },
     required=("type",),
 )
@@ -311,6 +332,42 @@ def beta_error() -> ProtocolError:
 def check_max_output_tokens(value: Any, path: str) -> None:
     if value != "inf":
         Num(1, 4096, integer=True).check(value, path)
+
+
+# Models that take ``reasoning`` ("reasoning-capable Realtime models such as
+# gpt-realtime-2"; the gpt-realtime-2 family), and the transcription models that take
+# ``keywords`` ("Supported by gpt-transcribe and gpt-live-transcribe") or no ``prompt``
+# ("not supported with gpt-realtime-whisper"), per openai's types/realtime docstrings.
+REASONING_MODELS = frozenset({"gpt-realtime-2", "gpt-realtime-2.1", "gpt-realtime-2.1-mini"})
+KEYWORD_TRANSCRIBERS = frozenset({"gpt-transcribe", "gpt-live-transcribe"})
+
+
+def check_model_fit(session: Mapping[str, Any], model: str, path: str = "session") -> None:
+    """Fields that only some models take. UNCONFIRMED: the wording and code the real
+    server uses for these (no capture shows one); ``invalid_value`` naming the field is
+    what it answers for other values it does not take."""
+    if "reasoning" in session and model not in REASONING_MODELS:
+        raise ProtocolError(
+            f"Invalid 'reasoning': model '{model}' does not support reasoning.",
+            "invalid_value",
+            f"{path}.reasoning",
+        )
+    audio_in = (session.get("audio") or {}).get("input") or {}
+    transcription = audio_in.get("transcription") or {}
+    where = f"{path}.audio.input.transcription"
+    transcriber = str(transcription.get("model") or "")
+    if "keywords" in transcription and transcriber not in KEYWORD_TRANSCRIBERS:
+        raise ProtocolError(
+            f"Invalid 'keywords': not supported with transcription model '{transcriber}'.",
+            "invalid_value",
+            f"{where}.keywords",
+        )
+    if "prompt" in transcription and transcriber == "gpt-realtime-whisper":
+        raise ProtocolError(
+            "Invalid 'prompt': not supported with transcription model 'gpt-realtime-whisper'.",
+            "invalid_value",
+            f"{where}.prompt",
+        )
 
 
 def check_session(session: Any, path: str = "session") -> None:

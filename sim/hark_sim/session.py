@@ -24,6 +24,7 @@ from hark_sim.schema import (
     Num,
     ProtocolError,
     beta_error,
+    check_model_fit,
     check_response_params,
     check_session,
 )
@@ -163,7 +164,9 @@ class RealtimeSession(TurnsMixin):
                 "session.audio.output.voice",
             )
         update = {k: v for k, v in session.items() if k != "type"}
-        self.config = protocol.deep_merge(self.config, update)
+        merged = protocol.deep_merge(self.config, update)
+        check_model_fit(merged, str(self.config["model"]))
+        self.config = merged
         self.reconfigure_turns()
         self.out.put({"type": "session.updated", "session": copy.deepcopy(self.config)})
 
@@ -396,7 +399,8 @@ class RealtimeSession(TurnsMixin):
             audio_output=out_audio,
             max_output_tokens=params.get("max_output_tokens", cfg["max_output_tokens"]),
             metadata=params.get("metadata"),
-            voice=self.brain.voice,
+            voice=audio.espeak_voice(self.brain.voice, out_audio.get("voice")),
+            speed=float(cfg["audio"]["output"].get("speed") or 1.0),
             input_audio_ms=sum(len(i.audio) for i in self.items) // audio.BYTES_PER_MS,
             input_text_chars=sum(len(str(i.data.get("content", ""))) for i in self.items),
         )

@@ -92,6 +92,10 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert session["instructions"] == "Speak softly."
     assert session["tools"] == []
     assert session["audio"]["output"]["voice"] == "marin"
+    hall = policy.session_for("hall", None, None)
+    assert hall["audio"]["output"]["speed"] == 1.1
+    assert hall["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 15000
+    assert hall["audio"]["input"]["transcription"]["keywords"] == ["Nabu"]
 
 
 def test_sdk_transform_is_an_identity_for_our_body() -> None:
@@ -114,3 +118,124 @@ def test_sdk_transform_is_an_identity_for_our_body() -> None:
     )
     body = {"expires_after": {"anchor": "created_at", "seconds": 60}, "session": session}
     assert transform(body, ClientSecretCreateParams) == body
+
+
+EVERY_PIN = Pin(
+    speed=1.2,
+    noise_reduction="far_field",
+    turn_detection={"type": "semantic_vad", "eagerness": "low"},
+    max_output_tokens=300,
+    truncation={"retention_ratio": 0.8, "post_instructions_tokens": 8000},
+    reasoning_effort="low",
+    transcription_model="gpt-transcribe",
+    transcription_language="de",
+    transcription_prompt="Kitchen words.",
+    transcription_keywords=["Spätzle"],
+    voice="cedar",
+)
+
+
+def test_every_session_option_can_be_pinned() -> None:
+    """Each option lands where the GA session has it, and the result is a valid
+    RealtimeSessionCreateRequest with nothing the SDK does not know."""
+    from openai.types.realtime import RealtimeSessionCreateRequest
+
+    policy = Policy(model="gpt-realtime-2", pin=EVERY_PIN)
+    session = policy.session_for("d", None, None)
+    assert session == {
+        "type": "realtime",
+        "model": "gpt-realtime-2",
+        "max_output_tokens": 300,
+        "truncation": {
+            "type": "retention_ratio",
+            "retention_ratio": 0.8,
+            "token_limits": {"post_instructions": 8000},
+        },
+        "reasoning": {"effort": "low"},
+        "audio": {
+            "input": {
+                "noise_reduction": {"type": "far_field"},
+                "turn_detection": {"type": "semantic_vad", "eagerness": "low"},
+                "transcription": {
+                    "model": "gpt-transcribe",
+                    "language": "de",
+                    "prompt": "Kitchen words.",
+                    "keywords": ["Spätzle"],
+                },
+            },
+            "output": {"voice": "cedar", "speed": 1.2},
+        },
+    }
+    parsed = RealtimeSessionCreateRequest.model_validate(session)
+    assert not parsed.model_extra
+
+
+def test_pins_merge_into_the_devices_audio_field_by_field() -> None:
+    """A pinned speed keeps the device's voice and format; a pinned turn detection or
+    noise reduction replaces the device's whole; "off" pins null."""
+    policy = Policy(
+        pin=Pin(speed=0.9, noise_reduction="off"),
+        devices={"hall": Pin(turn_detection={"type": "server_vad", "threshold": 0.8})},
+    )
+    asked = {
+        "audio": {
+            "input": {
+                "turn_detection": {"type": "semantic_vad", "eagerness": "high"},
+                "noise_reduction": {"type": "near_field"},
+                "format": {"type": "audio/pcm", "rate": 24000},
+            },
+            "output": {"voice": "marin", "speed": 1.5},
+        },
+        "max_output_tokens": 50,
+    }
+    session = policy.session_for("hall", None, asked)
+    assert session["audio"]["output"] == {"voice": "marin", "speed": 0.9}
+    assert session["audio"]["input"] == {
+        "turn_detection": {"type": "server_vad", "threshold": 0.8},
+        "noise_reduction": None,
+        "format": {"type": "audio/pcm", "rate": 24000},
+    }
+    assert session["max_output_tokens"] == 50  # not pinned: the device's
+    assert Policy(pin=Pin(turn_detection="off")).session_for("d", None, None)["audio"] == {
+        "input": {"turn_detection": None}
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[pin]\nmax_output_tokens = 0\n", "max_output_tokens"),
+        ("[pin]\nmax_output_tokens = 5000\n", "max_output_tokens"),
+        ('[pin]\nmax_output_tokens = "lots"\n', "max_output_tokens"),
+        ("[pin]\nspeed = 2.0\n", "speed"),
+        ('[pin]\nnoise_reduction = "far"\n', "noise_reduction"),
+        ('[pin]\ntruncation = "never"\n', "truncation"),
+        ("[pin]\ntruncation = {retention_ratio = 2.0}\n", "truncation"),
+        ("[pin.turn_detection]\nthreshold = 2.0\n", "turn_detection"),
+        ("[pin.turn_detection]\nidle_timeout_ms = 100\n", "turn_detection"),
+        ('[pin.turn_detection]\ntype = "semantic_vad"\nthreshold = 0.5\n', "turn_detection"),
+        ('[pin.turn_detection]\neagerness = "low"\n', "turn_detection"),
+        ('[pin]\nreasoning_effort = "low"\n', "reasoning_effort"),
+        ('model = "gpt-realtime-2"\n[pin]\nreasoning_effort = "max"\n', "reasoning_effort"),
+        ('[pin]\ntranscription_language = "english"\n', "transcription_language"),
+        ('[pin]\ntranscription_keywords = ["x"]\n', "transcription_keywords"),
+        ('[groups.kids]\nspeed = "fast"\n', "speed"),
+    ],
+)
+def test_bad_pins_are_refused_naming_the_field(tmp_path: Path, text: str, where: str) -> None:
+    """A pin OpenAI would refuse is refused at start, naming the field."""
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError) as info:
+        load_policy(path)
+    assert where in str(info.value)
+
+
+def test_reasoning_pins_follow_the_policys_model(tmp_path: Path) -> None:
+    """reasoning_effort is fine with a gpt-realtime-2 model, also one set on the command line."""
+    path = tmp_path / "policy.toml"
+    path.write_text('[devices.hall]\nreasoning_effort = "high"\n')
+    with pytest.raises(ValidationError, match=r"devices\.hall\.reasoning_effort"):
+        load_policy(path)
+    policy = load_policy(path, model="gpt-realtime-2.1-mini")
+    assert policy.session_for("hall", None, None)["reasoning"] == {"effort": "high"}

@@ -502,3 +502,43 @@ def test_request_log_escapes_a_stored_device_name(
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
     assert "device=kitchen%0AFORGED%20outcome=x " in line
     assert "\n" not in line
+
+
+@pytest.mark.skipif(not HAVE_SIM, reason="hark_sim not available yet")
+async def test_pinned_options_reach_the_session(make_backend: Any, upstream: Any) -> None:
+    """Every pinnable option goes into the minted key and the session it opens starts with
+    them (session.created), whatever the device asked for."""
+    import json
+
+    import websockets
+
+    policy = Policy(
+        model="gpt-realtime-2",
+        pin=Pin(
+            max_output_tokens=200,
+            noise_reduction="near_field",
+            speed=0.8,
+            reasoning_effort="minimal",
+            transcription_model="gpt-transcribe",
+            transcription_keywords=["Nabu"],
+            truncation="disabled",
+        ),
+        devices={"hall": Pin(turn_detection={"type": "server_vad", "silence_duration_ms": 900})},
+    )
+    backend = make_backend(policy=policy)
+    token = backend.add("hall")
+    asked = {"session": {"type": "realtime", "max_output_tokens": 4096}}
+    response = backend.mint(token, asked)
+    assert response.status_code == 200, response.text
+    key = response.json()["value"]
+    url = f"{upstream.ws_url}?model=gpt-realtime-2"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        created = json.loads(await ws.recv())
+    session = created["session"]
+    assert session["max_output_tokens"] == 200
+    assert session["reasoning"] == {"effort": "minimal"}
+    assert session["truncation"] == "disabled"
+    assert session["audio"]["input"]["noise_reduction"] == {"type": "near_field"}
+    assert session["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 900
+    assert session["audio"]["input"]["transcription"]["keywords"] == ["Nabu"]
+    assert session["audio"]["output"]["speed"] == 0.8

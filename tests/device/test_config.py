@@ -387,3 +387,220 @@ def test_docs_defaults_match_the_models() -> None:
             assert documented == value, f"{section}.{key}: doc {default} != {value!r}"
             checked += 1
     assert checked > 40
+
+
+# --------------------------------------------------------------------------- session options
+
+SERVER_TURNS = '[trigger]\nmode = "vad"\nend_of_turn = "server"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[realtime]\nmax_output_tokens = 0",
+            'realtime.max_output_tokens: must be an integer 1-4096 or "inf" (got 0)',
+        ),
+        (
+            "[realtime]\nmax_output_tokens = 4097",
+            'realtime.max_output_tokens: must be an integer 1-4096 or "inf" (got 4097)',
+        ),
+        (
+            '[realtime]\nmax_output_tokens = "infinite"',
+            "realtime.max_output_tokens: must be an integer 1-4096",
+        ),
+        (
+            "[realtime]\nmax_output_tokens = 10.0",
+            "realtime.max_output_tokens: must be an integer 1-4096",
+        ),
+        (
+            "[realtime]\nmax_output_tokens = true",
+            "realtime.max_output_tokens: must be an integer 1-4096",
+        ),
+        (
+            '[realtime]\ntruncation = "off"',
+            'realtime.truncation: must be "auto", "disabled" or a table',
+        ),
+        (
+            "[realtime]\ntruncation = {retention_ratio = 1.5}",
+            "realtime.truncation.retention_ratio: must be ≤ 1.0 (got 1.5)",
+        ),
+        ("[realtime]\ntruncation = {}", "realtime.truncation.retention_ratio: required"),
+        (
+            "[realtime]\ntruncation = {retention_ratio = 0.5, post_instructions_tokens = 0}",
+            "realtime.truncation.post_instructions_tokens: must be ≥ 1 (got 0)",
+        ),
+        (
+            "[realtime]\ntruncation = {retention_ratio = 0.5, tokens = 9}",
+            "realtime.truncation.tokens: unknown key (allowed: retention_ratio, post_instructions",
+        ),
+        (
+            '[realtime]\nnoise_reduction = "far"',
+            "realtime.noise_reduction: must be one of 'near_field', 'far_field', 'off' (got 'far')",
+        ),
+        ("[realtime]\nnoise_reduction = false", "realtime.noise_reduction: must be one of"),
+        ("[realtime]\nspeed = 0.2", "realtime.speed: must be ≥ 0.25 (got 0.2)"),
+        ("[realtime]\nspeed = 2", "realtime.speed: must be ≤ 1.5 (got 2)"),
+        (
+            '[realtime]\nreasoning_effort = "low"',
+            "realtime.reasoning_effort: model 'gpt-realtime' does not reason",
+        ),
+        (
+            '[realtime]\nmodel = "gpt-realtime-mini"\nreasoning_effort = "low"',
+            "realtime.reasoning_effort: model 'gpt-realtime-mini' does not reason",
+        ),
+        (
+            '[realtime]\nmodel = "gpt-realtime-2025-08-28"\nreasoning_effort = "low"',
+            "realtime.reasoning_effort: model 'gpt-realtime-2025-08-28' does not reason",
+        ),
+        (
+            '[realtime]\nmodel = "gpt-realtime-2"\nreasoning_effort = "max"',
+            "realtime.reasoning_effort: must be one of 'minimal', 'low', 'medium', 'high', 'xhigh'",
+        ),
+        ('[realtime]\nmodel = "GPT realtime"', "realtime.model: must be a model name"),
+        ('[realtime]\nlanguage = "eng"', "realtime.language: must be a two-letter ISO-639-1 code"),
+        ('[realtime]\nlanguage = "EN"', "realtime.language: must be a two-letter ISO-639-1 code"),
+        (
+            '[realtime]\ntranscription_keywords = ["Nabu"]',
+            "realtime.transcription_keywords: only gpt-transcribe and gpt-live-transcribe take",
+        ),
+        (
+            '[realtime]\ntranscription_model = "gpt-transcribe"\ntranscription_keywords = [""]',
+            "realtime.transcription_keywords: keywords must not be empty",
+        ),
+        (
+            '[realtime]\ntranscription_model = "gpt-realtime-whisper"\ntranscription_prompt = "x"',
+            "realtime.transcription_prompt: gpt-realtime-whisper takes no prompt",
+        ),
+        (
+            '[realtime]\ntranscription_model = ""\nlanguage = "en"',
+            "realtime.transcription_model: transcription is off",
+        ),
+        ('[agent]\nvoice = "nova"', "agent.voice: unknown voice 'nova' (built-in: alloy, ash"),
+        ('[agent]\nvoice = "voice_"', "agent.voice: unknown voice 'voice_'"),
+        (
+            "[realtime.turn_detection]\nthreshold = 0.5",
+            "realtime.turn_detection: only used when the server ends turns",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nthreshold = 1.5",
+            "realtime.turn_detection.threshold: must be ≤ 1.0 (got 1.5)",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nthreshold = -0.1",
+            "realtime.turn_detection.threshold: must be ≥ 0.0 (got -0.1)",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nprefix_padding_ms = -1",
+            "realtime.turn_detection.prefix_padding_ms: must be ≥ 0 (got -1)",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nsilence_duration_ms = 20000",
+            "realtime.turn_detection.silence_duration_ms: must be ≤ 10000 (got 20000)",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nsilence_duration_ms = 500.0",
+            "realtime.turn_detection.silence_duration_ms: must be an integer (got 500.0)",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nidle_timeout_ms = 1000",
+            "realtime.turn_detection.idle_timeout_ms: must be ≥ 5000 (got 1000)",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nidle_timeout_ms = 60000",
+            "realtime.turn_detection.idle_timeout_ms: must be ≤ 30000 (got 60000)",
+        ),
+        (
+            SERVER_TURNS
+            + '[realtime.turn_detection]\ntype = "semantic_vad"\nsilence_duration_ms = 500',
+            "realtime.turn_detection.silence_duration_ms: only for type 'server_vad'",
+        ),
+        (
+            SERVER_TURNS + '[realtime.turn_detection]\neagerness = "low"',
+            "realtime.turn_detection.eagerness: only for type 'semantic_vad'",
+        ),
+        (
+            SERVER_TURNS + '[realtime.turn_detection]\ntype = "semantic_vad"\neagerness = "eager"',
+            "realtime.turn_detection.eagerness: must be one of 'low', 'medium', 'high', 'auto'",
+        ),
+        (
+            SERVER_TURNS + '[realtime.turn_detection]\ntype = "vad"',
+            "realtime.turn_detection.type: must be one of 'server_vad', 'semantic_vad'",
+        ),
+        (
+            SERVER_TURNS + "[realtime.turn_detection]\nsilence_ms = 5",
+            "realtime.turn_detection.silence_ms: unknown key; did you mean 'silence_duration_ms'?",
+        ),
+    ],
+)
+def test_session_option_mistakes_are_named(text: str, expected: str) -> None:
+    """Each bad session option is one line naming the key, what it must be and what it got."""
+    problems = problems_of(text)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems
+
+
+@pytest.mark.parametrize("model", ["gpt-realtime-2", "gpt-realtime-2.1", "gpt-realtime-2.1-mini"])
+def test_reasoning_models_take_an_effort(model: str) -> None:
+    """The gpt-realtime-2 family takes every effort the SDK lists."""
+    for effort in ("minimal", "low", "medium", "high", "xhigh"):
+        config = parse(MINIMAL + f'[realtime]\nmodel = "{model}"\nreasoning_effort = "{effort}"')
+        assert config.realtime.reasoning_effort == effort
+
+
+def test_every_session_option_maps_into_the_session() -> None:
+    """[realtime] options become the SessionConfig the codec sends; unset ones stay unset."""
+    from hark import events as ev
+    from hark.service.wiring import session_base
+
+    text = (
+        SERVER_TURNS
+        + """[realtime]
+model = "gpt-realtime-2.1-mini"
+reasoning_effort = "high"
+max_output_tokens = 300
+truncation = { retention_ratio = 0.7, post_instructions_tokens = 6000 }
+noise_reduction = "near_field"
+speed = 0.8
+transcription_model = "gpt-transcribe"
+language = "fr"
+transcription_prompt = "Cuisine."
+transcription_keywords = ["ratatouille"]
+[realtime.turn_detection]
+threshold = 0.7
+prefix_padding_ms = 200
+silence_duration_ms = 900
+idle_timeout_ms = 8000
+"""
+    )
+    session = session_base(parse(MINIMAL + text))
+    assert session == ev.SessionConfig(
+        model="gpt-realtime-2.1-mini",
+        speed=0.8,
+        turn_detection=ev.TurnDetection(
+            threshold=0.7, prefix_padding_ms=200, silence_duration_ms=900, idle_timeout_ms=8000
+        ),
+        transcription_model="gpt-transcribe",
+        transcription_language="fr",
+        transcription_prompt="Cuisine.",
+        transcription_keywords=("ratatouille",),
+        noise_reduction="near_field",
+        max_output_tokens=300,
+        truncation=ev.Truncation(0.7, 6000),
+        reasoning_effort="high",
+    )
+    semantic = parse(
+        MINIMAL
+        + SERVER_TURNS
+        + '[realtime.turn_detection]\ntype = "semantic_vad"\neagerness = "low"'
+    )
+    assert session_base(semantic).turn_detection == ev.TurnDetection(
+        type="semantic_vad", eagerness="low"
+    )
+    plain = session_base(parse(MINIMAL))
+    assert plain == ev.SessionConfig(transcription_model="gpt-4o-mini-transcribe")
+    words = parse(MINIMAL + '[realtime]\ntruncation = "disabled"\nmax_output_tokens = "inf"')
+    assert (session_base(words).truncation, session_base(words).max_output_tokens) == (
+        "disabled",
+        "inf",
+    )

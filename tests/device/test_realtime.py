@@ -52,6 +52,27 @@ CONFIGS = [
         transcription_model="whisper-1",
         noise_reduction="near_field",
     ),
+    # Every session option the config can set (docs/config.md, [realtime]).
+    ev.SessionConfig(
+        model="gpt-realtime-2.1-mini",
+        voice="voice_1234",
+        speed=0.25,
+        transcription_model="gpt-transcribe",
+        transcription_language="de",
+        transcription_prompt="Kitchen words.",
+        transcription_keywords=("Spätzle", "Maultaschen"),
+        noise_reduction="off",
+        max_output_tokens=4096,
+        truncation=ev.Truncation(0.8, 8000),
+        reasoning_effort="xhigh",
+    ),
+    ev.SessionConfig(
+        model="gpt-realtime-mini",
+        max_output_tokens="inf",
+        truncation="disabled",
+        noise_reduction="far_field",
+    ),
+    ev.SessionConfig(truncation=ev.Truncation(0.5), max_output_tokens=1, speed=1.5),
 ]
 
 COMMANDS: list[ev.WireCommand] = [
@@ -111,6 +132,43 @@ def test_manual_turns_send_null_turn_detection():
     assert audio_in["transcription"] is None
     assert data["session"]["type"] == "realtime"
     assert data["session"]["output_modalities"] == ["audio"]
+
+
+def test_every_session_option_reaches_the_wire():
+    """Each option lands where the SDK's session model has it; unset ones are not sent."""
+    from openai.types.realtime import RealtimeSessionCreateRequest
+
+    full = realtime.session_json(CONFIGS[3])
+    sdk = RealtimeSessionCreateRequest.model_validate(full)
+    assert_no_extras(sdk)
+    assert sdk.model == "gpt-realtime-2.1-mini"
+    assert sdk.reasoning is not None and sdk.reasoning.effort == "xhigh"
+    assert sdk.max_output_tokens == 4096
+    assert sdk.truncation is not None and not isinstance(sdk.truncation, str)
+    assert sdk.truncation.retention_ratio == 0.8
+    assert sdk.truncation.token_limits is not None
+    assert sdk.truncation.token_limits.post_instructions == 8000
+    assert sdk.audio is not None and sdk.audio.input is not None and sdk.audio.output is not None
+    assert full["audio"]["input"]["noise_reduction"] is None  # "off" is the wire's null
+    transcription = sdk.audio.input.transcription
+    assert transcription is not None
+    assert (transcription.model, transcription.language) == ("gpt-transcribe", "de")
+    assert transcription.prompt == "Kitchen words."
+    assert transcription.keywords == ["Spätzle", "Maultaschen"]
+    assert full["audio"]["output"]["voice"] == {"id": "voice_1234"}
+    assert sdk.audio.output.speed == 0.25
+    mini = realtime.session_json(CONFIGS[4])
+    assert (mini["max_output_tokens"], mini["truncation"]) == ("inf", "disabled")
+    assert mini["audio"]["input"]["noise_reduction"] == {"type": "far_field"}
+    assert realtime.session_json(CONFIGS[5])["truncation"] == {
+        "type": "retention_ratio",
+        "retention_ratio": 0.5,
+    }
+    plain = realtime.session_json(ev.SessionConfig())
+    for unset in ("max_output_tokens", "truncation", "reasoning"):
+        assert unset not in plain  # left to the server, or to the key backend's pins
+    assert "noise_reduction" not in plain["audio"]["input"]
+    assert "speed" not in plain["audio"]["output"]
 
 
 def test_vad_fields_follow_the_vad_type():

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from hark.audio.echo import ECHO_RATE_HZ, EchoGate
+from hark.audio.echo import ECHO_RATE_HZ
 from hark.audio.pcm import (
     MODEL_RATE_HZ,
     VAD_RATES_HZ,
@@ -38,7 +39,17 @@ from hark.audio.pcm import (
 )
 from hark.events import MicDemand, MicFrame
 
+if TYPE_CHECKING:
+    from hark.audio.frontend import FrontEnd
+
 log = logging.getLogger(__name__)
+
+
+class EchoJudge(Protocol):
+    """What the chain asks of an echo gate (``EchoGate``, or ``frontend.ResidualGate``)."""
+
+    def is_echo(self, mic: Samples, adc_start_s: float) -> bool: ...
+
 
 FRAME_MS = 20
 """One ``MicFrame`` per 20 ms: a webrtcvad frame length, 960 bytes at 24 kHz."""
@@ -50,7 +61,9 @@ class CaptureChain:
     ``gain`` is software gain for quiet mics (1.0 costs nothing).  ``echo_gate``, when
     given, turns voiced frames that are our own playback into unvoiced ones (see
     ``hark.audio.echo``).  ``hold_ms``: the most audio ``process`` keeps back before handing
-    it out.
+    it out.  ``front_end`` (``hark.audio.frontend``): echo cancellation, noise suppression
+    and gain; with one, the audio is taken to 16 kHz first and everything after it (VAD,
+    gate, the 24 kHz frames for the model) sees the cleaned signal.
     """
 
     def __init__(
@@ -60,10 +73,25 @@ class CaptureChain:
         *,
         vad_aggressiveness: int = 2,
         gain: float = 1.0,
-        echo_gate: EchoGate | None = None,
+        echo_gate: EchoJudge | None = None,
         resample_quality: str = "MQ",
         hold_ms: int = 100,
+        front_end: FrontEnd | None = None,
     ) -> None:
+        self.front_end = front_end
+        self._to_front: Resampler | None = None
+        self._front_factor = 0
+        if front_end is not None:
+            from hark.audio.frontend import RATE_HZ as FRONT_RATE_HZ
+
+            # 48/32 kHz: the same box decimation the speaker's reference gets (exact
+            # lengths, and the canceller sees both sides filtered alike).
+            self._front_factor = (
+                in_rate_hz // FRONT_RATE_HZ if in_rate_hz % FRONT_RATE_HZ == 0 else 0
+            )
+            if in_rate_hz != FRONT_RATE_HZ and not self._front_factor:
+                self._to_front = Resampler(in_rate_hz, FRONT_RATE_HZ, quality="QQ")
+            in_rate_hz = FRONT_RATE_HZ  # from here on the chain sees the cleaned 16 kHz
         self.in_rate_hz = in_rate_hz
         self.channels = channels
         self.gain = gain
@@ -94,6 +122,10 @@ class CaptureChain:
     def reset(self) -> None:
         """Forget partial frames, held audio and filter state (after a gap or a reopen)."""
         self._resampler.reset()
+        if self._to_front is not None:
+            self._to_front.reset()
+        if self.front_end is not None:
+            self.front_end.reset()
         self._framer.clear()
         self._vad_framer.clear()
         self._verdicts.clear()
@@ -113,9 +145,18 @@ class CaptureChain:
         samples = downmix(chunk, self.channels) if self.channels > 1 else as_samples(chunk)
         if self.gain != 1.0:
             samples = apply_gain(samples, self.gain)
+        if self.front_end is not None:
+            if self._front_factor > 1:
+                samples = decimate(samples, self._front_factor)
+            elif self._to_front is not None:
+                samples = self._to_front.process(samples)
+            samples = self.front_end.process(samples, adc_end_s)
+            if not len(samples):
+                return []
+            adc_end_s -= self.front_end.pending_s
         if not self.direct:
             return self._via_model_rate(samples, adc_end_s, demand)
-        plain = self.channels == 1 and self.gain == 1.0
+        plain = self.channels == 1 and self.gain == 1.0 and self.front_end is None
         self._judge(chunk if plain else samples.tobytes(), adc_end_s)
         self._raw.append(samples)
         self._raw_samples += len(samples)

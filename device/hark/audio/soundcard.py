@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, TypeVar
 import pyaudio
 
 from hark import ports
-from hark.audio.capture import CaptureChain
+from hark.audio.capture import CaptureChain, EchoJudge
 from hark.audio.cues import load_cues
-from hark.audio.echo import EchoGate, EchoReference, StreamClock
+from hark.audio.echo import EchoReference, StreamClock
 from hark.audio.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
 from hark.audio.playback import PlaybackBuffer, Volume
 from hark.audio.portaudio import (
@@ -365,9 +365,10 @@ class SoundcardMicrophone(_StreamAdapter):
         rate_hz: int | None = None,
         vad_aggressiveness: int = 2,
         gain: float = 1.0,
-        echo_gate: EchoGate | None = None,
+        echo_gate: EchoJudge | None = None,
         buffer_ms: int = 40,
         hold_ms: int = 100,
+        front_end: FrontEnd | None = None,
         reopen_backoff: Backoff = REOPEN_BACKOFF,
         stall_timeout_s: float = 2.0,
     ) -> None:
@@ -375,6 +376,7 @@ class SoundcardMicrophone(_StreamAdapter):
         self.vad_aggressiveness = vad_aggressiveness
         self.gain = gain
         self.echo_gate = echo_gate
+        self.front_end = front_end
         self.chain: CaptureChain | None = None
         self._latency_s = 0.0
         self.overflows = 0
@@ -400,6 +402,7 @@ class SoundcardMicrophone(_StreamAdapter):
             gain=self.gain,
             echo_gate=self.echo_gate,
             hold_ms=self.hold_ms,
+            front_end=self.front_end,
         )
 
     def _configure(self, latency_s: float) -> None:
@@ -613,6 +616,9 @@ class SoundcardSpeaker(_StreamAdapter):
             self._send(list(events))
         return (data, pyaudio.paContinue)
 
+
+if TYPE_CHECKING:
+    from hark.audio.frontend import FrontEnd
 
 if TYPE_CHECKING:  # both adapters satisfy the ports the app drives them through
     _mic: ports.Microphone = SoundcardMicrophone()

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from hark.agents.agent import ToolRunner
+    from hark.audio.capture import EchoJudge
+    from hark.audio.echo import EchoReference
+    from hark.audio.frontend import FrontEnd
     from hark.config import Config
     from hark.conversation import Settings
     from hark.events import LedPattern, SessionConfig
@@ -386,6 +390,99 @@ def cue_files(config: Config) -> dict[str, Path | str]:
     return files
 
 
+@dataclass
+class EchoPath:
+    """How the mic keeps our own voice out: the speaker's reference, the gate, the front end.
+
+    ``note``: a STATUS remark when a configured front-end library is missing.
+    """
+
+    reference: EchoReference | None = None
+    gate: EchoJudge | None = None
+    front_end: FrontEnd | None = None
+    note: str | None = None
+
+
+def echo_path(config: Config) -> EchoPath:
+    """The echo handling the config asks for ([frontend], [vad] echo_gate, the trigger).
+
+    A canceller needs the speaker's reference in any mode (what it cleans is sent to the
+    model); the gate only hands-free. After speex the gate is a ``ResidualGate``; after
+    WebRTC's AEC3 there is none (bench/bench_frontend.py: it does better alone).
+    A missing library is one error line; the echo gate alone then carries on.
+    """
+    from hark.audio.echo import EchoGate, EchoReference
+
+    f, v = config.frontend, config.vad
+    hands_free = config.trigger.mode in ("vad", "both")
+    path = EchoPath()
+    if f.echo_cancel != "off" or f.noise_suppression or f.auto_gain_dbfs:
+        from hark.audio import frontend
+
+        tee = frontend.TeeReference() if f.echo_cancel != "off" else None
+        try:
+            path.front_end = frontend.make_front_end(
+                f.echo_cancel,
+                tee,
+                tail_ms=f.echo_tail_ms,
+                noise_suppression=f.noise_suppression,
+                auto_gain_dbfs=f.auto_gain_dbfs,
+            )
+        except frontend.FrontEndUnavailableError as exc:
+            log.error("%s; running without the audio front end", exc)
+            path.note = "audio front end unavailable"
+        else:
+            if path.front_end is not None and path.front_end.aec is not None and tee:
+                path.reference = tee
+                if f.echo_cancel == "speex" and hands_free and v.echo_gate:
+                    # After speex, the residual's level tells echo from the user. AEC3
+                    # needs no gate (measured: with one it missed barge-ins at +6 dB).
+                    path.gate = frontend.ResidualGate(tee, front_end=path.front_end)
+                return path
+    if hands_free and v.echo_gate:
+        path.reference = EchoReference()
+        path.gate = EchoGate(
+            path.reference, margin_db=v.echo_margin_db, max_delay_ms=v.echo_delay_max_ms
+        )
+    return path
+
+
+def session_base(config: Config) -> SessionConfig:
+    """The session options of ``[realtime]``: the agent adds instructions, voice and tools."""
+    from hark.events import SessionConfig, Truncation, TurnDetection
+
+    r = config.realtime
+    truncation: Truncation | Literal["auto", "disabled"] | None = None
+    if r.truncation is None or isinstance(r.truncation, str):
+        truncation = r.truncation
+    else:
+        truncation = Truncation(r.truncation.retention_ratio, r.truncation.post_instructions_tokens)
+    detection: TurnDetection | None = None
+    if r.turn_detection is not None:
+        td = r.turn_detection
+        detection = TurnDetection(
+            type=td.type,
+            threshold=td.threshold,
+            prefix_padding_ms=td.prefix_padding_ms,
+            silence_duration_ms=td.silence_duration_ms,
+            idle_timeout_ms=td.idle_timeout_ms,
+            eagerness=td.eagerness,
+        )
+    return SessionConfig(
+        model=r.model,
+        speed=r.speed,
+        turn_detection=detection,
+        transcription_model=r.transcription_model,
+        transcription_language=r.language,
+        transcription_prompt=r.transcription_prompt,
+        transcription_keywords=r.transcription_keywords,
+        noise_reduction=r.noise_reduction,
+        max_output_tokens=r.max_output_tokens,
+        truncation=truncation,
+        reasoning_effort=r.reasoning_effort,
+    )
+
+
 def conversation_settings(config: Config, session: SessionConfig) -> Settings:
     """The core's settings from the config: the one mapping, so tests can hold it."""
     from hark.conversation import Settings
@@ -470,20 +567,20 @@ def _wire(
     from hark.agents.agent import ToolRunner, agent_from_config
     from hark.agents.guardrails import GuardrailMonitor
     from hark.conversation import Conversation
-    from hark.events import SessionConfig
     from hark.history import History
     from hark.service.loop import App
     from hark.service.notify import watchdog_interval_s
 
     closers: list[Callable[[], None]] = []
     notes: dict[str, str] = {}
-    a, v, t, g = config.audio, config.vad, config.trigger, config.gpio
-    hands_free = t.mode in ("vad", "both")
+    a, t, g = config.audio, config.trigger, config.gpio
     if mic is None or speaker is None:
         from hark.audio import soundcard
-        from hark.audio.echo import EchoGate, EchoReference
 
-        reference = EchoReference() if hands_free and v.echo_gate else None
+        path = echo_path(config)
+        reference = path.reference
+        if path.note:
+            notes["frontend"] = path.note
         if speaker is None:
             speaker = soundcard.SoundcardSpeaker(
                 a.output_device,
@@ -494,21 +591,13 @@ def _wire(
                 echo_reference=reference,
             )
         if mic is None:
-            gate = (
-                EchoGate(
-                    reference,
-                    margin_db=v.echo_margin_db,
-                    max_delay_ms=v.echo_delay_max_ms,
-                )
-                if reference is not None
-                else None
-            )
             mic = soundcard.SoundcardMicrophone(
                 a.input_device,
                 rate_hz=a.capture_rate_hz,
-                vad_aggressiveness=v.aggressiveness,
-                echo_gate=gate,
+                vad_aggressiveness=config.vad.aggressiveness,
+                echo_gate=path.gate,
                 buffer_ms=a.capture_buffer_ms,
+                front_end=path.front_end,
             )
     if triggers is None:
         triggers = []
@@ -558,11 +647,7 @@ def _wire(
     closers += [s.close for s in switches if hasattr(s, "close")]
     opened += closers
     agent = agent_from_config(config.agent, volume=speaker, switches=switches)
-    base = SessionConfig(
-        model=config.realtime.model,
-        transcription_model=config.realtime.transcription_model,
-        transcription_language=config.realtime.language,
-    )
+    base = session_base(config)
     runner = ToolRunner(agent, base=base, default_timeout_s=config.agent.tool_timeout_s)
     settings = conversation_settings(config, runner.session_config())
     # The conversation's one memory: the link replays it into every new session.
