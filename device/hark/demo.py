@@ -42,11 +42,15 @@ def build_with_fake_audio(
     link: Link | None = None,
     pin_factory: Any = None,
 ) -> Daemon:
-    """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks)."""
+    """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks);
+    the wake/stop word spotter the config asks for runs on the fake mic's audio."""
+    from hark.service.wiring import make_spotter
     from hark.testing import WavMicrophone, WavSpeaker
 
+    spotter = None
     if mic is None:
-        mic = WavMicrophone(vad_aggressiveness=config.vad.aggressiveness)
+        spotter = make_spotter(config)
+        mic = WavMicrophone(vad_aggressiveness=config.vad.aggressiveness, spotter=spotter)
     if speaker is None:
         speaker = WavSpeaker(None, volume=config.audio.volume, cue_files=cue_files(config))
     return build_app(
@@ -59,6 +63,7 @@ def build_with_fake_audio(
         indicator=indicator,
         link=link,
         pin_factory=pin_factory,
+        spotter=spotter,
     )
 
 

@@ -67,7 +67,8 @@ class WavMicrophone:
     ``after``: when the queued audio runs out, keep posting ``"silence"`` (paced at real
     time × speed, or real time when ``speed`` is 0) or ``"end"`` (``run`` returns).
     ``rate_hz`` is the simulated device rate (files are resampled to it), so the
-    48 kHz → 24 kHz path is exercised like on a Pi.
+    48 kHz → 24 kHz path is exercised like on a Pi.  ``spotter``: the wake/stop word
+    spotter, fed by the capture chain as on the real mic.
     """
 
     def __init__(
@@ -80,12 +81,18 @@ class WavMicrophone:
         vad_aggressiveness: int = 2,
         gain: float = 1.0,
         echo_gate: EchoGate | None = None,
+        spotter: ports.WordSpotter | None = None,
     ) -> None:
         self.rate_hz = rate_hz
         self.speed = speed
         self.after = after
         self.chain = CaptureChain(
-            rate_hz, 1, vad_aggressiveness=vad_aggressiveness, gain=gain, echo_gate=echo_gate
+            rate_hz,
+            1,
+            vad_aggressiveness=vad_aggressiveness,
+            gain=gain,
+            echo_gate=echo_gate,
+            spotter=spotter,
         )
         self._queue: deque[Samples] = deque()
         self.frames_posted = 0
