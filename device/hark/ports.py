@@ -79,7 +79,8 @@ class WordSpotter(Protocol):
 
     The capture chain calls ``process`` on the capture thread with the audio it already
     has at 16 kHz; the app calls ``arm`` from the loop whenever the core's need changes
-    (``Conversation.words``).  Unarmed words cost nothing; re-armed ones start afresh.
+    (``Conversation.words``).  Unarmed words cost little (the models do not run, the
+    shared feature front end does); re-armed ones start afresh.
     """
 
     @property

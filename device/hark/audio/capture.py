@@ -176,12 +176,9 @@ class CaptureChain:
         return out
 
     def _spot(self, samples: Samples) -> None:
-        """Feed the spotter 16 kHz audio (when armed); note where each word ended."""
+        """Feed the spotter 16 kHz audio; note where each word ended."""
         spotter = self.spotter
         assert spotter is not None
-        if not spotter.armed:
-            self._spot_carry = None
-            return
         factor = self._spot_factor
         if factor == 1:
             pcm16 = samples

@@ -137,7 +137,7 @@ class MicroWordSpotter:
     ``wake``: a model spec (see ``model_path``) or None; ``stop``: spot "stop" too.
     ``*_cutoff``: the probability (0-1) above which a word counts; None is the model's
     own.  ``refractory_s``: after a word is heard it is not heard again for this long.
-    Only armed words are computed (the feature front end runs while any is).
+    Only armed words are computed; the feature front end runs on all audio it is given.
     """
 
     def __init__(
@@ -163,7 +163,6 @@ class MicroWordSpotter:
         self.refractory_samples = int(refractory_s * RATE_HZ)
         self._armed: frozenset[Word] = frozenset()
         self._pending = b""  # < 10 ms carried to the next call
-        self._idle = True  # nothing was armed: the front end's state is stale
         self._samples = 0  # fed while armed, the refractory clock
         self.heard: dict[Word, int] = dict.fromkeys(self._models, 0)
         self.peak: dict[Word, float] = dict.fromkeys(self._models, 0.0)
@@ -185,14 +184,14 @@ class MicroWordSpotter:
         self._armed = words
 
     def process(self, pcm16k: bytes) -> list[tuple[int, WakeWordHeard | StopWordHeard]]:
+        """Words heard in ``pcm16k`` (sample offsets where they ended).
+
+        The feature front end runs on every call, armed or not: its noise estimate and
+        gain adapt over seconds, and a "stop" said right as a reply starts must meet a
+        settled front end (reset on arming, a model heard "stop" at p=0.49, not 0.81).
+        The models (most of the cost) run only while armed.
+        """
         armed = self._armed
-        if not armed:
-            self._pending = b""
-            self._idle = True
-            return []
-        if self._idle:
-            self._idle = False
-            self._features.reset()
         models = [self._models[w] for w in sorted(armed)]
         for model in models:
             if model.fresh:
