@@ -9,7 +9,7 @@ As gpiozero ships ``MockFactory``, hark ships its fakes:
 - For each port a null fake (does nothing, keeps nothing: ``NullLink``,
   ``NullMicrophone``, ``NullSpeaker``, ``NullTrigger``, ``NullIndicator``,
   ``NullNotifier``) and a recording one (keeps what it was told: ``RecordingLink``,
-  ``RecordingMicrophone``, ``RecordingSpeaker``, ``RecordingIndicator``,
+  ``RecordingMicrophone``, ``RecordingSpeaker``, ``RecordingIndicator``, ``RecordingSpotter``,
   ``RecordingNotifier``, ``RecordingSwitch``); ``FakeButton`` presses from a thread
   of its own, as gpiozero does.
 - ``until`` waits for a condition; ``mock_pins`` installs gpiozero's ``MockFactory``
@@ -51,7 +51,10 @@ from hark.events import (
     LinkUp,
     MicDemand,
     PlaybackStopped,
+    StopWordHeard,
+    WakeWordHeard,
     WireCommand,
+    Word,
 )
 from hark.ports import Post
 from hark.service.loop import NullNotifier
@@ -548,6 +551,32 @@ class RecordingSpeaker(NullSpeaker):
 
     def cue(self, cue: Cue) -> None:
         self.cues.append(cue)
+
+
+class RecordingSpotter:
+    """A ``ports.WordSpotter`` that keeps what it was armed for and hears on cue:
+    ``hear(event)`` makes the next ``process`` call report it at the end of its audio."""
+
+    def __init__(self, words: frozenset[Word] = frozenset({"wake", "stop"})) -> None:
+        self.words = words
+        self.arms: list[frozenset[Word]] = []
+        self._armed: frozenset[Word] = frozenset()
+        self._cued: list[WakeWordHeard | StopWordHeard] = []
+
+    @property
+    def armed(self) -> frozenset[Word]:
+        return self._armed
+
+    def arm(self, words: frozenset[Word]) -> None:
+        self._armed = words & self.words
+        self.arms.append(self._armed)
+
+    def hear(self, event: WakeWordHeard | StopWordHeard) -> None:
+        self._cued.append(event)
+
+    def process(self, pcm16k: bytes) -> list[tuple[int, WakeWordHeard | StopWordHeard]]:
+        heard, self._cued = self._cued, []
+        return [(len(pcm16k) // 2, e) for e in heard]
 
 
 class NullTrigger:

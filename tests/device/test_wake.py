@@ -183,3 +183,26 @@ def test_an_unarmed_spotter_leaves_the_chain_as_it_was(tmp_path: Path) -> None:
     for i in range(0, len(samples), 1920):
         out += chain.process(samples[i : i + 1920].tobytes(), 0.0)
     assert all(isinstance(e, MicFrame) for e in out)
+
+
+def test_the_wiring_maps_the_trigger_section() -> None:
+    from hark.config import parse
+    from hark.events import SessionConfig
+    from hark.service.wiring import conversation_settings, make_spotter
+
+    base = '[backend]\nurl = "https://keys.example.com/v1"\n'
+    config = parse(base + '[trigger]\nmode = "wake"\nstop_word = true\nfollow_up_s = 3\n')
+    settings = conversation_settings(config, SessionConfig())
+    assert (settings.trigger_mode, settings.stop_word, settings.follow_up_s) == ("wake", True, 3.0)
+    spotter = make_spotter(config)
+    assert isinstance(spotter, MicroWordSpotter) and spotter.words == {"wake", "stop"}
+    assert make_spotter(parse(base)) is None  # neither: pymicro-wakeword not even imported
+
+
+def test_start_failures_name_the_model_or_the_extra() -> None:
+    from hark.cli import EX_CONFIG, EX_UNAVAILABLE, _start_failure
+
+    bad = WakeWordError("unknown wake word 'x'")
+    assert _start_failure(bad) == (EX_CONFIG, "trigger: unknown wake word 'x'")
+    missing = WakeWordError("needs pymicro-wakeword", missing_package=True)
+    assert _start_failure(missing)[0] == EX_UNAVAILABLE
