@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	 else echo "make: not root, skipping scripts/install-system-deps (run it as root once)"; fi
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[device,backend,sim,postgres,webrtc,test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[device,backend,sim,postgres,webrtc,wake,test]'
 	@touch $@
 
 lint: $(STAMP)

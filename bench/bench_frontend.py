@@ -47,6 +47,7 @@ from hark.audio.frontend import (
 )
 from hark.audio.pcm import decimate
 from hark.conversation import Settings
+from hark.events import MicFrame
 from hark.testing import read_pcm, speech_wav
 
 CHUNK = RATE_HZ * 20 // 1000  # the mic delivers 20 ms at a time
@@ -160,7 +161,9 @@ def run(
         if front is not None:
             samples = front.process(samples, end_s)
             cleaned.append(samples)
-        voiced += [f.voiced for f in chain.process(samples.tobytes(), end_s)]
+        voiced += [
+            f.voiced for f in chain.process(samples.tobytes(), end_s) if isinstance(f, MicFrame)
+        ]
     cpu_s = time.process_time() - started
     barge = Settings().barge_in_gate()
     frame = FRAME_SAMPLES * 2  # one verdict per 20 ms

@@ -19,6 +19,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "hark.vadgate": {"asyncio", "numpy", "hark.*"},
     "hark.durations": {"asyncio", "numpy", "hark.*"},
     "hark.audio.pcm": {"asyncio", "pyaudio"},
+    # The spotter: bytes in, words out, on the capture thread; no loop, no device.
+    "hark.audio.wake": {"asyncio", "pyaudio", "numpy", "soxr", "hark.conversation"},
     "hark.net.keys": {
         "hark.conversation",
         "hark.audio.soundcard",

@@ -146,8 +146,11 @@ def _start_failure(exc: Exception) -> tuple[int, str]:
     agent = sys.modules.get("hark.agents.agent")
     gpio = sys.modules.get("hark.gpio")
     keys = sys.modules.get("hark.net.keys")
+    wake = sys.modules.get("hark.audio.wake")
     if agent is not None and isinstance(exc, agent.AgentLoadError):
         return EX_CONFIG, str(exc)
+    if wake is not None and isinstance(exc, wake.WakeWordError):  # a model, or the extra
+        return (EX_UNAVAILABLE if exc.missing_package else EX_CONFIG), f"trigger: {exc}"
     if keys is not None and isinstance(exc, keys.LinkConfigError):  # a URL config let through
         return EX_CONFIG, str(exc)
     if gpio is not None and isinstance(exc, gpio.GpioError):

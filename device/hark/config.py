@@ -34,6 +34,11 @@ DEFAULT_PATH = Path("/etc/hark/hark.toml")
 DEFAULT_TOKEN_FILE = Path("/etc/hark/device-token")
 BuiltinTool = Literal["time", "volume", "end_conversation"]
 BUILTIN_TOOLS: tuple[BuiltinTool, ...] = ("time", "volume", "end_conversation")
+WAKE_WORDS = ("okay_nabu", "hey_jarvis", "hey_mycroft", "alexa")
+"""The wake words pymicro-wakeword ships (``hark.audio.wake.SHIPPED``, checked by a test)."""
+TriggerMode = Literal["button", "vad", "both", "wake", "wake+button"]
+BUTTON_MODES: tuple[TriggerMode, ...] = ("button", "both", "wake+button")
+WAKE_MODES: tuple[TriggerMode, ...] = ("wake", "wake+button")
 
 # Validators use fullmatch: "$" would also match before a trailing newline.
 _OBJECT_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -541,9 +546,10 @@ class AgentConfig(_Section):
 class TriggerConfig(_Section):
     """What opens and ends a turn."""
 
-    mode: Literal["button", "vad", "both"] = Field(
+    mode: TriggerMode = Field(
         default="button",
-        description="'button' (push to talk), 'vad' (hands-free, voice opens a turn), or both.",
+        description="'button' (push to talk), 'vad' (any voice opens a turn), 'both' "
+        "(button and vad), 'wake' (the wake word opens a turn), 'wake+button'.",
     )
     button: Literal["hold", "tap"] = Field(
         default="hold",
@@ -561,9 +567,62 @@ class TriggerConfig(_Section):
     )
     end_of_turn: Literal["local", "server"] = Field(
         default="local",
-        description="Who decides the user finished (vad and tap turns): local VAD silence "
-        "or the server's VAD.",
+        description="Who decides the user finished (vad, wake word and tap turns): local VAD "
+        "silence or the server's VAD.",
     )
+    wake_word: str = Field(
+        default="okay_nabu",
+        min_length=1,
+        description="wake modes: a wake word pymicro-wakeword ships ('okay_nabu', "
+        "'hey_jarvis', 'hey_mycroft', 'alexa') or the path of a microWakeWord model's "
+        ".json (its .tflite beside it; relative to this file).",
+    )
+    wake_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Wake word probability cutoff (0-1, higher: fewer false wakes, more "
+        "missed words); default the model's own.",
+    )
+    wake_refractory_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="After a wake or stop word, the same word is not heard again for, s.",
+    )
+    stop_word: bool = Field(
+        default=False,
+        description="Saying 'stop' while a reply plays cuts it short (any mode; needs the "
+        "wake extra).",
+    )
+    stop_threshold: float = Field(
+        default=0.7,
+        gt=0,
+        lt=1,
+        description="Stop word probability cutoff (the model's own 0.5 cuts replies on "
+        "'top' and 'stock' twice as often; bench/bench_wake.py).",
+    )
+    follow_up_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="After a reply the mic stays open this long for an answer without the "
+        "wake word or button (voice opens the turn, silence ends the window), s; 0 = off.",
+    )
+
+    @field_validator("wake_word")
+    @classmethod
+    def _wake_word(cls, value: str, info: ValidationInfo) -> str:
+        if "/" in value or value.endswith(".json"):
+            return str(_resolve_path(Path(value), info))
+        if value not in WAKE_WORDS:
+            hint = difflib.get_close_matches(value, WAKE_WORDS, n=1)
+            more = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(
+                f"unknown wake word {value!r}{more} (shipped: {', '.join(WAKE_WORDS)}; or the "
+                "path of a model's .json)"
+            )
+        return value
 
 
 class GpioConfig(_Section):
@@ -814,7 +873,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_check(self) -> Config:
         problems: list[str] = []
-        if self.trigger.mode in ("button", "both") and self.gpio.button_pin is None:
+        if self.trigger.mode in BUTTON_MODES and self.gpio.button_pin is None:
             problems.append(f"gpio.button_pin: required when trigger.mode is {self.trigger.mode!r}")
         if self.realtime.turn_detection is not None and (
             self.trigger.end_of_turn != "server" or self.trigger.mode == "button"

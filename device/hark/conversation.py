@@ -7,12 +7,16 @@ says when the core next needs a ``Tick``.  Every transition is a row of ``_TABLE
 Phases and what the LED says (the LED doubles as a privacy indicator: audio leaves
 the device only while it shows "listening"):
 
-- IDLE: connected (or, on demand, asleep); the button and the wake VAD are armed.
+- IDLE: connected (or, on demand, asleep); the button, the wake VAD or the wake word are
+  armed.
 - CONNECTING: the link is coming up (or retrying); a turn may still open, its audio
   is held in an outbox and flushed on ``LinkUp``.
 - LISTENING: a turn is open and the mic streams (``SendAudio``).
 - THINKING: the turn is committed; waiting for the reply (or a tool).
 - SPEAKING: reply audio is playing.
+- FOLLOW_UP: a reply just ended and ``follow_up_s`` > 0: for that long the user may
+  answer without the wake word or button; voice (the local VAD) opens a turn, silence
+  ends the window without one.  Nothing leaves the device until voice is heard.
 - ERROR: a fault (link, device) until it clears, or a transient error for
   ``error_hold_s``.
 
@@ -23,6 +27,12 @@ belong to the glue's interceptor and the response timeout is suspended (voice ca
 still barge in).  ``end_after_reply`` (the "end the conversation" tool) lets the
 current reply finish, then plays "done", rests (on demand: hangs up) and keeps the wake
 VAD deaf for ``end_quiet_s``.
+
+Words (``hark.audio.wake``): ``WakeWordHeard`` opens a turn from rest or a follow-up and
+barges in on a reply; the turn starts where the word ended (its last ``wake_preroll_ms``
+before, no more: audio before the wake word never leaves the device).  ``StopWordHeard``
+cuts a reply short the way a barge-in does (fade, cancel, truncate to what was heard)
+and opens no turn.  ``Conversation.words`` says which words the spotter must listen for.
 
 Voice activity goes through ``hark.vadgate`` only: ``Settings.open_gate()`` opens a
 turn from rest, ``Settings.barge_in_gate()`` (stricter: an echo margin) interrupts a
@@ -96,6 +106,7 @@ from hark.events import (
     SpeechStopped,
     Stop,
     StopPlayback,
+    StopWordHeard,
     TextRequested,
     Tick,
     ToolFinished,
@@ -105,7 +116,9 @@ from hark.events import (
     TurnDetection,
     UpdateSession,
     UserTranscript,
+    WakeWordHeard,
     WireCommand,
+    Word,
 )
 from hark.vadgate import PreRoll, VadGate
 
@@ -136,11 +149,11 @@ _BACKEND_FAILURE_TEXT: dict[LinkFailure, str] = {
 }
 """What the status line says when the key fetch, not the Realtime server, failed."""
 
-TriggerMode = Literal["button", "vad", "both"]
+TriggerMode = Literal["button", "vad", "both", "wake", "wake+button"]
 ButtonMode = Literal["hold", "tap"]
 EndOfTurn = Literal["local", "server"]
 SessionPolicy = Literal["always", "on_demand"]
-TurnSource = Literal["hold", "tap", "vad"]
+TurnSource = Literal["hold", "tap", "vad", "wake"]
 
 
 class Phase(enum.Enum):
@@ -149,6 +162,7 @@ class Phase(enum.Enum):
     LISTENING = "listening"
     THINKING = "thinking"
     SPEAKING = "speaking"
+    FOLLOW_UP = "follow_up"
     ERROR = "error"
 
 
@@ -158,6 +172,7 @@ _LED: dict[Phase, LedPattern] = {
     Phase.LISTENING: "listening",
     Phase.THINKING: "thinking",
     Phase.SPEAKING: "speaking",
+    Phase.FOLLOW_UP: "follow_up",
     Phase.ERROR: "error",
 }
 
@@ -197,6 +212,14 @@ class Settings:
     error_hold_s: float = 3.0
     listening_cue: bool = True
     done_cue: bool = True
+    # "stop" cuts a reply short (any trigger mode); the spotter must have the stop model.
+    stop_word: bool = False
+    # After a reply, the mic stays open this long for an answer without a trigger; 0 = off.
+    follow_up_s: float = 0.0
+    # A wake word turn starts this long before the word was recognised: the model says
+    # so 10-60 ms into what follows when the user does not pause (130-180 ms after the
+    # word when they do), so the first syllable is kept and little of the word.
+    wake_preroll_ms: int = 100
 
     def __post_init__(self) -> None:
         if self.preroll_ms < max(self.vad_start_ms, self.barge_in_ms):
@@ -207,6 +230,10 @@ class Settings:
             raise ValueError("vad_frame_ms, vad_start_ms and barge_in_ms must be positive")
         if min(self.vad_slack_ms, self.barge_in_slack_ms) < 0:
             raise ValueError("vad_slack_ms and barge_in_slack_ms cannot be negative")
+        if self.follow_up_s < 0:
+            raise ValueError("follow_up_s cannot be negative (0 is off)")
+        if not 0 <= self.wake_preroll_ms <= self.preroll_ms:
+            raise ValueError("wake_preroll_ms must be 0..preroll_ms")
 
     def open_gate(self) -> VadGate:
         """The gate that opens a turn from rest (IDLE, CONNECTING, ERROR) and ends it."""
@@ -373,6 +400,9 @@ class Conversation:
         self.ignored_counts: Counter[str] = Counter()
         self.turns_completed = 0
         self._vad = settings.trigger_mode in ("vad", "both")
+        self._wake = settings.trigger_mode in ("wake", "wake+button")
+        self._follow_up_until: float | None = None  # FOLLOW_UP: when the window closes
+        self._reply_cut = False  # the last reply was cut short: no follow-up after it
         self._server_vad = self.session_config.turn_detection is not None
         # link
         self._link = LinkState.DOWN
@@ -416,8 +446,26 @@ class Conversation:
         """Every frame while a button's turn streams, the silence at once in a voice turn;
         voice triggers need the rest, push to talk not."""
         if self._turn is not None:
-            return "speech" if self._turn.source == "vad" else "every"
-        return "batched" if self._vad else "off"
+            return "speech" if self._turn.source in ("vad", "wake") else "every"
+        if self._vad or self.phase is Phase.FOLLOW_UP or self.words:
+            return "batched"  # voice, or the spotter (it runs on the capture chain)
+        return "off"
+
+    @property
+    def words(self) -> frozenset[Word]:
+        """What the word spotter must listen for now: the wake word at rest, in a
+        follow-up and during a reply (to barge in), "stop" during a reply."""
+        if self._stopped or self.phase is Phase.LISTENING:
+            return frozenset()
+        reply = self.phase in (Phase.THINKING, Phase.SPEAKING)
+        if reply and self._approval_pending:
+            return frozenset()  # the button answers the approval; voice waits
+        words: set[Word] = set()
+        if self._wake:
+            words.add("wake")
+        if reply and self.settings.stop_word:
+            words.add("stop")
+        return frozenset(words)
 
     def status_text(self) -> str:
         text = self.phase.value
@@ -467,6 +515,8 @@ class Conversation:
             times.append(due)
         if self.phase is Phase.ERROR and self._error_until is not None:
             times.append(self._error_until)
+        if self.phase is Phase.FOLLOW_UP and self._follow_up_until is not None:
+            times.append(self._follow_up_until)
         if self.phase is Phase.IDLE and self._link is LinkState.UP:
             if s.session_policy == "on_demand":
                 times.append(self._last_activity + s.idle_disconnect_s)
@@ -484,6 +534,7 @@ class Conversation:
             return []
         cmds = self._interrupt()
         if say:
+            self._reply_cut = False  # the fallback is a reply like any other
             instructions = f"Say exactly this and nothing else: {say}"
             cmds += self._request_response(CreateResponse(instructions=instructions), now)
         return cmds + self._settle(now)
@@ -579,14 +630,32 @@ class Conversation:
             if self.phase is not Phase.THINKING:
                 self._response_deadline = now + self.settings.response_timeout_s
             return self._go(Phase.THINKING)
-        if self.phase in (Phase.THINKING, Phase.SPEAKING):
+        replied = self.phase in (Phase.THINKING, Phase.SPEAKING)
+        if replied:
             self.turns_completed += 1
         self._playback.received_ms.clear()
         self._last_activity = now
-        cmds = self._end_conversation(now) if self._end_requested else []
+        ended = self._end_requested
+        cmds = self._end_conversation(now) if ended else []
         if self.phase is Phase.ERROR and self._error_until is not None and now < self._error_until:
             return cmds
-        return cmds + self._go(self._rest_phase())
+        rest = self._rest_phase()
+        until = self._follow_up_until
+        window = self.phase is Phase.FOLLOW_UP and until is not None and now < until
+        if window and rest is Phase.IDLE and not ended:
+            return cmds  # a late event; the window stays open until its deadline
+        follow_up = replied and not ended and not self._reply_cut and self.settings.follow_up_s > 0
+        if follow_up and rest is Phase.IDLE:
+            return cmds + self._open_follow_up(now)
+        self._follow_up_until = None
+        return cmds + self._go(rest)
+
+    def _open_follow_up(self, now: float) -> list[Command]:
+        """A reply ended: listen (locally) for an answer for ``follow_up_s``."""
+        self._follow_up_until = now + self.settings.follow_up_s
+        self._gate = None  # the open gate starts afresh; so does the pre-roll
+        self._preroll.clear()
+        return self._go(Phase.FOLLOW_UP)
 
     def _end_conversation(self, now: float) -> list[Command]:
         """The reply asked for by ``end_after_reply`` is over: cue, deaf wake VAD, hang up."""
@@ -649,6 +718,7 @@ class Conversation:
 
     def _interrupt(self) -> list[Command]:
         """Barge-in's first half: stop the speaker, cancel the response (reused by guardrails)."""
+        self._reply_cut = True
         cmds: list[Command] = [StopPlayback()] if self._playback.cut() else []
         reply = self._reply
         rid = reply.response_id
@@ -673,13 +743,20 @@ class Conversation:
         # The turn owns the gate now; the trigger gates start afresh after it.
         self._gate = None
         self._end_requested = False  # the user wants to go on
+        self._reply_cut = False
+        self._follow_up_until = None
         turn = self._turn = _Turn(source, now, gate, voiced_seen=gate.is_open)
         cmds += self._go(Phase.LISTENING)
         if self.settings.listening_cue:
             cmds.append(PlayCue("listening"))
         held_ms = self._preroll.held_ms
         frames = self._preroll.take()
-        if turn.voiced_seen and frames:
+        if source == "wake":
+            # From where the word ended on: the frames before that never leave.
+            keep = -(-self.settings.wake_preroll_ms // self.settings.vad_frame_ms)
+            frames = frames[-keep:] if keep else []
+            held_ms = len(frames) * self.settings.vad_frame_ms
+        if (turn.voiced_seen or source == "wake") and frames:
             turn.audio_ms = held_ms
             cmds += self._wire(SendAudio(b"".join(frames)))
         return cmds
@@ -801,11 +878,21 @@ class Conversation:
         return self._interrupt() + self._settle(now)
 
     def _frame_idle(self, ev: MicFrame, now: float) -> list[Command]:
-        if not self._vad or self._faults:
+        if not (self._vad or self._wake) or self._faults:
             return []
         if now < self._quiet_until:  # the goodbye's tail: neither a turn nor pre-roll
             self._gate = None
             self._preroll.clear()
+            return []
+        if not self._vad:  # the wake word's: only the frames a wake turn starts with
+            self._preroll.push(ev.pcm, bytes_to_ms(len(ev.pcm)))
+            return []
+        if self._vad_trigger(ev, self._open_gate):
+            return self._open_turn("vad", now, self._open_gate)
+        return []
+
+    def _frame_follow_up(self, ev: MicFrame, now: float) -> list[Command]:
+        if self._faults:
             return []
         if self._vad_trigger(ev, self._open_gate):
             return self._open_turn("vad", now, self._open_gate)
@@ -814,7 +901,29 @@ class Conversation:
     def _frame_busy(self, ev: MicFrame, now: float) -> list[Command]:
         if self._vad and self._vad_trigger(ev, self._barge_gate):
             return self._barge_in("vad", now, self._barge_gate)
+        if self._wake and not self._vad:
+            self._preroll.push(ev.pcm, bytes_to_ms(len(ev.pcm)))
         return []
+
+    def _wake_open(self, ev: WakeWordHeard, now: float) -> list[Command]:
+        if any(device != LINK_DEVICE for device in self._faults):
+            return [PlayCue("error"), ReportStatus(self.status_text())]
+        if now < self._quiet_until:  # the goodbye's tail (end_after_reply)
+            self.ignored_counts["quiet:WakeWordHeard"] += 1
+            return []
+        return self._open_turn("wake", now, None)
+
+    def _wake_barge_in(self, ev: WakeWordHeard, now: float) -> list[Command]:
+        if self._approval_pending:  # the button answers; the word is not an answer
+            self.ignored_counts["approval:WakeWordHeard"] += 1
+            return []
+        return self._barge_in("wake", now, None)
+
+    def _stop_word(self, ev: StopWordHeard, now: float) -> list[Command]:
+        if self._approval_pending:
+            self.ignored_counts["approval:StopWordHeard"] += 1
+            return []
+        return self._interrupt() + self._settle(now)
 
     def _frame_in_turn(self, ev: MicFrame, now: float) -> list[Command]:
         turn = self._turn
@@ -833,6 +942,8 @@ class Conversation:
         if any(device != LINK_DEVICE for device in self._faults):
             return [PlayCue("error"), ReportStatus(self.status_text())]
         cmds = self._interrupt() + self._connect_if_down()
+        self._reply_cut = False
+        self._follow_up_until = None
         item = Item(id="", type="message", role="user", text=ev.text)
         cmds += self._wire(CreateItem(item))
         cmds += self._request_response(CreateResponse(), now)
@@ -1070,6 +1181,9 @@ class Conversation:
         if error_until is not None and now >= error_until:
             self._error_until = None
             return self._settle(now)
+        follow_up_until = self._follow_up_until if self.phase is Phase.FOLLOW_UP else None
+        if follow_up_until is not None and now >= follow_up_until:
+            return self._settle(now)  # silence: the window closes without a turn
         if self.phase is Phase.IDLE and self._link is LinkState.UP:
             if s.session_policy == "on_demand" and now >= self._last_activity + s.idle_disconnect_s:
                 return self._hang_up("idle")
@@ -1102,7 +1216,8 @@ class Conversation:
 _Handler = Callable[[Conversation, Any, float], list[Command]]
 _P = Phase
 _ALL = tuple(Phase)
-_QUIET = (_P.IDLE, _P.CONNECTING, _P.ERROR)  # no turn, no reply: triggers open a turn
+_REST = (_P.IDLE, _P.CONNECTING, _P.ERROR)
+_QUIET = (*_REST, _P.FOLLOW_UP)  # no turn, no reply: triggers open a turn
 _REPLY = (_P.THINKING, _P.SPEAKING)  # a reply is coming: triggers barge in
 
 
@@ -1120,9 +1235,13 @@ _TABLE: dict[tuple[Phase, type[Any]], _Handler] = {
     (_P.LISTENING, ButtonReleased): C._release,
     (_P.LISTENING, ButtonLongPressed): C._long_press_in_turn,
     **_rows(_REPLY, ButtonLongPressed, C._long_press_busy),
-    **_rows(_QUIET, MicFrame, C._frame_idle),
+    **_rows(_REST, MicFrame, C._frame_idle),
+    (_P.FOLLOW_UP, MicFrame): C._frame_follow_up,
     (_P.LISTENING, MicFrame): C._frame_in_turn,
     **_rows(_REPLY, MicFrame, C._frame_busy),
+    **_rows(_QUIET, WakeWordHeard, C._wake_open),
+    **_rows(_REPLY, WakeWordHeard, C._wake_barge_in),
+    **_rows(_REPLY, StopWordHeard, C._stop_word),
     **_rows((*_QUIET, *_REPLY), TextRequested, C._text),
     # the reply
     (_P.LISTENING, SpeechStarted): C._speech_started,

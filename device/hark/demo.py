@@ -42,7 +42,8 @@ def build_with_fake_audio(
     link: Link | None = None,
     pin_factory: Any = None,
 ) -> Daemon:
-    """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks).
+    """``build_app`` with WAV-backed silence in and a discarding speaker (tests, benchmarks);
+    the wake/stop word spotter the config asks for runs on the fake mic's audio.
 
     ``$HARK_FAKE_SPEED`` paces both fakes (default 1, real time); ``$HARK_FAKE_CONTROL``
     names a Unix socket through which another process presses the button and speaks
@@ -50,12 +51,17 @@ def build_with_fake_audio(
     """
     import os
 
+    from hark.service.wiring import make_spotter
     from hark.testing import ControlSocket, WavMicrophone, WavSpeaker
 
     speed = fake_speed()
     wav_mic = None
+    spotter = None
     if mic is None:
-        mic = wav_mic = WavMicrophone(vad_aggressiveness=config.vad.aggressiveness, speed=speed)
+        spotter = make_spotter(config)
+        mic = wav_mic = WavMicrophone(
+            vad_aggressiveness=config.vad.aggressiveness, speed=speed, spotter=spotter
+        )
     if speaker is None:
         speaker = WavSpeaker(
             None, volume=config.audio.volume, cue_files=cue_files(config), speed=speed
@@ -73,6 +79,7 @@ def build_with_fake_audio(
         indicator=indicator,
         link=link,
         pin_factory=pin_factory,
+        spotter=spotter,
     )
 
 

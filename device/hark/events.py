@@ -127,6 +127,26 @@ class MicFrame:
     voiced: bool
 
 
+Word = Literal["wake", "stop"]
+"""What the word spotter listens for: the wake word (opens a turn) and "stop" (ends a reply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WakeWordHeard:
+    """The wake word ended here; frames posted after it are what the user said next.
+
+    Posted by the capture chain in stream order, between the ``MicFrame``s, so the core
+    knows exactly which audio came before it (never sent) and which after (the turn).
+    """
+
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopWordHeard:
+    """The user said the stop word while a reply was coming or playing."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceLost:
     """An audio or GPIO device failed; the adapter is retrying with backoff."""
@@ -419,6 +439,8 @@ Event = (
     | ButtonReleased
     | ButtonLongPressed
     | MicFrame
+    | WakeWordHeard
+    | StopWordHeard
     | DeviceLost
     | DeviceRestored
     | PlaybackStopped
@@ -550,7 +572,11 @@ MicDemand = Literal["off", "batched", "speech", "every"]
 """What the core needs from the mic: nothing; frames where only voice is urgent; frames
 where only silence is urgent (a turn that ends on it); every frame at once."""
 
-LedPattern = Literal["off", "idle", "connecting", "listening", "thinking", "speaking", "error"]
+LedPattern = Literal[
+    "off", "idle", "connecting", "listening", "follow_up", "thinking", "speaking", "error"
+]
+"""``follow_up``: the mic is open for an answer without the wake word or button, but
+nothing leaves the device unless the user speaks (then ``listening``)."""
 
 
 @dataclass(frozen=True, slots=True)

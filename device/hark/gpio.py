@@ -127,13 +127,16 @@ class _Look:
     colour: Colour = (1.0, 1.0, 1.0)
 
 
-# One LED: listening is steady, thinking pulses fast, speaking breathes slowly; without
-# PWM a pulse degrades to a blink and a dim level to off.
+# One LED: listening is steady, a follow-up window flashes once a second, thinking pulses
+# fast, speaking breathes slowly; without PWM a pulse degrades to a blink and a dim level
+# to off.
 PATTERNS: dict[LedPattern, _Look] = {
     "off": _Look("steady", 0.0, colour=(0.0, 0.0, 0.0)),
     "idle": _Look("steady", 0.04, colour=(0.0, 0.0, 0.04)),
     "connecting": _Look("blink", 1.0, 0.5, 0.5, colour=(1.0, 0.6, 0.0)),
     "listening": _Look("steady", 1.0, colour=(0.0, 1.0, 0.0)),
+    # The mic is open for a follow-up but nothing is sent: a short green flash a second.
+    "follow_up": _Look("blink", 1.0, 0.1, 0.9, colour=(0.0, 1.0, 0.0)),
     "thinking": _Look("pulse", 1.0, 0.25, 0.25, colour=(0.0, 0.3, 1.0)),
     "speaking": _Look("pulse", 1.0, 0.8, 0.8, colour=(0.0, 1.0, 1.0)),
     "error": _Look("blink", 1.0, 0.08, 0.08, colour=(1.0, 0.0, 0.0)),

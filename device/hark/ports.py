@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from hark.events import Cue, Event, LedPattern, MicDemand, WireCommand
+from hark.events import (
+    Cue,
+    Event,
+    LedPattern,
+    MicDemand,
+    StopWordHeard,
+    WakeWordHeard,
+    WireCommand,
+    Word,
+)
 
 if TYPE_CHECKING:
     from hark.config import Config
@@ -63,6 +72,24 @@ class Microphone(Protocol):
         reverse, unvoiced frames may wait, a voiced one goes at once.  ``"off"`` (push
         to talk, no turn open): nothing is wanted, and the audio need not be processed.
         """
+
+
+class WordSpotter(Protocol):
+    """Listens for the wake and stop words in 16 kHz PCM16 mono (``hark.audio.wake``).
+
+    The capture chain calls ``process`` on the capture thread with the audio it already
+    has at 16 kHz; the app calls ``arm`` from the loop whenever the core's need changes
+    (``Conversation.words``).  Unarmed words cost little (the models do not run, the
+    shared feature front end does); re-armed ones start afresh.
+    """
+
+    @property
+    def armed(self) -> frozenset[Word]: ...
+
+    def arm(self, words: frozenset[Word]) -> None: ...
+
+    def process(self, pcm16k: bytes) -> list[tuple[int, WakeWordHeard | StopWordHeard]]:
+        """Words heard in ``pcm16k``, each with the sample offset into it where it ended."""
 
 
 class VolumeControl(Protocol):

@@ -9,7 +9,7 @@ As gpiozero ships ``MockFactory``, hark ships its fakes:
 - For each port a null fake (does nothing, keeps nothing: ``NullLink``,
   ``NullMicrophone``, ``NullSpeaker``, ``NullTrigger``, ``NullIndicator``,
   ``NullNotifier``) and a recording one (keeps what it was told: ``RecordingLink``,
-  ``RecordingMicrophone``, ``RecordingSpeaker``, ``RecordingIndicator``,
+  ``RecordingMicrophone``, ``RecordingSpeaker``, ``RecordingIndicator``, ``RecordingSpotter``,
   ``RecordingNotifier``, ``RecordingSwitch``); ``FakeButton`` presses from a thread
   of its own, as gpiozero does.
 - ``ControlSocket`` is a trigger that takes line commands on a Unix socket (press,
@@ -59,7 +59,10 @@ from hark.events import (
     LinkUp,
     MicDemand,
     PlaybackStopped,
+    StopWordHeard,
+    WakeWordHeard,
     WireCommand,
+    Word,
 )
 from hark.ports import Post
 from hark.service.loop import NullNotifier
@@ -75,7 +78,8 @@ class WavMicrophone:
     ``after``: when the queued audio runs out, keep posting ``"silence"`` (paced at real
     time × speed, or real time when ``speed`` is 0) or ``"end"`` (``run`` returns).
     ``rate_hz`` is the simulated device rate (files are resampled to it), so the
-    48 kHz → 24 kHz path is exercised like on a Pi.
+    48 kHz → 24 kHz path is exercised like on a Pi.  ``spotter``: the wake/stop word
+    spotter, fed by the capture chain as on the real mic.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class WavMicrophone:
         gain: float = 1.0,
         echo_gate: EchoGate | None = None,
         front_end: FrontEnd | None = None,
+        spotter: ports.WordSpotter | None = None,
     ) -> None:
         self.rate_hz = rate_hz
         self.speed = speed
@@ -100,6 +105,7 @@ class WavMicrophone:
             gain=gain,
             echo_gate=echo_gate,
             front_end=front_end,
+            spotter=spotter,
         )
         self._queue: deque[Samples] = deque()
         self.frames_posted = 0
@@ -642,6 +648,32 @@ class RecordingSpeaker(NullSpeaker):
 
     def cue(self, cue: Cue) -> None:
         self.cues.append(cue)
+
+
+class RecordingSpotter:
+    """A ``ports.WordSpotter`` that keeps what it was armed for and hears on cue:
+    ``hear(event)`` makes the next ``process`` call report it at the end of its audio."""
+
+    def __init__(self, words: frozenset[Word] = frozenset({"wake", "stop"})) -> None:
+        self.words = words
+        self.arms: list[frozenset[Word]] = []
+        self._armed: frozenset[Word] = frozenset()
+        self._cued: list[WakeWordHeard | StopWordHeard] = []
+
+    @property
+    def armed(self) -> frozenset[Word]:
+        return self._armed
+
+    def arm(self, words: frozenset[Word]) -> None:
+        self._armed = words & self.words
+        self.arms.append(self._armed)
+
+    def hear(self, event: WakeWordHeard | StopWordHeard) -> None:
+        self._cued.append(event)
+
+    def process(self, pcm16k: bytes) -> list[tuple[int, WakeWordHeard | StopWordHeard]]:
+        heard, self._cued = self._cued, []
+        return [(len(pcm16k) // 2, e) for e in heard]
 
 
 class NullTrigger:

@@ -681,3 +681,24 @@ async def test_a_deadline_the_core_never_handles_is_raised_not_spun_on() -> None
     with pytest.raises(RuntimeError, match="stays due after"):
         await rig.app.start()
         await asyncio.wait_for(rig.app.wait_stopped(), 5.0)
+
+
+async def test_the_spotter_is_armed_for_what_the_core_listens_for() -> None:
+    """Push to talk with the stop word: nothing armed at rest, "stop" during the reply,
+    and a stop heard on the mic's thread cuts the reply (the mic runs only then)."""
+    from hark.events import StopWordHeard
+    from hark.testing import RecordingSpotter
+
+    spotter = RecordingSpotter()
+    rig = Rig(Settings(stop_word=True), spotter=spotter)
+    await rig.app.start()
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE and rig.conv.connected, 5.0)
+    rig.speaker.finish = lambda item_id: None  # type: ignore[method-assign]  # keep playing
+    rig.button.fire(*hold_to_talk())
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.SPEAKING, 5.0)
+    assert spotter.arms[-1] == {"stop"} and rig.mic.demands[-1] == "batched"
+    rig.app.post(StopWordHeard())  # as the capture chain posts it
+    await rig.app.wait_for(lambda: rig.conv.phase is Phase.IDLE, 5.0)
+    assert spotter.arms == [frozenset(), frozenset({"stop"}), frozenset()]
+    assert rig.mic.demands[-1] == "off"
+    await rig.app.shutdown()

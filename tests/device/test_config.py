@@ -604,3 +604,41 @@ idle_timeout_ms = 8000
         "disabled",
         "inf",
     )
+
+
+def test_wake_word_settings() -> None:
+    """A shipped name, or a model file relative to the config's folder; a typo is named."""
+    text = MINIMAL + '[trigger]\nmode = "wake"\nwake_word = "models/mine.json"\nfollow_up_s = 4\n'
+    config = parse(text, base_dir=Path("/etc/hark"))
+    assert config.trigger.wake_word == "/etc/hark/models/mine.json"
+    assert config.trigger.follow_up_s == 4.0
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL + '[trigger]\nmode = "wake"\nwake_word = "okay_nabo"\n')
+    assert info.value.problems == [
+        "trigger.wake_word: unknown wake word 'okay_nabo'; did you mean 'okay_nabu'? "
+        "(shipped: okay_nabu, hey_jarvis, hey_mycroft, alexa; or the path of a model's .json)"
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL + "[trigger]\nwake_threshold = 1.5\nfollow_up_s = -1\n")
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "trigger.wake_threshold",
+        "trigger.follow_up_s",
+    ]
+
+
+def test_wake_and_button_needs_the_button_pin() -> None:
+    data = parse(MINIMAL).model_dump()
+    data["gpio"]["button_pin"] = None
+    data["trigger"]["mode"] = "wake+button"
+    with pytest.raises(ValueError, match=r"gpio\.button_pin: required when trigger\.mode"):
+        Config.model_validate(data)
+    data["trigger"]["mode"] = "wake"
+    assert Config.model_validate(data).gpio.button_pin is None
+
+
+def test_shipped_wake_words_match_the_package() -> None:
+    from hark.audio import wake
+
+    assert cfg.WAKE_WORDS == wake.SHIPPED
+    for name in wake.SHIPPED:
+        assert wake.model_path(name).is_file()

@@ -37,7 +37,10 @@ from hark.audio.pcm import (
     downmix,
     ms_to_bytes,
 )
-from hark.events import MicDemand, MicFrame
+from hark.events import MicDemand, MicFrame, StopWordHeard, WakeWordHeard
+
+if TYPE_CHECKING:
+    from hark.ports import WordSpotter
 
 if TYPE_CHECKING:
     from hark.audio.frontend import FrontEnd
@@ -53,6 +56,11 @@ class EchoJudge(Protocol):
 
 FRAME_MS = 20
 """One ``MicFrame`` per 20 ms: a webrtcvad frame length, 960 bytes at 24 kHz."""
+SPOT_RATE_HZ = 16_000
+"""The word spotter's rate (microWakeWord models)."""
+
+CaptureEvent = MicFrame | WakeWordHeard | StopWordHeard
+"""What the chain hands out: frames, and the words heard, in stream order."""
 
 
 class CaptureChain:
@@ -64,6 +72,10 @@ class CaptureChain:
     it out.  ``front_end`` (``hark.audio.frontend``): echo cancellation, noise suppression
     and gain; with one, the audio is taken to 16 kHz first and everything after it (VAD,
     gate, the 24 kHz frames for the model) sees the cleaned signal.
+    ``spotter``, when given, hears the wake and stop words (``hark.audio.wake``)
+    while armed: on the same chunks, at 16 kHz (the device's audio as it is at 16 kHz,
+    averaged down from 32 or 48 kHz like the echo gate's 8 kHz, soxr only from other
+    rates); a word heard is handed out between the frames where it ended.
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class CaptureChain:
         resample_quality: str = "MQ",
         hold_ms: int = 100,
         front_end: FrontEnd | None = None,
+        spotter: WordSpotter | None = None,
     ) -> None:
         self.front_end = front_end
         self._to_front: Resampler | None = None
@@ -111,13 +124,23 @@ class CaptureChain:
         self._last_verdict = False
         self._raw: list[Samples] = []  # direct: device-rate audio not yet resampled
         self._raw_samples = 0
-        self._held: list[MicFrame] = []  # via 24 kHz: frames kept back while holding
+        self._held: list[CaptureEvent] = []  # via 24 kHz: frames (and words) kept back
         self.frames_out = 0
         self.judged_frames = 0
         self.voiced_frames = 0
         self.echo_frames = 0
         self._in_total = 0  # samples fed to the resampler (per channel) since the last reset
         self._out_total = 0  # samples it gave back
+        self.spotter = spotter
+        self._spot_factor = in_rate_hz // SPOT_RATE_HZ if in_rate_hz % SPOT_RATE_HZ == 0 else 0
+        self._spot_resampler = (
+            Resampler(in_rate_hz, SPOT_RATE_HZ, quality="QQ") if not self._spot_factor else None
+        )
+        self._spot_carry: Samples | None = None  # < factor samples left by the averaging
+        self._frame_samples = in_rate_hz * FRAME_MS // 1000
+        self._in_pos = 0  # device samples seen since the last reset
+        self._handed = 0  # 24 kHz frames handed out since the last reset
+        self._marks: deque[tuple[int, WakeWordHeard | StopWordHeard]] = deque()  # (frame, word)
 
     def reset(self) -> None:
         """Forget partial frames, held audio and filter state (after a gap or a reopen)."""
@@ -131,16 +154,21 @@ class CaptureChain:
         self._verdicts.clear()
         self._raw, self._raw_samples, self._held = [], 0, []
         self._in_total = self._out_total = 0
+        self._in_pos = self._handed = 0
+        self._marks.clear()
+        self._spot_carry = None
+        if self._spot_resampler is not None:
+            self._spot_resampler.reset()
 
     def process(
         self, chunk: bytes, adc_end_s: float, demand: MicDemand = "every"
-    ) -> list[MicFrame]:
+    ) -> list[CaptureEvent]:
         """Frames completed by ``chunk``; its last sample was captured at ``adc_end_s``.
 
         ``demand`` (see ``hark.ports.Microphone.set_demand``): ``"batched"`` lets unvoiced
         audio, ``"speech"`` voiced audio, wait up to ``hold_ms`` (``[]`` meanwhile) and
         leave in one batch; a frame of the other kind releases everything at once.
-        ``"every"`` (and ``"off"``) hold nothing back.
+        ``"every"`` (and ``"off"``) hold nothing back.  A word heard is never held back.
         """
         samples = downmix(chunk, self.channels) if self.channels > 1 else as_samples(chunk)
         if self.gain != 1.0:
@@ -154,6 +182,10 @@ class CaptureChain:
             if not len(samples):
                 return []
             adc_end_s -= self.front_end.pending_s
+        # The spotter hears what the model would: the cleaned audio, when cleaned.
+        if self.spotter is not None:
+            self._spot(samples)
+        self._in_pos += len(samples)
         if not self.direct:
             return self._via_model_rate(samples, adc_end_s, demand)
         plain = self.channels == 1 and self.gain == 1.0 and self.front_end is None
@@ -162,21 +194,54 @@ class CaptureChain:
         self._raw_samples += len(samples)
         # The verdicts not yet handed out include any whose audio soxr still held at the
         # last release: an urgent one among them goes now too.
-        if self._may_wait(demand, self._verdicts) and self._raw_samples < self._hold_samples:
+        may_wait = self._may_wait(demand, self._verdicts) and not self._marks
+        if may_wait and self._raw_samples < self._hold_samples:
             return []
         raw = self._raw[0] if len(self._raw) == 1 else np.concatenate(self._raw)
         self._raw, self._raw_samples = [], 0
         frames = self._framer.push(self._resampler.process(raw).tobytes())
         verdicts = self._verdicts
-        out: list[MicFrame] = []
+        out: list[CaptureEvent] = []
         for frame in frames:
             # soxr holds a few ms back, so the 24 kHz frames trail the judged ones by up
             # to two; each takes the oldest verdict not yet handed out.
             if verdicts:
                 self._last_verdict = verdicts.popleft()
             out.append(MicFrame(frame, self._last_verdict))
-        self.frames_out += len(out)
+            self._handed += 1
+            if self._marks:
+                self._place_words(out)
+        self.frames_out += len(frames)
+        if self._marks:  # heard in audio soxr still holds: it goes now, not a batch later
+            out += [word for _, word in self._marks]
+            self._marks.clear()
         return out
+
+    def _spot(self, samples: Samples) -> None:
+        """Feed the spotter 16 kHz audio; note where each word ended."""
+        spotter = self.spotter
+        assert spotter is not None
+        factor = self._spot_factor
+        if factor == 1:
+            pcm16 = samples
+        elif factor:
+            if self._spot_carry is not None:
+                samples = np.concatenate([self._spot_carry, samples])
+            cut = len(samples) - len(samples) % factor
+            self._spot_carry = samples[cut:] if cut < len(samples) else None
+            pcm16 = decimate(samples[:cut], factor)
+        else:
+            assert self._spot_resampler is not None
+            pcm16 = self._spot_resampler.process(samples)
+        for at, word in spotter.process(pcm16.tobytes()):
+            # Where it ended, in device samples, then in 20 ms frames since the reset.
+            ended = self._in_pos + at * self.in_rate_hz // SPOT_RATE_HZ
+            self._marks.append((ended // self._frame_samples, word))
+
+    def _place_words(self, out: list[CaptureEvent]) -> None:
+        """Words that ended within the frames handed out so far go after them."""
+        while self._marks and self._marks[0][0] < self._handed:
+            out.append(self._marks.popleft()[1])
 
     @staticmethod
     def _may_wait(demand: MicDemand, verdicts: Iterable[bool]) -> bool:
@@ -216,7 +281,7 @@ class CaptureChain:
 
     def _via_model_rate(
         self, samples: Samples, adc_end_s: float, demand: MicDemand
-    ) -> list[MicFrame]:
+    ) -> list[CaptureEvent]:
         """Rates webrtcvad does not take: resample every chunk, VAD at 8 kHz from 24 kHz."""
         pcm24 = self._resampler.process(samples)
         self._in_total += len(samples)
@@ -235,13 +300,20 @@ class CaptureChain:
                 held.append(
                     MicFrame(frame, self._verdict(low.tobytes(), first_start_s + i * frame_s, low))
                 )
+                self._handed += 1
+                if self._marks:
+                    self._place_words(held)
+        if self._marks:
+            held += [word for _, word in self._marks]
+            self._marks.clear()
         if not held:
             return []
-        verdicts = (f.voiced for f in held)
-        if self._may_wait(demand, verdicts) and len(held) * FRAME_MS < self.hold_ms:
+        verdicts = (f.voiced for f in held if isinstance(f, MicFrame))
+        words = any(not isinstance(f, MicFrame) for f in held)
+        if not words and self._may_wait(demand, verdicts) and len(held) * FRAME_MS < self.hold_ms:
             return []
         self._held = []
-        self.frames_out += len(held)
+        self.frames_out += sum(isinstance(f, MicFrame) for f in held)
         return held
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pyaudio
 
 from hark import ports
-from hark.audio.capture import CaptureChain, EchoJudge
+from hark.audio.capture import CaptureChain, CaptureEvent, EchoJudge
 from hark.audio.cues import load_cues
 from hark.audio.echo import EchoReference, StreamClock
 from hark.audio.pcm import MODEL_RATE_HZ, Resampler, Samples, as_samples
@@ -56,7 +56,6 @@ from hark.events import (
     Event,
     FinishPlayback,
     MicDemand,
-    MicFrame,
     Play,
     PlaybackStopped,
     PlayCue,
@@ -353,7 +352,8 @@ class SoundcardMicrophone(_StreamAdapter):
     half the CPU of 20 ms, voice noticed ≤ 20 ms later).  ``hold_ms``: where the demand
     allows (see ``set_demand``), audio is resampled and posted in batches of up to this
     much: idle, the loop wakes 10 times a second instead of 25 and soxr runs once per
-    batch (see ``CaptureChain``).
+    batch (see ``CaptureChain``).  ``spotter``: the wake/stop word spotter, run in the
+    callback on the same audio (``hark.audio.wake``).
     """
 
     direction: Direction = "input"
@@ -371,8 +371,10 @@ class SoundcardMicrophone(_StreamAdapter):
         front_end: FrontEnd | None = None,
         reopen_backoff: Backoff = REOPEN_BACKOFF,
         stall_timeout_s: float = 2.0,
+        spotter: ports.WordSpotter | None = None,
     ) -> None:
         super().__init__(device, rate_hz, buffer_ms, reopen_backoff, stall_timeout_s)
+        self.spotter = spotter
         self.vad_aggressiveness = vad_aggressiveness
         self.gain = gain
         self.echo_gate = echo_gate
@@ -403,6 +405,7 @@ class SoundcardMicrophone(_StreamAdapter):
             echo_gate=self.echo_gate,
             hold_ms=self.hold_ms,
             front_end=self.front_end,
+            spotter=self.spotter,
         )
 
     def _configure(self, latency_s: float) -> None:
@@ -424,7 +427,7 @@ class SoundcardMicrophone(_StreamAdapter):
                 self._resume = False
                 chain.reset()
             adc_end_s = adc_start_s + frame_count / chain.in_rate_hz
-            frames: list[MicFrame] = chain.process(in_data, adc_end_s, demand)
+            frames: list[CaptureEvent] = chain.process(in_data, adc_end_s, demand)
             if frames:
                 self.posts += 1
                 self._send(frames)

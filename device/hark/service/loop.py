@@ -49,6 +49,7 @@ from hark.events import (
     ToolFinished,
     Truncate,
     UpdateSession,
+    Word,
 )
 from hark.ports import (
     Indicator,
@@ -59,6 +60,7 @@ from hark.ports import (
     Speaker,
     ToolExecutor,
     Trigger,
+    WordSpotter,
 )
 
 log = logging.getLogger(__name__)
@@ -165,8 +167,10 @@ class App:
         health_interval_s: float = 5.0,
         dropout_window_s: float = 60.0,
         status_notes: Mapping[str, str] | None = None,
+        spotter: WordSpotter | None = None,
     ) -> None:
         self.conversation = conversation
+        self.spotter = spotter
         self.link = link
         self.mic = mic
         self.speaker = speaker
@@ -206,6 +210,7 @@ class App:
         self._dispatching = False  # _put_now is handling items (nested posts only queue)
         self._failure: Exception | None = None  # raised by _put_now, for the drain task
         self._mic_demand: MicDemand | None = None  # what the mic was last told
+        self._words: frozenset[Word] | None = None  # what the spotter was last armed for
         # STATUS: the core's line, then the notes; sent only when the whole line changes.
         self._core_status = ""
         self._notes: dict[str, str] = dict(status_notes or {})
@@ -506,11 +511,17 @@ class App:
         self._check_state_waiters()
 
     def _sync_mic(self) -> None:
-        """Tell the mic how its frames are wanted whenever the core's need changes."""
+        """Tell the mic how its frames are wanted, and the spotter which words, whenever
+        the core's need changes."""
         demand = self.conversation.mic_demand
         if demand != self._mic_demand:
             self._mic_demand = demand
             self.mic.set_demand(demand)
+        if self.spotter is not None:
+            words = self.conversation.words
+            if words != self._words:
+                self._words = words
+                self.spotter.arm(words)
 
     def _check_state_waiters(self) -> None:
         for condition, future in self._state_waiters:

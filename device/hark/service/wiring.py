@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         ServiceNotifier,
         Speaker,
         Trigger,
+        WordSpotter,
     )
     from hark.service.loop import App
 
@@ -414,7 +415,9 @@ def echo_path(config: Config) -> EchoPath:
     from hark.audio.echo import EchoGate, EchoReference
 
     f, v = config.frontend, config.vad
-    hands_free = config.trigger.mode in ("vad", "both")
+    # The local VAD right after (or during) our own voice: voice turns, the follow-up.
+    t = config.trigger
+    hands_free = t.mode in ("vad", "both") or t.follow_up_s > 0
     path = EchoPath()
     if f.echo_cancel != "off" or f.noise_suppression or f.auto_gain_dbfs:
         from hark.audio import frontend
@@ -505,6 +508,31 @@ def conversation_settings(config: Config, session: SessionConfig) -> Settings:
         response_timeout_s=config.session.response_timeout_s,
         listening_cue=a.cues_enabled,
         done_cue=a.cues_enabled,
+        stop_word=t.stop_word,
+        follow_up_s=t.follow_up_s,
+    )
+
+
+def make_spotter(config: Config) -> WordSpotter | None:
+    """The wake/stop word spotter the config asks for (None: neither), its models loaded.
+
+    Raises ``hark.audio.wake.WakeWordError`` naming the model or the missing package;
+    pymicro-wakeword is imported only here, only then.
+    """
+    from hark.config import WAKE_MODES
+
+    t = config.trigger
+    wake = t.mode in WAKE_MODES
+    if not wake and not t.stop_word:
+        return None
+    from hark.audio.wake import MicroWordSpotter
+
+    return MicroWordSpotter(
+        t.wake_word if wake else None,
+        stop=t.stop_word,
+        wake_cutoff=t.wake_threshold,
+        stop_cutoff=t.stop_threshold,
+        refractory_s=t.wake_refractory_s,
     )
 
 
@@ -519,11 +547,13 @@ def build_app(
     indicator: Indicator | None = None,
     link: Link | None = None,
     pin_factory: Any = None,
+    spotter: WordSpotter | None = None,
 ) -> Daemon:
     """Wire the adapters around the core: link, mic, speaker, button, LED, agent, history, app.
 
     Keyword arguments replace single adapters (the demo, ``hark say`` and tests use
-    fakes; ``hark.demo.build_with_fake_audio`` is ``hark run --fake-audio``);
+    fakes; ``hark.demo.build_with_fake_audio`` is ``hark run --fake-audio``); a ``mic``
+    passed in runs the ``spotter`` passed with it (``make_spotter``), if any;
     ``pin_factory`` is a gpiozero pin factory (its ``MockFactory`` in tests), None for
     gpiozero's default.  ``notifier`` None: no service manager.
     If wiring fails half-way, the pins opened so far are released (a reload falls
@@ -542,6 +572,7 @@ def build_app(
             indicator=indicator,
             link=link,
             pin_factory=pin_factory,
+            spotter=spotter,
         )
     except BaseException:
         for close in reversed(opened):
@@ -562,10 +593,12 @@ def _wire(
     indicator: Indicator | None,
     link: Link | None,
     pin_factory: Any,
+    spotter: WordSpotter | None,
 ) -> Daemon:
     from hark.agents import builtin as builtin_tools
     from hark.agents.agent import ToolRunner, agent_from_config
     from hark.agents.guardrails import GuardrailMonitor
+    from hark.config import BUTTON_MODES
     from hark.conversation import Conversation
     from hark.history import History
     from hark.service.loop import App
@@ -574,6 +607,11 @@ def _wire(
     closers: list[Callable[[], None]] = []
     notes: dict[str, str] = {}
     a, t, g = config.audio, config.trigger, config.gpio
+    if mic is None:
+        spotter = make_spotter(config)
+        if spotter is not None and hasattr(spotter, "close"):
+            opened.append(spotter.close)
+            closers.append(spotter.close)
     if mic is None or speaker is None:
         from hark.audio import soundcard
 
@@ -598,10 +636,11 @@ def _wire(
                 echo_gate=path.gate,
                 buffer_ms=a.capture_buffer_ms,
                 front_end=path.front_end,
+                spotter=spotter,
             )
     if triggers is None:
         triggers = []
-        if t.mode in ("button", "both") and g.button_pin is not None:
+        if t.mode in BUTTON_MODES and g.button_pin is not None:
             from hark.gpio import GpioButton, GpioError
 
             try:
@@ -615,7 +654,7 @@ def _wire(
             except GpioError as exc:
                 if t.mode == "button":
                     raise  # nothing else opens a turn: exit 69, which the unit does not restart
-                # Voice still opens turns: an appliance that can listen stays useful.
+                # Voice (or the wake word) still opens turns: it stays useful.
                 log.error("%s; running hands-free only", exc)
                 notes["button"] = f"button on GPIO {g.button_pin} unavailable: hands-free only"
             else:
@@ -677,6 +716,7 @@ def _wire(
         runner,
         watchdog_interval_s=interval_s / 2 if interval_s else None,
         status_notes=notes,
+        spotter=spotter,
     )
     from hark.service.glue import AgentGlue
 
