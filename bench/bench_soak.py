@@ -1,7 +1,8 @@
 """Soak: a real ``hark run`` process for many turns with faults mixed in; does it stay well?
 
 ``python -m bench soak --turns 1000 --faults 120`` is the long run; ``make bench`` runs a
-short one.  What runs (all on loopback):
+short one, then a short run of the key backend's own soak (``bench/soak_backend.py``).
+What runs (all on loopback):
 
 - ``hark_sim`` (parrot brain, sessions capped at ``SESSION_CAP_S`` so the daemon rotates
   every couple of minutes) in this process, its fault switches flipped per turn, its
@@ -902,6 +903,14 @@ def main(argv: list[str] | None = None) -> None:
         help="fake: WAV-backed mic and speaker; pulse: the real PyAudio through a private "
         "PulseAudio, in real time (default fake)",
     )
+    parser.add_argument(
+        "--backend-s",
+        type=float,
+        default=45.0,
+        help="then the key backend's soak (bench/soak_backend.py: two replicas on "
+        "PostgreSQL, one killed, the database restarted) for this long; 0 skips it "
+        "(python -m bench.soak_backend --duration-s 600 is its long run)",
+    )
     args = parser.parse_args(argv or [])
     if args.turns < 1 or args.faults < 0 or not 0 < args.speed <= 20:
         parser.error("--turns >= 1, --faults >= 0, 0 < --speed <= 20")
@@ -918,6 +927,16 @@ def main(argv: list[str] | None = None) -> None:
             return
     ok = run(args.turns, args.faults, args.speed, args.seed, args.trace, args.audio == "pulse")
     print(f"   verdict: {'held' if ok else 'FAILED (crash or hung turn)'}")
+    if args.backend_s > 0:
+        from bench import soak_backend
+
+        print(f"   -- the key backend, {args.backend_s:g} s (bench/soak_backend.py)", flush=True)
+        try:
+            held = soak_backend.run(duration_s=args.backend_s)
+        except RuntimeError as exc:  # no PostgreSQL here
+            print(f"   skipped: {exc}")
+        else:
+            print(f"   backend verdict: {'held' if held else 'FAILED'}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 #               docs/provisioning.md, and no package index at all; then the owner's clone,
 #               one version newer, installed over it with `sudo scripts/install-device`
 #               (an upgrade, from a checkout); then --uninstall
+#   extras      hark-voice[webrtc,wake,frontend] in a venv from the index's wheels alone
+#               (no compiler), then extras.py: the wake word heard, a WebRTC offer and an
+#               Opus round trip through aiortc/av, webrtc-noise-gain
 # After each install: hark --version, hark doctor as the owner would, a spoken turn.
 # Prints "ok/FAIL …" lines and "cost SCENARIO: S s, N MB" (time under qemu-user, disk).
 # shellcheck disable=SC2015  # `test && ok || fail`: ok never fails
@@ -184,6 +187,19 @@ step "sudo scripts/install-device --uninstall" \
     bash -c "cd /home/pi/hark && sudo scripts/install-device --uninstall </dev/null" || true
 in_root_check removed pi
 echo "time wheelhouse-scenario $((SECONDS - t0)) s"
+done_scenario
+
+# ------------------------------------------------- the optional extras: wheels only, offline
+scenario extras
+t1=$SECONDS
+cp "$ROOTS/extras.py" "$m/hark-system/"
+# "okay nabu" as espeak-ng says it, 16 kHz mono, made on the host (the root has no espeak).
+espeak-ng -w "$S/wake.wav" "okay nabu" && sox "$S/wake.wav" -r 16000 -c 1 -b 16 -e signed "$m/hark-system/wake16.wav"
+step "pip install hark-voice[device-wheels,webrtc,wake,frontend]: wheels from the index, no compiler" \
+    bash -c "python3 -m venv /tmp/x && /tmp/x/bin/pip install -q --no-index --find-links /var/cache/hark-index --disable-pip-version-check '/hark-system/$(basename "$wheel")[device-wheels,webrtc,wake,frontend]'" || true
+cost extras $((SECONDS - t1))
+step "the extras run: the wake word heard, a WebRTC offer and Opus, noise suppression" \
+    /tmp/x/bin/python /hark-system/extras.py /hark-system/wake16.wav || true
 done_scenario
 
 echo "$release: $FAILS failed"
