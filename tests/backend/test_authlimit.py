@@ -82,6 +82,7 @@ def test_the_good_path_looks_nothing_up(monkeypatch: pytest.MonkeyPatch) -> None
         auth_limiter=FailedAuthLimiter(RateLimit(1, 60.0)),
         registry=Registry(),
         settings=SimpleNamespace(rate_limit=RateLimit(10, 60.0)),
+        outage_log=app_module.OutageLog(),
     )
     request: Any = SimpleNamespace(
         app=SimpleNamespace(state=state),
