@@ -196,10 +196,10 @@ cp "$ROOTS/extras.py" "$m/hark-system/"
 # "okay nabu" as espeak-ng says it, 16 kHz mono, made on the host (the root has no espeak).
 espeak-ng -w "$S/wake.wav" "okay nabu" && sox "$S/wake.wav" -r 16000 -c 1 -b 16 -e signed "$m/hark-system/wake16.wav"
 step "pip install hark-voice[device-wheels,webrtc,wake,frontend]: wheels from the index, no compiler" \
-    bash -c "python3 -m venv /tmp/x && /tmp/x/bin/pip install -q --no-index --find-links /var/cache/hark-index --disable-pip-version-check '/hark-system/$(basename "$wheel")[device-wheels,webrtc,wake,frontend]'" || true
+    bash -c "python3 -m venv /opt/hark-extras && /opt/hark-extras/bin/pip install -q --no-index --find-links /var/cache/hark-index --disable-pip-version-check '/hark-system/$(basename "$wheel")[device-wheels,webrtc,wake,frontend]'" || true
 cost extras $((SECONDS - t1))
 step "the extras run: the wake word heard, a WebRTC offer and Opus, noise suppression" \
-    /tmp/x/bin/python /hark-system/extras.py /hark-system/wake16.wav || true
+    /opt/hark-extras/bin/python /hark-system/extras.py /hark-system/wake16.wav || true
 done_scenario
 
 echo "$release: $FAILS failed"
