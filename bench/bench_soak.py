@@ -313,7 +313,8 @@ class Backend:
 class Daemon:
     """``hark run --fake-audio`` as systemd would run it, plus its control socket."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], config: Path) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], config: Path, *, pulse: bool) -> None:
+        self.pulse = pulse
         self.workdir = workdir
         self.env = env
         self.config = config
@@ -323,10 +324,9 @@ class Daemon:
         self.exits: list[int] = []
 
     def start(self) -> None:
-        if self.env.get("HARK_FAKE_SPEED"):  # fake audio
-            audio = ["--fake-audio"]
-        else:  # the real sound card (PulseAudio), the button over the socket
-            audio = ["--control-socket", str(self.control_path)]
+        # pulse: the real sound card (PulseAudio), the button over the socket
+        socket_only = ["--control-socket", str(self.control_path)]
+        audio = socket_only if self.pulse else ["--fake-audio"]
         with self.log_path.open("a") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hark.cli", "run", *audio, "--config", str(self.config)],
@@ -807,7 +807,7 @@ def run(
         if rig is None:
             env |= {"HARK_FAKE_CONTROL": str(work / "control.sock"), "HARK_FAKE_SPEED": str(speed)}
         env.pop("WATCHDOG_PID", None)
-        daemon = Daemon(work, env, config)
+        daemon = Daemon(work, env, config, pulse=pulse)
         voice = PulseVoice(rig) if rig is not None else FakeVoice(daemon)
         started = time.monotonic()
         daemon.start()

@@ -40,10 +40,8 @@ from hark.audio.pcm import (
 from hark.events import MicDemand, MicFrame, StopWordHeard, WakeWordHeard
 
 if TYPE_CHECKING:
-    from hark.ports import WordSpotter
-
-if TYPE_CHECKING:
     from hark.audio.frontend import FrontEnd
+    from hark.ports import WordSpotter
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +131,10 @@ class CaptureChain:
         self._out_total = 0  # samples it gave back
         self.spotter = spotter
         self._spot_factor = in_rate_hz // SPOT_RATE_HZ if in_rate_hz % SPOT_RATE_HZ == 0 else 0
-        self._spot_resampler = (
-            Resampler(in_rate_hz, SPOT_RATE_HZ, quality="QQ") if not self._spot_factor else None
+        self._spot_resampler = (  # only a spotter at a rate the averaging cannot serve
+            Resampler(in_rate_hz, SPOT_RATE_HZ, quality="QQ")
+            if spotter is not None and not self._spot_factor
+            else None
         )
         self._spot_carry: Samples | None = None  # < factor samples left by the averaging
         self._frame_samples = in_rate_hz * FRAME_MS // 1000
