@@ -819,7 +819,8 @@ def sim() -> Iterator[SimHandle]:
         yield handle
 
 
-def sim_link(sim: SimHandle, **kwargs: Any) -> WebSocketLink:
+def sim_link(sim: SimHandle, transport: type[WebSocketLink] = WebSocketLink, **kwargs: Any) -> Any:
+    """A link of ``transport`` (``WebRTCLink`` subclasses it) to ``sim``, fast retries."""
     options: dict[str, Any] = {
         "backend_url": sim.base_url + "/realtime/client_secrets",
         "device_token": sim.api_key,
@@ -827,7 +828,7 @@ def sim_link(sim: SimHandle, **kwargs: Any) -> WebSocketLink:
         "backoff": Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
     }
     options.update(kwargs)
-    return WebSocketLink(**options)
+    return transport(**options)
 
 
 def speech(seconds: float, seed: int) -> bytes:

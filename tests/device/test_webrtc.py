@@ -23,14 +23,14 @@ import aioice.ice
 import aiortc.rtcicetransport
 from hark import events as ev
 from hark.history import History
-from hark.net.keys import Backoff, LinkConfigError
+from hark.net.keys import LinkConfigError
 from hark.net.link import _AttemptFailedError
 from hark.net.webrtc import WebRTCLink, calls_url
 from hark.testing import synthetic_speech, until
 from hark_sim import SimConfig, SimHandle, start_sim
 from openai.types.realtime import RealtimeClientEvent
 
-from tests.device.test_link import MANUAL, of_type, running, text_turn
+from tests.device.test_link import MANUAL, of_type, running, sim_link, text_turn
 
 CLIENT_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
     Annotated[RealtimeClientEvent, pydantic.Field(discriminator="type")]
@@ -49,14 +49,8 @@ def sim() -> Iterator[SimHandle]:
 
 
 def rtc_link(sim: SimHandle, **kwargs: Any) -> WebRTCLink:
-    options: dict[str, Any] = {
-        "backend_url": sim.base_url + "/realtime/client_secrets",
-        "device_token": sim.api_key,
-        "realtime_url": sim.ws_url,
-        "backoff": Backoff(initial_s=0.02, max_s=0.1, slow_s=0.1),
-    }
-    options.update(kwargs)
-    return WebRTCLink(**options)
+    link: WebRTCLink = sim_link(sim, WebRTCLink, **kwargs)
+    return link
 
 
 async def spoken_turn(link: WebRTCLink, posted: list[ev.Event], pcm: bytes) -> bytes:
