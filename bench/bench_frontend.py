@@ -70,18 +70,21 @@ def _at_dbfs(x: Floats, dbfs: float) -> Floats:
     return x * (32768 * 10 ** (dbfs / 20) / rms)
 
 
-def room_impulse(rt60_s: float = 0.3, seed: int = 1) -> Floats:
-    """A synthetic room: direct path at 2 ms, six early reflections, an exponential tail."""
+def room_impulse(rt60_s: float = 0.3, seed: int = 1, rate_hz: int = RATE_HZ) -> Floats:
+    """A synthetic room: direct path at 2 ms, six early reflections, an exponential tail.
+
+    The tail's noise is drawn at ``rate_hz`` (the PulseAudio rig runs it at 48 kHz)."""
     rng = np.random.default_rng(seed)
-    n = int(RATE_HZ * min(rt60_s, 0.5))
+    n = int(rate_hz * min(rt60_s, 0.5))
     h = np.zeros(n)
-    h[int(0.002 * RATE_HZ)] = 1.0
+    h[int(0.002 * rate_hz)] = 1.0
     for _ in range(6):
-        h[int(rng.uniform(0.005, 0.04) * RATE_HZ)] += rng.uniform(-0.6, 0.6)
-    t = np.arange(n) / RATE_HZ
-    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60_s) * 0.3
-    tail[: int(0.01 * RATE_HZ)] = 0
-    return h + tail
+        h[int(rng.uniform(0.005, 0.04) * rate_hz)] += rng.uniform(-0.6, 0.6)
+    t = np.arange(n) / rate_hz
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60_s) * 0.3 * np.sqrt(RATE_HZ / rate_hz)
+    tail[: int(0.01 * rate_hz)] = 0
+    room: Floats = h + tail
+    return room
 
 
 @dataclass
@@ -233,6 +236,52 @@ def main() -> None:
                 f"{'yes' if heard.barge_in else 'NO':>8} "
                 f"{'YES' if echo_only.false_barge_in or heard.false_barge_in else 'no':>5} "
                 f"{echo_only.erle_db:7.1f} {cpu * 1e3:8.2f} {cpu / (vad_cpu / audio_s):6.1f}",
+                flush=True,
+            )
+    rig()
+
+
+RIG_CASES = [("delay", 0.0), ("delay", -6.0), ("delay", -10.0), ("reverb", 0.0), ("reverb", -10.0)]
+
+
+def rig() -> None:
+    """The same question on real streams: tests/echo_rig.py's PulseAudio rig (the real
+    speaker and mic adapters, PyAudio, a private PulseAudio; the user speaks 10 s into
+    the device's first reply, at 0, -6 and -10 dB relative to the echo)."""
+    import asyncio
+
+    from tests.audio_rig import pulse_available
+    from tests.echo_rig import echo_rig_case
+
+    if not pulse_available():
+        print("   PulseAudio rig: pulseaudio or ALSA's pulse plugin missing, not measured")
+        return
+    methods = ["gate"]
+    try:
+        SpeexEchoCanceller().close()
+        methods.append("speex")
+    except FrontEndUnavailableError:
+        pass
+    try:
+        WebRtcEchoCanceller()
+        methods.append("webrtc")
+    except FrontEndUnavailableError:
+        pass
+    print("   PulseAudio rig (real-time, real adapters; the canceller's CPU on the mic thread):")
+    print(
+        f"   {'room':7} {'user':>5}  {'method':8} {'barge-in':>8} {'false':>5} "
+        f"{'ERLE dB':>7} {'CPU ms/s':>8}"
+    )
+    for room, user_db in RIG_CASES:
+        for method in methods:
+            with tempfile.TemporaryDirectory() as d:
+                case = asyncio.run(echo_rig_case(Path(d), method, room, user_db))
+            erle = f"{case.erle_db:7.1f}" if method != "gate" else f"{'-':>7}"
+            cpu = f"{case.cpu_ms_per_s:8.2f}" if method != "gate" else f"{'-':>8}"
+            print(
+                f"   {room:7} {user_db:+5.0f}  {method:8} "
+                f"{'yes' if case.barge_in else 'NO':>8} "
+                f"{'YES' if case.false_barge_in else 'no':>5} {erle} {cpu}",
                 flush=True,
             )
 

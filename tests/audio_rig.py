@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import wave
 from pathlib import Path
@@ -237,13 +238,23 @@ class PulseRig:
             f"sink_properties=device.description={sink}",
         )
 
-    def loopback(self, latency_ms: int = 40, volume_db: float = -6.0) -> int:
-        """Feed ``speaker`` into ``micfeed`` ``latency_ms`` late at ``volume_db``; module id."""
+    def loopback(
+        self, latency_ms: int = 40, volume_db: float = -6.0, *, steady: bool = False
+    ) -> int:
+        """Feed ``speaker`` into ``micfeed`` ``latency_ms`` late at ``volume_db``; module id.
+
+        By default module-loopback keeps its latency by nudging its resampler's rate, so
+        the echo path keeps changing (as between two sound cards whose clocks are being
+        matched). ``steady``: never nudge (``adjust_time=0``): both null sinks run on one
+        clock, so the path stays one fixed delay, as on a HAT whose mic and speaker share
+        a clock.
+        """
         module = self.load_module(
             "module-loopback",
             "source=speaker.monitor",
             "sink=micfeed",
             f"latency_msec={latency_ms}",
+            *(["adjust_time=0"] if steady else []),
             "source_dont_move=true",
             "sink_dont_move=true",
             "remix=no",
@@ -258,13 +269,49 @@ class PulseRig:
             time.sleep(0.05)
         raise RuntimeError("module-loopback made no sink input")
 
+    def room(self, impulse: np.ndarray, latency_ms: int = 60, volume_db: float = 0.0) -> None:
+        """Feed ``speaker`` into ``micfeed`` through a room: convolved with ``impulse``
+        (at the rig's rate, normalised to unit energy, then ``volume_db``).
+
+        PulseAudio has no convolver without LADSPA plugins, so a separate process does it:
+        ``parec`` from the speaker's monitor, an FFT overlap-add in ``_ROOM``, ``pacat``
+        into the mic. Both null sinks run on one clock, so the delay stays fixed once the
+        pipe has filled (``latency_ms`` of slack for the convolver's scheduling).
+        """
+        h = impulse / np.sqrt(np.sum(impulse.astype(np.float64) ** 2))
+        path = self.dir / "room.npy"
+        np.save(path, h * 10 ** (volume_db / 20))
+        fmt = [f"--rate={self.rate_hz}", "--channels=1", "--format=s16le", "--raw"]
+        env = self._client_env()
+        rec = subprocess.Popen(
+            ["parec", "-d", "speaker.monitor", "--latency-msec=10", *fmt],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        conv = subprocess.Popen(
+            [sys.executable, "-c", _ROOM, str(path), str(self.rate_hz // 100)],
+            stdin=rec.stdout,
+            stdout=subprocess.PIPE,
+        )
+        assert rec.stdout is not None
+        rec.stdout.close()  # the convolver owns the pipe now
+        play = subprocess.Popen(
+            ["pacat", "-d", "micfeed", f"--latency-msec={latency_ms}", *fmt],
+            env=env,
+            stdin=conv.stdout,
+        )
+        assert conv.stdout is not None
+        conv.stdout.close()
+        self._children += [rec, conv, play]
+
     # ------------------------------------------------------------------ audio in and out
 
     def play_into_mic(self, wav: Path, volume_db: float = 0.0) -> subprocess.Popen[bytes]:
         """Start playing ``wav`` into the microphone (``micfeed``); returns the ``paplay``."""
         args = ["paplay", "-d", "micfeed"]
         if volume_db:
-            args.append(f"--volume={round(65536 * 10 ** (volume_db / 20))}")
+            # PulseAudio's volume scale is cubic: 65536 * cbrt(linear gain) is that gain.
+            args.append(f"--volume={round(65536 * 10 ** (volume_db / 60))}")
         proc = subprocess.Popen([*args, str(wav)], env=self._client_env())
         self._children.append(proc)
         return proc
@@ -287,6 +334,27 @@ class PulseRig:
         )
         self._children.append(proc)
         return Recording(proc, path)
+
+
+_ROOM = """
+import sys
+import numpy as np
+h = np.load(sys.argv[1]); block = int(sys.argv[2])
+n = 1 << int(np.ceil(np.log2(block + len(h) - 1)))
+H = np.fft.rfft(h, n)
+tail = np.zeros(n - block)
+src, out = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    data = src.read(block * 2)
+    if len(data) < block * 2:
+        break
+    y = np.fft.irfft(np.fft.rfft(np.frombuffer(data, np.int16), n) * H, n)
+    y[: n - block] += tail
+    tail = y[block:].copy()
+    out.write(np.clip(np.round(y[:block]), -32768, 32767).astype(np.int16).tobytes())
+    out.flush()
+"""
+"""The room's convolver (``PulseRig.room``): block by block, an FFT overlap-add."""
 
 
 # --------------------------------------------------------------------------- analysis

@@ -14,7 +14,9 @@ import pytest
 from hark.audio.capture import CaptureChain
 from hark.audio.cues import read_wav
 from hark.audio.frontend import (
+    MAX_HOLD_S,
     RATE_HZ,
+    EchoDelay,
     EchoReference16k,
     FrontEnd,
     FrontEndUnavailableError,
@@ -154,14 +156,113 @@ def test_residual_gate_barge_in_without_self_interruption(
 
 
 def test_reference_ring_by_dac_time() -> None:
-    """The 16 kHz reference returns what played at a DAC time, zeros where nothing is known."""
+    """The 16 kHz reference returns what played at a DAC time, zeros where nothing is known;
+    at 48 kHz too, through the resampler, whose held-back audio comes out in its place."""
     ring = EchoReference16k(history_ms=500)
-    ring.record_played(np.full(480, 1000, np.int16), 48_000, 10.0)  # 10 ms at 48 kHz
+    ring.record_played(np.full(160, 1000, np.int16), RATE_HZ, 10.0)  # 10 ms
     ring.record_silence(160, 10.01)
     window = ring.window(9.995, 320)  # sample i was played at 9.995 + i / 16000
     assert window[:80].tolist() == [0] * 80  # before anything played
     assert window[80:240].tolist() == [1000] * 160  # the tone
     assert window[240:].tolist() == [0] * 80  # the silence after it
+    ring48 = EchoReference16k(history_ms=500)
+    click = np.zeros(960, np.int16)
+    click[480] = 30000  # at 20.01 s
+    ring48.record_played(click, 48_000, 20.0)  # the resampler holds it back...
+    for k in range(5):
+        ring48.record_silence(320, 20.02 + k * 0.02)  # ...and silence brings it out
+    window = ring48.window(20.0, 480).astype(np.float64)
+    assert int(np.argmax(np.abs(window))) == 160  # 10 ms in: where it played
+
+
+@pytest.mark.parametrize(
+    ("lag_ms", "reverberant"), [(60, False), (130, False), (-20, False), (200, True)]
+)
+def test_echo_delay_finds_how_far_the_echo_trails(lag_ms: int, reverberant: bool) -> None:
+    """GCC-PHAT finds the echo's lag behind the reference read beside the mic, in a
+    reverberant room too (more reverberation than direct sound), and early echoes."""
+    rng = np.random.default_rng(0)
+    played = rng.standard_normal(RATE_HZ * 3) * 3000
+    echo = np.roll(played, lag_ms * RATE_HZ // 1000)
+    if reverberant:
+        echo = np.convolve(echo, room_impulse())[: len(played)] * 0.3
+    ring, delay = EchoReference16k(), EchoDelay()
+    found = []
+    for i in range(0, len(played), 160):
+        ring.record_played(played[i : i + 160].astype(np.int16), RATE_HZ, i / RATE_HZ)
+        mic = np.clip(echo[i : i + 160], -32768, 32767).astype(np.int16)
+        lag = delay.feed(mic, ring, i + 160)
+        if lag is not None:
+            found.append(lag)
+    assert found and all(abs(lag - (lag_ms + 2 * reverberant) / 1000) < 0.002 for lag in found)
+
+
+def test_echo_delay_needs_playback() -> None:
+    """No playback, or no echo of it: no lag is claimed."""
+    ring, delay = EchoReference16k(), EchoDelay()
+    noise = np.random.default_rng(1).standard_normal(RATE_HZ * 3) * 1000
+    for i in range(0, len(noise), 160):
+        ring.record_silence(160, i / RATE_HZ)
+        assert delay.feed(noise[i : i + 160].astype(np.int16), ring, i + 160) is None
+    assert delay.estimates == 0
+
+
+@needs_speex
+def test_the_front_end_waits_for_the_speaker_to_render() -> None:
+    """Capture running ahead of the speaker (a sound server under-reporting its latency):
+    mic frames wait (up to MAX_HOLD_S) for their reference instead of feeding the filter
+    zeros where audio plays a moment later; a speaker that stalls is not waited for."""
+    tee = TeeReference()
+    front = make_front_end("speex", tee)
+    assert front is not None
+    tone = (np.sin(np.arange(RATE_HZ) * 0.3) * 8000).astype(np.int16)
+    tee.ring16.record_played(tone[:1600], RATE_HZ, 100.0)  # 100.0-100.1 rendered
+    # the mic's 20 ms up to 100.12: its last 20 ms need reference not rendered yet
+    out = front.process(tone[:1920], 100.12)
+    assert len(out) == 1600 and front.pending_s == pytest.approx(0.02)
+    tee.ring16.record_played(tone[1600:1920], RATE_HZ, 100.1)
+    out = front.process(np.zeros(0, np.int16), 100.12)
+    assert len(out) == 320 and front.unwritten_reads == 0
+    # the speaker stalls: the mic goes on without it, keeping back only MAX_HOLD_S
+    out = front.process(tone[:1600], 100.22)
+    assert len(out) == 640 and front.pending_s == pytest.approx(MAX_HOLD_S)
+    assert front.unwritten_reads == 4
+
+
+@needs_speex
+def test_the_filter_learns_from_playback_not_from_time() -> None:
+    """The residual gate distrusts the canceller until it has heard CONVERGE_S of
+    playback, however long the mic ran before the first reply."""
+    tee = TeeReference()
+    front = make_front_end("speex", tee)
+    assert front is not None
+    silence = np.zeros(RATE_HZ * 5, np.int16)
+    for i in range(0, len(silence), 320):
+        tee.record_silence(160, 200.0 + i / RATE_HZ)
+        front.process(silence[i : i + 320], 200.0 + (i + 320) / RATE_HZ)
+    assert not front.converged
+    tone = (np.sin(np.arange(RATE_HZ * 3) * 0.3) * 8000).astype(np.int16)
+    for i in range(0, len(tone), 320):
+        tee.ring16.record_played(tone[i : i + 320], RATE_HZ, 205.0 + i / RATE_HZ)
+        front.process(silence[:320], 205.0 + (i + 320) / RATE_HZ)  # a quiet room
+    assert front.converged
+
+
+@needs_speex
+def test_no_aliasing_between_the_mic_and_the_reference() -> None:
+    """A 48 kHz echo a fraction of a 16 kHz sample late, of a reply with energy up to
+    12 kHz (the Realtime API's 24 kHz voice): both sides reach 16 kHz through a real
+    low-pass, so the canceller can remove it (averaging samples aliased 8-12 kHz
+    differently on each side: about 6 dB was all any filter could take off)."""
+    rng = np.random.default_rng(5)
+    played = np.repeat(rng.standard_normal(DEVICE_HZ * 4 // 2) * 4000, 2)  # ~12 kHz wide
+    mic = np.zeros_like(played)
+    mic[1:] = played[:-1]  # one 48 kHz sample: a third of a 16 kHz sample
+    plain, _ = _run(played, mic, aec=False)
+    cleaned, _ = _run(played, mic, aec=True)
+    half = len(cleaned) // 2
+    erle_db = 10 * np.log10(np.sum(plain[half:] ** 2) / np.sum(cleaned[half:] ** 2))
+    assert erle_db >= 20, erle_db
 
 
 @needs_noise_gain

@@ -91,17 +91,15 @@ class CaptureChain:
     ) -> None:
         self.front_end = front_end
         self._to_front: Resampler | None = None
-        self._front_factor = 0
         if front_end is not None:
+            from hark.audio.frontend import QUALITY as FRONT_QUALITY
             from hark.audio.frontend import RATE_HZ as FRONT_RATE_HZ
 
-            # 48/32 kHz: the same box decimation the speaker's reference gets (exact
-            # lengths, and the canceller sees both sides filtered alike).
-            self._front_factor = (
-                in_rate_hz // FRONT_RATE_HZ if in_rate_hz % FRONT_RATE_HZ == 0 else 0
-            )
-            if in_rate_hz != FRONT_RATE_HZ and not self._front_factor:
-                self._to_front = Resampler(in_rate_hz, FRONT_RATE_HZ, quality="QQ")
+            # A real low-pass (soxr), the same the speaker's reference gets: averaging
+            # aliases 8-12 kHz into the band differently on the two sides (their phases
+            # differ by the echo's delay), which no canceller can subtract.
+            if in_rate_hz != FRONT_RATE_HZ:
+                self._to_front = Resampler(in_rate_hz, FRONT_RATE_HZ, quality=FRONT_QUALITY)
             in_rate_hz = FRONT_RATE_HZ  # from here on the chain sees the cleaned 16 kHz
         self.in_rate_hz = in_rate_hz
         self.channels = channels
@@ -174,10 +172,9 @@ class CaptureChain:
         if self.gain != 1.0:
             samples = apply_gain(samples, self.gain)
         if self.front_end is not None:
-            if self._front_factor > 1:
-                samples = decimate(samples, self._front_factor)
-            elif self._to_front is not None:
+            if self._to_front is not None:
                 samples = self._to_front.process(samples)
+                adc_end_s -= self._to_front.held_s  # its output ends that much earlier
             samples = self.front_end.process(samples, adc_end_s)
             if not len(samples):
                 return []

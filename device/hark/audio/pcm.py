@@ -197,8 +197,15 @@ class Resampler:
     def is_identity(self) -> bool:
         return self.in_rate_hz == self.out_rate_hz
 
+    @property
+    def held_s(self) -> float:
+        """How much of the input it holds back: its output ends this much before its input
+        (the output is aligned with the input's start, so this is the whole offset)."""
+        return self._in / self.in_rate_hz - self._out / self.out_rate_hz
+
     def reset(self) -> None:
         """Forget filter state (after a gap, a device reopen or a new item)."""
+        self._in = self._out = 0
         if self.is_identity:
             self._stream = None
         else:
@@ -210,6 +217,8 @@ class Resampler:
         if self._stream is None:
             return samples
         out: Samples = self._stream.resample_chunk(samples, last=last)
+        self._in += len(samples)
+        self._out += len(out)
         return out
 
     def process_bytes(self, pcm: bytes, last: bool = False) -> bytes:

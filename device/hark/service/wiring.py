@@ -408,8 +408,8 @@ def echo_path(config: Config) -> EchoPath:
     """The echo handling the config asks for ([frontend], [vad] echo_gate, the trigger).
 
     A canceller needs the speaker's reference in any mode (what it cleans is sent to the
-    model); the gate only hands-free. After speex the gate is a ``ResidualGate``; after
-    WebRTC's AEC3 there is none (bench/bench_frontend.py: it does better alone).
+    model); the gate only hands-free. After a canceller the gate is a ``ResidualGate``
+    (docs/audio.md has the measurements).
     A missing library is one error line; the echo gate alone then carries on.
     """
     from hark.audio.echo import EchoGate, EchoReference
@@ -437,9 +437,10 @@ def echo_path(config: Config) -> EchoPath:
         else:
             if path.front_end is not None and path.front_end.aec is not None and tee:
                 path.reference = tee
-                if f.echo_cancel == "speex" and hands_free and v.echo_gate:
-                    # After speex, the residual's level tells echo from the user. AEC3
-                    # needs no gate (measured: with one it missed barge-ins at +6 dB).
+                if hands_free and v.echo_gate:
+                    # After a canceller the residual's level tells echo from the user
+                    # (measured on the PulseAudio rig: AEC3 alone lets its first second
+                    # of a reply through, while it learns the room).
                     path.gate = frontend.ResidualGate(tee, front_end=path.front_end)
                 return path
     if hands_free and v.echo_gate:
