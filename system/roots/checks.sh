@@ -9,7 +9,8 @@
 #               one version newer, installed over it with `sudo scripts/install-device`
 #               (an upgrade, from a checkout); then --uninstall
 #   extras      hark-voice[webrtc,wake,frontend] in a venv from the index's wheels alone
-#               (no compiler), then extras.py: the wake word heard, a WebRTC offer and an
+#               (no compiler), libspeexdsp1 from apt's cache, then extras.py: the wake word
+#               heard, speex cancelling an echo, a WebRTC offer and an
 #               Opus round trip through aiortc/av, webrtc-noise-gain
 # After each install: hark --version, hark doctor as the owner would, a spoken turn.
 # Prints "ok/FAIL …" lines and "cost SCENARIO: S s, N MB" (time under qemu-user, disk).
@@ -197,8 +198,10 @@ cp "$ROOTS/extras.py" "$m/hark-system/"
 espeak-ng -w "$S/wake.wav" "okay nabu" && sox "$S/wake.wav" -r 16000 -c 1 -b 16 -e signed "$m/hark-system/wake16.wav"
 step "pip install hark-voice[device-wheels,webrtc,wake,frontend]: wheels from the index, no compiler" \
     bash -c "python3 -m venv /opt/hark-extras && /opt/hark-extras/bin/pip install -q --no-index --find-links /var/cache/hark-index --disable-pip-version-check '/hark-system/$(basename "$wheel")[device-wheels,webrtc,wake,frontend]'" || true
+step "apt-get install libspeexdsp1 (install-device's optional package), from apt's cache" \
+    bash -c "apt-get install -y -q --no-install-recommends libspeexdsp1 </dev/null" || true
 cost extras $((SECONDS - t1))
-step "the extras run: the wake word heard, a WebRTC offer and Opus, noise suppression" \
+step "the extras run: the wake word heard, a WebRTC offer and Opus, noise suppression, speex" \
     /opt/hark-extras/bin/python /hark-system/extras.py /hark-system/wake16.wav || true
 done_scenario
 

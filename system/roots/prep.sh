@@ -43,7 +43,7 @@ log "$release: apt lists and the .deb files hark installs (downloaded only)"
 in_root "$m" apt-get update -q >&2
 # scripts/install-device's packages (python3-lgpio is Pi OS's only), first boot's too.
 in_root "$m" apt-get install -y -q --download-only --no-install-recommends \
-    python3-pyaudio python3-systemd alsa-utils espeak-ng >&2
+    python3-pyaudio python3-systemd alsa-utils espeak-ng libspeexdsp1 >&2
 
 log "$release: the stand-in package index (fetched by this host's pip, for aarch64)"
 cp "$wheel" "$m/tmp/"

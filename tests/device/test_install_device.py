@@ -228,10 +228,30 @@ def test_wheelhouse_install_into_throwaway_root(
     assert (root / "opt" / "hark" / "venv" / "bin" / "hark").exists()
 
 
+def test_extras_are_installed_and_remembered(
+    wheel: Path, target: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """--extras wake,frontend installs those parts; an upgrade without --extras keeps
+    them (the manifest remembers), and --extras "" goes back to the device alone."""
+    root, env = target
+    args = ("--root", root, "--wheel", wheel, "--no-deps", "--no-apt", "--no-systemctl")
+    run(env, *args, "--python", _python(), "--extras", "wake,frontend")
+    manifest = root / "etc" / "hark" / "installed-by-install-device"
+    assert manifest.read_text().splitlines().count("extras device,wake,frontend") == 1
+    run(env, *args, "--python", _python())
+    assert manifest.read_text().splitlines().count("extras device,wake,frontend") == 1
+    run(env, *args, "--python", _python(), "--extras", "")
+    assert manifest.read_text().splitlines()[-1] == "extras device"
+
+
 def test_refuses_bad_arguments(target: tuple[Path, dict[str, str]]) -> None:
     """Unknown options and missing wheels fail with a message, before touching anything."""
     root, env = target
-    for args in (["--bogus"], ["--root", str(root), "--wheel", "/nonexistent.whl"]):
+    for args in (
+        ["--bogus"],
+        ["--root", str(root), "--wheel", "/nonexistent.whl"],
+        ["--root", str(root), "--extras", "wake,bogus"],
+    ):
         result = subprocess.run(
             [str(SCRIPT), *args], capture_output=True, text=True, env=env, check=False
         )
@@ -357,6 +377,7 @@ def test_real_root_install_uninstall_and_purge(wheel: Path, tmp_path: Path) -> N
         "alsa-utils",
         "python3-lgpio",
         "espeak-ng",
+        "libspeexdsp1",
     }
     written = real.written()
     assert os.readlink(written["usr/local/bin/hark"]) == "/opt/hark/venv/bin/hark"
