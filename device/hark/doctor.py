@@ -31,7 +31,8 @@ class Check:
 
 
 def doctor_checks(config_path: str) -> list[Check]:
-    """Config, token, backend (a real key is minted), audio devices, GPIO; each independent."""
+    """Config, token, backend (a real key is minted), audio devices, the wake/stop word
+    models, the audio front end's libraries, GPIO; each independent."""
     from hark.config import ConfigError, load, read_token
 
     checks: list[Check] = []
@@ -57,6 +58,8 @@ def doctor_checks(config_path: str) -> list[Check]:
         checks.append(Check("token", False, problem, "see docs/config.md, 'The device token'"))
     checks.append(_check_backend(config, token))
     checks += _check_audio(config)
+    checks += _check_words(config)
+    checks += _check_front_end(config)
     checks += _check_gpio(config)
     checks += check_service()
     return checks
@@ -243,6 +246,64 @@ def _check_audio(config: Config) -> list[Check]:
     finally:
         pa.terminate()
     return checks
+
+
+def _check_words(config: Config) -> list[Check]:
+    """The wake/stop word models load and run (the daemon loads them at start)."""
+    from hark.audio.wake import WakeWordError
+    from hark.config import WAKE_MODES
+    from hark.events import Word
+    from hark.service.wiring import make_spotter
+
+    try:
+        spotter = make_spotter(config)
+    except WakeWordError as exc:
+        fix = (
+            "sudo scripts/install-device --extras wake (or pip install 'hark-voice[wake]')"
+            if exc.missing_package
+            else "fix trigger.wake_word (see docs/config.md)"
+        )
+        return [Check("words", False, str(exc), fix)]
+    if spotter is None:
+        return []
+    wanted: list[Word] = ["wake"] if config.trigger.mode in WAKE_MODES else []
+    if config.trigger.stop_word:
+        wanted.append("stop")
+    words = frozenset(wanted)
+    spotter.arm(words)
+    spotter.process(bytes(16_000 * 2))  # one second of silence: the models run
+    names = " and ".join(sorted(words))
+    return [Check("words", True, f"the {names} word model{'s' * (len(words) > 1)} run")]
+
+
+def _check_front_end(config: Config) -> list[Check]:
+    """The [frontend] stages configured have their libraries (the daemon would run without)."""
+    f = config.frontend
+    if f.echo_cancel == "off" and not f.noise_suppression and not f.auto_gain_dbfs:
+        return []
+    from hark.audio import frontend
+
+    try:
+        front = frontend.make_front_end(
+            f.echo_cancel,
+            frontend.TeeReference() if f.echo_cancel != "off" else None,
+            tail_ms=f.echo_tail_ms,
+            noise_suppression=f.noise_suppression,
+            auto_gain_dbfs=f.auto_gain_dbfs,
+        )
+    except frontend.FrontEndUnavailableError as exc:
+        fix = {
+            "speex": "sudo apt install libspeexdsp1",
+            "webrtc": "pip install livekit into hark's venv (docs/audio.md)",
+        }.get(f.echo_cancel, "sudo scripts/install-device --extras frontend")
+        if "webrtc-noise-gain" in str(exc):
+            fix = "sudo scripts/install-device --extras frontend"
+        return [Check("frontend", False, str(exc), fix)]
+    assert front is not None
+    stages = [
+        s for s, on in (("echo canceller", front.aec), ("noise/gain", front.noise_gain)) if on
+    ]
+    return [Check("frontend", True, f"{' and '.join(stages)} ready ({f.echo_cancel})")]
 
 
 def _check_gpio(config: Config) -> list[Check]:

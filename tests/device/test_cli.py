@@ -887,3 +887,66 @@ def test_provision_is_forwarded(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["provision", "--help"]) == 0
     assert "usage: hark provision" in capsys.readouterr().out
     assert cli.main(["provision"]) == 2  # its target and options are required
+
+
+WORDS_BASE = '[backend]\nurl = "https://keys.example.com/x"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "ok", "text"),
+    [
+        ('[trigger]\nmode = "wake"\nstop_word = true\n', True, "the stop and wake word models run"),
+        ('[trigger]\nmode = "wake"\nwake_word = "/nonexistent.json"\n', False, "trigger.wake_word"),
+        ("", None, ""),
+    ],
+)
+def test_doctor_checks_the_word_models(extra: str, ok: bool | None, text: str) -> None:
+    """`hark doctor` loads and runs the wake/stop word models the config names, and says
+    how to fix a missing model; nothing when no word is configured."""
+    pytest.importorskip("pymicro_wakeword")
+    from hark.config import parse
+    from hark.doctor import _check_words
+
+    checks = _check_words(parse(WORDS_BASE + extra))
+    if ok is None:
+        assert checks == []
+        return
+    assert [c.ok for c in checks] == [ok]
+    assert text in (checks[0].detail if ok else checks[0].fix + checks[0].detail)
+
+
+def test_doctor_names_the_extra_for_a_missing_word_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymicro-wakeword missing: the fix is the install-device extra."""
+    from hark.audio import wake
+    from hark.config import parse
+    from hark.doctor import _check_words
+
+    def missing() -> None:
+        raise wake.WakeWordError("the wake/stop word needs pymicro-wakeword", missing_package=True)
+
+    monkeypatch.setattr(wake, "_import", missing)
+    (check,) = _check_words(parse(WORDS_BASE + '[trigger]\nmode = "wake"\n'))
+    assert not check.ok and "--extras wake" in check.fix
+
+
+def test_doctor_checks_the_front_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[frontend] stages whose library is there: ok; a missing one: the package to install."""
+    from hark.audio import frontend
+    from hark.config import parse
+    from hark.doctor import _check_front_end
+
+    config = parse(WORDS_BASE + '[frontend]\necho_cancel = "speex"\n')
+    assert _check_front_end(parse(WORDS_BASE)) == []
+    try:
+        frontend.SpeexEchoCanceller().close()
+    except frontend.FrontEndUnavailableError:
+        pytest.skip("libspeexdsp1 is not installed")
+    (check,) = _check_front_end(config)
+    assert check.ok and "echo canceller" in check.detail
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise frontend.FrontEndUnavailableError("echo cancellation needs libspeexdsp")
+
+    monkeypatch.setattr(frontend.SpeexEchoCanceller, "__init__", missing)
+    (check,) = _check_front_end(config)
+    assert not check.ok and check.fix == "sudo apt install libspeexdsp1"
