@@ -44,6 +44,8 @@ PLAYING_S = 0.5
 """How long after its last sound the speaker still counts as playing (a reply's pauses)."""
 MAX_HOLD_S = 0.06
 """The most mic audio kept back waiting for the speaker to render its reference."""
+LEARNED_CAP_S = CONVERGE_S + 10.0
+"""How much playback ``FrontEnd.learned_s`` counts up to (it only says how settled)."""
 HEARD_POWER = 100.0
 """Mean power (PCM16 units², about -50 dBFS) of a reference frame the filter learns from."""
 RATE_HZ = 16_000
@@ -472,7 +474,7 @@ class FrontEnd:
                 ):
                     break
                 ref = self._reference_frame(start_s + k * FRAME_S)
-                if self.learned_s < CONVERGE_S:
+                if self.learned_s < LEARNED_CAP_S:
                     r = ref.astype(np.float32)
                     if float(np.dot(r, r)) > HEARD_POWER * FRAME_SAMPLES:
                         self.learned_s += FRAME_S
@@ -642,7 +644,11 @@ class ResidualGate:
         ratios = self._ratios
         ratios.append(ratio)
         if len(ratios) < 10:
-            return True  # too little heard yet to know the residual's level: stay safe
+            # Too few voiced frames of echo to know the residual's level. Right after the
+            # filter converged, stay safe; a second of playback later it means the
+            # canceller leaves little that sounds like speech (AEC3 takes 40-70 dB off):
+            # a voiced frame is the user.
+            return fe is None or fe.learned_s < CONVERGE_S + 1.0
         floor = float(np.percentile(np.fromiter(ratios, np.float64, len(ratios)), self.percentile))
         return ratio <= floor * self._margin
 
