@@ -206,3 +206,46 @@ def test_start_failures_name_the_model_or_the_extra() -> None:
     assert _start_failure(bad) == (EX_CONFIG, "trigger: unknown wake word 'x'")
     missing = WakeWordError("needs pymicro-wakeword", missing_package=True)
     assert _start_failure(missing)[0] == EX_UNAVAILABLE
+
+
+def test_the_stop_word_does_not_hear_the_device_say_stop(tmp_path: Path) -> None:
+    """A reply that says "stop" itself, heard from the speaker beside the mic (and a little
+    of the bench's room): with echo cancellation the spotter hears the cleaned signal and stays quiet;
+    without, it stops its own reply. The user saying "stop" over it is still heard."""
+    from hark.audio.frontend import FrontEndUnavailableError, TeeReference, make_front_end
+
+    from bench.bench_frontend import room_impulse
+
+    rate = 48_000
+    said = speech(tmp_path, "stop", rate)
+    reply = np.concatenate([said, speech(tmp_path, "the timer is done", rate), said])
+    played = np.concatenate([speech(tmp_path, "the weather is sunny and warm today", rate)] * 3)
+    played = np.concatenate([played, reply])  # the filter learns the room first
+    echo = np.zeros(len(played))
+    echo[240:] = played[:-240] * 0.8  # the speaker beside the mic: 5 ms, direct sound
+    echo += np.convolve(played.astype(np.float64), room_impulse()[::3])[: len(played)] * 0.05
+    user = speech(tmp_path, "stop", rate, pad_ms=0).astype(np.float64)
+
+    def heard(mic: np.ndarray, cancel: bool) -> list[object]:
+        tee = TeeReference()
+        try:
+            front = make_front_end("speex", tee) if cancel else None
+        except FrontEndUnavailableError:
+            pytest.skip("libspeexdsp1 is not installed")
+        spotter = MicroWordSpotter(None, stop=True)
+        spotter.arm(frozenset({"stop"}))
+        chain = CaptureChain(rate, front_end=front, spotter=spotter)
+        pcm = np.clip(mic, -32768, 32767).astype(np.int16)
+        out: list[object] = []
+        step = rate * 20 // 1000
+        for i in range(0, len(pcm) - step + 1, step):
+            tee.record_played(played[i : i + step], rate, 100.0 + i / rate)
+            out += chain.process(pcm[i : i + step].tobytes(), 100.0 + (i + step) / rate)
+        return [e for e in out if isinstance(e, StopWordHeard)]
+
+    assert heard(echo, cancel=False), "the room's echo of 'stop' never reached the spotter"
+    assert heard(echo, cancel=True) == []
+    with_user = echo.copy()
+    at = len(played) - len(reply) // 2
+    with_user[at : at + len(user)] += user * 2
+    assert heard(with_user, cancel=True) == [StopWordHeard()]
