@@ -269,7 +269,7 @@ class PulseRig:
             time.sleep(0.05)
         raise RuntimeError("module-loopback made no sink input")
 
-    def room(self, impulse: np.ndarray, latency_ms: int = 60, volume_db: float = 0.0) -> None:
+    def room(self, impulse: np.ndarray, latency_ms: int = 100, volume_db: float = 0.0) -> None:
         """Feed ``speaker`` into ``micfeed`` through a room: convolved with ``impulse``
         (at the rig's rate, normalised to unit energy, then ``volume_db``).
 
@@ -279,7 +279,8 @@ class PulseRig:
         pipe has filled (``latency_ms`` of slack for the convolver's scheduling).
         """
         h = impulse / np.sqrt(np.sum(impulse.astype(np.float64) ** 2))
-        path = self.dir / "room.npy"
+        path, ready = self.dir / "room.npy", self.dir / "room.ready"
+        ready.unlink(missing_ok=True)
         np.save(path, h * 10 ** (volume_db / 20))
         fmt = [f"--rate={self.rate_hz}", "--channels=1", "--format=s16le", "--raw"]
         env = self._client_env()
@@ -289,7 +290,7 @@ class PulseRig:
             stdout=subprocess.PIPE,
         )
         conv = subprocess.Popen(
-            [sys.executable, "-c", _ROOM, str(path), str(self.rate_hz // 100)],
+            [sys.executable, "-c", _ROOM, str(path), str(self.rate_hz // 100), str(ready)],
             stdin=rec.stdout,
             stdout=subprocess.PIPE,
         )
@@ -303,6 +304,12 @@ class PulseRig:
         assert conv.stdout is not None
         conv.stdout.close()
         self._children += [rec, conv, play]
+        # Flowing once the convolver has started (numpy imported, the room loaded).
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            if conv.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the room's convolver did not start")
+            time.sleep(0.05)
 
     # ------------------------------------------------------------------ audio in and out
 
@@ -340,6 +347,7 @@ _ROOM = """
 import sys
 import numpy as np
 h = np.load(sys.argv[1]); block = int(sys.argv[2])
+open(sys.argv[3], "w").close()
 n = 1 << int(np.ceil(np.log2(block + len(h) - 1)))
 H = np.fft.rfft(h, n)
 tail = np.zeros(n - block)

@@ -210,8 +210,9 @@ def test_start_failures_name_the_model_or_the_extra() -> None:
 
 def test_the_stop_word_does_not_hear_the_device_say_stop(tmp_path: Path) -> None:
     """A reply that says "stop" itself, heard from the speaker beside the mic (and a little
-    of the bench's room): with echo cancellation the spotter hears the cleaned signal and stays quiet;
-    without, it stops its own reply. The user saying "stop" over it is still heard."""
+    of the bench's room): with echo cancellation the spotter hears the cleaned signal and
+    stays quiet; without, it stops its own reply. The user saying "stop" over it is still
+    heard."""
     from hark.audio.frontend import FrontEndUnavailableError, TeeReference, make_front_end
 
     from bench.bench_frontend import room_impulse
