@@ -8,7 +8,7 @@
 #               docs/provisioning.md, and no package index at all; then the owner's clone,
 #               one version newer, installed over it with `sudo scripts/install-device`
 #               (an upgrade, from a checkout); then --uninstall
-#   extras      hark-voice[webrtc,wake,frontend] in a venv from the index's wheels alone
+#   extras      hark-voice[webrtc,wake,frontend] and livekit in a venv from the index's wheels alone
 #               (no compiler), libspeexdsp1 from apt's cache, then extras.py: the wake word
 #               heard, speex cancelling an echo, a WebRTC offer and an
 #               Opus round trip through aiortc/av, webrtc-noise-gain
@@ -196,12 +196,12 @@ t1=$SECONDS
 cp "$ROOTS/extras.py" "$m/hark-system/"
 # "okay nabu" as espeak-ng says it, 16 kHz mono, made on the host (the root has no espeak).
 espeak-ng -w "$S/wake.wav" "okay nabu" && sox "$S/wake.wav" -r 16000 -c 1 -b 16 -e signed "$m/hark-system/wake16.wav"
-step "pip install hark-voice[device-wheels,webrtc,wake,frontend]: wheels from the index, no compiler" \
-    bash -c "python3 -m venv /opt/hark-extras && /opt/hark-extras/bin/pip install -q --no-index --find-links /var/cache/hark-index --disable-pip-version-check '/hark-system/$(basename "$wheel")[device-wheels,webrtc,wake,frontend]'" || true
+step "pip install hark-voice[device-wheels,webrtc,wake,frontend] livekit: wheels from the index, no compiler" \
+    bash -c "python3 -m venv /opt/hark-extras && /opt/hark-extras/bin/pip install -q --no-index --find-links /var/cache/hark-index --disable-pip-version-check '/hark-system/$(basename "$wheel")[device-wheels,webrtc,wake,frontend]' livekit" || true
 step "apt-get install libspeexdsp1 (install-device's optional package), from apt's cache" \
     bash -c "apt-get install -y -q --no-install-recommends libspeexdsp1 </dev/null" || true
 cost extras $((SECONDS - t1))
-step "the extras run: the wake word heard, a WebRTC offer and Opus, noise suppression, speex" \
+step "the extras run: the wake word heard, a WebRTC offer and Opus, noise suppression, speex, AEC3" \
     /opt/hark-extras/bin/python /hark-system/extras.py /hark-system/wake16.wav || true
 done_scenario
 

@@ -2,7 +2,7 @@
 
 ``python extras.py WAKE_WAV``: hark's word spotter hears "okay nabu" in WAKE_WAV (16 kHz
 mono, made on the host by espeak-ng), the speex canceller (libspeexdsp1 from apt)
-removes an echo, aiortc makes an Opus WebRTC offer with no ICE
+removes an echo, and so does AEC3 through livekit, aiortc makes an Opus WebRTC offer with no ICE
 server and encodes and decodes Opus, webrtc-noise-gain cleans 10 ms frames.  One
 "ok"/"FAIL" line each, then the seconds each took under qemu-user; exit 1 if any failed.
 """
@@ -106,8 +106,32 @@ def speex() -> str:
     return f"libspeexdsp by ctypes: an echo {erle:.0f} dB weaker after 3 s"
 
 
+def aec3() -> str:
+    import numpy as np
+    from hark.audio.frontend import FRAME_SAMPLES, WebRtcEchoCanceller
+
+    rng = np.random.default_rng(0)
+    played = (rng.standard_normal(16000 * 3) * 3000).astype(np.int16)
+    mic = np.zeros_like(played)
+    mic[80:] = played[:-80] // 2  # 5 ms late, 6 dB down
+    aec = WebRtcEchoCanceller()
+    out = np.concatenate(
+        [
+            aec.process(mic[i : i + FRAME_SAMPLES], played[i : i + FRAME_SAMPLES])
+            for i in range(0, len(mic), FRAME_SAMPLES)
+        ]
+    )
+    last = slice(16000 * 2, None)
+    erle = 10 * np.log10(
+        np.sum(mic[last].astype(np.float64) ** 2) / (np.sum(out[last].astype(np.float64) ** 2) + 1)
+    )
+    assert erle > 15, erle
+    return f"livekit's AudioProcessingModule: an echo {erle:.0f} dB weaker after 2 s"
+
+
 check("wake: hark's word spotter (pymicro-wakeword)", lambda: wake(sys.argv[1]))
 check("frontend: speex echo canceller (libspeexdsp1)", speex)
+check("frontend: WebRTC AEC3 (livekit)", aec3)
 check("webrtc: aiortc and av", webrtc)
 check("frontend: webrtc-noise-gain", noise_gain)
 sys.exit(1 if FAILS else 0)

@@ -56,6 +56,8 @@ hostpy=$CHECKOUT/.venv/bin/python; [ -x "$hostpy" ] || hostpy=python3
 fetch=("$hostpy" -m pip download -q --disable-pip-version-check --only-binary=:all:
     --implementation cp --python-version "$pyver" "${platforms[@]}" -d "$m/var/cache/hark-index")
 "${fetch[@]}" "${wheel}[device-wheels,sim,webrtc,wake,frontend]" "setuptools>=68" wheel >&2
+# [frontend] echo_cancel = "webrtc": WebRTC's AEC3 through livekit (docs/audio.md).
+"${fetch[@]}" livekit >&2
 # lgpio has aarch64 wheels up to Python 3.12: Trixie (3.13) gets none (install-device says so).
 "${fetch[@]}" "lgpio>=0.2.2" >&2 || log "$release: no lgpio wheel for Python $pyver"
 rm -f "$m"/var/cache/hark-index/hark_voice-*.whl
