@@ -278,19 +278,15 @@ def _check_words(config: Config) -> list[Check]:
 
 def _check_front_end(config: Config) -> list[Check]:
     """The [frontend] stages configured have their libraries (the daemon would run without)."""
-    f = config.frontend
-    if f.echo_cancel == "off" and not f.noise_suppression and not f.auto_gain_dbfs:
+    from hark.service.wiring import front_end_configured, front_end_from
+
+    if not front_end_configured(config):
         return []
     from hark.audio import frontend
 
+    f = config.frontend
     try:
-        front = frontend.make_front_end(
-            f.echo_cancel,
-            frontend.TeeReference() if f.echo_cancel != "off" else None,
-            tail_ms=f.echo_tail_ms,
-            noise_suppression=f.noise_suppression,
-            auto_gain_dbfs=f.auto_gain_dbfs,
-        )
+        front, _ = front_end_from(config)
     except frontend.FrontEndUnavailableError as exc:
         fix = {
             "speex": "sudo apt install libspeexdsp1",

@@ -453,9 +453,9 @@ class FrontEnd:
         self._ref_index: int | None = None  # next reference sample, advanced per frame
         self._offset = 0.0  # smoothed (stamped - running) reference position, samples
         self._pending = np.zeros(0, dtype=np.int16)
-        # (capture time, mean power in, mean power out) of the canceller, 10 ms frames,
-        # before noise suppression and gain change the level: what the residual gate judges.
-        self.powers: deque[tuple[float, float, float]] = deque(maxlen=64)
+        # (capture time, mean power) of the canceller's output, 10 ms frames, before noise
+        # suppression and gain change its level: what the residual gate judges then.
+        self.powers: deque[tuple[float, float]] = deque(maxlen=64)
 
     def process(self, samples: Samples, adc_end_s: float) -> Samples:
         """Clean what ``samples`` completes; returns whole frames only (the rest waits, as
@@ -483,16 +483,11 @@ class FrontEnd:
                     lag_s = self.echo_delay.feed(frame, self.reference, self._ref_index)
                     if lag_s is not None:
                         self._keep_lag(lag_s)
-                given = frame.astype(np.float32)
                 frame = self.aec.process(frame, ref)
-                left = frame.astype(np.float32)
-                self.powers.append(
-                    (
-                        start_s + self.delay_s + k * FRAME_S,
-                        float(np.dot(given, given)) / FRAME_SAMPLES,
-                        float(np.dot(left, left)) / FRAME_SAMPLES,
-                    )
-                )
+                if self.noise_gain is not None:  # it will move the level the gate judges
+                    left = frame.astype(np.float32)
+                    power = float(np.dot(left, left)) / FRAME_SAMPLES
+                    self.powers.append((start_s + self.delay_s + k * FRAME_S, power))
             if self.noise_gain is not None:
                 frame = self.noise_gain.process(frame)
             out[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES] = frame
@@ -662,7 +657,7 @@ class ResidualGate:
         if fe is not None and fe.noise_gain is not None:
             half = FRAME_S / 2
             left = [
-                p for t, _, p in fe.powers if adc_start_s - half <= t < adc_start_s + frame_s - half
+                p for t, p in fe.powers if adc_start_s - half <= t < adc_start_s + frame_s - half
             ]
             if left:
                 return sum(left) / len(left) / e_ref

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from hark.agents.agent import ToolRunner
     from hark.audio.capture import EchoJudge
     from hark.audio.echo import EchoReference
-    from hark.audio.frontend import FrontEnd
+    from hark.audio.frontend import FrontEnd, TeeReference
     from hark.config import Config
     from hark.conversation import Settings
     from hark.events import LedPattern, SessionConfig
@@ -404,6 +404,31 @@ class EchoPath:
     note: str | None = None
 
 
+def front_end_configured(config: Config) -> bool:
+    """Some [frontend] stage is on."""
+    f = config.frontend
+    return f.echo_cancel != "off" or bool(f.noise_suppression) or bool(f.auto_gain_dbfs)
+
+
+def front_end_from(config: Config) -> tuple[FrontEnd | None, TeeReference | None]:
+    """The [frontend] stages configured, and the speaker reference a canceller reads.
+
+    Raises ``FrontEndUnavailableError`` naming what to install when a library is missing.
+    """
+    from hark.audio import frontend
+
+    f = config.frontend
+    tee = frontend.TeeReference() if f.echo_cancel != "off" else None
+    front = frontend.make_front_end(
+        f.echo_cancel,
+        tee,
+        tail_ms=f.echo_tail_ms,
+        noise_suppression=f.noise_suppression,
+        auto_gain_dbfs=f.auto_gain_dbfs,
+    )
+    return front, tee
+
+
 def echo_path(config: Config) -> EchoPath:
     """The echo handling the config asks for ([frontend], [vad] echo_gate, the trigger).
 
@@ -414,23 +439,16 @@ def echo_path(config: Config) -> EchoPath:
     """
     from hark.audio.echo import EchoGate, EchoReference
 
-    f, v = config.frontend, config.vad
+    v = config.vad
     # The local VAD right after (or during) our own voice: voice turns, the follow-up.
     t = config.trigger
     hands_free = t.mode in ("vad", "both") or t.follow_up_s > 0
     path = EchoPath()
-    if f.echo_cancel != "off" or f.noise_suppression or f.auto_gain_dbfs:
+    if front_end_configured(config):
         from hark.audio import frontend
 
-        tee = frontend.TeeReference() if f.echo_cancel != "off" else None
         try:
-            path.front_end = frontend.make_front_end(
-                f.echo_cancel,
-                tee,
-                tail_ms=f.echo_tail_ms,
-                noise_suppression=f.noise_suppression,
-                auto_gain_dbfs=f.auto_gain_dbfs,
-            )
+            path.front_end, tee = front_end_from(config)
         except frontend.FrontEndUnavailableError as exc:
             log.error("%s; running without the audio front end", exc)
             path.note = "audio front end unavailable"
